@@ -1,0 +1,241 @@
+"""The artifact bundle: everything the app and CLI need to caption, validated on load.
+
+``artifacts/<name>/``::
+
+    manifest.json     format version, encoder, decoder config, vocabulary size, splits, versions,
+                      training stats and the SHA-256 of every other file
+    decoder.keras     the trained decoder (Keras format, loaded with safe_mode=True)
+    vocab.json        the Vocabulary
+    metrics.json      {"results": [{decoding, beam_width, split, n_images, bleu_1..bleu_4, ...}, ...]}
+    predictions.csv   image,decoding,beam_width,caption (+ per-image scores)
+
+Bundles are written to a temporary folder beside the target and renamed into place, so a crash while
+saving leaves the previous bundle intact.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .text import Vocabulary
+
+FORMAT_VERSION = 1
+REQUIRED_FILES = ("manifest.json", "decoder.keras", "vocab.json")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS_ENV = "CAPTIONING_ARTIFACTS"
+
+
+class BundleError(RuntimeError):
+    """A bundle is missing, damaged or inconsistent; the message names it and the rebuild command."""
+
+
+def artifacts_dir() -> Path:
+    return Path(os.environ.get(ARTIFACTS_ENV) or PROJECT_ROOT / "artifacts")
+
+
+def list_bundles(root: str | os.PathLike | None = None) -> list[Path]:
+    """Bundles under ``root`` (default ``artifacts/``), ``default`` first, then by name."""
+    root = Path(root) if root else artifacts_dir()
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "manifest.json").is_file()]
+    return sorted(found, key=lambda p: (p.name != "default", p.name))
+
+
+def _rebuild_hint(path: Path) -> str:
+    return f"Rebuild it with: python train.py --out {path}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__}
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+    vocab: Vocabulary
+    decoder: object                     # a keras.Model with the step API
+    metrics: dict | None
+    predictions: "object | None"        # pandas.DataFrame
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def encoder(self) -> dict:
+        return self.manifest["encoder"]
+
+    @property
+    def max_length(self) -> int:
+        return int(self.manifest.get("max_length", 30))
+
+
+def _write_dir_atomically(target: Path, fill) -> None:
+    """Create ``target`` by filling a temporary sibling folder and renaming it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _finish_manifest(folder: Path, manifest: dict) -> None:
+    manifest = dict(manifest)
+    manifest["format_version"] = FORMAT_VERSION
+    manifest["files"] = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.name != "manifest.json"}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def save_bundle(path: str | os.PathLike, decoder, vocab: Vocabulary, manifest: dict,
+                metrics: dict | None = None, predictions=None) -> Path:
+    """Write a complete bundle atomically; returns its path."""
+    target = Path(path)
+    manifest = {**manifest, "name": target.name, "vocab_size": len(vocab),
+                "decoder": {"kind": decoder.kind, "config": decoder.get_config()},
+                "created": manifest.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "versions": manifest.get("versions") or library_versions()}
+
+    def fill(tmp: Path):
+        _without_optimizer(decoder).save(tmp / "decoder.keras")
+        vocab.save(tmp / "vocab.json")
+        _write_results(tmp, metrics, predictions)
+        _finish_manifest(tmp, manifest)
+
+    _write_dir_atomically(target, fill)
+    return target
+
+
+def _without_optimizer(decoder):
+    """A copy that carries weights only: the optimizer's state would triple the file for nothing."""
+    if getattr(decoder, "optimizer", None) is None:
+        return decoder
+    clean = type(decoder).from_config(decoder.get_config())
+    clean.build()
+    clean.set_weights(decoder.get_weights())
+    return clean
+
+
+def update_results(path: str | os.PathLike, metrics: dict, predictions=None) -> Path:
+    """Replace a bundle's metrics/predictions (atomically, keeping its model files)."""
+    target = Path(path)
+    manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
+
+    def fill(tmp: Path):
+        for name in ("decoder.keras", "vocab.json"):
+            shutil.copy2(target / name, tmp / name)
+        _write_results(tmp, metrics, predictions)
+        _finish_manifest(tmp, manifest)
+
+    _write_dir_atomically(target, fill)
+    return target
+
+
+def _write_results(folder: Path, metrics: dict | None, predictions) -> None:
+    if metrics is not None:
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    if predictions is not None:
+        predictions.to_csv(folder / "predictions.csv", index=False)
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The validated manifest of a bundle (cheap: no model is loaded)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"No bundle at {path}. Train one with: python train.py --out {path}")
+    for name in REQUIRED_FILES:
+        if not (path / name).is_file():
+            raise BundleError(f"Bundle {path} is incomplete: {name} is missing. {_rebuild_hint(path)}")
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"Bundle {path}: manifest.json is not valid JSON ({exc}). {_rebuild_hint(path)}") from exc
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise BundleError(f"Bundle {path} has format version {version!r}; this code reads version "
+                          f"{FORMAT_VERSION}. {_rebuild_hint(path)}")
+    for key in ("encoder", "decoder", "vocab_size", "files"):
+        if key not in manifest:
+            raise BundleError(f"Bundle {path}: manifest.json lacks '{key}'. {_rebuild_hint(path)}")
+    return manifest
+
+
+def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool = True) -> Bundle:
+    """Load and cross-check a bundle: file hashes, vocabulary vs model, encoder vs model."""
+    import keras
+    import pandas as pd
+
+    from . import models  # noqa: F401  (registers the decoder classes for deserialisation)
+    from .encoders import get_spec
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    if verify:
+        for name, digest in manifest["files"].items():
+            file = path / name
+            if not file.is_file():
+                raise BundleError(f"Bundle {path} is incomplete: {name} is missing. {_rebuild_hint(path)}")
+            if _sha256(file) != digest:
+                raise BundleError(f"Bundle {path}: {name} is damaged (its checksum does not match the "
+                                  f"manifest). {_rebuild_hint(path)}")
+    try:
+        vocab = Vocabulary.load(path / "vocab.json")
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise BundleError(f"Bundle {path}: vocab.json is invalid ({exc}). {_rebuild_hint(path)}") from exc
+    if len(vocab) != manifest["vocab_size"]:
+        raise BundleError(f"Bundle {path}: vocab.json has {len(vocab)} words but the manifest says "
+                          f"{manifest['vocab_size']}. {_rebuild_hint(path)}")
+    try:
+        decoder = keras.models.load_model(path / "decoder.keras", compile=False, safe_mode=True)
+    except Exception as exc:
+        raise BundleError(f"Bundle {path}: decoder.keras could not be loaded ({type(exc).__name__}: "
+                          f"{str(exc)[:200]}). {_rebuild_hint(path)}") from exc
+    if getattr(decoder, "vocab_size", None) != len(vocab):
+        raise BundleError(f"Bundle {path}: the decoder predicts {getattr(decoder, 'vocab_size', '?')} words but "
+                          f"vocab.json has {len(vocab)}; the vocabulary does not belong to this model. "
+                          f"{_rebuild_hint(path)}")
+    enc = manifest["encoder"]
+    try:
+        spec = get_spec(enc["name"], enc.get("alpha"))
+    except (ValueError, KeyError) as exc:
+        raise BundleError(f"Bundle {path}: unknown encoder in manifest ({exc}). {_rebuild_hint(path)}") from exc
+    if spec.feature_dim != decoder.feature_dim:
+        raise BundleError(f"Bundle {path}: encoder {spec.key} gives {spec.feature_dim}-d features but the "
+                          f"decoder expects {decoder.feature_dim}. {_rebuild_hint(path)}")
+    metrics = predictions = None
+    if load_results and (path / "metrics.json").is_file():
+        metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+    if load_results and (path / "predictions.csv").is_file():
+        predictions = pd.read_csv(path / "predictions.csv", keep_default_na=False)
+    return Bundle(path, manifest, vocab, decoder, metrics, predictions)

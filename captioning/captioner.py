@@ -1,0 +1,82 @@
+"""The facade the app and the CLI use: image in, captions out."""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle
+from .decoding import Caption, DecodeConfig, StepDecoder, decode
+from .encoders import build_encoder, get_spec
+from .features import image_pipeline
+from .images import ImageSource, load_image, to_canonical
+
+
+class Captioner:
+    """A loaded bundle plus its encoder. Safe to share between threads (one per app process).
+
+    Example:
+        >>> captioner = Captioner.from_bundle("artifacts/default")
+        >>> captioner.caption("dog.jpg", beam_width=5)[0].text
+    """
+
+    def __init__(self, bundle: Bundle, weights: str | os.PathLike | None = None):
+        self.bundle = bundle
+        enc = bundle.encoder
+        self.spec = get_spec(enc["name"], enc.get("alpha"))
+        self.weights = weights
+        self.steps = StepDecoder(bundle.decoder)
+        self.default_config = DecodeConfig(max_length=bundle.max_length)
+        self._encoder = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_bundle(cls, path: str | os.PathLike, weights: str | os.PathLike | None = None) -> "Captioner":
+        return cls(load_bundle(path), weights)
+
+    @property
+    def vocab(self):
+        return self.bundle.vocab
+
+    def _forward(self):
+        with self._lock:                     # build once, even when several sessions ask at once
+            if self._encoder is None:
+                import tensorflow as tf
+
+                model, _ = build_encoder(self.spec, self.weights)
+                to_input = image_pipeline(self.spec)
+                self._encoder = tf.function(lambda x: model(to_input(x), training=False), reduce_retracing=True)
+            return self._encoder
+
+    def warm_up(self) -> None:
+        """Build the encoder and trace every compiled function once, so the first user waits less."""
+        self.caption(np.zeros((8, 8, 3), np.uint8) + 128)
+
+    def features(self, images: Sequence[ImageSource] | ImageSource) -> np.ndarray:
+        """Pooled features (N, D) for one image or a list of images, through the training-image path."""
+        batch = images if isinstance(images, (list, tuple)) else [images]
+        arrays = np.stack([to_canonical(load_image(_as_source(img))) for img in batch])   # (N, 224, 224, 3)
+        return self._forward()(arrays).numpy()                                          # (N, D)
+
+    def config(self, config: DecodeConfig | None = None, **overrides) -> DecodeConfig:
+        base = config or self.default_config
+        return replace(base, **overrides) if overrides else base
+
+    def decode(self, features: np.ndarray, config: DecodeConfig | None = None, **overrides) -> list[list[Caption]]:
+        """n-best lists for precomputed features (N, D)."""
+        return decode(self.steps, np.asarray(features, np.float32), self.vocab, self.config(config, **overrides))
+
+    def caption(self, image: ImageSource, config: DecodeConfig | None = None, **overrides) -> list[Caption]:
+        """The n-best list (best first) for one image; ``overrides`` are DecodeConfig fields."""
+        return self.decode(self.features(image), config, **overrides)[0]
+
+
+def _as_source(image):
+    """Arrays are accepted too (as uint8 RGB); everything else goes to the safe loader as it is."""
+    if isinstance(image, np.ndarray):
+        from PIL import Image
+        return Image.fromarray(np.asarray(image, np.uint8))
+    return image

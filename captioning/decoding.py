@@ -1,0 +1,298 @@
+"""Greedy and beam-search decoding over a decoder's step function, batched over images and beams.
+
+Scores follow Hugging Face's convention: a hypothesis of ``n`` tokens (its words plus ``<end>``) with
+summed log-probability ``L`` scores ``L / n ** length_penalty``; 0 ranks by raw log-probability,
+1 by the per-token mean, larger values favour longer captions.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+
+from .text import Vocabulary
+
+NEG_INF = -np.inf
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Every decoding option in one validated object.
+
+    Args:
+        beam_width: 1 decodes greedily; > 1 runs beam search with that many beams per image.
+        max_length: most tokens generated per caption (words plus ``<end>``).
+        length_penalty: exponent of the length normaliser (see module docstring).
+        no_repeat_ngram_size: if > 0, no n-gram of this size appears twice in a caption.
+        num_return_sequences: size of the returned n-best list (<= beam_width).
+        min_length: fewest words before ``<end>`` is allowed.
+        suppress_unk: never emit ``<unk>``.
+    """
+
+    beam_width: int = 1
+    max_length: int = 30
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    num_return_sequences: int = 1
+    min_length: int = 1
+    suppress_unk: bool = True
+
+    def __post_init__(self):
+        def whole(name, lo, hi=None):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo or \
+                    (hi is not None and value > hi):
+                bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+                raise ValueError(f"{name} must be a whole number {bound}, got {value!r}")
+        whole("beam_width", 1, 100)
+        whole("max_length", 1, 200)
+        whole("no_repeat_ngram_size", 0)
+        whole("num_return_sequences", 1)
+        whole("min_length", 0)
+        if not isinstance(self.length_penalty, (int, float)) or not math.isfinite(self.length_penalty):
+            raise ValueError(f"length_penalty must be a finite number, got {self.length_penalty!r}")
+        if self.num_return_sequences > self.beam_width:
+            raise ValueError(f"num_return_sequences ({self.num_return_sequences}) must be <= beam_width "
+                             f"({self.beam_width}); raise beam_width to get an n-best list")
+        if self.min_length >= self.max_length:
+            raise ValueError(f"min_length ({self.min_length}) must be < max_length ({self.max_length})")
+
+    @property
+    def strategy(self) -> str:
+        return "greedy" if self.beam_width == 1 else "beam"
+
+    def describe(self) -> str:
+        return "greedy" if self.beam_width == 1 else f"beam {self.beam_width}"
+
+
+@dataclass
+class Caption:
+    """One decoded caption with its scores.
+
+    ``token_probs`` holds the probability of every emitted token (each word, then ``<end>`` when the
+    caption finished); ``attention`` is (tokens, locations) for attention decoders, else None.
+    """
+
+    words: list[str]
+    log_prob: float
+    score: float
+    token_probs: list[float]
+    finished: bool = True
+    attention: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.words)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_probs)
+
+    @property
+    def normalized_log_prob(self) -> float:
+        """Mean log-probability per emitted token."""
+        return self.log_prob / max(self.num_tokens, 1)
+
+    @property
+    def word_probs(self) -> list[float]:
+        return self.token_probs[: len(self.words)]
+
+
+class StepDecoder:
+    """Wraps a Keras decoder's ``start``/``step`` in compiled tf.functions that speak numpy."""
+
+    def __init__(self, model):
+        import tensorflow as tf
+
+        self.model = model
+        self._start = tf.function(model.start, reduce_retracing=True)
+        self._step = tf.function(model.step, reduce_retracing=True)
+
+    def start(self, features: np.ndarray):
+        context, state = self._start(np.asarray(features, np.float32))
+        return context.numpy(), [s.numpy() for s in state]
+
+    def step(self, context, tokens, state):
+        log_probs, state, extras = self._step(context, np.asarray(tokens, np.int32), state)
+        return (log_probs.numpy(), [s.numpy() for s in state],
+                None if extras is None else extras.numpy())
+
+
+def _score(log_prob: float, n_tokens: int, length_penalty: float) -> float:
+    return log_prob / (max(n_tokens, 1) ** length_penalty)
+
+
+def _ban(log_probs: np.ndarray, history: np.ndarray, t: int, config: DecodeConfig, vocab: Vocabulary) -> None:
+    """In place: forbid specials, too-early <end>, and tokens that would repeat an n-gram."""
+    log_probs[:, [vocab.pad_id, vocab.start_id]] = NEG_INF
+    if config.suppress_unk:
+        log_probs[:, vocab.unk_id] = NEG_INF
+    if t < config.min_length:
+        log_probs[:, vocab.end_id] = NEG_INF
+    n = config.no_repeat_ngram_size
+    if n and t + 1 >= n:
+        for row in range(history.shape[0]):
+            seq = history[row].tolist()
+            prefix = tuple(seq[t - n + 1:]) if n > 1 else ()
+            banned = [seq[i + n - 1] for i in range(t - n + 1) if tuple(seq[i:i + n - 1]) == prefix]
+            if banned:
+                log_probs[row, banned] = NEG_INF
+
+
+def _make_caption(tokens, logps, attn, finished, config, vocab) -> Caption:
+    tokens, logps = list(tokens), [float(x) for x in logps]
+    words = vocab.decode(tokens)
+    total = float(sum(logps))
+    return Caption(words=words, log_prob=total, score=_score(total, len(logps), config.length_penalty),
+                   token_probs=[math.exp(x) for x in logps], finished=finished,
+                   attention=None if attn is None else np.asarray(attn))
+
+
+def greedy_search(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
+                  config: DecodeConfig = DecodeConfig()) -> list[Caption]:
+    """The most probable next token at every step, for a batch of images at once."""
+    b = len(features)
+    context, state = decoder.start(features)
+    history = np.zeros((b, 0), np.int64)
+    logps = np.zeros((b, 0))
+    attn_steps: list[np.ndarray] = []
+    tokens = np.full(b, vocab.start_id)
+    length = np.full(b, config.max_length)
+    alive = np.ones(b, bool)
+    for t in range(config.max_length):
+        log_probs, state, extras = decoder.step(context, tokens, state)        # (B, V)
+        _ban(log_probs, history, t, config, vocab)
+        tokens = log_probs.argmax(axis=1)                                         # (B,)
+        history = np.concatenate([history, tokens[:, None]], axis=1)
+        logps = np.concatenate([logps, log_probs[np.arange(b), tokens][:, None]], axis=1)
+        if extras is not None:
+            attn_steps.append(extras)
+        ended = alive & (tokens == vocab.end_id)
+        length[ended] = t + 1
+        alive &= ~ended
+        if not alive.any():
+            break
+    attention = np.stack(attn_steps, axis=1) if attn_steps else None              # (B, T, P)
+    return [_make_caption(history[i, :length[i]], logps[i, :length[i]],
+                          None if attention is None else attention[i, :length[i]],
+                          bool(history[i, length[i] - 1] == vocab.end_id),
+                          config, vocab)
+            for i in range(b)]
+
+
+def beam_search(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
+                config: DecodeConfig) -> list[list[Caption]]:
+    """Beam search for a batch of images; returns each image's n-best list, best first.
+
+    All ``B * K`` beams advance in one decoder call per step. A finished hypothesis is kept when it
+    ranks within the top ``K`` candidates of its step; an image stops once it holds ``K`` finished
+    hypotheses (Hugging Face's ``early_stopping=True``), and beams still open at ``max_length`` are
+    returned unfinished.
+    """
+    b, k = len(features), config.beam_width
+    context, state = decoder.start(features)
+    context = np.repeat(context, k, axis=0)                                       # (B*K, ...)
+    state = [np.repeat(s, k, axis=0) for s in state]
+    scores = np.full((b, k), NEG_INF)
+    scores[:, 0] = 0.0                                    # one live beam per image at the start
+    history = np.zeros((b * k, 0), np.int64)
+    logps = np.zeros((b * k, 0))
+    attn = None                                                                   # (B*K, T, P)
+    tokens = np.full(b * k, vocab.start_id)
+    finished: list[list[Caption]] = [[] for _ in range(b)]
+    done = np.zeros(b, bool)
+
+    for t in range(config.max_length):
+        log_probs, state, extras = decoder.step(context, tokens, state)           # (B*K, V)
+        _ban(log_probs, history, t, config, vocab)
+        v = log_probs.shape[1]
+        candidates = (scores.reshape(-1, 1) + log_probs).reshape(b, k * v)          # (B, K*V)
+        n_cand = min(2 * k, k * v)
+        top = np.argpartition(-candidates, n_cand - 1, axis=1)[:, :n_cand]         # (B, 2K)
+        order = np.argsort(-np.take_along_axis(candidates, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+
+        parents = np.zeros(b * k, np.int64)
+        new_tokens = np.full(b * k, vocab.end_id)
+        new_scores = np.full((b, k), NEG_INF)
+        step_logp = np.zeros(b * k)
+        for i in range(b):
+            filled = 0
+            if not done[i]:
+                for rank, idx in enumerate(top[i]):
+                    total = candidates[i, idx]
+                    if total == NEG_INF or filled == k:
+                        break
+                    beam, word = divmod(int(idx), v)
+                    row = i * k + beam
+                    if word == vocab.end_id:
+                        if rank < k:
+                            hyp_attn = None
+                            if extras is not None:
+                                past = attn[row] if attn is not None else np.zeros((0, extras.shape[1]))
+                                hyp_attn = np.concatenate([past, extras[row][None]])        # (t+1, P)
+                            finished[i].append(_make_caption(
+                                list(history[row]) + [word], list(logps[row]) + [log_probs[row, word]],
+                                hyp_attn, True, config, vocab))
+                        continue
+                    out = i * k + filled
+                    parents[out], new_tokens[out] = row, word
+                    new_scores[i, filled], step_logp[out] = total, log_probs[row, word]
+                    filled += 1
+                done[i] = len(finished[i]) >= k or filled == 0
+            for out in range(i * k + filled, (i + 1) * k):   # empty slots: park on the image's first row
+                parents[out] = i * k
+        history = np.concatenate([history[parents], new_tokens[:, None]], axis=1)
+        logps = np.concatenate([logps[parents], step_logp[:, None]], axis=1)
+        if extras is not None:
+            step_attn = extras[parents][:, None]
+            attn = step_attn if attn is None else np.concatenate([attn[parents], step_attn], axis=1)
+        state = [s[parents] for s in state]
+        tokens, scores = new_tokens, new_scores
+        if done.all():
+            break
+
+    results = []
+    for i in range(b):
+        hyps = list(finished[i])
+        if len(hyps) < config.num_return_sequences or not done[i]:
+            for j in range(k):
+                row = i * k + j
+                if scores[i, j] > NEG_INF:
+                    hyps.append(_make_caption(history[row], logps[row], None if attn is None else attn[row],
+                                              False, config, vocab))
+        hyps.sort(key=lambda c: c.score, reverse=True)
+        results.append(hyps[: config.num_return_sequences])
+    return results
+
+
+def decode(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary, config: DecodeConfig = DecodeConfig(),
+           batch_size: int = 256, progress: Callable[[int], None] | None = None) -> list[list[Caption]]:
+    """Decode every row of ``features`` (n-best list per image), in batches of ``batch_size`` images."""
+    out: list[list[Caption]] = []
+    for lo in range(0, len(features), batch_size):
+        chunk = features[lo: lo + batch_size]
+        if config.beam_width == 1:
+            out.extend([c] for c in greedy_search(decoder, chunk, vocab, config))
+        else:
+            out.extend(beam_search(decoder, chunk, vocab, config))
+        if progress:
+            progress(len(chunk))
+    return out
+
+
+def with_beam(config: DecodeConfig, beam_width: int, **changes) -> DecodeConfig:
+    """A copy of ``config`` with another beam width (clipping num_return_sequences to fit)."""
+    return replace(config, beam_width=beam_width,
+                   num_return_sequences=min(config.num_return_sequences, beam_width), **changes)
+
+
+def decode_one(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
+               config: DecodeConfig = DecodeConfig()) -> list[Caption]:
+    return decode(decoder, np.asarray(features)[None], vocab, config)[0]
+
+
+__all__ = ["DecodeConfig", "Caption", "StepDecoder", "greedy_search", "beam_search", "decode", "decode_one",
+           "with_beam"]

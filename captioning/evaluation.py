@@ -1,0 +1,42 @@
+"""Decode a split with several decoding settings and score it: metrics.json entries + predictions."""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+
+from .decoding import DecodeConfig, StepDecoder, decode
+from .metrics import BLEU_WEIGHTS, corpus_bleu_scores, sentence_bleu_scores
+from .text import Vocabulary
+
+
+def evaluate(steps: StepDecoder, vocab: Vocabulary, features: np.ndarray, names: Sequence[str],
+             references: Sequence[Sequence[Sequence[str]]], configs: Sequence[DecodeConfig], split: str = "test",
+             progress: bool = True):
+    """Returns ``(results, predictions)``: one metrics dict per config and a DataFrame of captions."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    results, rows = [], []
+    for config in configs:
+        start = time.perf_counter()
+        with tqdm(total=len(names), unit="img", desc=f"decode {config.describe()}", disable=not progress) as bar:
+            nbest = decode(steps, features, vocab, config, progress=bar.update)
+        seconds = time.perf_counter() - start
+        hyps = [n[0].words for n in nbest]
+        entry = {"decoding": config.strategy, "beam_width": config.beam_width, "split": split,
+                 "n_images": len(names), "length_penalty": config.length_penalty,
+                 "no_repeat_ngram_size": config.no_repeat_ngram_size, "max_length": config.max_length,
+                 **corpus_bleu_scores(references, hyps),
+                 "mean_length": float(np.mean([len(h) for h in hyps])),
+                 "vocabulary_used": len({w for h in hyps for w in h}),
+                 "decode_seconds": round(seconds, 2)}
+        results.append(entry)
+        for name, refs, best in zip(names, references, (n[0] for n in nbest)):
+            rows.append({"image": name, "decoding": config.strategy, "beam_width": config.beam_width,
+                         "caption": best.text, "log_prob": round(best.log_prob, 4),
+                         "score": round(best.score, 4), **{k: round(v, 4) for k, v in
+                                                             sentence_bleu_scores(refs, best.words).items()}})
+    columns = ["image", "decoding", "beam_width", "caption", "log_prob", "score", *BLEU_WEIGHTS]
+    return results, pd.DataFrame(rows, columns=columns)

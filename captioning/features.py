@@ -1,0 +1,165 @@
+"""Batched feature extraction with tf.data and an on-disk, resumable float16 cache.
+
+Cache layout (one folder per encoder key, e.g. ``.cache/features/xception-299/``)::
+
+    shard-00000.json        {"names": [...]}            written last: marks the shard complete
+    shard-00000.pooled.npy  float16 (n, D)
+    shard-00000.spatial.npy float16 (n, H*W, D)         only when spatial maps were asked for
+
+A shard is complete when its ``.json`` exists; arrays are written first under temporary names and
+renamed, so a run killed at any point leaves only complete shards, and a rerun extracts the rest.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .encoders import EncoderSpec
+from .images import CANONICAL_SIZE
+
+SHARD_SIZE = 512
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, array, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class FeatureCache:
+    """Read and append feature shards for one encoder key."""
+
+    def __init__(self, root: str | os.PathLike, key: str):
+        self.dir = Path(root) / key
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _shards(self) -> list[Path]:
+        return sorted(self.dir.glob("shard-*.json"))
+
+    def index(self, spatial: bool = False) -> dict[str, tuple[Path, int]]:
+        """name -> (shard json, row) for every complete shard (that has spatial maps, if asked)."""
+        out = {}
+        for meta in self._shards():
+            if spatial and not meta.with_suffix(".spatial.npy").is_file():
+                continue
+            for row, name in enumerate(json.loads(meta.read_text())["names"]):
+                out[name] = (meta, row)
+        return out
+
+    def missing(self, names: Sequence[str], spatial: bool = False) -> list[str]:
+        have = self.index(spatial)
+        return [n for n in dict.fromkeys(names) if n not in have]
+
+    def add_shard(self, names: list[str], pooled: np.ndarray, spatial: np.ndarray | None = None) -> None:
+        number = max((int(p.stem.split("-")[1]) for p in self._shards()), default=-1) + 1
+        stem = self.dir / f"shard-{number:05d}"
+        atomic_save_npy(stem.with_suffix(".pooled.npy"), pooled.astype(np.float16))
+        if spatial is not None:
+            atomic_save_npy(stem.with_suffix(".spatial.npy"), spatial.astype(np.float16))
+        atomic_write_text(stem.with_suffix(".json"), json.dumps({"names": names}))
+
+    def load(self, names: Sequence[str], spatial: bool = False) -> np.ndarray:
+        """Features for ``names`` in that order (float16); spatial maps are memory-mapped."""
+        index = self.index(spatial)
+        absent = [n for n in names if n not in index]
+        if absent:
+            raise KeyError(f"{len(absent)} images have no cached features (first: {absent[0]}); "
+                           f"run: python train.py features")
+        kind = "spatial" if spatial else "pooled"
+        arrays: dict[Path, np.ndarray] = {}
+        rows = []
+        for n in names:
+            meta, row = index[n]
+            if meta not in arrays:
+                arrays[meta] = np.load(meta.with_suffix(f".{kind}.npy"), mmap_mode="r" if spatial else None,
+                                       allow_pickle=False)
+            rows.append(arrays[meta][row])
+        return np.stack(rows) if rows else np.zeros((0,), np.float16)
+
+
+def image_pipeline(spec: EncoderSpec):
+    """A tf function: uint8 images (B, 224, 224, 3) -> encoder inputs (B, S, S, 3), preprocessed."""
+    import tensorflow as tf
+
+    preprocess = spec.preprocess()
+
+    def to_encoder_input(images):
+        x = tf.image.resize(tf.cast(images, tf.float32), (spec.input_size, spec.input_size))  # (B, S, S, 3)
+        return preprocess(x)
+
+    return to_encoder_input
+
+
+def _read_canonical(path):
+    """tf: JPEG/PNG path -> uint8 (224, 224, 3), antialiased to the canonical size when needed."""
+    import tensorflow as tf
+
+    img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)   # (h, w, 3)
+    img.set_shape([None, None, 3])
+    same = tf.logical_and(tf.shape(img)[0] == CANONICAL_SIZE, tf.shape(img)[1] == CANONICAL_SIZE)
+    return tf.cond(same, lambda: img,
+                   lambda: tf.cast(tf.round(tf.clip_by_value(
+                       tf.image.resize(img, (CANONICAL_SIZE, CANONICAL_SIZE), antialias=True), 0, 255)), tf.uint8))
+
+
+def extract_features(encoder, spec: EncoderSpec, paths: dict[str, Path], cache: FeatureCache,
+                     batch_size: int = 32, spatial: bool = False, progress: bool = True) -> dict:
+    """Extract and cache features for every image in ``paths`` (name -> file) not cached yet.
+
+    Returns timing stats: images done, seconds, images per second.
+    """
+    import tensorflow as tf
+    from tqdm.auto import tqdm
+
+    todo = cache.missing(list(paths), spatial)
+    stats = {"images": len(todo), "cached": len(paths) - len(todo), "seconds": 0.0}
+    if not todo:
+        return stats
+    to_input = image_pipeline(spec)
+    files = [str(paths[n]) for n in todo]
+    ds = (tf.data.Dataset.from_tensor_slices(files)
+          .map(_read_canonical, num_parallel_calls=tf.data.AUTOTUNE)
+          .batch(batch_size)
+          .map(to_input, num_parallel_calls=tf.data.AUTOTUNE)
+          .prefetch(2))
+    forward = tf.function(lambda x: encoder(x, training=False), reduce_retracing=True)
+
+    start = time.perf_counter()
+    offset = 0                       # images of ``todo`` consumed so far (tf.data keeps their order)
+    buf_names: list[str] = []
+    buf_pooled: list[np.ndarray] = []
+    buf_spatial: list[np.ndarray] = []
+    with tqdm(total=len(todo), unit="img", desc=f"features {spec.key}", disable=not progress) as bar:
+        for batch in ds:
+            out = forward(batch)
+            pooled = out[0] if isinstance(out, (list, tuple)) else out
+            n = int(pooled.shape[0])
+            buf_names.extend(todo[offset:offset + n])
+            offset += n
+            buf_pooled.append(pooled.numpy().astype(np.float16))
+            if spatial:
+                buf_spatial.append(out[1].numpy().astype(np.float16))
+            bar.update(n)
+            if len(buf_names) >= SHARD_SIZE:
+                _flush(cache, buf_names, buf_pooled, buf_spatial, spatial)
+                buf_names, buf_pooled, buf_spatial = [], [], []
+    if buf_names:
+        _flush(cache, buf_names, buf_pooled, buf_spatial, spatial)
+    stats["seconds"] = time.perf_counter() - start
+    stats["images_per_second"] = stats["images"] / stats["seconds"] if stats["seconds"] else 0.0
+    return stats
+
+
+def _flush(cache, names, pooled, spatial_maps, spatial) -> None:
+    cache.add_shard(list(names), np.concatenate(pooled), np.concatenate(spatial_maps) if spatial else None)

@@ -1,0 +1,135 @@
+"""Teacher-forced training of a decoder on cached features, with resumable checkpoints.
+
+Whole captions train at once: the decoder sees ``<start> w1 .. wn`` and predicts ``w1 .. wn <end>``
+in one pass with a masked sparse cross-entropy (padding ignored), instead of the seeds' one-hot
+(image, prefix) -> word arrays.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .text import Vocabulary
+
+MAX_TOKENS = 40   # <start> + words + <end>; longer Flickr8k captions (a handful) are cut
+
+
+@dataclass
+class TrainConfig:
+    """Every training knob in one visible block."""
+
+    embed_dim: int = 256
+    units: int = 256
+    dropout: float = 0.5
+    learning_rate: float = 1e-3
+    batch_size: int = 64
+    epochs: int = 20
+    patience: int = 3
+    min_count: int = 5
+    seed: int = 42
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def encode_captions(captions: Sequence[Sequence[str]], vocab: Vocabulary, max_tokens: int = MAX_TOKENS) -> np.ndarray:
+    """Tokenised captions -> int32 (N, T) ids padded with 0, each framed by <start>/<end>."""
+    rows = [vocab.encode(words, max_tokens) for words in captions]
+    width = max(len(r) for r in rows)
+    out = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def make_dataset(features: np.ndarray, image_index: np.ndarray, tokens: np.ndarray, batch_size: int,
+                 shuffle: bool, seed: int = 0):
+    """tf.data of ((features (B, D), input ids (B, T-1)), target ids (B, T-1)), trimmed per batch."""
+    import tensorflow as tf
+
+    table = tf.constant(np.asarray(features, np.float32))                        # (images, D)
+
+    def to_example(idx, ids):
+        width = tf.reduce_max(tf.reduce_sum(tf.cast(ids > 0, tf.int32), axis=1))  # longest caption in batch
+        ids = ids[:, :width]                                                      # (B, T)
+        return (tf.gather(table, idx), ids[:, :-1]), ids[:, 1:]
+
+    ds = tf.data.Dataset.from_tensor_slices((image_index.astype(np.int32), tokens))
+    if shuffle:
+        ds = ds.shuffle(len(tokens), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).map(to_example, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+
+
+class Checkpointer:
+    """Keeps the best weights and the training history on disk, surviving interruption.
+
+    State lives in ``run_dir/state.json`` (written atomically), best weights in
+    ``run_dir/best.weights.h5``; Keras's BackupAndRestore restores the last epoch's model and
+    optimizer, so a rerun continues where the killed one stopped.
+    """
+
+    def __init__(self, run_dir: Path, patience: int):
+        import keras
+
+        self.run_dir, self.patience = Path(run_dir), patience
+        self.state_path = self.run_dir / "state.json"
+        self.best_path = self.run_dir / "best.weights.h5"
+        self.state = json.loads(self.state_path.read_text()) if self.state_path.is_file() else \
+            {"best_val_loss": None, "best_epoch": None, "epochs": {}}
+        outer = self
+
+        class _Callback(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self._t0 = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                outer._epoch_end(self.model, epoch, logs or {}, time.perf_counter() - self._t0)
+
+        self.callback = _Callback()
+
+    def _epoch_end(self, model, epoch: int, logs: dict, seconds: float) -> None:
+        val = float(logs.get("val_loss", logs.get("loss")))
+        self.state["epochs"][str(epoch + 1)] = {"loss": float(logs.get("loss", np.nan)), "val_loss": val,
+                                                "seconds": round(seconds, 2)}
+        best = self.state["best_val_loss"]
+        if best is None or val < best:
+            tmp = self.best_path.with_name("best.tmp.weights.h5")
+            model.save_weights(tmp)
+            os.replace(tmp, self.best_path)
+            self.state.update(best_val_loss=val, best_epoch=epoch + 1)
+        if epoch + 1 - (self.state["best_epoch"] or 0) >= self.patience:
+            model.stop_training = True
+            self.state["stopped_early"] = True
+        tmp = self.state_path.with_name("state.json.tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        os.replace(tmp, self.state_path)
+        print(f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}  val_loss {val:.4f}  "
+              f"({seconds:.1f}s){'  *best' if self.state['best_epoch'] == epoch + 1 else ''}", flush=True)
+
+    def finished(self, max_epochs: int) -> bool:
+        return bool(self.state.get("stopped_early")) or len(self.state["epochs"]) >= max_epochs
+
+
+def fit(decoder, train_ds, val_ds, config: TrainConfig, run_dir: str | os.PathLike, verbose: int = 1) -> dict:
+    """Train with early stopping on validation loss; resumable from ``run_dir``. Returns the state."""
+    import keras
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    decoder.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
+    ckpt = Checkpointer(run_dir, config.patience)
+    if not ckpt.finished(config.epochs):
+        backup = keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True)
+        decoder.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=[backup, ckpt.callback],
+                    verbose=verbose)
+    if ckpt.best_path.is_file():
+        decoder.load_weights(ckpt.best_path)
+    return ckpt.state

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up everything on a fresh machine: a virtualenv with the pinned requirements, and
+#   app   -> the ImageNet weights of the default bundle's encoder (downloaded, or extracted offline)
+#   test  -> the test requirements and Debian's chromium + chromium-driver for the browser test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode="${1:-app}"
+PYTHON="${PYTHON:-python3}"
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+req=requirements.txt
+[ "$mode" = test ] && req=requirements-dev.txt
+stamp=".venv/.installed-$(sha256sum requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)-$mode"
+if [ ! -f "$stamp" ]; then
+  echo "setup: installing $req"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r "$req"
+  touch "$stamp"
+fi
+
+if [ "$mode" = app ]; then
+  encoder=$(.venv/bin/python -c "import json;print(json.load(open('artifacts/default/manifest.json'))['encoder']['name'])" 2>/dev/null || echo xception)
+  .venv/bin/python -m captioning setup-weights --encoder "$encoder"
+fi
+
+if [ "$mode" = test ] && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
+  echo "setup: installing Debian's chromium and chromium-driver for the browser test"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+fi

@@ -1,0 +1,57 @@
+"""Shared fixtures: the real Flickr8k beside the project, the small real encoder, a tiny trained bundle."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+MOBILENET = SHARED / "weights" / "mobilenet_v2_0.35_224_imagenet_notop.weights.h5"
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def flickr_dir() -> Path:
+    path = Path(os.environ.get("FLICKR8K_DIR") or SHARED / "flickr8k")
+    if not (path / "Flickr_8k.testImages.txt").is_file():
+        pytest.skip(f"Flickr8k not found at {path}; set FLICKR8K_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mobilenet_weights() -> Path:
+    if not MOBILENET.is_file():
+        pytest.skip(f"small encoder weights not found at {MOBILENET}")
+    return MOBILENET
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, flickr_dir, mobilenet_weights):
+    """A real train.py run on 60 Flickr8k images with MobileNetV2-0.35: (artifacts root, cache dir)."""
+    import train
+
+    work = tmp_path_factory.mktemp("tiny")
+    artifacts, cache = work / "artifacts", work / "cache"
+    code = train.main(["--data-dir", str(flickr_dir), "--encoder", "mobilenetv2", "--alpha", "0.35",
+                       "--weights", str(mobilenet_weights), "--limit", "60", "--epochs", "3",
+                       "--out", str(artifacts / "tiny"), "--cache-dir", str(cache), "--quiet",
+                       "--beam-widths", "3"])
+    assert code == 0
+    return artifacts, cache
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run) -> Path:
+    return tiny_run[0] / "tiny"
+
+
+@pytest.fixture()
+def app_env(monkeypatch, tiny_run, flickr_dir, mobilenet_weights):
+    """Environment the app reads: tiny bundle, dataset, small encoder weights."""
+    monkeypatch.setenv("CAPTIONING_ARTIFACTS", str(tiny_run[0]))
+    monkeypatch.setenv("FLICKR8K_DIR", str(flickr_dir))
+    monkeypatch.setenv("CAPTIONING_WEIGHTS_DIR", str(mobilenet_weights.parent))
+    return tiny_run[0]

@@ -1,0 +1,151 @@
+"""Decoding is tested on a tiny hand-made step decoder (exact, fast) and on the real MergeDecoder."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from captioning.decoding import DecodeConfig, beam_search, decode, greedy_search
+from captioning.text import Vocabulary
+
+
+class MarkovDecoder:
+    """Log-probabilities depend on the previous token, the step and the image: a search space we can enumerate."""
+
+    def __init__(self, vocab_size, seed=0, attention=False):
+        rng = np.random.default_rng(seed)
+        self.table = rng.normal(0, 2.0, size=(vocab_size, 8, vocab_size))     # (prev, step, next)
+        self.attention = attention
+
+    def start(self, features):
+        return np.asarray(features, np.float64), [np.zeros((len(features), 1))]
+
+    def step(self, context, tokens, state):
+        t = state[0][:, 0].astype(int)
+        logits = self.table[tokens, np.minimum(t, 7)] + context[:, : self.table.shape[2]]
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        extras = None
+        if self.attention:
+            raw = np.exp(context[:, :4] + t[:, None])
+            extras = raw / raw.sum(axis=1, keepdims=True)
+        return logp, [state[0] + 1], extras
+
+
+def tiny_vocab(n_words=3):
+    return Vocabulary([f"w{i}" for i in range(n_words)])
+
+
+def brute_force_best(model, feature, vocab, cfg):
+    """Enumerate every caption of at most max_length tokens; return the best (words, score)."""
+    words = [i for i in range(len(vocab)) if i not in (vocab.pad_id, vocab.unk_id, vocab.start_id, vocab.end_id)]
+    best = (None, -math.inf)
+    for n in range(cfg.min_length, cfg.max_length + 1):
+        for seq in itertools.product(words, repeat=n):
+            # shorter captions must end with <end>; at max_length they are cut off unfinished
+            for finish in ([vocab.end_id],) if n < cfg.max_length else ([],):
+                tokens = list(seq) + finish
+                ctx, state = model.start(feature[None])
+                prev, total = vocab.start_id, 0.0
+                for tok in tokens:
+                    logp, state, _ = model.step(ctx, np.array([prev]), state)
+                    total += logp[0, tok]
+                    prev = tok
+                score = total / len(tokens) ** cfg.length_penalty
+                if score > best[1]:
+                    best = ([vocab.itos[t] for t in seq], score)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_exhaustive_beam_finds_brute_force_optimum(seed, length_penalty):
+    vocab = tiny_vocab(3)
+    model = MarkovDecoder(len(vocab), seed)
+    feature = np.random.default_rng(seed + 100).normal(size=len(vocab))
+    cfg = DecodeConfig(beam_width=100, max_length=4, length_penalty=length_penalty)   # 3^4 < 100 beams
+    words, score = brute_force_best(model, feature, vocab, cfg)
+    got = beam_search(model, feature[None], vocab, cfg)[0][0]
+    assert got.words == words
+    assert got.score == pytest.approx(score)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("no_repeat", [0, 2])
+def test_beam_width_one_equals_greedy(seed, no_repeat):
+    vocab = tiny_vocab(6)
+    model = MarkovDecoder(len(vocab), seed, attention=True)
+    feats = np.random.default_rng(seed).normal(size=(7, len(vocab)))
+    cfg = DecodeConfig(beam_width=1, max_length=8, no_repeat_ngram_size=no_repeat)
+    greedy = greedy_search(model, feats, vocab, cfg)
+    beam = beam_search(model, feats, vocab, cfg)
+    for g, (b,) in zip(greedy, beam):
+        assert g.words == b.words and g.finished == b.finished
+        assert g.log_prob == pytest.approx(b.log_prob)
+        np.testing.assert_allclose(g.attention, b.attention)
+
+
+def test_batched_decoding_equals_one_image_at_a_time():
+    vocab = tiny_vocab(6)
+    model = MarkovDecoder(len(vocab), 3)
+    feats = np.random.default_rng(1).normal(size=(9, len(vocab)))
+    cfg = DecodeConfig(beam_width=4, max_length=7, num_return_sequences=3)
+    batched = decode(model, feats, vocab, cfg, batch_size=4)
+    for i in range(len(feats)):
+        single = decode(model, feats[i: i + 1], vocab, cfg)[0]
+        assert [c.words for c in single] == [c.words for c in batched[i]]
+
+
+def test_results_carry_scores_probabilities_and_nbest_order():
+    vocab = tiny_vocab(6)
+    model = MarkovDecoder(len(vocab), 2, attention=True)
+    feats = np.random.default_rng(2).normal(size=(3, len(vocab)))
+    nbest = decode(model, feats, vocab, DecodeConfig(beam_width=5, max_length=6, num_return_sequences=5))
+    for caps in nbest:
+        assert len(caps) == 5
+        assert [c.score for c in caps] == sorted((c.score for c in caps), reverse=True)
+        for c in caps:
+            assert c.text == " ".join(c.words)
+            assert c.log_prob == pytest.approx(sum(math.log(p) for p in c.token_probs))
+            assert c.normalized_log_prob == pytest.approx(c.log_prob / c.num_tokens)
+            assert all(0 < p <= 1 for p in c.token_probs)
+            assert c.attention.shape == (c.num_tokens, 4)
+            np.testing.assert_allclose(c.attention.sum(axis=1), 1.0)
+
+
+def test_no_repeat_ngram_is_respected_and_decoding_stops_at_max_length():
+    vocab = tiny_vocab(6)          # 36 bigrams: enough that the ban never forces <end> within 12 tokens
+    model = MarkovDecoder(len(vocab), 0)
+    model.table[:, :, vocab.end_id] = -50          # never wants to stop
+    feats = np.zeros((2, len(vocab)))
+    for cfg in (DecodeConfig(max_length=12, no_repeat_ngram_size=2),
+                DecodeConfig(beam_width=3, max_length=12, no_repeat_ngram_size=2)):
+        for caps in decode(model, feats, vocab, cfg):
+            words = caps[0].words
+            assert len(caps[0].token_probs) <= 12 and not caps[0].finished
+            bigrams = list(zip(words, words[1:]))
+            assert len(bigrams) == len(set(bigrams))
+
+
+def test_special_tokens_never_emitted_and_min_length():
+    vocab = tiny_vocab(3)
+    model = MarkovDecoder(len(vocab), 4)
+    model.table[:, :, [vocab.unk_id, vocab.pad_id, vocab.start_id]] = 20   # the model loves specials
+    model.table[:, :, vocab.end_id] = 10
+    for beam in (1, 3):
+        caps = decode(model, np.zeros((2, len(vocab))), vocab, DecodeConfig(beam_width=beam, max_length=5, min_length=2))
+        for (c, *_) in caps:
+            assert len(c.words) >= 2 and all(w.startswith("w") for w in c.words)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"beam_width": 0}, "beam_width"),
+    ({"beam_width": 2.5}, "beam_width"),
+    ({"max_length": 0}, "max_length"),
+    ({"num_return_sequences": 3, "beam_width": 2}, "num_return_sequences"),
+    ({"length_penalty": float("nan")}, "length_penalty"),
+    ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"),
+    ({"min_length": 5, "max_length": 5}, "min_length"),
+])
+def test_config_is_validated_up_front(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DecodeConfig(**kwargs)

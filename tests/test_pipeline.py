@@ -1,0 +1,104 @@
+"""Integration: train.py on a small real Flickr8k subset with the small real encoder, then the CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from captioning.bundle import load_bundle
+from captioning.captioner import Captioner
+from captioning.features import FeatureCache
+from conftest import ROOT
+
+
+def test_bundle_has_every_artifact_and_metric(tiny_bundle):
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert manifest["format_version"] == 1
+    assert manifest["encoder"]["name"] == "mobilenetv2" and manifest["encoder"]["weights_source"].startswith("file:")
+    assert manifest["decoder"]["kind"] == "merge"
+    assert manifest["data"]["splits"] == {"train": 42, "dev": 9, "test": 9}
+    assert {"tensorflow", "keras", "numpy", "python"} <= set(manifest["versions"])
+    assert manifest["training"]["epochs_run"] == 3 and manifest["training"]["peak_rss_mb"] > 0
+
+    results = json.loads((tiny_bundle / "metrics.json").read_text())["results"]
+    assert [(r["decoding"], r["beam_width"]) for r in results] == [("greedy", 1), ("beam", 3)]
+    for r in results:
+        assert r["split"] == "test" and r["n_images"] == 9
+        assert all(0 <= r[f"bleu_{n}"] <= 1 for n in range(1, 5))
+        assert r["bleu_1"] > 0.05          # even 3 epochs on 42 images learn "a man in a ..."
+
+    preds = pd.read_csv(tiny_bundle / "predictions.csv", keep_default_na=False)
+    assert list(preds.columns[:4]) == ["image", "decoding", "beam_width", "caption"]
+    assert len(preds) == 18 and preds["caption"].str.len().min() > 0
+
+
+def test_load_bundle_and_caption_a_real_image(tiny_bundle, flickr_dir, mobilenet_weights):
+    bundle = load_bundle(tiny_bundle)
+    assert len(bundle.vocab) == bundle.manifest["vocab_size"]
+    captioner = Captioner(bundle, mobilenet_weights)
+    image = flickr_dir / "Images" / bundle.predictions["image"].iloc[0]
+    greedy = captioner.caption(image)[0]
+    assert greedy.words and greedy.log_prob < 0
+    # the app path (load_image -> 224 -> encoder) reproduces the training path's caption
+    assert greedy.text == bundle.predictions["caption"].iloc[0]
+    nbest = captioner.caption(image, beam_width=3, num_return_sequences=3)
+    assert len(nbest) == 3 and nbest[0].score >= nbest[-1].score
+
+
+def test_cli_captions_an_image(tiny_bundle, flickr_dir, mobilenet_weights):
+    image = flickr_dir / "Images" / "1000268201_693b08cb0e.jpg"
+    env = {**os.environ, "CAPTIONING_WEIGHTS_DIR": str(mobilenet_weights.parent)}
+    out = subprocess.run([sys.executable, "-m", "captioning", "caption", str(image), "--bundle", str(tiny_bundle),
+                          "--beam-width", "3"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    line = out.stdout.strip().splitlines()[-1]
+    assert line.startswith(str(image)) and "log p" in line
+
+
+def test_cli_reports_a_bad_image_without_a_traceback(tiny_bundle, tmp_path, mobilenet_weights):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a picture")
+    env = {**os.environ, "CAPTIONING_WEIGHTS_DIR": str(mobilenet_weights.parent)}
+    out = subprocess.run([sys.executable, "-m", "captioning", "caption", str(bad), "--bundle", str(tiny_bundle)],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert out.returncode == 1 and "not an image" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_feature_cache_is_complete_float16(tiny_run):
+    _, cache = tiny_run
+    fc = FeatureCache(cache / "features", "mobilenetv2-a0.35-224")
+    index = fc.index()
+    assert len(index) == 60
+    arr = fc.load(list(index)[:5])
+    assert arr.dtype == "float16" and arr.shape == (5, 1280)
+
+
+def test_rerun_reuses_features_and_finished_training(tiny_run, flickr_dir, mobilenet_weights, capsys):
+    import train
+
+    artifacts, cache = tiny_run
+    before = (artifacts / "tiny" / "decoder.keras").read_bytes()
+    code = train.main(["train", "--data-dir", str(flickr_dir), "--encoder", "mobilenetv2", "--alpha", "0.35",
+                       "--weights", str(mobilenet_weights), "--limit", "60", "--epochs", "3",
+                       "--out", str(artifacts / "tiny"), "--cache-dir", str(cache), "--quiet"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "epoch 1:" not in out                                 # nothing retrained
+    assert load_bundle(artifacts / "tiny").decoder.count_params() > 0
+    assert len(before) > 0
+
+
+def test_train_reports_missing_data_clearly(tmp_path, capsys):
+    import train
+
+    assert train.main(["--data-dir", str(tmp_path / "nowhere"), "--quiet"]) == 2
+    assert "train.py download" in capsys.readouterr().err
+
+
+def test_quick_run_limit_is_validated():
+    import train
+
+    with pytest.raises(SystemExit):
+        train.parse_args(["--limit", "3"])

@@ -1,0 +1,39 @@
+import pytest
+
+from captioning.text import SPECIALS, Vocabulary, tokenize
+
+
+def test_tokenize_lowercases_strips_punctuation_and_digits():
+    assert tokenize("A dog's ball, 2 cats & the Sky-line!") == ["a", "dogs", "ball", "cats", "the", "sky", "line"]
+    assert tokenize("  ") == []
+    assert tokenize("3rd place .") == ["place"]
+
+
+def test_vocabulary_threshold_specials_and_order():
+    caps = [["a", "dog"], ["a", "cat"], ["a", "dog", "runs"]]
+    vocab = Vocabulary.build(caps, min_count=2)
+    assert vocab.itos[:4] == list(SPECIALS)
+    assert vocab.itos[4:] == ["a", "dog"]           # most frequent first; "cat"/"runs" below threshold
+    assert vocab.encode(["a", "cat"]) == [vocab.start_id, vocab.stoi["a"], vocab.unk_id, vocab.end_id]
+    assert vocab.decode(vocab.encode(["a", "dog"]) + [vocab.stoi["a"]]) == ["a", "dog"]   # stops at <end>
+    assert vocab.coverage(caps) == pytest.approx(5 / 7)
+
+
+def test_vocabulary_json_round_trip(tmp_path):
+    vocab = Vocabulary.build([["x", "y", "x"]], min_count=1)
+    vocab.save(tmp_path / "v.json")
+    again = Vocabulary.load(tmp_path / "v.json")
+    assert again.itos == vocab.itos and again.counts["x"] == 2 and again.min_count == 1
+
+
+@pytest.mark.parametrize("bad", [{}, {"format": "captioning.vocab/1", "itos": ["a", "b"]},
+                                 {"format": "captioning.vocab/1", "itos": list(SPECIALS) + ["a", "a"]}])
+def test_vocabulary_rejects_malformed_json(bad):
+    with pytest.raises(ValueError):
+        Vocabulary.from_json(bad)
+
+
+def test_encode_truncates_long_captions_but_keeps_end():
+    vocab = Vocabulary.build([["w"] * 50], min_count=1)
+    ids = vocab.encode(["w"] * 50, max_length=10)
+    assert len(ids) == 10 and ids[-1] == vocab.end_id

@@ -1,0 +1,240 @@
+#!/usr/bin/env python
+"""Train and evaluate a captioner on Flickr8k; writes an artifact bundle the app loads.
+
+    python train.py [--data-dir DIR] [--encoder xception] [--out artifacts/NAME] [--limit N]   # all steps
+    python train.py download --data-dir DIR     # fetch Flickr8k (needs internet)
+    python train.py features ...                # cache encoder features (resumable)
+    python train.py train ...                   # fit the decoder, write the bundle (resumable)
+    python train.py evaluate ...                # greedy + beam BLEU on the test split -> metrics.json
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import captioning  # noqa: F401  (sets TensorFlow's log level before it loads)
+from captioning.data import DataError, Flickr8k, download
+from captioning.encoders import ENCODER_NAMES, EncoderWeightsError, get_spec
+
+ROOT = Path(__file__).resolve().parent
+COMMANDS = ("all", "download", "features", "train", "evaluate")
+
+
+def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
+    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    p.add_argument("--data-dir", default=d(None), help="Flickr8k folder (default: $FLICKR8K_DIR)")
+    p.add_argument("--encoder", default=d("xception"), choices=ENCODER_NAMES)
+    p.add_argument("--alpha", type=float, default=d(None), help="MobileNetV2 width multiplier")
+    p.add_argument("--weights", default=d(None), help="encoder ImageNet weights file (.weights.h5)")
+    p.add_argument("--decoder", default=d("merge"), choices=["merge"])
+    p.add_argument("--out", default=d(None), help="bundle folder (default: artifacts/<encoder>-<decoder>[-limitN])")
+    p.add_argument("--cache-dir", default=d(str(ROOT / ".cache")), help="features and checkpoints")
+    p.add_argument("--limit", type=int, default=d(None), help="quick run on N images (70/15/15 of the splits)")
+    p.add_argument("--epochs", type=int, default=d(20))
+    p.add_argument("--patience", type=int, default=d(3), help="early-stopping patience (epochs)")
+    p.add_argument("--batch-size", type=int, default=d(64))
+    p.add_argument("--learning-rate", type=float, default=d(1e-3))
+    p.add_argument("--embed-dim", type=int, default=d(256))
+    p.add_argument("--units", type=int, default=d(256))
+    p.add_argument("--dropout", type=float, default=d(0.5))
+    p.add_argument("--min-count", type=int, default=d(5), help="vocabulary threshold (training-split counts)")
+    p.add_argument("--seed", type=int, default=d(42))
+    p.add_argument("--feature-batch-size", type=int, default=d(32))
+    p.add_argument("--spatial", action="store_true", default=d(False),
+                   help="also cache the encoder's spatial map (for attention decoders; ~3.3 GB for Xception)")
+    p.add_argument("--beam-widths", default=d("3,5"), help="beam widths evaluated beside greedy")
+    p.add_argument("--split", default=d("test"), choices=["dev", "test"], help="split that evaluate scores")
+    p.add_argument("--quiet", action="store_true", default=d(False), help="no progress bars")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command")
+    for name in COMMANDS:
+        add_options(sub.add_parser(name, help=f"run the {name} step"), suppress=True)
+    args = parser.parse_args(argv)
+    args.command = args.command or "all"
+    if args.limit is not None and args.limit < 10:
+        parser.error("--limit must be at least 10 images")
+    spec = get_spec(args.encoder, args.alpha)
+    if args.out is None:
+        suffix = f"-limit{args.limit}" if args.limit else ""
+        args.out = str(ROOT / "artifacts" / f"{spec.key}-{args.decoder}{suffix}")
+    return args
+
+
+def split_names(ds: Flickr8k, limit: int | None) -> dict[str, list[str]]:
+    if not limit:
+        return {s: ds.split_records(s) for s in ("train", "dev", "test")}
+    small = max(1, round(limit * 0.15))
+    return {"train": ds.split_records("train", limit - 2 * small), "dev": ds.split_records("dev", small),
+            "test": ds.split_records("test", small)}
+
+
+def features_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> dict:
+    from captioning.encoders import build_encoder
+    from captioning.features import FeatureCache, extract_features
+
+    spec = get_spec(args.encoder, args.alpha)
+    cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
+    wanted = {n: ds.image_path(n) for split in names.values() for n in split}
+    spatial = bool(getattr(args, "spatial", False))
+    todo = cache.missing(list(wanted), spatial)
+    if not todo:
+        print(f"features: all {len(wanted)} images already cached for {spec.key}")
+        return {"images": 0, "cached": len(wanted), "seconds": 0.0, "weights_source": None}
+    encoder, source = build_encoder(spec, args.weights, spatial=spatial)
+    print(f"features: {len(todo)} of {len(wanted)} images to extract with {spec.key} (weights: {source})")
+    stats = extract_features(encoder, spec, wanted, cache, batch_size=args.feature_batch_size,
+                             spatial=spatial, progress=not args.quiet)
+    stats["weights_source"] = source
+    print(f"features: {stats['images']} images in {stats['seconds']:.0f}s "
+          f"({stats['images_per_second']:.1f} img/s)")
+    return stats
+
+
+def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: dict | None = None) -> Path:
+    import numpy as np
+
+    from captioning.bundle import save_bundle
+    from captioning.features import FeatureCache
+    from captioning.models import build_decoder
+    from captioning.text import Vocabulary, tokenize
+    from captioning.training import TrainConfig, encode_captions, fit, make_dataset
+
+    spec = get_spec(args.encoder, args.alpha)
+    cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
+    config = TrainConfig(embed_dim=args.embed_dim, units=args.units, dropout=args.dropout,
+                         learning_rate=args.learning_rate, batch_size=args.batch_size, epochs=args.epochs,
+                         patience=args.patience, min_count=args.min_count, seed=args.seed)
+
+    def pairs(split):
+        split_names = names[split]
+        caps = [(i, tokenize(c)) for i, n in enumerate(split_names) for c in ds.captions[n]]
+        return split_names, np.array([i for i, _ in caps]), [w for _, w in caps]
+
+    train_names, train_idx, train_caps = pairs("train")
+    dev_names, dev_idx, dev_caps = pairs("dev")
+    vocab = Vocabulary.build(train_caps, config.min_count)
+    train_tokens, dev_tokens = encode_captions(train_caps, vocab), encode_captions(dev_caps, vocab)
+    try:
+        train_feats, dev_feats = cache.load(train_names), cache.load(dev_names)
+    except KeyError as exc:
+        raise DataError(str(exc).strip('"')) from None
+    print(f"train: {len(train_names)} images / {len(train_caps)} captions, dev: {len(dev_names)} images; "
+          f"vocabulary {len(vocab)} words (min count {config.min_count}, coverage "
+          f"{vocab.coverage(train_caps):.1%})")
+
+    decoder = build_decoder(args.decoder, vocab_size=len(vocab), feature_dim=spec.feature_dim,
+                            embed_dim=config.embed_dim, units=config.units, dropout=config.dropout)
+    decoder.init_output_bias(np.bincount(train_tokens[:, 1:].ravel(), minlength=len(vocab)).astype("float64"))
+    run_dir = Path(args.cache_dir) / "runs" / Path(args.out).name
+    fingerprint = hashlib.sha256(json.dumps([config.to_dict(), spec.key, args.decoder, len(vocab), args.limit],
+                                            sort_keys=True).encode()).hexdigest()[:16]
+    if (run_dir / "fingerprint").is_file() and (run_dir / "fingerprint").read_text() != fingerprint:
+        print(f"train: settings changed since the checkpoints in {run_dir}; starting afresh")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "fingerprint").write_text(fingerprint)
+
+    train_ds = make_dataset(train_feats, train_idx, train_tokens, config.batch_size, shuffle=True, seed=config.seed)
+    dev_ds = make_dataset(dev_feats, dev_idx, dev_tokens, 256, shuffle=False)
+    state = fit(decoder, train_ds, dev_ds, config, run_dir, verbose=0 if args.quiet else 2)
+    epochs = [state["epochs"][k] for k in sorted(state["epochs"], key=int)]
+    feature_stats = feature_stats or {}
+    manifest = {
+        "encoder": {"name": spec.name, "alpha": spec.alpha, "input_size": spec.input_size, "key": spec.key,
+                    "feature_dim": spec.feature_dim,
+                    "weights_source": feature_stats.get("weights_source") or _previous_source(args.out)},
+        "min_count": config.min_count,
+        "max_length": int(min(train_tokens.shape[1] - 1, 40)),
+        "data": {"dataset": "flickr8k", "limit": args.limit,
+                 "splits": {k: len(v) for k, v in names.items()}, "train_captions": len(train_caps)},
+        "training": {"config": config.to_dict(), "epochs_run": len(epochs), "best_epoch": state["best_epoch"],
+                     "best_val_loss": state["best_val_loss"], "epochs": epochs,
+                     "feature_seconds": round(feature_stats.get("seconds", 0.0), 1),
+                     "feature_images": feature_stats.get("images", 0),
+                     "peak_rss_mb": peak_rss_mb()},
+    }
+    path = save_bundle(args.out, decoder, vocab, manifest)
+    print(f"train: best epoch {state['best_epoch']} (val loss {state['best_val_loss']:.4f}); bundle {path}")
+    return path
+
+
+def _previous_source(out: str) -> str:
+    try:
+        return json.loads((Path(out) / "manifest.json").read_text())["encoder"]["weights_source"]
+    except (OSError, KeyError, ValueError):
+        return "unknown (features were cached by an earlier run)"
+
+
+def evaluate_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> list[dict]:
+    from captioning.bundle import load_bundle, update_results
+    from captioning.decoding import DecodeConfig, StepDecoder
+    from captioning.evaluation import evaluate
+    from captioning.features import FeatureCache
+
+    bundle = load_bundle(args.out, load_results=False)
+    enc = bundle.encoder
+    spec = get_spec(enc["name"], enc.get("alpha"))
+    split = args.split
+    test_names = names[split]
+    cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
+    if cache.missing(test_names):
+        features_step(argparse.Namespace(**{**vars(args), "encoder": spec.name, "alpha": spec.alpha}), ds,
+                      {split: test_names})
+    feats = cache.load(test_names)
+    widths = [int(w) for w in str(args.beam_widths).split(",") if w.strip()]
+    configs = [DecodeConfig(max_length=bundle.max_length)] + \
+              [DecodeConfig(beam_width=w, max_length=bundle.max_length) for w in widths if w > 1]
+    results, predictions = evaluate(StepDecoder(bundle.decoder), bundle.vocab, feats, test_names,
+                                    ds.references(test_names), configs, split=split, progress=not args.quiet)
+    update_results(args.out, {"results": results}, predictions)
+    print(f"\n{'decoding':<10} {'BLEU-1':>7} {'BLEU-2':>7} {'BLEU-3':>7} {'BLEU-4':>7}  ({split}, {len(test_names)} images)")
+    for r in results:
+        label = "greedy" if r["beam_width"] == 1 else f"beam {r['beam_width']}"
+        print(f"{label:<10} " + " ".join(f"{r[f'bleu_{n}']:7.4f}" for n in range(1, 5)))
+    return results
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    try:
+        if args.command == "download":
+            if not args.data_dir:
+                raise DataError("download needs --data-dir DIR (where to put Flickr8k)")
+            print(f"Flickr8k ready in {download(args.data_dir, progress=not args.quiet)}")
+            return 0
+        ds = Flickr8k.load(args.data_dir)
+        names = split_names(ds, args.limit)
+        feature_stats = None
+        if args.command in ("all", "features"):
+            feature_stats = features_step(args, ds, names)
+        if args.command in ("all", "train"):
+            train_step(args, ds, names, feature_stats)
+        if args.command in ("all", "evaluate"):
+            evaluate_step(args, ds, names)
+    except (DataError, EncoderWeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(f"done in {time.perf_counter() - start:.0f}s; peak memory {peak_rss_mb():.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
