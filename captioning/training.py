@@ -129,6 +129,7 @@ def fit(decoder, train_ds, val_ds, config: TrainConfig, run_dir: str | os.PathLi
     if not ckpt.finished(config.epochs):
         backup = keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True)
         decoder.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=[backup, ckpt.callback],
+                    shuffle=False,
                     verbose=verbose)
     if ckpt.best_path.is_file():
         decoder.load_weights(ckpt.best_path)

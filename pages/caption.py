@@ -1,0 +1,32 @@
+"""Caption page: one photo in, its caption out, with timing and (for Flickr8k photos) references and BLEU."""
+import time
+
+import streamlit as st
+
+from ui.charts import word_probabilities
+from ui.state import get_captioner
+from ui.widgets import cached_features, choose_image, decoding_controls, references_panel
+
+st.title("Caption a photo")
+chosen = choose_image("caption")
+options = decoding_controls("caption", default_beam=1)
+
+# Widgets first so the page is usable at once; the model loads (once per process) while a photo is chosen.
+captioner = get_captioner()
+if chosen is not None:
+    left, right = st.columns([2, 3], gap="large")
+    left.image(chosen.image, caption=chosen.label, width="stretch")
+    start = time.perf_counter()
+    features = cached_features(captioner, captioner.bundle.name, chosen.digest, chosen.image)
+    best = captioner.decode(features, **options)[0][0]
+    seconds = time.perf_counter() - start
+    with right:
+        st.markdown(f"### “{best.text.capitalize()}.”")
+        label = "greedy" if options["beam_width"] == 1 else f"beam {options['beam_width']}"
+        m1, m2, m3 = st.columns(3)
+        m1.metric("Decoding", label)
+        m2.metric("Time", f"{seconds * 1000:.0f} ms", help="encoder + decoder, from image to caption")
+        m3.metric("Mean log p", f"{best.normalized_log_prob:.2f}", help="per emitted token; closer to 0 = surer")
+        st.altair_chart(word_probabilities(best), width="stretch")
+        if chosen.flickr_name:
+            references_panel(chosen.flickr_name, best.words)

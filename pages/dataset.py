@@ -1,0 +1,71 @@
+"""Dataset page: browse Flickr8k by split and word, with caption statistics. Needs no trained model."""
+import collections
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from captioning.text import Vocabulary
+from ui.state import captions_table, current_manifest, dataset_message, get_dataset
+
+STOP_WORDS = {"a", "an", "the", "of", "in", "on", "is", "and", "with", "are", "to", "at", "his", "her", "their",
+              "its", "while", "into", "for", "by", "from", "up", "as", "near", "down", "through", "one", "two"}
+PER_PAGE = 12
+
+st.title("Flickr8k")
+ds = get_dataset()
+if ds is None:
+    dataset_message()
+    st.stop()
+df = captions_table(str(ds.root))
+
+c1, c2 = st.columns([2, 3])
+split = c1.segmented_control("Split", ["train", "dev", "test", "all"], default="test", key="ds_split") or "test"
+query = c2.text_input("Search captions for a word", placeholder="e.g. surfer", key="ds_query").strip().lower()
+rows = df if split == "all" else df[df["split"] == split]
+if query:
+    hits = rows[rows["tokens"].str.split().apply(lambda ws: query in ws)]["image"].unique()
+    rows = rows[rows["image"].isin(hits)]
+images = list(dict.fromkeys(rows["image"]))
+
+manifest = current_manifest()
+threshold = int(manifest["min_count"]) if manifest else 5
+train_tokens = df[df["split"] == "train"]["tokens"].str.split()
+vocab = Vocabulary.build(train_tokens, threshold)
+m = st.columns(5)
+m[0].metric("Images", f"{len(images):,}")
+m[1].metric("Captions", f"{len(rows):,}")
+m[2].metric("Distinct words", f"{len({w for t in rows['tokens'] for w in t.split()}):,}")
+m[3].metric(f"Vocabulary (≥{threshold}×)", f"{len(vocab):,}",
+            help="Words seen at least this often in the training captions (the bundle's threshold)")
+m[4].metric("Coverage", f"{vocab.coverage(rows['tokens'].str.split()):.1%}",
+            help="Share of running words here that the vocabulary knows")
+
+if not images:
+    st.warning(f"No {split} caption contains “{query}”.")
+    st.stop()
+
+pages = (len(images) - 1) // PER_PAGE + 1
+page = st.number_input(f"Page (of {pages})", 1, pages, 1, key="ds_page")
+grid = images[(page - 1) * PER_PAGE: page * PER_PAGE]
+for start in range(0, len(grid), 4):
+    for col, name in zip(st.columns(4), grid[start:start + 4]):
+        with col:
+            path = ds.image_path(name)
+            if path.is_file():
+                st.image(str(path), width="stretch")
+            st.caption(f"**{name}**")
+            for cap in ds.captions[name]:
+                st.caption(f"• {cap}")
+
+st.subheader("Caption statistics")
+left, right = st.columns(2)
+left.altair_chart(alt.Chart(rows).mark_bar().encode(
+    x=alt.X("length:Q", bin=alt.Bin(step=1), title="words per caption"), y=alt.Y("count():Q", title="captions"))
+    .properties(title="Caption length", height=260), width="stretch")
+hide = right.toggle("Hide function words", value=True)
+counts = collections.Counter(w for t in rows["tokens"] for w in t.split() if not (hide and w in STOP_WORDS))
+top = pd.DataFrame(counts.most_common(25), columns=["word", "count"])
+right.altair_chart(alt.Chart(top).mark_bar().encode(y=alt.Y("word:N", sort="-x", title=None), x="count:Q",
+                                                    tooltip=["word", "count"])
+                   .properties(title="Top words", height=alt.Step(14)), width="stretch")

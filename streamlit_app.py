@@ -1,0 +1,38 @@
+"""Captioning Studio: caption photos, compare decoding, inspect evaluation, browse Flickr8k.
+
+Run with ``streamlit run streamlit_app.py`` (or ``make app``).
+"""
+import streamlit as st
+
+import captioning  # noqa: F401  (quiet TensorFlow logs before anything loads it)
+from ui.state import bundle_manifest, bundle_paths
+
+st.set_page_config(page_title="Captioning Studio", page_icon=":material/photo_camera:", layout="wide")
+
+with st.sidebar:
+    st.markdown("## :material/photo_camera: Captioning Studio")
+    bundles = bundle_paths()
+    if bundles:
+        labels = {str(p): p.name for p in bundles}
+        st.selectbox("Model bundle", list(labels), format_func=labels.get, key="bundle_path",
+                     help="Every bundle under artifacts/ (train more with python train.py --out artifacts/NAME)")
+        path = bundles[[str(p) for p in bundles].index(st.session_state["bundle_path"])]
+        manifest = bundle_manifest(str(path), (path / "manifest.json").stat().st_mtime)
+        if manifest:
+            enc, dec = manifest["encoder"], manifest["decoder"]
+            st.caption(f"**{enc['name']}** ({enc['input_size']}px) → **{dec['kind']}** LSTM "
+                       f"({dec['config'].get('units', '?')} units) · {manifest['vocab_size']:,} words · "
+                       f"trained on {manifest['data']['splits']['train']:,} images")
+        else:
+            st.error(f"{path.name}: unreadable manifest. Rebuild with python train.py --out {path}")
+    else:
+        st.session_state["bundle_path"] = None
+        st.info("No model bundle yet: `python train.py --out artifacts/default`")
+
+pages = [
+    st.Page("pages/caption.py", title="Caption", icon=":material/edit_note:", default=True),
+    st.Page("pages/compare.py", title="Compare decoding", icon=":material/compare:"),
+    st.Page("pages/evaluation.py", title="Evaluation", icon=":material/monitoring:"),
+    st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
+]
+st.navigation(pages).run()

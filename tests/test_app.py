@@ -1,0 +1,118 @@
+"""Every page under streamlit.testing's AppTest, with a tiny bundle trained by the fixture."""
+import io
+
+import pytest
+from PIL import Image
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.testing.v1 import AppTest, app_test
+
+from conftest import ROOT
+
+APP = str(ROOT / "streamlit_app.py")
+TIMEOUT = 180
+
+
+class NavigationPagesManager(PagesManager):
+    """AppTest re-detects the pages/ folder on every run and then runs the page script alone (multipage v1),
+    which a real server stops doing once st.navigation has run; keep the server's behaviour in tests."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+
+@pytest.fixture(autouse=True)
+def navigation_like_the_server(monkeypatch):
+    monkeypatch.setattr(app_test, "PagesManager", NavigationPagesManager)
+
+
+def start(page=None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(at) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [t.value for t in at.title]
+    parts += [s.value for s in at.subheader] + [str(i.value) for i in at.info] + [str(w.value) for w in at.warning]
+    return "\n".join(str(p) for p in parts)
+
+
+def jpeg_bytes(color=(200, 120, 40)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (320, 240), color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_sidebar_lists_bundles_and_caption_page_captions_an_upload(app_env):
+    at = start()
+    assert at.sidebar.selectbox[0].value.endswith("tiny")
+    assert "Caption a photo" in texts(at)
+    at.file_uploader[0].upload("photo.jpg", jpeg_bytes(), "image/jpeg").run()
+    assert not at.exception, at.exception
+    caption = [m.value for m in at.markdown if m.value.startswith("### “")]
+    assert caption and len(caption[0]) > 8
+    assert {m.label for m in at.metric} >= {"Decoding", "Time", "Mean log p"}
+
+
+def test_caption_page_rejects_a_bad_upload_and_stays_usable(app_env):
+    at = start()
+    at.file_uploader[0].upload("notes.jpg", b"this is text, not a photo", "image/jpeg").run()
+    assert not at.exception
+    assert any("not an image" in e.value for e in at.error)
+    at.file_uploader[0].clear().upload("ok.jpg", jpeg_bytes(), "image/jpeg").run()
+    assert not at.exception and not at.error
+
+
+def test_caption_page_sample_shows_references_and_bleu(app_env):
+    at = start()
+    at.radio(key="caption_mode").set_value("Sample from the test split").run()
+    at.segmented_control(key="caption_strategy").set_value("Beam").run()
+    assert not at.exception, at.exception
+    labels = {m.label for m in at.metric}
+    assert {"BLEU-1", "BLEU-4"} <= labels
+    assert "Human captions" in texts(at)
+    assert next(m for m in at.metric if m.label == "Decoding").value == "beam 2"
+
+
+def test_compare_page_side_by_side_nbest_and_sweep(app_env):
+    at = start("pages/compare.py")
+    at.radio(key="compare_mode").set_value("Sample from the test split").run()
+    assert not at.exception, at.exception
+    heads = [s.value for s in at.subheader]
+    assert heads[:2] == ["Greedy", "Beam 5"] and "Beam n-best list" in heads and "Beam-width sweep" in heads
+    nbest, sweep = at.dataframe[0].value, at.dataframe[1].value
+    assert len(nbest) == 5 and list(sweep["beam width"]) == list(range(1, 11))
+    assert len(at.get("vega_lite_chart")) >= 3
+
+
+def test_evaluation_page_tables_charts_and_download(app_env):
+    at = start("pages/evaluation.py")
+    table = at.dataframe[0].value
+    assert list(table["run"]) == ["greedy", "beam 3"]
+    assert "Best and worst images" in texts(at)
+    assert len(at.get("download_button")) == 1
+    at.text_input[0].input("a").run()
+    assert not at.exception, at.exception
+
+
+def test_dataset_page_browses_searches_and_pages(app_env):
+    at = start("pages/dataset.py")
+    assert {m.label for m in at.metric} >= {"Images", "Captions", "Coverage"}
+    assert next(m for m in at.metric if m.label == "Images").value == "1,000"
+    at.text_input(key="ds_query").input("surfer").run()
+    assert not at.exception
+    n = int(next(m for m in at.metric if m.label == "Images").value.replace(",", ""))
+    assert 0 < n < 1000
+
+
+@pytest.mark.parametrize("page", [None, "pages/compare.py", "pages/evaluation.py", "pages/dataset.py"])
+def test_pages_without_bundle_or_dataset_say_what_to_run(monkeypatch, tmp_path, page):
+    monkeypatch.setenv("CAPTIONING_ARTIFACTS", str(tmp_path / "empty"))
+    monkeypatch.setenv("FLICKR8K_DIR", str(tmp_path / "nodata"))
+    at = start(page)
+    shown = texts(at)
+    assert ("python train.py" in shown) or ("FLICKR8K_DIR" in shown), shown

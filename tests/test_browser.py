@@ -1,0 +1,130 @@
+"""The real app in a real browser: `streamlit run` headless, driven by Debian's Chromium through Selenium.
+
+Screenshots of every page land in test-output/screenshots/ for people to look at.
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+
+OUT = ROOT / "test-output" / "screenshots"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run, flickr_dir, mobilenet_weights):
+    port = free_port()
+    env = {**os.environ, "CAPTIONING_ARTIFACTS": str(tiny_run[0]), "FLICKR8K_DIR": str(flickr_dir),
+           "CAPTIONING_WEIGHTS_DIR": str(mobilenet_weights.parent)}
+    log = open(ROOT / "test-output" / "streamlit-server.log", "w") if (ROOT / "test-output").mkdir(
+        exist_ok=True) is None else None
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless=true",
+                             f"--server.port={port}", "--server.address=127.0.0.1",
+                             "--browser.gatherUsageStats=false"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not become healthy within 90 s; see test-output/streamlit-server.log")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.fail("Chromium is missing: run `bash scripts/setup.sh test` (installs chromium, chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--window-size=1400,1800"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    OUT.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def wait_for_text(driver, text: str, timeout: float = 120) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(EC.text_to_be_present_in_element((By.TAG_NAME, "body"), text))
+
+
+def test_caption_page_uploads_an_image_and_shows_the_caption(server, browser, flickr_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    photo = tmp_path / "upload.png"
+    Image.open(flickr_dir / "Images" / "1000268201_693b08cb0e.jpg").resize((500, 375)).save(photo)
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server)
+    wait_for_text(browser, "Caption a photo")
+    upload = WebDriverWait(browser, 60).until(
+        EC.presence_of_element_located((By.CSS_SELECTOR, 'input[type="file"]')))
+    upload.send_keys(str(photo))
+    wait_for_text(browser, "“")                                  # the caption headline
+    wait_for_text(browser, "Mean log p")                         # the metrics under it
+    settle()
+    headline = [e.text for e in browser.find_elements(By.TAG_NAME, "h3") if e.text.startswith("“")]
+    assert headline and len(headline[0]) > 8
+    metrics = [e.text for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMetricValue"]')]
+    assert any(m.endswith(" ms") for m in metrics), metrics
+    browser.save_screenshot(str(OUT / "caption.png"))
+
+
+def settle(seconds: float = 3.0) -> None:
+    """Charts draw after the script's last element arrives; give them a moment before a screenshot."""
+    time.sleep(seconds)
+
+
+@pytest.mark.parametrize("path, done", [("compare", "Beam-width sweep"), ("evaluation", "All predictions"),
+                                        ("dataset", "Caption statistics")])
+def test_every_page_renders(server, browser, path, done):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server}/{path}")
+    if path == "compare":
+        wait_for_text(browser, "Sample from the test split")
+        next(e for e in browser.find_elements(By.CSS_SELECTOR, "label")
+             if e.text == "Sample from the test split").click()
+    wait_for_text(browser, done)
+    settle()
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "Traceback" not in body and "Error" not in body.split("\n")[0]
+    browser.save_screenshot(str(OUT / f"{path}.png"))

@@ -1,0 +1,62 @@
+"""Altair charts used across pages."""
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+from captioning.decoding import Caption
+
+
+def word_probabilities(caption: Caption, title: str = "") -> alt.Chart:
+    """Bar per emitted token (words, then <end>), height = the model's probability of it."""
+    tokens = caption.words + (["<end>"] if caption.finished else [])
+    df = pd.DataFrame({"position": range(1, len(tokens) + 1), "token": tokens,
+                       "probability": caption.token_probs[: len(tokens)]})
+    df["label"] = df["position"].astype(str) + " " + df["token"]
+    return (alt.Chart(df, title=title).mark_bar()
+            .encode(x=alt.X("label:N", sort=None, title=None, axis=alt.Axis(labelAngle=-40)),
+                    y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1]), title="p(word)"),
+                    color=alt.Color("probability:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), legend=None),
+                    tooltip=["position", "token", alt.Tooltip("probability:Q", format=".3f")])
+            .properties(height=220))
+
+
+def grouped_bleu(results: pd.DataFrame) -> alt.Chart:
+    """BLEU-1..4 per decoding run, grouped bars."""
+    long = results.melt(id_vars=["run"], value_vars=[c for c in results if c.startswith("bleu_")],
+                        var_name="metric", value_name="score")
+    return (alt.Chart(long).mark_bar()
+            .encode(x=alt.X("metric:N", title=None), xOffset="run:N", y=alt.Y("score:Q", title="corpus score"),
+                    color=alt.Color("run:N", title="decoding"), tooltip=["run", "metric",
+                                                                         alt.Tooltip("score:Q", format=".4f")])
+            .properties(height=280))
+
+
+def histogram(df: pd.DataFrame, field: str, title: str, bins: int = 30, color: str | None = None) -> alt.Chart:
+    enc = dict(x=alt.X(f"{field}:Q", bin=alt.Bin(maxbins=bins), title=title), y=alt.Y("count():Q", title="images"))
+    if color:
+        enc["color"] = alt.Color(f"{color}:N")
+    return alt.Chart(df).mark_bar(opacity=0.8).encode(**enc).properties(height=240)
+
+
+def mean_by(df: pd.DataFrame, group: str, value: str, title: str) -> alt.Chart:
+    agg = df.groupby(group, observed=True)[value].agg(["mean", "count"]).reset_index()
+    agg[group] = agg[group].astype(str)
+    return (alt.Chart(agg, title=title).mark_bar()
+            .encode(x=alt.X(f"{group}:N", sort=None, title=None), y=alt.Y("mean:Q", title=f"mean {value}"),
+                    tooltip=[group, alt.Tooltip("mean:Q", format=".3f"), "count"])
+            .properties(height=240))
+
+
+def signed_bars(df: pd.DataFrame, label: str, value: str, title: str) -> alt.Chart:
+    return (alt.Chart(df, title=title).mark_bar()
+            .encode(y=alt.Y(f"{label}:N", sort="-x", title=None), x=alt.X(f"{value}:Q"),
+                    color=alt.condition(f"datum.{value} > 0", alt.value("#d95f02"), alt.value("#1b9e77")),
+                    tooltip=list(df.columns))
+            .properties(height=alt.Step(16)))
+
+
+def line(df: pd.DataFrame, x: str, y: str, title: str) -> alt.Chart:
+    return (alt.Chart(df, title=title).mark_line(point=True)
+            .encode(x=alt.X(f"{x}:O"), y=alt.Y(f"{y}:Q", scale=alt.Scale(zero=False)), tooltip=list(df.columns))
+            .properties(height=240))

@@ -1,0 +1,96 @@
+"""Input widgets shared by the Caption and Compare pages."""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from captioning.images import SUPPORTED_TYPES, InvalidImageError, load_image
+from captioning.metrics import sentence_bleu_scores
+
+from .state import get_dataset
+
+
+@dataclass
+class ChosenImage:
+    image: Image.Image          # upright RGB, validated
+    label: str
+    flickr_name: str | None     # set when the image is a Flickr8k image (references available)
+    digest: str                 # identifies the picture for caching its features
+
+
+def choose_image(key: str) -> ChosenImage | None:
+    """Upload or pick a test-split sample; returns the validated image or None (with a message shown)."""
+    ds = get_dataset()
+    sources = ["Upload a photo", "Sample from the test split"] if ds else ["Upload a photo"]
+    mode = st.radio("Image", sources, horizontal=True, key=f"{key}_mode", label_visibility="collapsed")
+    if mode == "Upload a photo":
+        upload = st.file_uploader("Drag and drop a photo", type=list(SUPPORTED_TYPES), key=f"{key}_upload",
+                                  help="JPEG, PNG, WebP, BMP or GIF (first frame), up to 20 MB.")
+        if upload is None:
+            st.caption("…or switch to *Sample from the test split* to try a Flickr8k photo."
+                       if ds else "Flickr8k samples appear here once the dataset is available.")
+            return None
+        data = upload.getvalue()
+        try:
+            image = load_image(data)
+        except InvalidImageError as exc:
+            st.error(f"**{upload.name}**: {exc}", icon=":material/block:")
+            return None
+        name = upload.name if ds and upload.name in ds.captions else None
+        return ChosenImage(image, upload.name, name, hashlib.sha256(data).hexdigest())
+
+    names = ds.splits["test"]
+    state_key = f"{key}_sample"
+    if state_key not in st.session_state:
+        st.session_state[state_key] = names[0]
+    col_pick, col_random = st.columns([5, 1], vertical_alignment="bottom")
+    if col_random.button(":material/casino: Random", key=f"{key}_random", width="stretch"):
+        st.session_state[state_key] = random.choice(names)
+    name = col_pick.selectbox("Test image", names, key=state_key,
+                              format_func=lambda n: f"{n}  —  {ds.captions[n][0][:60]}")
+    try:
+        image = load_image(ds.image_path(name))
+    except InvalidImageError as exc:
+        st.error(f"{name}: {exc}. Check the Images/ folder of {ds.root}.")
+        return None
+    return ChosenImage(image, name, name, name)
+
+
+def decoding_controls(key: str, default_beam: int = 1, allow_greedy: bool = True) -> dict:
+    """Widgets for the decoding options; returns DecodeConfig overrides."""
+    cols = st.columns(4)
+    if allow_greedy:
+        strategy = cols[0].segmented_control("Decoding", ["Greedy", "Beam"], key=f"{key}_strategy",
+                                             default="Beam" if default_beam > 1 else "Greedy")
+    else:
+        strategy = "Beam"
+    beam = strategy == "Beam"
+    width = cols[1].slider("Beam width", 2, 10, max(default_beam, 2), key=f"{key}_width", disabled=not beam)
+    penalty = cols[2].slider("Length penalty", 0.0, 2.0, 1.0, 0.1, key=f"{key}_lp", disabled=not beam,
+                             help="score = sum log p / length ** penalty; higher favours longer captions")
+    no_repeat = cols[3].slider("No-repeat n-gram", 0, 4, 0, key=f"{key}_nrng",
+                               help="0 = off; 2 forbids any repeated word pair")
+    return {"beam_width": width if beam else 1, "length_penalty": penalty, "no_repeat_ngram_size": no_repeat}
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_features(_captioner, bundle: str, digest: str, _image: Image.Image) -> np.ndarray:
+    """Encoder features of one picture, computed once per bundle and picture."""
+    return _captioner.features(_image)
+
+
+def references_panel(name: str, words: list[str]) -> None:
+    """The five human captions of a Flickr8k image and the caption's BLEU against them."""
+    ds = get_dataset()
+    refs = ds.references([name])[0]
+    scores = sentence_bleu_scores(refs, words)
+    cols = st.columns(4)
+    for col, n in zip(cols, range(1, 5)):
+        col.metric(f"BLEU-{n}", f"{scores[f'bleu_{n}']:.3f}")
+    st.markdown("**Human captions**")
+    st.markdown("\n".join(f"{i}. {c}" for i, c in enumerate(ds.captions[name], 1)))
