@@ -46,6 +46,7 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--min-count", type=int, default=d(5), help="vocabulary threshold (training-split counts)")
     p.add_argument("--seed", type=int, default=d(42))
     p.add_argument("--feature-batch-size", type=int, default=d(32))
+    p.add_argument("--shard-size", type=int, default=d(512), help="images per feature-cache shard")
     p.add_argument("--spatial", action="store_true", default=d(False),
                    help="also cache the encoder's spatial map (for attention decoders; ~3.3 GB for Xception)")
     p.add_argument("--beam-widths", default=d("3,5"), help="beam widths evaluated beside greedy")
@@ -93,7 +94,7 @@ def features_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> dict:
     encoder, source = build_encoder(spec, args.weights, spatial=spatial)
     print(f"features: {len(todo)} of {len(wanted)} images to extract with {spec.key} (weights: {source})")
     stats = extract_features(encoder, spec, wanted, cache, batch_size=args.feature_batch_size,
-                             spatial=spatial, progress=not args.quiet)
+                             spatial=spatial, progress=not args.quiet, shard_size=args.shard_size)
     stats["weights_source"] = source
     print(f"features: {stats['images']} images in {stats['seconds']:.0f}s "
           f"({stats['images_per_second']:.1f} img/s)")

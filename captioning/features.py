@@ -44,6 +44,11 @@ class FeatureCache:
         self.dir = Path(root) / key
         self.dir.mkdir(parents=True, exist_ok=True)
 
+    def remove_temporaries(self) -> None:
+        """Drop half-written files a killed run may have left (never part of a complete shard)."""
+        for tmp in self.dir.glob("*.tmp*"):
+            tmp.unlink(missing_ok=True)
+
     def _shards(self) -> list[Path]:
         return sorted(self.dir.glob("shard-*.json"))
 
@@ -114,7 +119,8 @@ def _read_canonical(path):
 
 
 def extract_features(encoder, spec: EncoderSpec, paths: dict[str, Path], cache: FeatureCache,
-                     batch_size: int = 32, spatial: bool = False, progress: bool = True) -> dict:
+                     batch_size: int = 32, spatial: bool = False, progress: bool = True,
+                     shard_size: int = SHARD_SIZE) -> dict:
     """Extract and cache features for every image in ``paths`` (name -> file) not cached yet.
 
     Returns timing stats: images done, seconds, images per second.
@@ -122,6 +128,7 @@ def extract_features(encoder, spec: EncoderSpec, paths: dict[str, Path], cache: 
     import tensorflow as tf
     from tqdm.auto import tqdm
 
+    cache.remove_temporaries()
     todo = cache.missing(list(paths), spatial)
     stats = {"images": len(todo), "cached": len(paths) - len(todo), "seconds": 0.0}
     if not todo:
@@ -151,7 +158,7 @@ def extract_features(encoder, spec: EncoderSpec, paths: dict[str, Path], cache: 
             if spatial:
                 buf_spatial.append(out[1].numpy().astype(np.float16))
             bar.update(n)
-            if len(buf_names) >= SHARD_SIZE:
+            if len(buf_names) >= shard_size:
                 _flush(cache, buf_names, buf_pooled, buf_spatial, spatial)
                 buf_names, buf_pooled, buf_spatial = [], [], []
     if buf_names:

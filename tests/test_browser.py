@@ -57,8 +57,7 @@ def server(tiny_run, flickr_dir, mobilenet_weights):
     log.close()
 
 
-@pytest.fixture(scope="module")
-def browser():
+def new_driver(width: int = 1400, height: int = 1800):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -68,13 +67,34 @@ def browser():
     opts.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                  "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--window-size=1400,1800"):
+                 "--disable-sync", f"--window-size={width},{height}"):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(60)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def browser():
     OUT.mkdir(parents=True, exist_ok=True)
+    driver = new_driver()
     yield driver
     driver.quit()
+
+
+def upload_and_read_caption(driver, server: str, photo) -> str:
+    """Open the Caption page, upload ``photo`` and return the caption headline once it is shown."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(server)
+    wait_for_text(driver, "Caption a photo")
+    upload = WebDriverWait(driver, 60).until(EC.presence_of_element_located((By.CSS_SELECTOR, 'input[type="file"]')))
+    upload.send_keys(str(photo))
+    wait_for_text(driver, "“")                                   # the caption headline
+    wait_for_text(driver, "Mean log p")                          # the metrics under it
+    return next(e.text for e in driver.find_elements(By.TAG_NAME, "h3") if e.text.startswith("“"))
 
 
 def wait_for_text(driver, text: str, timeout: float = 120) -> None:
@@ -90,19 +110,9 @@ def test_caption_page_uploads_an_image_and_shows_the_caption(server, browser, fl
 
     photo = tmp_path / "upload.png"
     Image.open(flickr_dir / "Images" / "1000268201_693b08cb0e.jpg").resize((500, 375)).save(photo)
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    browser.get(server)
-    wait_for_text(browser, "Caption a photo")
-    upload = WebDriverWait(browser, 60).until(
-        EC.presence_of_element_located((By.CSS_SELECTOR, 'input[type="file"]')))
-    upload.send_keys(str(photo))
-    wait_for_text(browser, "“")                                  # the caption headline
-    wait_for_text(browser, "Mean log p")                         # the metrics under it
+    headline = upload_and_read_caption(browser, server, photo)
     settle()
-    headline = [e.text for e in browser.find_elements(By.TAG_NAME, "h3") if e.text.startswith("“")]
-    assert headline and len(headline[0]) > 8
+    assert len(headline) > 8
     metrics = [e.text for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMetricValue"]')]
     assert any(m.endswith(" ms") for m in metrics), metrics
     browser.save_screenshot(str(OUT / "caption.png"))
@@ -128,3 +138,24 @@ def test_every_page_renders(server, browser, path, done):
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "Traceback" not in body and "Error" not in body.split("\n")[0]
     browser.save_screenshot(str(OUT / f"{path}.png"))
+
+
+def test_five_browser_sessions_caption_at_once(server, flickr_dir, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = (flickr_dir / "Flickr_8k.testImages.txt").read_text().split()[:5]
+    photos = []
+    for i, name in enumerate(names):
+        photos.append(tmp_path / f"session{i}.jpg")
+        Image.open(flickr_dir / "Images" / name).save(photos[-1])
+
+    def session(photo):
+        driver = new_driver(1000, 900)
+        try:
+            return upload_and_read_caption(driver, server, photo)
+        finally:
+            driver.quit()
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        captions = list(pool.map(session, photos))
+    assert len(captions) == 5 and all(c.startswith("“") and len(c) > 4 for c in captions)
