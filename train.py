@@ -32,7 +32,8 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--encoder", default=d("xception"), choices=ENCODER_NAMES)
     p.add_argument("--alpha", type=float, default=d(None), help="MobileNetV2 width multiplier")
     p.add_argument("--weights", default=d(None), help="encoder ImageNet weights file (.weights.h5)")
-    p.add_argument("--decoder", default=d("merge"), choices=["merge"])
+    p.add_argument("--decoder", default=d("merge"), choices=["merge", "attention"],
+                   help="merge (pooled features) or attention (Show, Attend and Tell over the spatial map)")
     p.add_argument("--out", default=d(None), help="bundle folder (default: artifacts/<encoder>-<decoder>[-limitN])")
     p.add_argument("--cache-dir", default=d(str(ROOT / ".cache")), help="features and checkpoints")
     p.add_argument("--limit", type=int, default=d(None), help="quick run on N images (70/15/15 of the splits)")
@@ -41,7 +42,9 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--batch-size", type=int, default=d(64))
     p.add_argument("--learning-rate", type=float, default=d(1e-3))
     p.add_argument("--embed-dim", type=int, default=d(256))
-    p.add_argument("--units", type=int, default=d(256))
+    p.add_argument("--units", type=int, default=d(None), help="LSTM size (default: merge 256, attention 512)")
+    p.add_argument("--attention-dim", type=int, default=d(256), help="attention decoder: additive-attention size")
+    p.add_argument("--alpha-c", type=float, default=d(1.0), help="attention decoder: doubly stochastic weight")
     p.add_argument("--dropout", type=float, default=d(0.5))
     p.add_argument("--min-count", type=int, default=d(5), help="vocabulary threshold (training-split counts)")
     p.add_argument("--seed", type=int, default=d(42))
@@ -51,6 +54,9 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
                    help="also cache the encoder's spatial map (for attention decoders; ~3.3 GB for Xception)")
     p.add_argument("--beam-widths", default=d("3,5"), help="beam widths evaluated beside greedy")
     p.add_argument("--split", default=d("test"), choices=["dev", "test"], help="split that evaluate scores")
+    p.add_argument("--no-meteor", action="store_true", default=d(False), help="skip METEOR (needs Java)")
+    p.add_argument("--no-human", action="store_true", default=d(False),
+                   help="skip the metric-vs-expert-judgment agreement (ExpertAnnotations.txt)")
     p.add_argument("--quiet", action="store_true", default=d(False), help="no progress bars")
 
 
@@ -86,7 +92,7 @@ def features_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> dict:
     spec = get_spec(args.encoder, args.alpha)
     cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
     wanted = {n: ds.image_path(n) for split in names.values() for n in split}
-    spatial = bool(getattr(args, "spatial", False))
+    spatial = bool(getattr(args, "spatial", False)) or args.decoder == "attention"
     todo = cache.missing(list(wanted), spatial)
     if not todo:
         print(f"features: all {len(wanted)} images already cached for {spec.key}")
@@ -112,7 +118,9 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
 
     spec = get_spec(args.encoder, args.alpha)
     cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
-    config = TrainConfig(embed_dim=args.embed_dim, units=args.units, dropout=args.dropout,
+    units = args.units or {"merge": 256, "attention": 512}[args.decoder]
+    spatial = args.decoder == "attention"
+    config = TrainConfig(embed_dim=args.embed_dim, units=units, dropout=args.dropout,
                          learning_rate=args.learning_rate, batch_size=args.batch_size, epochs=args.epochs,
                          patience=args.patience, min_count=args.min_count, seed=args.seed)
 
@@ -126,18 +134,19 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
     vocab = Vocabulary.build(train_caps, config.min_count)
     train_tokens, dev_tokens = encode_captions(train_caps, vocab), encode_captions(dev_caps, vocab)
     try:
-        train_feats, dev_feats = cache.load(train_names), cache.load(dev_names)
+        train_feats, dev_feats = cache.load(train_names, spatial), cache.load(dev_names, spatial)
     except KeyError as exc:
         raise DataError(str(exc).strip('"')) from None
     print(f"train: {len(train_names)} images / {len(train_caps)} captions, dev: {len(dev_names)} images; "
           f"vocabulary {len(vocab)} words (min count {config.min_count}, coverage "
           f"{vocab.coverage(train_caps):.1%})")
 
+    extra = {"attention_dim": args.attention_dim, "alpha_c": args.alpha_c} if spatial else {}
     decoder = build_decoder(args.decoder, vocab_size=len(vocab), feature_dim=spec.feature_dim,
-                            embed_dim=config.embed_dim, units=config.units, dropout=config.dropout)
+                            embed_dim=config.embed_dim, units=config.units, dropout=config.dropout, **extra)
     decoder.init_output_bias(np.bincount(train_tokens[:, 1:].ravel(), minlength=len(vocab)).astype("float64"))
     run_dir = Path(args.cache_dir) / "runs" / Path(args.out).name
-    fingerprint = hashlib.sha256(json.dumps([config.to_dict(), spec.key, args.decoder, len(vocab), args.limit],
+    fingerprint = hashlib.sha256(json.dumps([config.to_dict(), spec.key, args.decoder, extra, len(vocab), args.limit],
                                             sort_keys=True).encode()).hexdigest()[:16]
     if (run_dir / "fingerprint").is_file() and (run_dir / "fingerprint").read_text() != fingerprint:
         print(f"train: settings changed since the checkpoints in {run_dir}; starting afresh")
@@ -152,7 +161,7 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
     feature_stats = feature_stats or {}
     manifest = {
         "encoder": {"name": spec.name, "alpha": spec.alpha, "input_size": spec.input_size, "key": spec.key,
-                    "feature_dim": spec.feature_dim,
+                    "feature_dim": spec.feature_dim, "spatial_grid": spec.spatial_grid if spatial else None,
                     "weights_source": feature_stats.get("weights_source") or _previous_source(args.out)},
         "min_count": config.min_count,
         "max_length": int(min(train_tokens.shape[1] - 1, 40)),
@@ -179,7 +188,8 @@ def _previous_source(out: str) -> str:
 def evaluate_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> list[dict]:
     from captioning.bundle import load_bundle, update_results
     from captioning.decoding import DecodeConfig, StepDecoder
-    from captioning.evaluation import evaluate
+    from captioning.evaluation import evaluate, implementations
+    from captioning.human import metric_human_agreement
     from captioning.features import FeatureCache
 
     bundle = load_bundle(args.out, load_results=False)
@@ -187,21 +197,29 @@ def evaluate_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> list[dict]
     spec = get_spec(enc["name"], enc.get("alpha"))
     split = args.split
     test_names = names[split]
+    spatial = bool(getattr(bundle.decoder, "uses_spatial", False))
     cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
-    if cache.missing(test_names):
-        features_step(argparse.Namespace(**{**vars(args), "encoder": spec.name, "alpha": spec.alpha}), ds,
-                      {split: test_names})
-    feats = cache.load(test_names)
+    if cache.missing(test_names, spatial):
+        features_step(argparse.Namespace(**{**vars(args), "encoder": spec.name, "alpha": spec.alpha,
+                                            "decoder": bundle.decoder.kind}), ds, {split: test_names})
+    feats = cache.load(test_names, spatial)
     widths = [int(w) for w in str(args.beam_widths).split(",") if w.strip()]
     configs = [DecodeConfig(max_length=bundle.max_length)] + \
               [DecodeConfig(beam_width=w, max_length=bundle.max_length) for w in widths if w > 1]
-    results, predictions = evaluate(StepDecoder(bundle.decoder), bundle.vocab, feats, test_names,
-                                    ds.references(test_names), configs, split=split, progress=not args.quiet)
-    update_results(args.out, {"results": results}, predictions)
-    print(f"\n{'decoding':<10} {'BLEU-1':>7} {'BLEU-2':>7} {'BLEU-3':>7} {'BLEU-4':>7}  ({split}, {len(test_names)} images)")
+    results, predictions, notes = evaluate(StepDecoder(bundle.decoder), bundle.vocab, feats, test_names,
+                                           ds.references(test_names), configs, split=split,
+                                           progress=not args.quiet, meteor=not args.no_meteor)
+    metrics = {"results": results, "implementations": implementations(), "notes": notes}
+    if not args.no_human:
+        metrics["human_agreement"] = metric_human_agreement(ds, meteor=not args.no_meteor)
+    update_results(args.out, metrics, predictions)
+    cols = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "coco_bleu_4", "cider", "rouge_l", "meteor"]
+    print(f"\n{split}, {len(test_names)} images\n{'decoding':<10} " + " ".join(f"{c:>11}" for c in cols))
     for r in results:
         label = "greedy" if r["beam_width"] == 1 else f"beam {r['beam_width']}"
-        print(f"{label:<10} " + " ".join(f"{r[f'bleu_{n}']:7.4f}" for n in range(1, 5)))
+        print(f"{label:<10} " + " ".join(f"{r[c]:11.4f}" if c in r else f"{'-':>11}" for c in cols))
+    for note in notes:
+        print(note)
     return results
 
 

@@ -29,6 +29,7 @@ class Captioner:
         self.spec = get_spec(enc["name"], enc.get("alpha"))
         self.weights = weights
         self.steps = StepDecoder(bundle.decoder)
+        self.spatial = bool(getattr(bundle.decoder, "uses_spatial", False))   # attention decoders read the map
         self.default_config = DecodeConfig(max_length=bundle.max_length)
         self._encoder = None
         self._lock = threading.Lock()
@@ -46,9 +47,11 @@ class Captioner:
             if self._encoder is None:
                 import tensorflow as tf
 
-                model, _ = build_encoder(self.spec, self.weights)
+                model, _ = build_encoder(self.spec, self.weights, spatial=self.spatial)
                 to_input = image_pipeline(self.spec)
-                self._encoder = tf.function(lambda x: model(to_input(x), training=False), reduce_retracing=True)
+                pick = (lambda out: out[1]) if self.spatial else (lambda out: out)
+                self._encoder = tf.function(lambda x: pick(model(to_input(x), training=False)),
+                                            reduce_retracing=True)
             return self._encoder
 
     def warm_up(self) -> None:
@@ -56,10 +59,10 @@ class Captioner:
         self.caption(np.zeros((8, 8, 3), np.uint8) + 128)
 
     def features(self, images: Sequence[ImageSource] | ImageSource) -> np.ndarray:
-        """Pooled features (N, D) for one image or a list of images, through the training-image path."""
+        """Features (N, D), or spatial maps (N, P, D) for attention decoders, through the training-image path."""
         batch = images if isinstance(images, (list, tuple)) else [images]
         arrays = np.stack([to_canonical(load_image(_as_source(img))) for img in batch])   # (N, 224, 224, 3)
-        return self._forward()(arrays).numpy()                                          # (N, D)
+        return self._forward()(arrays).numpy()                                  # (N, D) or (N, P, D)
 
     def config(self, config: DecodeConfig | None = None, **overrides) -> DecodeConfig:
         base = config or self.default_config

@@ -110,9 +110,12 @@ class StepDecoder:
         self._start = tf.function(model.start, reduce_retracing=True)
         self._step = tf.function(model.step, reduce_retracing=True)
 
-    def start(self, features: np.ndarray):
+    def start(self, features: np.ndarray, repeat: int = 1):
+        """Context (kept as a tensor: it never changes between steps) and numpy state, each row repeated."""
+        import tensorflow as tf
+
         context, state = self._start(np.asarray(features, np.float32))
-        return context.numpy(), [s.numpy() for s in state]
+        return tf.repeat(context, repeat, axis=0), [np.repeat(s.numpy(), repeat, axis=0) for s in state]
 
     def step(self, context, tokens, state):
         log_probs, state, extras = self._step(context, np.asarray(tokens, np.int32), state)
@@ -192,9 +195,7 @@ def beam_search(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
     returned unfinished.
     """
     b, k = len(features), config.beam_width
-    context, state = decoder.start(features)
-    context = np.repeat(context, k, axis=0)                                       # (B*K, ...)
-    state = [np.repeat(s, k, axis=0) for s in state]
+    context, state = decoder.start(features, repeat=k)                            # rows (B*K, ...)
     scores = np.full((b, k), NEG_INF)
     scores[:, 0] = 0.0                                    # one live beam per image at the start
     history = np.zeros((b * k, 0), np.int64)

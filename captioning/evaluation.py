@@ -7,36 +7,46 @@ from typing import Sequence
 import numpy as np
 
 from .decoding import DecodeConfig, StepDecoder, decode
-from .metrics import BLEU_WEIGHTS, corpus_bleu_scores, sentence_bleu_scores
+from .metrics import BLEU_WEIGHTS, IMPLEMENTATION, coco_scores, corpus_bleu_scores, sentence_bleu_scores
 from .text import Vocabulary
 
 
 def evaluate(steps: StepDecoder, vocab: Vocabulary, features: np.ndarray, names: Sequence[str],
              references: Sequence[Sequence[Sequence[str]]], configs: Sequence[DecodeConfig], split: str = "test",
-             progress: bool = True):
-    """Returns ``(results, predictions)``: one metrics dict per config and a DataFrame of captions."""
+             progress: bool = True, meteor: bool = True):
+    """Returns ``(results, predictions, notes)``: one metrics dict per config (nltk BLEU and the
+    coco-caption metrics), a DataFrame of captions with per-image scores, and notes on skipped metrics."""
     import pandas as pd
     from tqdm.auto import tqdm
 
-    results, rows = [], []
+    results, rows, notes = [], [], set()
     for config in configs:
         start = time.perf_counter()
         with tqdm(total=len(names), unit="img", desc=f"decode {config.describe()}", disable=not progress) as bar:
             nbest = decode(steps, features, vocab, config, progress=bar.update)
         seconds = time.perf_counter() - start
         hyps = [n[0].words for n in nbest]
+        coco, coco_each, note = coco_scores(references, hyps, meteor=meteor)
+        if note:
+            notes.add(note)
         entry = {"decoding": config.strategy, "beam_width": config.beam_width, "split": split,
                  "n_images": len(names), "length_penalty": config.length_penalty,
                  "no_repeat_ngram_size": config.no_repeat_ngram_size, "max_length": config.max_length,
-                 **corpus_bleu_scores(references, hyps),
+                 **corpus_bleu_scores(references, hyps), **{k: round(v, 6) for k, v in coco.items()},
                  "mean_length": float(np.mean([len(h) for h in hyps])),
                  "vocabulary_used": len({w for h in hyps for w in h}),
                  "decode_seconds": round(seconds, 2)}
         results.append(entry)
-        for name, refs, best in zip(names, references, (n[0] for n in nbest)):
+        for i, (name, refs, best) in enumerate(zip(names, references, (n[0] for n in nbest))):
             rows.append({"image": name, "decoding": config.strategy, "beam_width": config.beam_width,
                          "caption": best.text, "log_prob": round(best.log_prob, 4),
                          "score": round(best.score, 4), **{k: round(v, 4) for k, v in
-                                                             sentence_bleu_scores(refs, best.words).items()}})
-    columns = ["image", "decoding", "beam_width", "caption", "log_prob", "score", *BLEU_WEIGHTS]
-    return results, pd.DataFrame(rows, columns=columns)
+                                                             sentence_bleu_scores(refs, best.words).items()},
+                         "cider": round(coco_each["cider"][i], 4)})
+    columns = ["image", "decoding", "beam_width", "caption", "log_prob", "score", *BLEU_WEIGHTS, "cider"]
+    return results, pd.DataFrame(rows, columns=columns), sorted(notes)
+
+
+def implementations() -> dict[str, str]:
+    """Which implementation produced each metric (shown beside the numbers in the app)."""
+    return dict(IMPLEMENTATION)

@@ -70,3 +70,74 @@ def word_usage(references: Sequence[Sequence[Tokens]], hypotheses: Sequence[Toke
         rows.append({"word": word, "predicted": int(p), "references": round(e, 2),
                      "ratio": (p + 1) / (e + 1), "difference": p - e})
     return sorted(rows, key=lambda r: -abs(r["difference"]))
+
+
+# --- the coco-caption toolkit (pycocoevalcap): the field's standard implementations ---------------
+COCO_METRICS = ("coco_bleu_1", "coco_bleu_2", "coco_bleu_3", "coco_bleu_4", "cider", "rouge_l", "meteor")
+IMPLEMENTATION = {
+    **{f"bleu_{n}": "nltk corpus_bleu" for n in range(1, 5)},
+    **{f"coco_bleu_{n}": "pycocoevalcap Bleu" for n in range(1, 5)},
+    "cider": "pycocoevalcap Cider (CIDEr-D)", "rouge_l": "pycocoevalcap Rouge (ROUGE-L)",
+    "meteor": "pycocoevalcap Meteor 1.5 (Java)",
+}
+
+
+def coco_scores(references: Sequence[Sequence[Tokens]], hypotheses: Sequence[Tokens],
+                meteor: bool = True) -> tuple[dict[str, float], dict[str, list[float]], str | None]:
+    """Corpus and per-image coco-caption metrics on pre-tokenised text.
+
+    Returns ``(corpus, per_image, note)``: corpus scores (BLEU-1..4, CIDEr-D, ROUGE-L and METEOR when
+    Java runs), per-image lists of the same, and a note when METEOR was skipped.
+    """
+    import io
+    from contextlib import redirect_stdout
+
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    if len(references) != len(hypotheses) or not hypotheses:
+        raise ValueError(f"{len(references)} reference sets for {len(hypotheses)} hypotheses")
+    gts = {i: [" ".join(r) for r in refs] for i, refs in enumerate(references)}
+    res = {i: [" ".join(h) if h else "<empty>"] for i, h in enumerate(hypotheses)}
+    corpus: dict[str, float] = {}
+    per_image: dict[str, list[float]] = {}
+    with redirect_stdout(io.StringIO()):          # the toolkit prints its own progress lines
+        bleu, bleu_each = Bleu(4).compute_score(gts, res)
+    for n in range(4):
+        corpus[f"coco_bleu_{n + 1}"], per_image[f"coco_bleu_{n + 1}"] = float(bleu[n]), list(map(float, bleu_each[n]))
+    for name, scorer in (("cider", Cider()), ("rouge_l", Rouge())):
+        score, each = scorer.compute_score(gts, res)
+        corpus[name], per_image[name] = float(score), [float(x) for x in each]
+    note = None
+    if meteor:
+        try:
+            score, each = _meteor(gts, res)
+            corpus["meteor"], per_image["meteor"] = score, each
+        except (OSError, ValueError, RuntimeError) as exc:
+            note = f"METEOR skipped: it needs Java 8+ on PATH ({type(exc).__name__}: {exc})"
+    else:
+        note = "METEOR not computed (disabled)"
+    return corpus, per_image, note
+
+
+def _meteor(gts, res) -> tuple[float, list[float]]:
+    import shutil
+
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    if not shutil.which("java"):
+        raise OSError("java not found")
+    scorer = Meteor()
+    try:
+        score, each = scorer.compute_score(gts, res)
+    finally:
+        scorer.meteor_p.kill()
+    return float(score), [float(x) for x in each]
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b (ties handled), as used to compare metrics with human judgments."""
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(x, y).statistic)

@@ -6,6 +6,8 @@ re-running the prefix:
 
     context, state = decoder.start(features)              # once per image
     log_probs, state, extras = decoder.step(context, tokens, state)   # once per word
+
+``extras`` is None for the merge decoder and the attention weights (B, locations) for the attention one.
 """
 from __future__ import annotations
 
@@ -15,8 +17,23 @@ import keras
 from keras import layers, ops
 
 
+class _Decoder(keras.Model):
+    """What every decoder shares: output-bias initialisation and config round trip."""
+
+    def init_output_bias(self, word_counts: np.ndarray) -> None:
+        """Start the classifier at the unigram distribution (log frequencies) to speed up training."""
+        if not self.built:
+            self.build()
+        probs = (word_counts + 1.0) / (word_counts + 1.0).sum()
+        self.classifier.bias.assign(np.log(probs).astype("float32"))
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
 @keras.saving.register_keras_serializable(package="captioning")
-class MergeDecoder(keras.Model):
+class MergeDecoder(_Decoder):
     """The "merge" architecture (Tanti et al. 2018; the seed tutorials).
 
     image features -> dropout -> Dense(units, relu)                       (B, U)
@@ -32,6 +49,7 @@ class MergeDecoder(keras.Model):
     """
 
     kind = "merge"
+    uses_spatial = False
 
     def __init__(self, vocab_size: int, feature_dim: int, embed_dim: int = 256, units: int = 256,
                  dropout: float = 0.5, **kwargs):
@@ -78,23 +96,118 @@ class MergeDecoder(keras.Model):
         logits = self.classifier(self.merge_proj(h + context))                          # (B, V)
         return ops.log_softmax(logits, axis=-1), state, None
 
-    def init_output_bias(self, word_counts: np.ndarray) -> None:
-        """Start the classifier at the unigram distribution (log frequencies) to speed up training."""
-        if not self.built:
-            self.build()
-        probs = (word_counts + 1.0) / (word_counts + 1.0).sum()
-        self.classifier.bias.assign(np.log(probs).astype("float32"))
-
     def get_config(self):
         return {"name": self.name, "vocab_size": self.vocab_size, "feature_dim": self.feature_dim,
                 "embed_dim": self.embed_dim, "units": self.units, "dropout": self.dropout_rate}
 
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
 
 
-DECODERS = {"merge": MergeDecoder}
+@keras.saving.register_keras_serializable(package="captioning")
+class AttentionDecoder(_Decoder):
+    """Show, Attend and Tell (Xu et al. 2015) with soft additive attention over the encoder's spatial map.
+
+    At every step: attention weights over the P locations from the LSTM state, a gated context vector
+    (the "beta" gate), and an LSTM fed [word embedding, context]; the doubly stochastic regulariser
+    ``alpha_c * mean_p (1 - sum_t alpha_tp)^2`` pushes the model to look at every location over a caption.
+
+    Args:
+        vocab_size: output classes. feature_dim: channels D of the spatial map (B, P, D).
+        embed_dim, units: embedding and LSTM sizes. attention_dim: additive-attention size.
+        feature_proj: the map is first projected D -> feature_proj (keeps the LSTM input small on CPU).
+        dropout: before the classifier. alpha_c: weight of the doubly stochastic regulariser.
+    """
+
+    kind = "attention"
+    uses_spatial = True
+
+    def __init__(self, vocab_size: int, feature_dim: int, embed_dim: int = 256, units: int = 512,
+                 attention_dim: int = 256, feature_proj: int = 256, dropout: float = 0.5, alpha_c: float = 1.0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.feature_dim = int(vocab_size), int(feature_dim)
+        self.embed_dim, self.units, self.attention_dim = int(embed_dim), int(units), int(attention_dim)
+        self.feature_proj_dim, self.dropout_rate, self.alpha_c = int(feature_proj), float(dropout), float(alpha_c)
+        self.feature_proj = layers.Dense(feature_proj, activation="relu", name="feature_proj")
+        self.init_h = layers.Dense(units, activation="tanh", name="init_h")
+        self.init_c = layers.Dense(units, activation="tanh", name="init_c")
+        self.att_keys = layers.Dense(attention_dim, name="att_keys")
+        self.att_query = layers.Dense(attention_dim, name="att_query")
+        self.att_score = layers.Dense(1, name="att_score")
+        self.gate = layers.Dense(feature_proj, activation="sigmoid", name="gate")
+        self.embedding = layers.Embedding(vocab_size, embed_dim, name="embedding")
+        self.cell = layers.LSTMCell(units, name="lstm_cell")
+        self.dropout = layers.Dropout(dropout, name="dropout")
+        self.classifier = layers.Dense(vocab_size, name="classifier")
+
+    def build(self, input_shape=None):
+        f, u = self.feature_proj_dim, self.units
+        self.feature_proj.build((None, None, self.feature_dim))
+        self.init_h.build((None, f))
+        self.init_c.build((None, f))
+        self.att_keys.build((None, None, f))
+        self.att_query.build((None, u))
+        self.att_score.build((None, None, self.attention_dim))
+        self.gate.build((None, u))
+        self.embedding.build((None,))
+        self.cell.build((None, self.embed_dim + f))
+        self.classifier.build((None, u))
+        self.built = True
+
+    def _encode(self, features):
+        feats = self.feature_proj(features)                                              # (B, P, F)
+        mean = ops.mean(feats, axis=1)                                                   # (B, F)
+        return feats, self.att_keys(feats), [self.init_h(mean), self.init_c(mean)]     # keys (B, P, A)
+
+    def _attend_and_step(self, feats, keys, words, state, training=False):
+        h = state[0]                                                                     # (B, U)
+        energy = self.att_score(ops.tanh(keys + ops.expand_dims(self.att_query(h), 1)))  # (B, P, 1)
+        alpha = ops.softmax(ops.squeeze(energy, -1), axis=-1)                           # (B, P)
+        context = ops.sum(feats * ops.expand_dims(alpha, -1), axis=1)                   # (B, F)
+        context = self.gate(h) * context                                                 # (B, F)
+        h, state = self.cell(ops.concatenate([words, context], axis=-1), state, training=training)
+        logits = self.classifier(self.dropout(h, training=training))                    # (B, V)
+        return logits, state, alpha
+
+    def call(self, inputs, training=False):
+        features, tokens = inputs                                                        # (B, P, D), (B, T)
+        feats, keys, state = self._encode(features)
+        words = ops.transpose(self.embedding(tokens), (1, 0, 2))                        # (T, B, E)
+
+        # keras.ops.scan wants per-step outputs shaped like the carry, so logits and weights ride in it.
+        def step(carry, word):
+            logits, (h, c), alpha = self._attend_and_step(feats, keys, word, [carry[0], carry[1]], training)
+            carry = (h, c, logits, alpha)
+            return carry, carry
+
+        batch = ops.shape(tokens)[0]
+        init = (state[0], state[1], ops.zeros((batch, self.vocab_size)), ops.zeros(ops.shape(keys)[:2]))
+        _, (_, _, logits, alphas) = ops.scan(step, init, words)                         # (T, B, V), (T, B, P)
+        logits = ops.transpose(logits, (1, 0, 2))                                        # (B, T, V)
+        if training and self.alpha_c > 0:
+            mask = ops.cast(ops.not_equal(tokens, 0), alphas.dtype)                      # (B, T)
+            coverage = ops.sum(alphas * ops.expand_dims(ops.transpose(mask), -1), axis=0)  # (B, P)
+            self.add_loss(self.alpha_c * ops.mean((1.0 - coverage) ** 2))                  # mean over B and P
+        return logits
+
+    # --- step API --------------------------------------------------------------------------------
+    def start(self, features):
+        """(B, P, D) -> context (B, P, F + A): projected map and attention keys side by side; state [h, c]."""
+        feats, keys, state = self._encode(features)
+        return ops.concatenate([feats, keys], axis=-1), state
+
+    def step(self, context, tokens, state):
+        feats, keys = context[..., : self.feature_proj_dim], context[..., self.feature_proj_dim:]
+        logits, state, alpha = self._attend_and_step(feats, keys, self.embedding(tokens), state)
+        return ops.log_softmax(logits, axis=-1), state, alpha
+
+    def get_config(self):
+        return {"name": self.name, "vocab_size": self.vocab_size, "feature_dim": self.feature_dim,
+                "embed_dim": self.embed_dim, "units": self.units, "attention_dim": self.attention_dim,
+                "feature_proj": self.feature_proj_dim, "dropout": self.dropout_rate, "alpha_c": self.alpha_c}
+
+
+
+DECODERS = {"merge": MergeDecoder, "attention": AttentionDecoder}
 
 
 def build_decoder(kind: str, **config) -> keras.Model:

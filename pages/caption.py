@@ -5,7 +5,7 @@ import streamlit as st
 
 from ui.charts import word_probabilities
 from ui.state import get_captioner
-from ui.widgets import cached_features, choose_image, decoding_controls, references_panel
+from ui.widgets import attention_panel, cached_features, choose_image, decoding_controls, references_panel
 
 st.title("Caption a photo")
 chosen = choose_image("caption")
@@ -28,5 +28,6 @@ if chosen is not None:
         m2.metric("Time", f"{seconds * 1000:.0f} ms", help="encoder + decoder, from image to caption")
         m3.metric("Mean log p", f"{best.normalized_log_prob:.2f}", help="per emitted token; closer to 0 = surer")
         st.altair_chart(word_probabilities(best), width="stretch")
+        attention_panel(chosen.image, best)
         if chosen.flickr_name:
             references_panel(chosen.flickr_name, best.words)

@@ -4,7 +4,7 @@ import streamlit as st
 
 from ui.charts import line, word_probabilities
 from ui.state import get_captioner
-from ui.widgets import cached_features, choose_image, decoding_controls, references_panel
+from ui.widgets import attention_panel, cached_features, choose_image, decoding_controls, references_panel
 
 st.title("Compare decoding")
 st.caption("Greedy takes the likeliest word at every step; beam search keeps the K best partial captions "
@@ -29,6 +29,7 @@ if chosen is not None:
             a.metric("log p", f"{cap.log_prob:.2f}")
             b.metric("mean log p", f"{cap.normalized_log_prob:.2f}")
             st.altair_chart(word_probabilities(cap), width="stretch")
+            attention_panel(chosen.image, cap, per_row=4, size=120)
 
     st.subheader("Beam n-best list")
     st.dataframe(pd.DataFrame([{"rank": i, "caption": c.text, "score": round(c.score, 3),

@@ -3,8 +3,9 @@ import pandas as pd
 import streamlit as st
 
 from captioning.metrics import reference_agreement, word_usage
-from ui.charts import grouped_bleu, histogram, mean_by, signed_bars
-from ui.state import current_results, get_dataset, no_bundle_message, references_for, selected_bundle
+from ui.charts import bundle_bars, grouped_bleu, histogram, mean_by, signed_bars
+from ui.state import (bundle_paths, bundle_results, current_results, get_dataset, no_bundle_message, references_for,
+                      selected_bundle)
 
 st.title("Evaluation")
 path = selected_bundle()
@@ -22,17 +23,66 @@ def run_label(decoding: str, width: int) -> str:
     return "greedy" if int(width) == 1 else f"beam {int(width)}"
 
 
-results = pd.DataFrame(metrics["results"])
-results["run"] = [run_label(d, w) for d, w in zip(results["decoding"], results["beam_width"])]
+METRIC_ORDER = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "coco_bleu_1", "coco_bleu_2", "coco_bleu_3", "coco_bleu_4",
+                "cider", "rouge_l", "meteor"]
+NAMES = {"cider": "CIDEr-D", "rouge_l": "ROUGE-L", "meteor": "METEOR",
+         **{f"bleu_{n}": f"BLEU-{n}" for n in range(1, 5)}, **{f"coco_bleu_{n}": f"coco BLEU-{n}" for n in range(1, 5)}}
+
+
+def results_frame(metrics: dict) -> pd.DataFrame:
+    frame = pd.DataFrame(metrics["results"])
+    frame["run"] = [run_label(d, w) for d, w in zip(frame["decoding"], frame["beam_width"])]
+    return frame
+
+
+results = results_frame(metrics)
+implementations = metrics.get("implementations", {})
 split, n_images = results["split"].iloc[0], int(results["n_images"].iloc[0])
-bleu_cols = [c for c in ("bleu_1", "bleu_2", "bleu_3", "bleu_4") if c in results]
+score_cols = [c for c in METRIC_ORDER if c in results]
+bleu_cols = [c for c in score_cols if c.startswith("bleu_")]
 st.subheader(f"Corpus scores · {split} split · {n_images:,} images")
-st.caption("BLEU-1..4: nltk `corpus_bleu` against all five references (captions lower-cased, punctuation removed).")
-shown = ["run"] + bleu_cols + [c for c in ("mean_length", "vocabulary_used", "decode_seconds") if c in results]
-left, right = st.columns([1, 1])
-left.dataframe(results[shown].style.format({c: "{:.4f}" for c in bleu_cols}), hide_index=True,
-               width="stretch")
-right.altair_chart(grouped_bleu(results[["run"] + bleu_cols]), width="stretch")
+st.caption("Hover a column for the implementation. nltk BLEU and the coco-caption toolkit's BLEU differ slightly "
+           "(tokenisation of the brevity penalty); papers report the coco-caption numbers and CIDEr-D.")
+extra = [c for c in ("mean_length", "vocabulary_used", "decode_seconds") if c in results]
+config = {c: st.column_config.NumberColumn(NAMES[c], help=implementations.get(c, ""), format="%.4f")
+          for c in score_cols}
+st.dataframe(results[["run"] + score_cols + extra], hide_index=True, width="stretch", column_config=config)
+chart_cols = st.multiselect("Chart", score_cols, default=[c for c in ("bleu_4", "coco_bleu_4", "cider", "rouge_l",
+                                                                      "meteor") if c in score_cols] or bleu_cols,
+                            format_func=NAMES.get)
+if chart_cols:
+    st.altair_chart(grouped_bleu(results[["run"] + chart_cols].rename(columns=NAMES)), width="stretch")
+for note in metrics.get("notes", []):
+    st.caption(f"ⓘ {note}")
+
+others = [p for p in bundle_paths() if p != path]
+if others:
+    with st.expander("Compare with other bundles (e.g. merge vs attention)", expanded=False):
+        chosen_bundles = st.multiselect("Bundles", others, default=others[:1], format_func=lambda p: p.name)
+        frames = [results_frame(metrics).assign(bundle=path.name)]
+        for other in chosen_bundles:
+            other_metrics, _ = bundle_results(str(other), (other / "manifest.json").stat().st_mtime)
+            if other_metrics and other_metrics.get("results"):
+                frames.append(results_frame(other_metrics).assign(bundle=other.name))
+        both = pd.concat(frames, ignore_index=True)
+        shared = [c for c in score_cols if c in both]
+        st.dataframe(both[["bundle", "run"] + shared], hide_index=True, width="stretch", column_config=config)
+        pick = st.selectbox("Metric", shared, index=shared.index("cider") if "cider" in shared else 0,
+                            format_func=NAMES.get)
+        st.altair_chart(bundle_bars(both, pick, NAMES[pick]), width="stretch")
+
+agreement = metrics.get("human_agreement")
+if agreement and agreement.get("metrics"):
+    st.subheader("Which metric agrees with people?")
+    st.caption(f"Kendall's τ between each metric and the mean of three experts' 1-4 scores on "
+               f"{agreement['pairs']:,} Flickr8k image-caption pairs (ExpertAnnotations.txt), as in the CIDEr "
+               f"paper. Higher = ranks captions more like people do.")
+    table = pd.DataFrame(agreement["metrics"])
+    table["name"] = table["metric"].map(NAMES)
+    left, right = st.columns([2, 3])
+    left.dataframe(table[["name", "kendall_tau", "implementation"]], hide_index=True, width="stretch")
+    right.altair_chart(signed_bars(table, "name", "kendall_tau", "Kendall's τ with expert judgments"),
+                       width="stretch")
 
 if preds is None or preds.empty:
     st.info(f"No per-image predictions in this bundle. Run `python train.py evaluate --out {path}`.")
@@ -44,12 +94,14 @@ preds["length"] = preds["caption"].str.split().str.len()
 runs = list(dict.fromkeys(preds["run"]))
 c1, c2 = st.columns(2)
 run = c1.selectbox("Decoding run", runs, index=len(runs) - 1)
-metric = c2.selectbox("Per-image metric", bleu_cols, index=len(bleu_cols) - 1,
-                      format_func=lambda m: m.replace("_", "-").upper() + " (smoothed sentence BLEU)")
+per_image = [c for c in bleu_cols + ["cider"] if c in preds]
+metric = c2.selectbox("Per-image metric", per_image, index=len(per_image) - 1,
+                      format_func=lambda m: NAMES[m] + (" (smoothed sentence BLEU)" if m.startswith("bleu")
+                                                        else " (coco-caption, per image)"))
 sub = preds[preds["run"] == run].reset_index(drop=True)
 
 st.subheader("Distribution of per-image scores")
-st.altair_chart(histogram(preds, metric, metric.replace("_", "-").upper(), color="run"), width="stretch")
+st.altair_chart(histogram(preds, metric, NAMES[metric], color="run"), width="stretch")
 
 ds = get_dataset()
 st.subheader("Breakdowns")
@@ -101,11 +153,12 @@ for title, rows in (("Best", sub.nlargest(k, metric)), ("Worst", sub.nsmallest(k
 st.subheader("All predictions")
 f1, f2 = st.columns(2)
 word = f1.text_input("Caption contains", placeholder="e.g. dog").strip().lower()
-low, high = f2.slider(f"{metric} range", 0.0, 1.0, (0.0, 1.0), 0.01)
+top = float(max(1.0, sub[metric].max()))
+low, high = f2.slider(f"{NAMES[metric]} range", 0.0, top, (0.0, top), 0.01)
 table = sub[(sub[metric] >= low) & (sub[metric] <= high)]
 if word:
     table = table[table["caption"].str.split().apply(lambda ws: word in ws)]
-cols = ["image", "caption", *bleu_cols, "log_prob", "length"]
+cols = ["image", "caption", *per_image, "log_prob", "length"]
 st.dataframe(table[cols], hide_index=True, width="stretch")
 st.download_button("Download these rows (CSV)", table[cols].to_csv(index=False).encode(),
                    file_name=f"{path.name}-{run.replace(' ', '')}-predictions.csv", mime="text/csv")

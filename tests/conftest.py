@@ -30,7 +30,8 @@ def mobilenet_weights() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, flickr_dir, mobilenet_weights):
-    """A real train.py run on 60 Flickr8k images with MobileNetV2-0.35: (artifacts root, cache dir)."""
+    """Real train.py runs on 60 Flickr8k images with MobileNetV2-0.35, a merge and an attention decoder:
+    (artifacts root holding tiny/ and tiny-attention/, cache dir)."""
     import train
 
     work = tmp_path_factory.mktemp("tiny")
@@ -38,7 +39,12 @@ def tiny_run(tmp_path_factory, flickr_dir, mobilenet_weights):
     code = train.main(["--data-dir", str(flickr_dir), "--encoder", "mobilenetv2", "--alpha", "0.35",
                        "--weights", str(mobilenet_weights), "--limit", "60", "--epochs", "3",
                        "--out", str(artifacts / "tiny"), "--cache-dir", str(cache), "--quiet",
-                       "--beam-widths", "3"])
+                       "--beam-widths", "3", "--no-human"])
+    assert code == 0
+    code = train.main(["--data-dir", str(flickr_dir), "--encoder", "mobilenetv2", "--alpha", "0.35",
+                       "--weights", str(mobilenet_weights), "--limit", "60", "--epochs", "2", "--decoder", "attention",
+                       "--units", "64", "--embed-dim", "64", "--out", str(artifacts / "tiny-attention"),
+                       "--cache-dir", str(cache), "--quiet", "--beam-widths", "3", "--no-human", "--no-meteor"])
     assert code == 0
     return artifacts, cache
 
@@ -55,3 +61,8 @@ def app_env(monkeypatch, tiny_run, flickr_dir, mobilenet_weights):
     monkeypatch.setenv("FLICKR8K_DIR", str(flickr_dir))
     monkeypatch.setenv("CAPTIONING_WEIGHTS_DIR", str(mobilenet_weights.parent))
     return tiny_run[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_attention_bundle(tiny_run) -> Path:
+    return tiny_run[0] / "tiny-attention"

@@ -54,7 +54,7 @@ def test_sidebar_lists_bundles_and_caption_page_captions_an_upload(app_env):
     at.file_uploader[0].upload("photo.jpg", jpeg_bytes(), "image/jpeg").run()
     assert not at.exception, at.exception
     caption = [m.value for m in at.markdown if m.value.startswith("### “")]
-    assert caption and len(caption[0]) > 8
+    assert caption and caption[0].strip("#“”. ")            # at least one word
     assert {m.label for m in at.metric} >= {"Decoding", "Time", "Mean log p"}
 
 
@@ -78,6 +78,18 @@ def test_caption_page_sample_shows_references_and_bleu(app_env):
     assert next(m for m in at.metric if m.label == "Decoding").value == "beam 2"
 
 
+def test_attention_bundle_shows_a_heat_map_per_word(app_env, tiny_attention_bundle):
+    at = start()
+    at.sidebar.selectbox[0].set_value(str(tiny_attention_bundle)).run()
+    at.file_uploader[0].upload("photo.jpg", jpeg_bytes(), "image/jpeg").run()
+    assert not at.exception, at.exception
+    assert "Where the model looked, word by word" in texts(at)
+    caption = next(m.value for m in at.markdown if m.value.startswith("### “"))
+    n_words = len(caption.strip("#“”. ").split())
+    maps = at.get("image")
+    assert len(maps) >= n_words + 1                       # the photo plus one map per word
+
+
 def test_compare_page_side_by_side_nbest_and_sweep(app_env):
     at = start("pages/compare.py")
     at.radio(key="compare_mode").set_value("Sample from the test split").run()
@@ -93,7 +105,11 @@ def test_evaluation_page_tables_charts_and_download(app_env):
     at = start("pages/evaluation.py")
     table = at.dataframe[0].value
     assert list(table["run"]) == ["greedy", "beam 3"]
+    assert {"cider", "rouge_l", "coco_bleu_4"} <= set(table.columns)
     assert "Best and worst images" in texts(at)
+    assert any(e.label.startswith("Compare with other bundles") for e in at.expander)
+    compared = at.dataframe[1].value                       # this bundle beside tiny-attention
+    assert set(compared["bundle"]) == {"tiny", "tiny-attention"}
     assert len(at.get("download_button")) == 1
     at.text_input[0].input("a").run()
     assert not at.exception, at.exception

@@ -112,7 +112,7 @@ def test_caption_page_uploads_an_image_and_shows_the_caption(server, browser, fl
     Image.open(flickr_dir / "Images" / "1000268201_693b08cb0e.jpg").resize((500, 375)).save(photo)
     headline = upload_and_read_caption(browser, server, photo)
     settle()
-    assert len(headline) > 8
+    assert any(ch.isalpha() for ch in headline)
     metrics = [e.text for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMetricValue"]')]
     assert any(m.endswith(" ms") for m in metrics), metrics
     browser.save_screenshot(str(OUT / "caption.png"))
@@ -158,4 +158,4 @@ def test_five_browser_sessions_caption_at_once(server, flickr_dir, tmp_path):
 
     with ThreadPoolExecutor(max_workers=5) as pool:
         captions = list(pool.map(session, photos))
-    assert len(captions) == 5 and all(c.startswith("“") and len(c) > 4 for c in captions)
+    assert len(captions) == 5 and all(c.startswith("“") and any(ch.isalpha() for ch in c) for c in captions)

@@ -17,8 +17,9 @@ class MarkovDecoder:
         self.table = rng.normal(0, 2.0, size=(vocab_size, 8, vocab_size))     # (prev, step, next)
         self.attention = attention
 
-    def start(self, features):
-        return np.asarray(features, np.float64), [np.zeros((len(features), 1))]
+    def start(self, features, repeat=1):
+        context = np.repeat(np.asarray(features, np.float64), repeat, axis=0)
+        return context, [np.zeros((len(context), 1))]
 
     def step(self, context, tokens, state):
         t = state[0][:, 0].astype(int)

@@ -47,3 +47,71 @@ def test_output_bias_starts_at_word_frequencies(model):
 def test_config_round_trip(model):
     again = MergeDecoder.from_config(model.get_config())
     assert again.get_config() == model.get_config()
+
+
+# --- attention decoder ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def attention_model():
+    m = build_decoder("attention", vocab_size=12, feature_dim=16, embed_dim=8, units=8, attention_dim=6,
+                      feature_proj=10, dropout=0.5)
+    m.init_output_bias(np.arange(12, dtype=float))
+    return m
+
+
+def test_attention_step_api_matches_the_teacher_forced_pass(attention_model):
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(3, 9, 16)).astype("float32")                  # (B, P=3x3, D)
+    tokens = rng.integers(4, 12, size=(3, 5)).astype("int32")
+    tokens[:, 0] = Vocabulary.start_id
+    full = attention_model((feats, tokens), training=False).numpy()
+    full = full - np.log(np.exp(full).sum(-1, keepdims=True))
+    steps = StepDecoder(attention_model)
+    context, state = steps.start(feats)
+    for t in range(tokens.shape[1]):
+        logp, state, alpha = steps.step(context, tokens[:, t], state)
+        np.testing.assert_allclose(logp, full[:, t], atol=1e-4)
+        assert alpha.shape == (3, 9)
+        np.testing.assert_allclose(alpha.sum(axis=1), 1.0, rtol=1e-5)   # a distribution over locations
+        assert (alpha >= 0).all()
+
+
+def test_attention_beam_width_one_equals_greedy_and_returns_weights(attention_model):
+    vocab = Vocabulary([f"w{i}" for i in range(8)])
+    feats = np.random.default_rng(3).normal(size=(4, 9, 16)).astype("float32")
+    steps = StepDecoder(attention_model)
+    cfg = DecodeConfig(max_length=7)
+    greedy = greedy_search(steps, feats, vocab, cfg)
+    beam = beam_search(steps, feats, vocab, cfg)
+    for g, (b,) in zip(greedy, beam):
+        assert g.words == b.words
+        assert g.attention.shape == (g.num_tokens, 9)
+        np.testing.assert_allclose(g.attention, b.attention, atol=1e-6)
+        np.testing.assert_allclose(g.attention.sum(axis=1), 1.0, rtol=1e-5)
+    for caps in beam_search(steps, feats, vocab, DecodeConfig(beam_width=3, max_length=7, num_return_sequences=3)):
+        for c in caps:
+            assert c.attention.shape == (c.num_tokens, 9)
+
+
+def test_doubly_stochastic_regulariser_is_a_training_loss(attention_model):
+    feats = np.random.default_rng(4).normal(size=(2, 9, 16)).astype("float32")
+    tokens = np.array([[2, 5, 6, 0], [2, 7, 0, 0]], "int32")
+    attention_model((feats, tokens), training=True)
+    assert len(attention_model.losses) == 1 and float(attention_model.losses[0]) > 0
+
+
+def test_attention_overlay_draws_a_heat_map():
+    from PIL import Image
+
+    from captioning.visualize import attention_overlay, attention_strip
+
+    image = Image.new("RGB", (300, 200), (128, 128, 128))
+    weights = np.zeros(49)
+    weights[0] = 1.0                                                         # all attention on the top-left cell
+    over = attention_overlay(image, weights, size=140)
+    arr = np.asarray(over, float)
+    assert over.size == (140, 140)
+    assert np.abs(arr[5, 5] - arr[130, 130]).sum() > 60                      # hot corner differs from cold one
+    strip = attention_strip(image, ["a", "dog"], np.stack([weights, weights[::-1]]))
+    assert [w for w, _ in strip] == ["a", "dog"]
+    with pytest.raises(ValueError):
+        attention_overlay(image, np.ones(10))

@@ -1,6 +1,7 @@
 """Integration: train.py on a small real Flickr8k subset with the small real encoder, then the CLI."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -27,11 +28,17 @@ def test_bundle_has_every_artifact_and_metric(tiny_bundle):
     for r in results:
         assert r["split"] == "test" and r["n_images"] == 9
         assert all(0 <= r[f"bleu_{n}"] <= 1 for n in range(1, 5))
+        assert all(0 <= r[f"coco_bleu_{n}"] <= 1 for n in range(1, 5))
+        assert r["cider"] >= 0 and 0 <= r["rouge_l"] <= 1
+        assert ("meteor" in r) == (shutil.which("java") is not None)
+    metrics = json.loads((tiny_bundle / "metrics.json").read_text())
+    assert metrics["implementations"]["cider"].startswith("pycocoevalcap")
         assert r["bleu_1"] > 0.05          # even 3 epochs on 42 images learn "a man in a ..."
 
     preds = pd.read_csv(tiny_bundle / "predictions.csv", keep_default_na=False)
     assert list(preds.columns[:4]) == ["image", "decoding", "beam_width", "caption"]
     assert len(preds) == 18 and preds["caption"].str.len().min() > 0
+    assert {"bleu_4", "cider"} <= set(preds.columns)
 
 
 def test_load_bundle_and_caption_a_real_image(tiny_bundle, flickr_dir, mobilenet_weights):

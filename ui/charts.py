@@ -22,8 +22,8 @@ def word_probabilities(caption: Caption, title: str = "") -> alt.Chart:
 
 
 def grouped_bleu(results: pd.DataFrame) -> alt.Chart:
-    """BLEU-1..4 per decoding run, grouped bars."""
-    long = results.melt(id_vars=["run"], value_vars=[c for c in results if c.startswith("bleu_")],
+    """Corpus scores per decoding run (every column but ``run``), grouped bars."""
+    long = results.melt(id_vars=["run"], value_vars=[c for c in results if c != "run"],
                         var_name="metric", value_name="score")
     return (alt.Chart(long).mark_bar()
             .encode(x=alt.X("metric:N", title=None), xOffset="run:N", y=alt.Y("score:Q", title="corpus score"),
@@ -60,3 +60,11 @@ def line(df: pd.DataFrame, x: str, y: str, title: str) -> alt.Chart:
     return (alt.Chart(df, title=title).mark_line(point=True)
             .encode(x=alt.X(f"{x}:O"), y=alt.Y(f"{y}:Q", scale=alt.Scale(zero=False)), tooltip=list(df.columns))
             .properties(height=240))
+
+
+def bundle_bars(df: pd.DataFrame, metric: str, title: str) -> alt.Chart:
+    """One metric for several bundles and decoding runs."""
+    return (alt.Chart(df).mark_bar()
+            .encode(x=alt.X("run:N", title=None), xOffset="bundle:N", y=alt.Y(f"{metric}:Q", title=title),
+                    color=alt.Color("bundle:N"), tooltip=["bundle", "run", alt.Tooltip(f"{metric}:Q", format=".4f")])
+            .properties(height=260))

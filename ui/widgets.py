@@ -94,3 +94,17 @@ def references_panel(name: str, words: list[str]) -> None:
         col.metric(f"BLEU-{n}", f"{scores[f'bleu_{n}']:.3f}")
     st.markdown("**Human captions**")
     st.markdown("\n".join(f"{i}. {c}" for i, c in enumerate(ds.captions[name], 1)))
+
+
+def attention_panel(image: Image.Image, caption, per_row: int = 6, size: int = 150) -> None:
+    """A strip of small heat maps, one per emitted word: where the attention decoder looked."""
+    from captioning.visualize import attention_strip
+
+    if caption.attention is None:
+        return
+    words = caption.words + (["<end>"] if caption.finished else [])
+    strip = attention_strip(image, words, caption.attention[: len(words)], size)
+    st.markdown("**Where the model looked, word by word**")
+    for start in range(0, len(strip), per_row):
+        for col, (word, picture) in zip(st.columns(per_row), strip[start:start + per_row]):
+            col.image(picture, caption=word, width="stretch")
