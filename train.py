@@ -5,7 +5,8 @@
     python train.py download --data-dir DIR     # fetch Flickr8k (needs internet)
     python train.py features ...                # cache encoder features (resumable)
     python train.py train ...                   # fit the decoder, write the bundle (resumable)
-    python train.py evaluate ...                # greedy + beam BLEU on the test split -> metrics.json
+    python train.py evaluate ...                # greedy + beam scores on the test split -> metrics.json
+    python train.py sweep ...                   # beam-width and length-penalty sweep on the dev split
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from captioning.data import DataError, Flickr8k, download
 from captioning.encoders import ENCODER_NAMES, EncoderWeightsError, get_spec
 
 ROOT = Path(__file__).resolve().parent
-COMMANDS = ("all", "download", "features", "train", "evaluate")
+COMMANDS = ("all", "download", "features", "train", "evaluate", "sweep")
 
 
 def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
@@ -54,6 +55,8 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
                    help="also cache the encoder's spatial map (for attention decoders; ~3.3 GB for Xception)")
     p.add_argument("--beam-widths", default=d("3,5"), help="beam widths evaluated beside greedy")
     p.add_argument("--split", default=d("test"), choices=["dev", "test"], help="split that evaluate scores")
+    p.add_argument("--no-sweep", action="store_true", default=d(False),
+                   help="skip the beam/length-penalty sweep on the dev split when running all steps")
     p.add_argument("--no-meteor", action="store_true", default=d(False), help="skip METEOR (needs Java)")
     p.add_argument("--no-human", action="store_true", default=d(False),
                    help="skip the metric-vs-expert-judgment agreement (ExpertAnnotations.txt)")
@@ -223,6 +226,32 @@ def evaluate_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> list[dict]
     return results
 
 
+def sweep_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> list[dict]:
+    """Beam widths 1, 2, 3, 5, 10 and length penalties 0..2 on the dev split, stored in metrics.json."""
+    from captioning.bundle import load_bundle, update_results
+    from captioning.decoding import DecodeConfig, StepDecoder
+    from captioning.evaluation import decoding_sweep
+    from captioning.features import FeatureCache
+
+    bundle = load_bundle(args.out)
+    spec = get_spec(bundle.encoder["name"], bundle.encoder.get("alpha"))
+    spatial = bool(getattr(bundle.decoder, "uses_spatial", False))
+    cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
+    dev = names["dev"]
+    if cache.missing(dev, spatial):
+        features_step(argparse.Namespace(**{**vars(args), "encoder": spec.name, "alpha": spec.alpha,
+                                            "decoder": bundle.decoder.kind}), ds, {"dev": dev})
+    rows = decoding_sweep(StepDecoder(bundle.decoder), bundle.vocab, cache.load(dev, spatial), ds.references(dev),
+                          DecodeConfig(max_length=bundle.max_length), progress=not args.quiet)
+    metrics = bundle.metrics or {"results": []}
+    metrics["sweep"] = rows
+    update_results(args.out, metrics, bundle.predictions)
+    print(f"\nsweep on dev ({len(dev)} images)\n{'beam':>4} {'lp':>4} {'BLEU-4':>7} {'CIDEr':>7} {'length':>6}")
+    for r in rows:
+        print(f"{r['beam_width']:>4} {r['length_penalty']:>4} {r['bleu_4']:7.4f} {r['cider']:7.4f} {r['mean_length']:6.2f}")
+    return rows
+
+
 def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
@@ -245,6 +274,8 @@ def main(argv=None) -> int:
             train_step(args, ds, names, feature_stats)
         if args.command in ("all", "evaluate"):
             evaluate_step(args, ds, names)
+        if args.command in ("all", "sweep") and not (args.command == "all" and args.no_sweep):
+            sweep_step(args, ds, names)
     except (DataError, EncoderWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -50,3 +50,27 @@ def evaluate(steps: StepDecoder, vocab: Vocabulary, features: np.ndarray, names:
 def implementations() -> dict[str, str]:
     """Which implementation produced each metric (shown beside the numbers in the app)."""
     return dict(IMPLEMENTATION)
+
+
+def decoding_sweep(steps: StepDecoder, vocab: Vocabulary, features: np.ndarray,
+                   references: Sequence[Sequence[Sequence[str]]], base: DecodeConfig,
+                   widths: Sequence[int] = (1, 2, 3, 5, 10), penalties: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0),
+                   penalty_width: int = 5, split: str = "dev", progress: bool = True) -> list[dict]:
+    """Corpus scores over beam widths (at ``base``'s length penalty) and over length penalties (at
+    ``penalty_width`` beams): what the Evaluation page charts and what decoding defaults are chosen from."""
+    from dataclasses import replace
+
+    from tqdm.auto import tqdm
+
+    settings = [(w, base.length_penalty, "beam_width") for w in widths]
+    settings += [(penalty_width, p, "length_penalty") for p in penalties]
+    rows = []
+    for width, penalty, axis in tqdm(settings, desc=f"sweep ({split})", disable=not progress):
+        config = replace(base, beam_width=width, length_penalty=penalty, num_return_sequences=1)
+        hyps = [n[0].words for n in decode(steps, features, vocab, config)]
+        coco, _, _ = coco_scores(references, hyps, meteor=False)
+        rows.append({"axis": axis, "beam_width": width, "length_penalty": penalty, "split": split,
+                     "n_images": len(hyps), **corpus_bleu_scores(references, hyps),
+                     **{k: round(v, 6) for k, v in coco.items()},
+                     "mean_length": float(np.mean([len(h) for h in hyps]))})
+    return rows

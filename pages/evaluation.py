@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from captioning.metrics import reference_agreement, word_usage
-from ui.charts import bundle_bars, grouped_bleu, histogram, mean_by, signed_bars
+from ui.charts import bundle_bars, grouped_bleu, histogram, line, mean_by, signed_bars
 from ui.state import (bundle_paths, bundle_results, current_results, get_dataset, no_bundle_message, references_for,
                       selected_bundle)
 
@@ -70,6 +70,21 @@ if others:
         pick = st.selectbox("Metric", shared, index=shared.index("cider") if "cider" in shared else 0,
                             format_func=NAMES.get)
         st.altair_chart(bundle_bars(both, pick, NAMES[pick]), width="stretch")
+
+sweep = metrics.get("sweep")
+if sweep:
+    frame = pd.DataFrame(sweep)
+    st.subheader(f"Beam width and length penalty · {frame['split'].iloc[0]} split")
+    st.caption("Decoding settings are chosen here, on the dev split, never on the test split.")
+    sweep_metric = st.selectbox("Sweep metric", [c for c in ("cider", "bleu_4", "coco_bleu_4", "rouge_l", "mean_length")
+                                                 if c in frame], format_func=lambda m: NAMES.get(m, "mean words"))
+    left, right = st.columns(2)
+    by_width = frame[frame["axis"] == "beam_width"]
+    by_penalty = frame[frame["axis"] == "length_penalty"]
+    left.altair_chart(line(by_width, "beam_width", sweep_metric,
+                           f"By beam width (length penalty {by_width['length_penalty'].iloc[0]:g})"), width="stretch")
+    right.altair_chart(line(by_penalty, "length_penalty", sweep_metric,
+                            f"By length penalty (beam {by_penalty['beam_width'].iloc[0]})"), width="stretch")
 
 agreement = metrics.get("human_agreement")
 if agreement and agreement.get("metrics"):

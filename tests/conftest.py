@@ -39,12 +39,12 @@ def tiny_run(tmp_path_factory, flickr_dir, mobilenet_weights):
     code = train.main(["--data-dir", str(flickr_dir), "--encoder", "mobilenetv2", "--alpha", "0.35",
                        "--weights", str(mobilenet_weights), "--limit", "60", "--epochs", "3",
                        "--out", str(artifacts / "tiny"), "--cache-dir", str(cache), "--quiet",
-                       "--beam-widths", "3", "--no-human"])
+                       "--beam-widths", "3", "--no-human", "--no-sweep"])
     assert code == 0
     code = train.main(["--data-dir", str(flickr_dir), "--encoder", "mobilenetv2", "--alpha", "0.35",
                        "--weights", str(mobilenet_weights), "--limit", "60", "--epochs", "2", "--decoder", "attention",
                        "--units", "64", "--embed-dim", "64", "--out", str(artifacts / "tiny-attention"),
-                       "--cache-dir", str(cache), "--quiet", "--beam-widths", "3", "--no-human", "--no-meteor"])
+                       "--cache-dir", str(cache), "--quiet", "--beam-widths", "3", "--no-human", "--no-meteor", "--no-sweep"])
     assert code == 0
     return artifacts, cache
 

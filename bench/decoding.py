@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""Decoding speed: this project's batched step-wise decoding vs the seed tutorials' way, same model, same images.
+
+The seed way re-runs the whole merge model on the padded prefix for every word, one image at a time
+(``model.predict([photo, sequence])`` in a loop), and its beam search does that for every beam.
+
+    python bench/decoding.py [--bundle artifacts/default] [--images 1000] [--seed-images 50] [--json out.json]
+    python bench/decoding.py --quick        # 100 images ours, 10 seed-style
+
+Ratios come from one run on one machine; seed-style totals are extrapolated from --seed-images per image.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def seed_style_greedy(model, feature, vocab, max_length):
+    """Re-run the full teacher-forcing model on the growing prefix for every word (one image)."""
+    tokens = [vocab.start_id]
+    for _ in range(max_length):
+        logits = model((feature[None], np.array([tokens], np.int32)), training=False).numpy()[0, -1]
+        logits[[vocab.pad_id, vocab.start_id, vocab.unk_id]] = -np.inf
+        word = int(logits.argmax())
+        if word == vocab.end_id:
+            break
+        tokens.append(word)
+    return vocab.decode(tokens)
+
+
+def seed_style_beam(model, feature, vocab, max_length, width):
+    """Beam search the seed way: every beam's prefix re-run through the whole model, one beam at a time."""
+    beams = [([vocab.start_id], 0.0)]
+    finished = []
+    for _ in range(max_length):
+        candidates = []
+        for tokens, score in beams:
+            logits = model((feature[None], np.array([tokens], np.int32)), training=False).numpy()[0, -1]
+            logp = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+            logp[[vocab.pad_id, vocab.start_id, vocab.unk_id]] = -np.inf
+            for word in np.argsort(-logp)[:width]:
+                candidates.append((tokens + [int(word)], score + float(logp[word])))
+        candidates.sort(key=lambda c: -c[1])
+        beams = []
+        for tokens, score in candidates[:width]:
+            (finished if tokens[-1] == vocab.end_id else beams).append((tokens, score))
+        if len(finished) >= width or not beams:
+            break
+    best = max(finished + beams, key=lambda c: c[1] / (len(c[0]) - 1))
+    return vocab.decode(best[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", default="artifacts/default")
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--seed-images", type=int, default=50)
+    parser.add_argument("--cache-dir", default=".cache")
+    parser.add_argument("--data-dir", default=os.environ.get("FLICKR8K_DIR", "../shared/flickr8k"))
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    if args.quick:
+        args.images, args.seed_images = 100, 10
+
+    from captioning.bundle import load_bundle
+    from captioning.decoding import DecodeConfig, StepDecoder, decode
+    from captioning.features import FeatureCache
+
+    bundle = load_bundle(args.bundle)
+    if bundle.decoder.kind != "merge":
+        sys.exit("the seed-style comparison is defined for the merge decoder")
+    names = (Path(args.data_dir) / "Flickr_8k.testImages.txt").read_text().split()[: args.images]
+    feats = FeatureCache(Path(args.cache_dir) / "features", bundle.encoder["key"]).load(names).astype(np.float32)
+    steps, vocab, max_len = StepDecoder(bundle.decoder), bundle.vocab, bundle.max_length
+    decode(steps, feats[:8], vocab, DecodeConfig(max_length=max_len, beam_width=3))       # trace once
+    seed_style_greedy(bundle.decoder, feats[0], vocab, 3)
+
+    rows = []
+    for label, width in (("greedy", 1), ("beam 3", 3), ("beam 5", 5)):
+        config = DecodeConfig(max_length=max_len, beam_width=width)
+        start = time.perf_counter()
+        ours = decode(steps, feats, vocab, config)
+        ours_total = time.perf_counter() - start
+        start = time.perf_counter()
+        for f in feats[: args.seed_images]:
+            (seed_style_greedy(bundle.decoder, f, vocab, max_len) if width == 1
+             else seed_style_beam(bundle.decoder, f, vocab, max_len, width))
+        seed_per_image = (time.perf_counter() - start) / args.seed_images
+        rows.append({"decoding": label, "ours_total_s": round(ours_total, 2),
+                     "ours_ms_per_image": round(1000 * ours_total / len(feats), 2),
+                     "seed_ms_per_image": round(1000 * seed_per_image, 1),
+                     "seed_total_s_extrapolated": round(seed_per_image * len(feats), 1),
+                     "speedup": round(seed_per_image * len(feats) / ours_total, 1), "images": len(feats)})
+        del ours
+    greedy_total = rows[0]["ours_total_s"]
+    print(f"{'decoding':<8} {'ours total':>11} {'ours ms/img':>12} {'seed ms/img':>12} {'seed total*':>12} {'speed-up':>9}")
+    for r in rows:
+        print(f"{r['decoding']:<8} {r['ours_total_s']:10.2f}s {r['ours_ms_per_image']:12.2f} {r['seed_ms_per_image']:12.1f} "
+              f"{r['seed_total_s_extrapolated']:11.1f}s {r['speedup']:8.1f}x")
+    print(f"* seed-style extrapolated from {args.seed_images} images; beam 5 / greedy (ours): "
+          f"{rows[2]['ours_total_s'] / greedy_total:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
