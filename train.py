@@ -50,6 +50,8 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--min-count", type=int, default=d(5), help="vocabulary threshold (training-split counts)")
     p.add_argument("--seed", type=int, default=d(42))
     p.add_argument("--feature-batch-size", type=int, default=d(32))
+    p.add_argument("--finish", action="store_true", default=d(False),
+                   help="train: stop here and package the best checkpoint so far (e.g. after Ctrl-C)")
     p.add_argument("--shard-size", type=int, default=d(512), help="images per feature-cache shard")
     p.add_argument("--spatial", action="store_true", default=d(False),
                    help="also cache the encoder's spatial map (for attention decoders; ~3.3 GB for Xception)")
@@ -159,7 +161,7 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
 
     train_ds = make_dataset(train_feats, train_idx, train_tokens, config.batch_size, shuffle=True, seed=config.seed)
     dev_ds = make_dataset(dev_feats, dev_idx, dev_tokens, 256, shuffle=False)
-    state = fit(decoder, train_ds, dev_ds, config, run_dir, verbose=0 if args.quiet else 2)
+    state = fit(decoder, train_ds, dev_ds, config, run_dir, verbose=0 if args.quiet else 2, finish=args.finish)
     epochs = [state["epochs"][k] for k in sorted(state["epochs"], key=int)]
     feature_stats = feature_stats or {}
     manifest = {

@@ -49,9 +49,13 @@ class Captioner:
 
                 model, _ = build_encoder(self.spec, self.weights, spatial=self.spatial)
                 to_input = image_pipeline(self.spec)
-                pick = (lambda out: out[1]) if self.spatial else (lambda out: out)
-                self._encoder = tf.function(lambda x: pick(model(to_input(x), training=False)),
-                                            reduce_retracing=True)
+                spatial = self.spatial
+
+                def encode(images):                     # uint8 (N, 224, 224, 3) -> features
+                    out = model(to_input(images), training=False)
+                    return out[1] if spatial else out
+
+                self._encoder = tf.function(encode, reduce_retracing=True)
             return self._encoder
 
     def warm_up(self) -> None:

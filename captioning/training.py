@@ -120,8 +120,12 @@ class Checkpointer:
         return bool(self.state.get("stopped_early")) or len(self.state["epochs"]) >= max_epochs
 
 
-def fit(decoder, train_ds, val_ds, config: TrainConfig, run_dir: str | os.PathLike, verbose: int = 1) -> dict:
-    """Train with early stopping on validation loss; resumable from ``run_dir``. Returns the state."""
+def fit(decoder, train_ds, val_ds, config: TrainConfig, run_dir: str | os.PathLike, verbose: int = 1,
+        finish: bool = False) -> dict:
+    """Train with early stopping on validation loss; resumable from ``run_dir``. Returns the state.
+
+    ``finish`` trains no further and takes the best checkpoint so far (after an interrupted run).
+    """
     import keras
 
     run_dir = Path(run_dir)
@@ -130,7 +134,9 @@ def fit(decoder, train_ds, val_ds, config: TrainConfig, run_dir: str | os.PathLi
     decoder.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
     ckpt = Checkpointer(run_dir, config.patience)
-    if not ckpt.finished(config.epochs):
+    if finish and not ckpt.best_path.is_file():
+        raise RuntimeError(f"--finish: no checkpoint in {run_dir} yet; train at least one epoch first")
+    if not finish and not ckpt.finished(config.epochs):
         backup = keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True)
         decoder.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=[backup, ckpt.callback],
                     shuffle=False,

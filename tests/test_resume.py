@@ -77,6 +77,11 @@ def test_training_resumes_after_a_kill(tmp_path, flickr_dir, mobilenet_weights, 
         assert "run the same command again to resume" in out
     state = json.loads((tmp_path / "cache" / "runs" / "resumed" / "state.json").read_text())
     assert "2" in state["epochs"]
+    if sig == signal.SIGINT:                                              # package what we have, then go on
+        early = subprocess.run(cmd + ["--finish"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert early.returncode == 0, early.stderr
+        assert "epoch " not in early.stdout.replace("best epoch", "")
+        assert load_bundle(tmp_path / "artifacts" / "resumed").manifest["training"]["epochs_run"] >= 2
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "epoch 1:" not in out.stdout and "epoch 6:" in out.stdout     # continued, did not start over

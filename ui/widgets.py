@@ -63,17 +63,17 @@ def choose_image(key: str) -> ChosenImage | None:
 
 def decoding_controls(key: str, default_beam: int = 1, allow_greedy: bool = True) -> dict:
     """Widgets for the decoding options; returns DecodeConfig overrides."""
-    cols = st.columns(4)
+    cols = st.columns(4 if allow_greedy else 3)
     if allow_greedy:
-        strategy = cols[0].segmented_control("Decoding", ["Greedy", "Beam"], key=f"{key}_strategy",
-                                             default="Beam" if default_beam > 1 else "Greedy")
+        strategy = cols.pop(0).segmented_control("Decoding", ["Greedy", "Beam"], key=f"{key}_strategy",
+                                                 default="Beam" if default_beam > 1 else "Greedy")
     else:
         strategy = "Beam"
     beam = strategy == "Beam"
-    width = cols[1].slider("Beam width", 2, 10, max(default_beam, 2), key=f"{key}_width", disabled=not beam)
-    penalty = cols[2].slider("Length penalty", 0.0, 2.0, 1.0, 0.1, key=f"{key}_lp", disabled=not beam,
+    width = cols[0].slider("Beam width", 2, 10, max(default_beam, 2), key=f"{key}_width", disabled=not beam)
+    penalty = cols[1].slider("Length penalty", 0.0, 2.0, 1.0, 0.1, key=f"{key}_lp", disabled=not beam,
                              help="score = sum log p / length ** penalty; higher favours longer captions")
-    no_repeat = cols[3].slider("No-repeat n-gram", 0, 4, 0, key=f"{key}_nrng",
+    no_repeat = cols[2].slider("No-repeat n-gram", 0, 4, 0, key=f"{key}_nrng",
                                help="0 = off; 2 forbids any repeated word pair")
     return {"beam_width": width if beam else 1, "length_penalty": penalty, "no_repeat_ngram_size": no_repeat}
 
