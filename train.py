@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import captioning  # noqa: F401  (sets TensorFlow's log level before it loads)
+from captioning.adapters import load_dataset
 from captioning.data import DataError, Flickr8k, download
 from captioning.encoders import ENCODER_NAMES, EncoderWeightsError, get_spec
 
@@ -29,7 +30,9 @@ COMMANDS = ("all", "download", "features", "train", "evaluate", "sweep")
 
 def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
-    p.add_argument("--data-dir", default=d(None), help="Flickr8k folder (default: $FLICKR8K_DIR)")
+    p.add_argument("--data-dir", default=d(None), help="dataset folder (Flickr8k default: $FLICKR8K_DIR)")
+    p.add_argument("--dataset", default=d("flickr8k"), choices=["flickr8k", "flickr30k", "coco"],
+                   help="flickr8k, flickr30k (results_20130124.token) or coco (COCO-format caption JSON)")
     p.add_argument("--encoder", default=d("xception"), choices=ENCODER_NAMES)
     p.add_argument("--alpha", type=float, default=d(None), help="MobileNetV2 width multiplier")
     p.add_argument("--weights", default=d(None), help="encoder ImageNet weights file (.weights.h5)")
@@ -50,6 +53,8 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--min-count", type=int, default=d(5), help="vocabulary threshold (training-split counts)")
     p.add_argument("--seed", type=int, default=d(42))
     p.add_argument("--feature-batch-size", type=int, default=d(32))
+    p.add_argument("--strategy", default=d("default"), choices=["default", "mirrored", "multiworker"],
+                   help="tf.distribute strategy: one device, all local GPUs, or the workers in $TF_CONFIG")
     p.add_argument("--finish", action="store_true", default=d(False),
                    help="train: stop here and package the best checkpoint so far (e.g. after Ctrl-C)")
     p.add_argument("--shard-size", type=int, default=d(512), help="images per feature-cache shard")
@@ -119,7 +124,9 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
     from captioning.features import FeatureCache
     from captioning.models import build_decoder
     from captioning.text import Vocabulary, tokenize
-    from captioning.training import TrainConfig, encode_captions, fit, make_dataset
+    import keras
+
+    from captioning.training import TrainConfig, encode_captions, fit, make_dataset, make_strategy
 
     spec = get_spec(args.encoder, args.alpha)
     cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
@@ -147,9 +154,12 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
           f"{vocab.coverage(train_caps):.1%})")
 
     extra = {"attention_dim": args.attention_dim, "alpha_c": args.alpha_c} if spatial else {}
-    decoder = build_decoder(args.decoder, vocab_size=len(vocab), feature_dim=spec.feature_dim,
-                            embed_dim=config.embed_dim, units=config.units, dropout=config.dropout, **extra)
-    decoder.init_output_bias(np.bincount(train_tokens[:, 1:].ravel(), minlength=len(vocab)).astype("float64"))
+    strategy = make_strategy(args.strategy)
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        decoder = build_decoder(args.decoder, vocab_size=len(vocab), feature_dim=spec.feature_dim,
+                                embed_dim=config.embed_dim, units=config.units, dropout=config.dropout, **extra)
+        decoder.init_output_bias(np.bincount(train_tokens[:, 1:].ravel(), minlength=len(vocab)).astype("float64"))
     run_dir = Path(args.cache_dir) / "runs" / Path(args.out).name
     fingerprint = hashlib.sha256(json.dumps([config.to_dict(), spec.key, args.decoder, extra, len(vocab), args.limit],
                                             sort_keys=True).encode()).hexdigest()[:16]
@@ -159,9 +169,14 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "fingerprint").write_text(fingerprint)
 
-    train_ds = make_dataset(train_feats, train_idx, train_tokens, config.batch_size, shuffle=True, seed=config.seed)
-    dev_ds = make_dataset(dev_feats, dev_idx, dev_tokens, 256, shuffle=False)
-    state = fit(decoder, train_ds, dev_ds, config, run_dir, verbose=0 if args.quiet else 2, finish=args.finish)
+    # Several replicas split each batch; equal batches keep their gradients the same shape.
+    even = strategy.num_replicas_in_sync > 1
+    train_ds = make_dataset(train_feats, train_idx, train_tokens, config.batch_size, shuffle=True, seed=config.seed,
+                            drop_remainder=even)
+    dev_ds = make_dataset(dev_feats, dev_idx, dev_tokens, strategy.num_replicas_in_sync * 8 if even else 256,
+                          shuffle=False, drop_remainder=even)
+    with strategy.scope():
+        state = fit(decoder, train_ds, dev_ds, config, run_dir, verbose=0 if args.quiet else 2, finish=args.finish)
     epochs = [state["epochs"][k] for k in sorted(state["epochs"], key=int)]
     feature_stats = feature_stats or {}
     manifest = {
@@ -170,9 +185,10 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
                     "weights_source": feature_stats.get("weights_source") or _previous_source(args.out)},
         "min_count": config.min_count,
         "max_length": int(min(train_tokens.shape[1] - 1, 40)),
-        "data": {"dataset": "flickr8k", "limit": args.limit,
+        "data": {"dataset": ds.name, "limit": args.limit,
                  "splits": {k: len(v) for k, v in names.items()}, "train_captions": len(train_caps)},
-        "training": {"config": config.to_dict(), "epochs_run": len(epochs), "best_epoch": state["best_epoch"],
+        "training": {"config": config.to_dict(), "strategy": args.strategy,
+                     "replicas": strategy.num_replicas_in_sync, "epochs_run": len(epochs), "best_epoch": state["best_epoch"],
                      "best_val_loss": state["best_val_loss"], "epochs": epochs,
                      "feature_seconds": round(feature_stats.get("seconds", 0.0), 1),
                      "feature_images": feature_stats.get("images", 0),
@@ -267,7 +283,7 @@ def main(argv=None) -> int:
                 raise DataError("download needs --data-dir DIR (where to put Flickr8k)")
             print(f"Flickr8k ready in {download(args.data_dir, progress=not args.quiet)}")
             return 0
-        ds = Flickr8k.load(args.data_dir)
+        ds = load_dataset(args.dataset, args.data_dir)
         names = split_names(ds, args.limit)
         feature_stats = None
         if args.command in ("all", "features"):

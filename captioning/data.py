@@ -57,6 +57,8 @@ class Flickr8k:
     captions: dict[str, list[str]]
     splits: dict[str, list[str]]
     skipped_keys: int = 0
+    image_dirs: dict[str, Path] | None = None     # per-image folders (COCO keeps train/val apart)
+    name: str = "flickr8k"
 
     @classmethod
     def load(cls, data_dir: str | os.PathLike | None = None, check_images: bool = True) -> "Flickr8k":
@@ -80,14 +82,21 @@ class Flickr8k:
             if not any(tokenize(c) for c in caps):
                 raise DataError(f"Image {name} has only empty captions in {self.root}; fix or remove its lines.")
         if check_images:
-            present = {p.name for p in self.images_dir.iterdir()}
-            wanted = {n for names in self.splits.values() for n in names}
-            absent = sorted(wanted - present)
+            listings: dict[Path, set[str]] = {}
+            absent = []
+            for n in sorted({n for names in self.splits.values() for n in names}):
+                folder = self.image_path(n).parent
+                if folder not in listings:
+                    listings[folder] = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+                if n not in listings[folder]:
+                    absent.append(n)
             if absent:
                 raise DataError(f"{len(absent)} images listed in the split files are missing from {self.images_dir} "
                                 f"(first: {absent[0]}). Re-download with: python train.py download --data-dir {self.root}")
 
     def image_path(self, name: str) -> Path:
+        if self.image_dirs and name in self.image_dirs:
+            return self.image_dirs[name] / name
         return self.images_dir / name
 
     def split_records(self, split: str, limit: int | None = None) -> list[str]:
@@ -99,6 +108,26 @@ class Flickr8k:
     def references(self, names: list[str]) -> list[list[list[str]]]:
         """Tokenised references (all five) for each image, cleaned exactly like training captions."""
         return [[tokenize(c) for c in self.captions[n]] for n in names]
+
+
+def read_token_file(path: Path) -> tuple[dict[str, list[str]], int]:
+    """``image.jpg#n<TAB>caption`` lines (Flickr8k, Flickr30k) -> captions per image, skipped stray keys."""
+    captions: dict[str, list[str]] = {}
+    skipped = 0
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            key, sep, caption = line.partition("\t")
+            if not sep or "#" not in key:
+                raise DataError(f"{path}:{lineno}: expected 'image.jpg#n<TAB>caption'.")
+            image = key.rsplit("#", 1)[0]
+            if not image.endswith(".jpg"):  # the original Flickr8k file's stray '...jpg.1' keys
+                skipped += 1
+                continue
+            captions.setdefault(image, []).append(caption.strip())
+    return captions, skipped
 
 
 def _read_captions(root: Path) -> tuple[dict[str, list[str]], int]:
@@ -117,19 +146,7 @@ def _read_captions(root: Path) -> tuple[dict[str, list[str]], int]:
                 image, caption = row[0].strip(), ",".join(row[1:]).strip()
                 captions.setdefault(image, []).append(caption)
     elif token_path.is_file():
-        with token_path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                line = line.rstrip("\n")
-                if not line.strip():
-                    continue
-                key, sep, caption = line.partition("\t")
-                if not sep or "#" not in key:
-                    raise DataError(f"{token_path}:{lineno}: expected 'image.jpg#n<TAB>caption'.")
-                image = key.rsplit("#", 1)[0]
-                if not image.endswith(".jpg"):  # the original file's stray '...jpg.1' keys
-                    skipped += 1
-                    continue
-                captions.setdefault(image, []).append(caption.strip())
+        captions, skipped = read_token_file(token_path)
     else:
         raise DataError(f"No captions in {root}: expected captions.txt (CSV image,caption) or "
                         f"Flickr8k.token.txt. Get them with: python train.py download --data-dir {root}")

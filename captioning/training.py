@@ -49,7 +49,7 @@ def encode_captions(captions: Sequence[Sequence[str]], vocab: Vocabulary, max_to
 
 
 def make_dataset(features: np.ndarray, image_index: np.ndarray, tokens: np.ndarray, batch_size: int,
-                 shuffle: bool, seed: int = 0):
+                 shuffle: bool, seed: int = 0, drop_remainder: bool = False):
     """tf.data of ((features (B, ...), input ids (B, T-1)), target ids (B, T-1)), trimmed per batch.
 
     Features stay float16 in memory (the spatial maps of 6000 images are 2.4 GB that way) and are cast
@@ -67,7 +67,7 @@ def make_dataset(features: np.ndarray, image_index: np.ndarray, tokens: np.ndarr
     ds = tf.data.Dataset.from_tensor_slices((image_index.astype(np.int32), tokens))
     if shuffle:
         ds = ds.shuffle(len(tokens), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).map(to_example, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+    return ds.batch(batch_size, drop_remainder=drop_remainder).map(to_example, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
 
 
 class Checkpointer:
@@ -120,17 +120,32 @@ class Checkpointer:
         return bool(self.state.get("stopped_early")) or len(self.state["epochs"]) >= max_epochs
 
 
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+def make_strategy(name: str = "default"):
+    """A tf.distribute strategy: one device, all local GPUs (mirrored), or the workers in $TF_CONFIG."""
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
 def fit(decoder, train_ds, val_ds, config: TrainConfig, run_dir: str | os.PathLike, verbose: int = 1,
         finish: bool = False) -> dict:
     """Train with early stopping on validation loss; resumable from ``run_dir``. Returns the state.
 
-    ``finish`` trains no further and takes the best checkpoint so far (after an interrupted run).
+    Call it inside the strategy's scope that built ``decoder``. ``finish`` trains no further and takes the best checkpoint so far (after an interrupted run).
     """
     import keras
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(config.seed)
     decoder.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
     ckpt = Checkpointer(run_dir, config.patience)
