@@ -5,9 +5,11 @@ Run with ``streamlit run streamlit_app.py`` (or ``make app``).
 import streamlit as st
 
 import captioning  # noqa: F401  (quiet TensorFlow logs before anything loads it)
+from ui.shell import app_pages, mark_shell
 from ui.state import bundle_manifest, bundle_paths
 
 st.set_page_config(page_title="Captioning Studio", page_icon=":material/photo_camera:", layout="wide")
+mark_shell()
 
 with st.sidebar:
     st.markdown("## :material/photo_camera: Captioning Studio")
@@ -29,10 +31,4 @@ with st.sidebar:
         st.session_state["bundle_path"] = None
         st.info("No model bundle yet: `python train.py --out artifacts/default`")
 
-pages = [
-    st.Page("pages/caption.py", title="Caption", icon=":material/edit_note:", default=True),
-    st.Page("pages/compare.py", title="Compare decoding", icon=":material/compare:"),
-    st.Page("pages/evaluation.py", title="Evaluation", icon=":material/monitoring:"),
-    st.Page("pages/dataset.py", title="Dataset", icon=":material/photo_library:"),
-]
-st.navigation(pages).run()
+st.navigation(app_pages()).run()

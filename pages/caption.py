@@ -4,9 +4,11 @@ import time
 import streamlit as st
 
 from ui.charts import word_probabilities
+from ui.shell import require_shell
 from ui.state import get_captioner
 from ui.widgets import attention_panel, cached_features, choose_image, decoding_controls, references_panel
 
+require_shell()
 st.title("Caption a photo")
 chosen = choose_image("caption")
 options = decoding_controls("caption", default_beam=1)

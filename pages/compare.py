@@ -3,9 +3,11 @@ import pandas as pd
 import streamlit as st
 
 from ui.charts import line, word_probabilities
+from ui.shell import require_shell
 from ui.state import get_captioner
 from ui.widgets import attention_panel, cached_features, choose_image, decoding_controls, references_panel
 
+require_shell()
 st.title("Compare decoding")
 st.caption("Greedy takes the likeliest word at every step; beam search keeps the K best partial captions "
            "and returns the best finished one (score = Σ log p / length^penalty).")

@@ -6,12 +6,14 @@ import pandas as pd
 import streamlit as st
 
 from captioning.text import Vocabulary
+from ui.shell import require_shell
 from ui.state import captions_table, current_manifest, dataset_message, get_dataset
 
 STOP_WORDS = {"a", "an", "the", "of", "in", "on", "is", "and", "with", "are", "to", "at", "his", "her", "their",
               "its", "while", "into", "for", "by", "from", "up", "as", "near", "down", "through", "one", "two"}
 PER_PAGE = 12
 
+require_shell()
 st.title("Flickr8k")
 ds = get_dataset()
 if ds is None:

@@ -4,9 +4,11 @@ import streamlit as st
 
 from captioning.metrics import reference_agreement, word_usage
 from ui.charts import bundle_bars, grouped_bleu, histogram, line, mean_by, signed_bars
+from ui.shell import require_shell
 from ui.state import (bundle_paths, bundle_results, current_results, get_dataset, no_bundle_message, references_for,
                       selected_bundle)
 
+require_shell()
 st.title("Evaluation")
 path = selected_bundle()
 if path is None:

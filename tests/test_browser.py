@@ -2,6 +2,7 @@
 
 Screenshots of every page land in test-output/screenshots/ for people to look at.
 """
+import contextlib
 import os
 import shutil
 import socket
@@ -26,35 +27,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def running_app(artifacts, flickr_dir, weights_dir, log_name: str = "streamlit-server.log"):
+    """`streamlit run streamlit_app.py` on a free loopback port; yields its URL, stops it afterwards."""
+    port = free_port()
+    env = {**os.environ, "CAPTIONING_ARTIFACTS": str(artifacts), "FLICKR8K_DIR": str(flickr_dir),
+           "CAPTIONING_WEIGHTS_DIR": str(weights_dir)}
+    (ROOT / "test-output").mkdir(exist_ok=True)
+    with open(ROOT / "test-output" / log_name, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
+                                 "--server.headless=true", f"--server.port={port}", "--server.address=127.0.0.1",
+                                 "--browser.gatherUsageStats=false"], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 90
+            while time.time() < deadline:
+                try:
+                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            else:
+                pytest.fail(f"streamlit did not become healthy within 90 s; see test-output/{log_name}")
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 @pytest.fixture(scope="module")
 def server(tiny_run, flickr_dir, mobilenet_weights):
-    port = free_port()
-    env = {**os.environ, "CAPTIONING_ARTIFACTS": str(tiny_run[0]), "FLICKR8K_DIR": str(flickr_dir),
-           "CAPTIONING_WEIGHTS_DIR": str(mobilenet_weights.parent)}
-    log = open(ROOT / "test-output" / "streamlit-server.log", "w") if (ROOT / "test-output").mkdir(
-        exist_ok=True) is None else None
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless=true",
-                             f"--server.port={port}", "--server.address=127.0.0.1",
-                             "--browser.gatherUsageStats=false"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not become healthy within 90 s; see test-output/streamlit-server.log")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with running_app(tiny_run[0], flickr_dir, mobilenet_weights.parent) as url:
+        yield url
 
 
 def new_driver(width: int = 1400, height: int = 1800):
@@ -98,11 +106,17 @@ def upload_and_read_caption(driver, server: str, photo) -> str:
 
 
 def wait_for_text(driver, text: str, timeout: float = 120) -> None:
+    """Wait until the page shows ``text``; on a timeout keep a screenshot of what it showed instead."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, timeout).until(EC.text_to_be_present_in_element((By.TAG_NAME, "body"), text))
+    try:
+        WebDriverWait(driver, timeout).until(EC.text_to_be_present_in_element((By.TAG_NAME, "body"), text))
+    except Exception:
+        OUT.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(OUT / f"timeout-{''.join(c for c in text if c.isalnum())[:30]}.png"))
+        raise
 
 
 def test_caption_page_uploads_an_image_and_shows_the_caption(server, browser, flickr_dir, tmp_path):
@@ -118,6 +132,19 @@ def test_caption_page_uploads_an_image_and_shows_the_caption(server, browser, fl
     browser.save_screenshot(str(OUT / "caption.png"))
 
 
+def click_label(driver, text: str, timeout: float = 120) -> None:
+    """Click the widget label showing ``text`` once the page has rendered it (re-rendered nodes are retried)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def find(d):
+        return next((e for e in d.find_elements(By.CSS_SELECTOR, "label") if e.text == text), False)
+
+    wait_for_text(driver, text, timeout)
+    WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(find).click()
+
+
 def settle(seconds: float = 3.0) -> None:
     """Charts draw after the script's last element arrives; give them a moment before a screenshot."""
     time.sleep(seconds)
@@ -130,14 +157,28 @@ def test_every_page_renders(server, browser, path, done):
 
     browser.get(f"{server}/{path}")
     if path == "compare":
-        wait_for_text(browser, "Sample from the test split")
-        next(e for e in browser.find_elements(By.CSS_SELECTOR, "label")
-             if e.text == "Sample from the test split").click()
+        click_label(browser, "Sample from the test split")
     wait_for_text(browser, done)
     settle()
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "Traceback" not in body and "Error" not in body.split("\n")[0]
     browser.save_screenshot(str(OUT / f"{path}.png"))
+
+
+def test_a_deep_link_to_a_fresh_server_opens_the_whole_app(tiny_run, flickr_dir, mobilenet_weights, browser):
+    """Streamlit runs pages/<name>.py on its own when a new server's first request is a deep link; the
+    pages hand over to the shell, so the sidebar, the bundle and the navigation are all there."""
+    from selenium.webdriver.common.by import By
+
+    with running_app(tiny_run[0], flickr_dir, mobilenet_weights.parent, "streamlit-deep-link.log") as url:
+        browser.get(f"{url}/evaluation")
+        wait_for_text(browser, "Model bundle")
+        wait_for_text(browser, "All predictions")
+        body = browser.find_element(By.TAG_NAME, "body").text
+        assert "No trained model" not in body and "Compare decoding" in body
+        browser.get(f"{url}/dataset")                  # and the server stays in navigation mode
+        wait_for_text(browser, "Caption statistics")
+        assert "Model bundle" in browser.find_element(By.TAG_NAME, "body").text
 
 
 def test_five_browser_sessions_caption_at_once(server, flickr_dir, tmp_path):
