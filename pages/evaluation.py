@@ -59,19 +59,28 @@ for note in metrics.get("notes", []):
 
 others = [p for p in bundle_paths() if p != path]
 if others:
-    with st.expander("Compare with other bundles (e.g. merge vs attention)", expanded=False):
-        chosen_bundles = st.multiselect("Bundles", others, default=others[:1], format_func=lambda p: p.name)
-        frames = [results_frame(metrics).assign(bundle=path.name)]
-        for other in chosen_bundles:
-            other_metrics, _ = bundle_results(str(other), (other / "manifest.json").stat().st_mtime)
-            if other_metrics and other_metrics.get("results"):
-                frames.append(results_frame(other_metrics).assign(bundle=other.name))
-        both = pd.concat(frames, ignore_index=True)
-        shared = [c for c in score_cols if c in both]
-        st.dataframe(both[["bundle", "run"] + shared], hide_index=True, width="stretch", column_config=config)
-        pick = st.selectbox("Metric", shared, index=shared.index("cider") if "cider" in shared else 0,
-                            format_func=NAMES.get)
-        st.altair_chart(bundle_bars(both, pick, NAMES[pick]), width="stretch")
+    st.subheader("Against the other bundles")
+    st.caption("Same test split, same metrics: e.g. the attention decoder against the merge decoder. Bundles "
+               f"scored on the same {n_images:,} {split} images are selected first.")
+
+    def comparable(other) -> bool:
+        other_metrics, _ = bundle_results(str(other), (other / "manifest.json").stat().st_mtime)
+        runs = (other_metrics or {}).get("results") or [{}]
+        return runs[0].get("split") == split and runs[0].get("n_images") == n_images
+
+    same = [p for p in others if comparable(p)]
+    chosen_bundles = st.multiselect("Bundles", others, default=same[:3] or others[:1], format_func=lambda p: p.name)
+    frames = [results_frame(metrics).assign(bundle=path.name)]
+    for other in chosen_bundles:
+        other_metrics, _ = bundle_results(str(other), (other / "manifest.json").stat().st_mtime)
+        if other_metrics and other_metrics.get("results"):
+            frames.append(results_frame(other_metrics).assign(bundle=other.name))
+    both = pd.concat(frames, ignore_index=True)
+    shared = [c for c in score_cols if c in both]
+    st.dataframe(both[["bundle", "run"] + shared], hide_index=True, width="stretch", column_config=config)
+    pick = st.selectbox("Metric", shared, index=shared.index("cider") if "cider" in shared else 0,
+                        format_func=NAMES.get)
+    st.altair_chart(bundle_bars(both, pick, NAMES[pick]), width="stretch")
 
 sweep = metrics.get("sweep")
 if sweep:

@@ -133,16 +133,22 @@ def test_caption_page_uploads_an_image_and_shows_the_caption(server, browser, fl
 
 
 def click_label(driver, text: str, timeout: float = 120) -> None:
-    """Click the widget label showing ``text`` once the page has rendered it (re-rendered nodes are retried)."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    """Click the widget label showing ``text`` once it is rendered and clickable (a spinner overlay or a
+    re-render may get in the way for a moment; those are retried)."""
+    from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    def find(d):
-        return next((e for e in d.find_elements(By.CSS_SELECTOR, "label") if e.text == text), False)
+    def click(d):
+        label = next((e for e in d.find_elements(By.CSS_SELECTOR, "label") if e.text == text), None)
+        if label is None:
+            return False
+        label.click()
+        return True
 
     wait_for_text(driver, text, timeout)
-    WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(find).click()
+    WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,
+                                                       ElementClickInterceptedException)).until(click)
 
 
 def settle(seconds: float = 3.0) -> None:

@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Refresh the README screenshots: run the app on the shipped bundles in headless Chromium, one JPEG per page.
+
+    .venv/bin/python scripts/screenshots.py [--out docs/screenshots] [--width 1400]
+
+Needs the dataset (FLICKR8K_DIR, default ../shared/flickr8k), Chromium + chromedriver (`bash scripts/setup.sh
+test` installs them) and the encoder weights of artifacts/default (`python -m captioning setup-weights`).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+# (url path, text that says the page is done, a radio option to click first or None)
+PAGES = [("", "Mean log p", "Sample from the test split"),     # the Caption page is the default: "/"
+         ("compare", "Beam-width sweep", "Sample from the test split"),
+         ("evaluation", "All predictions", None),
+         ("dataset", "Caption statistics", None)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
+    parser.add_argument("--width", type=int, default=1400)
+    parser.add_argument("--height", type=int, default=2000)
+    parser.add_argument("--data-dir", default=os.environ.get("FLICKR8K_DIR", str(ROOT.parent / "shared" / "flickr8k")))
+    args = parser.parse_args()
+
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from test_browser import click_label, free_port, new_driver, wait_for_text
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**os.environ, "FLICKR8K_DIR": str(Path(args.data_dir).resolve())}
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless=true",
+                               f"--server.port={port}", "--server.address=127.0.0.1"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = new_driver(args.width, args.height)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                driver.get(url)
+                break
+            except Exception:                     # the server is still starting
+                time.sleep(0.5)
+        for path, done, option in PAGES:
+            driver.get(f"{url}/{path}")
+            if option:
+                click_label(driver, option, timeout=180)
+            wait_for_text(driver, done, timeout=300)
+            time.sleep(4)                         # charts and images draw after the last element arrives
+            shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+            target = out / f"{path or 'caption'}.jpg"
+            shot.save(target, quality=80, optimize=True)
+            body = driver.find_element(By.TAG_NAME, "body").text
+            print(f"{target} ({shot.width}x{shot.height}): "
+                  f"{'Traceback in page!' if 'Traceback' in body else 'ok'}")
+    finally:
+        driver.quit()
+        server.terminate()
+        server.wait(15)
+
+
+if __name__ == "__main__":
+    main()
