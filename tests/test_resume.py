@@ -22,8 +22,10 @@ def train_cmd(flickr_dir, weights, work, *extra):
 
 def run_until(cmd, ready, sig, timeout=300):
     """Start cmd, send ``sig`` once ``ready(line_or_None)`` says so; return the output so far."""
+    # A shell without job control starts background jobs with SIGINT ignored, and children inherit that;
+    # give the child Ctrl-C's default so the test means the same wherever the suite runs.
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1)
+                            bufsize=1, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines, deadline = [], time.time() + timeout
     os.set_blocking(proc.stdout.fileno(), False)
     while time.time() < deadline and proc.poll() is None:
