@@ -146,7 +146,9 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
     vocab = Vocabulary.build(train_caps, config.min_count)
     train_tokens, dev_tokens = encode_captions(train_caps, vocab), encode_captions(dev_caps, vocab)
     try:
-        train_feats, dev_feats = cache.load(train_names, spatial), cache.load(dev_names, spatial)
+        # Spatial maps stay on disk and are read a batch at a time; pooled vectors are small enough to hold.
+        load = cache.rows if spatial else cache.load
+        train_feats, dev_feats = load(train_names, spatial), load(dev_names, spatial)
     except KeyError as exc:
         raise DataError(str(exc).strip('"')) from None
     print(f"train: {len(train_names)} images / {len(train_caps)} captions, dev: {len(dev_names)} images; "

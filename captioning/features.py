@@ -74,6 +74,16 @@ class FeatureCache:
             atomic_save_npy(stem.with_suffix(".spatial.npy"), spatial.astype(np.float16))
         atomic_write_text(stem.with_suffix(".json"), json.dumps({"names": names}))
 
+    def rows(self, names: Sequence[str], spatial: bool = False) -> "FeatureRows":
+        """Features for ``names`` in that order as a table read from disk a batch at a time."""
+        index = self.index(spatial)
+        absent = [n for n in names if n not in index]
+        if absent:
+            raise KeyError(f"{len(absent)} images have no cached features (first: {absent[0]}); "
+                           f"run: python train.py features")
+        kind = "spatial" if spatial else "pooled"
+        return FeatureRows([(index[n][0].with_suffix(f".{kind}.npy"), index[n][1]) for n in names])
+
     def load(self, names: Sequence[str], spatial: bool = False) -> np.ndarray:
         """Features for ``names`` in that order (float16); spatial maps are memory-mapped."""
         index = self.index(spatial)
@@ -91,6 +101,91 @@ class FeatureCache:
                                        allow_pickle=False)
             rows.append(arrays[meta][row])
         return np.stack(rows) if rows else np.zeros((0,), np.float16)
+
+
+class FeatureRows:
+    """A read-only (n, ...) float16 table over cached shards that reads only the rows asked for.
+
+    The spatial maps of Flickr8k's train and dev splits are 2.9 GB as float16; holding them in memory (plus
+    TensorFlow's copy) took attention training to 10.5 GB. This reads each batch's rows with ``os.preadv``
+    straight into the output array, so the process holds a batch at a time and the OS page cache (shared,
+    reclaimable) keeps repeated epochs fast.
+    """
+
+    def __init__(self, locations: Sequence[tuple[Path, int]]):
+        self._fds: list[int] = []
+        self._starts: list[int] = []                      # per open file: byte offset of its first row
+        self._rows_in: list[int] = []                     # per open file: number of rows
+        fd_of: dict[Path, int] = {}
+        self._file = np.empty(len(locations), np.int32)
+        self._offset = np.empty(len(locations), np.int64)
+        row_shape = dtype = None
+        try:
+            for i, (path, row) in enumerate(locations):
+                if path not in fd_of:
+                    with open(path, "rb") as f:
+                        version = np.lib.format.read_magic(f)
+                        shape, fortran, file_dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                                      else np.lib.format.read_array_header_2_0(f))
+                        data_start = f.tell()
+                    if fortran or file_dtype.hasobject or len(shape) < 2:
+                        raise ValueError(f"{path} is not a C-ordered feature array; delete it and run: "
+                                         f"python train.py features")
+                    if row_shape is None:
+                        row_shape, dtype = tuple(shape[1:]), file_dtype
+                    elif (tuple(shape[1:]), file_dtype) != (row_shape, dtype):
+                        raise ValueError(f"{path} holds {shape[1:]} {file_dtype} rows, others {row_shape} {dtype}")
+                    expected = data_start + int(np.prod(shape)) * file_dtype.itemsize
+                    if os.path.getsize(path) < expected:
+                        raise ValueError(f"{path} is truncated; delete it and run: python train.py features")
+                    fd_of[path] = len(self._fds)
+                    self._fds.append(os.open(path, os.O_RDONLY))
+                    self._starts.append(data_start)
+                    self._rows_in.append(shape[0])
+                k = fd_of[path]
+                if not 0 <= row < self._rows_in[k]:
+                    raise IndexError(f"row {row} is outside {path} ({self._rows_in[k]} rows)")
+                self._file[i] = k
+                self._offset[i] = self._starts[k] + row * int(np.prod(row_shape)) * dtype.itemsize
+        except BaseException:
+            self.close()
+            raise
+        self.row_shape = row_shape or ()
+        self.dtype = dtype or np.dtype(np.float16)
+        self.shape = (len(locations), *self.row_shape)
+        self._row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def take(self, indices) -> np.ndarray:
+        """Rows ``indices`` (any int array) as a new (len(indices), ...) array."""
+        indices = np.asarray(indices, np.int64).reshape(-1)
+        out = np.empty((len(indices), *self.row_shape), self.dtype)
+        for j, i in enumerate(indices):
+            got = os.preadv(self._fds[self._file[i]], [out[j]], int(self._offset[i]))
+            if got != self._row_bytes:
+                raise OSError(f"short read of cached features ({got} of {self._row_bytes} bytes); "
+                              f"delete the feature cache and run: python train.py features")
+        return out
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self.take(np.arange(len(self))[key])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self.take(np.arange(len(self)))
+        return out if dtype is None else out.astype(dtype)
+
+    def astype(self, dtype) -> np.ndarray:
+        return np.asarray(self).astype(dtype)
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+    def __del__(self):
+        self.close()
 
 
 def image_pipeline(spec: EncoderSpec):

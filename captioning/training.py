@@ -48,21 +48,32 @@ def encode_captions(captions: Sequence[Sequence[str]], vocab: Vocabulary, max_to
     return out
 
 
-def make_dataset(features: np.ndarray, image_index: np.ndarray, tokens: np.ndarray, batch_size: int,
+def make_dataset(features, image_index: np.ndarray, tokens: np.ndarray, batch_size: int,
                  shuffle: bool, seed: int = 0, drop_remainder: bool = False):
     """tf.data of ((features (B, ...), input ids (B, T-1)), target ids (B, T-1)), trimmed per batch.
 
-    Features stay float16 in memory (the spatial maps of 6000 images are 2.4 GB that way) and are cast
-    per batch.
+    ``features`` is an in-memory float16 array (pooled features: 8000 x 2048 is 33 MB) or a
+    :class:`~captioning.features.FeatureRows` table on disk (spatial maps: 2.9 GB for train and dev), whose
+    rows are read per batch. Either way they are cast to float32 per batch.
     """
     import tensorflow as tf
 
-    table = tf.constant(features)                                                 # (images, ...) float16
+    if isinstance(features, np.ndarray):
+        table = tf.constant(features)                                             # (images, ...) float16
+
+        def gather(idx):
+            return tf.gather(table, idx)
+    else:
+        row_shape = tuple(features.shape[1:])
+
+        def gather(idx):
+            rows = tf.numpy_function(features.take, [idx], tf.float16, stateful=False)
+            return tf.ensure_shape(rows, (None, *row_shape))
 
     def to_example(idx, ids):
         width = tf.reduce_max(tf.reduce_sum(tf.cast(ids > 0, tf.int32), axis=1))  # longest caption in batch
         ids = ids[:, :width]                                                      # (B, T)
-        return (tf.cast(tf.gather(table, idx), tf.float32), ids[:, :-1]), ids[:, 1:]
+        return (tf.cast(gather(idx), tf.float32), ids[:, :-1]), ids[:, 1:]
 
     ds = tf.data.Dataset.from_tensor_slices((image_index.astype(np.int32), tokens))
     if shuffle:
