@@ -123,6 +123,44 @@ class StepDecoder:
                 None if extras is None else extras.numpy())
 
 
+class EnsembleStepDecoder:
+    """Several step decoders over one vocabulary as one: each step's next-word distribution is the mean of
+    the members' probabilities (log of the averaged softmax), the usual way captioning ensembles decode.
+
+    Members may differ in architecture (merge and attention) but must share the vocabulary and be given
+    the same features. Attention weights, where every member has them, are averaged too.
+    """
+
+    def __init__(self, members: list[StepDecoder]):
+        if not members:
+            raise ValueError("an ensemble needs at least one decoder")
+        self.members = list(members)
+
+    def start(self, features: np.ndarray, repeat: int = 1):
+        contexts, states = [], []
+        for m in self.members:
+            context, state = m.start(features, repeat)
+            contexts.append(context)
+            states.append(state)
+        self._sizes = [len(s) for s in states]
+        return contexts, [s for state in states for s in state]
+
+    def step(self, contexts, tokens, state):
+        log_probs, new_state, extras, at = [], [], [], 0
+        for m, context, size in zip(self.members, contexts, self._sizes):
+            lp, st, ex = m.step(context, tokens, state[at: at + size])
+            at += size
+            log_probs.append(lp)
+            new_state.extend(st)
+            extras.append(ex)
+        stacked = np.stack(log_probs)                                             # (M, B, V)
+        top = stacked.max(axis=0)
+        mean = top + np.log(np.mean(np.exp(stacked - top), axis=0))              # log of the mean probability
+        attention = None if any(e is None for e in extras) or len({e.shape for e in extras}) != 1 \
+            else np.mean(extras, axis=0)
+        return mean, new_state, attention
+
+
 def _score(log_prob: float, n_tokens: int, length_penalty: float) -> float:
     return log_prob / (max(n_tokens, 1) ** length_penalty)
 
@@ -295,5 +333,5 @@ def decode_one(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
     return decode(decoder, np.asarray(features)[None], vocab, config)[0]
 
 
-__all__ = ["DecodeConfig", "Caption", "StepDecoder", "greedy_search", "beam_search", "decode", "decode_one",
+__all__ = ["DecodeConfig", "Caption", "StepDecoder", "EnsembleStepDecoder", "greedy_search", "beam_search", "decode", "decode_one",
            "with_beam"]

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from captioning.decoding import DecodeConfig, beam_search, decode, greedy_search
+from captioning.decoding import DecodeConfig, EnsembleStepDecoder, beam_search, decode, greedy_search
 from captioning.text import Vocabulary
 
 
@@ -150,3 +150,29 @@ def test_special_tokens_never_emitted_and_min_length():
 def test_config_is_validated_up_front(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DecodeConfig(**kwargs)
+
+
+def test_ensemble_averages_probabilities_and_searches_like_one_model():
+    vocab = tiny_vocab(3)
+    a, b = MarkovDecoder(len(vocab), 1, attention=True), MarkovDecoder(len(vocab), 2, attention=True)
+    feats = np.random.default_rng(5).normal(size=(4, len(vocab)))
+    ensemble = EnsembleStepDecoder([a, b])
+    # one step: the log of the mean of the two softmaxes, attention averaged
+    ctx, state = ensemble.start(feats, repeat=2)
+    tokens = np.full(8, vocab.start_id)
+    got, state, attn = ensemble.step(ctx, tokens, state)
+    (la, _, aa), (lb, _, ab) = (m.step(m.start(feats, 2)[0], tokens, m.start(feats, 2)[1]) for m in (a, b))
+    np.testing.assert_allclose(got, np.log((np.exp(la) + np.exp(lb)) / 2))
+    np.testing.assert_allclose(np.exp(got).sum(axis=1), 1.0)
+    np.testing.assert_allclose(attn, (aa + ab) / 2)
+    assert len(state) == 2 and (state[0] == 1).all()
+    # an ensemble of one model decodes exactly like the model
+    cfg = DecodeConfig(beam_width=3, max_length=5, num_return_sequences=2)
+    for single, alone in zip(decode(a, feats, vocab, cfg), decode(EnsembleStepDecoder([a]), feats, vocab, cfg)):
+        assert [c.words for c in single] == [c.words for c in alone]
+        assert [c.log_prob for c in single] == pytest.approx([c.log_prob for c in alone])
+    # exhaustive beam over the ensemble finds the brute-force best caption of the averaged model
+    cfg = DecodeConfig(beam_width=100, max_length=4)
+    words, score = brute_force_best(ensemble, feats[0], vocab, cfg)
+    best = beam_search(ensemble, feats[:1], vocab, cfg)[0][0]
+    assert best.words == words and best.score == pytest.approx(score)
