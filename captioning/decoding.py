@@ -166,7 +166,12 @@ def _score(log_prob: float, n_tokens: int, length_penalty: float) -> float:
 
 
 def _ban(log_probs: np.ndarray, history: np.ndarray, t: int, config: DecodeConfig, vocab: Vocabulary) -> None:
-    """In place: forbid specials, too-early <end>, and tokens that would repeat an n-gram."""
+    """In place: forbid specials, too-early <end>, and tokens that would repeat an n-gram.
+
+    A row whose constraints forbid every token (a tiny vocabulary with a long min_length or no-repeat
+    n-grams) may still end: <end> keeps its probability there, so no caption is left without a way out.
+    """
+    end_log_probs = log_probs[:, vocab.end_id].copy()
     log_probs[:, [vocab.pad_id, vocab.start_id]] = NEG_INF
     if config.suppress_unk:
         log_probs[:, vocab.unk_id] = NEG_INF
@@ -180,6 +185,8 @@ def _ban(log_probs: np.ndarray, history: np.ndarray, t: int, config: DecodeConfi
             banned = [seq[i + n - 1] for i in range(t - n + 1) if tuple(seq[i:i + n - 1]) == prefix]
             if banned:
                 log_probs[row, banned] = NEG_INF
+    stuck = np.isneginf(log_probs).all(axis=1)
+    log_probs[stuck, vocab.end_id] = end_log_probs[stuck]
 
 
 def _make_caption(tokens, logps, attn, finished, config, vocab) -> Caption:

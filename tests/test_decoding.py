@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from captioning.decoding import DecodeConfig, EnsembleStepDecoder, beam_search, decode, greedy_search
 from captioning.text import Vocabulary
@@ -176,3 +177,30 @@ def test_ensemble_averages_probabilities_and_searches_like_one_model():
     words, score = brute_force_best(ensemble, feats[0], vocab, cfg)
     best = beam_search(ensemble, feats[:1], vocab, cfg)[0][0]
     assert best.words == words and best.score == pytest.approx(score)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), n_words=st.integers(1, 5), images=st.integers(1, 3),
+       beam_width=st.integers(1, 6), max_length=st.integers(2, 9), min_length=st.integers(0, 3),
+       length_penalty=st.floats(-2, 3, allow_nan=False), no_repeat=st.integers(0, 3),
+       end_bias=st.floats(-60, 60, allow_nan=False))
+def test_any_valid_config_decodes_without_error_and_stops_within_max_length(
+        seed, n_words, images, beam_width, max_length, min_length, length_penalty, no_repeat, end_bias):
+    """Property: for any model and any valid config, decoding returns ranked captions of at most max_length tokens."""
+    min_length = min(min_length, max_length - 1)
+    vocab = tiny_vocab(n_words)
+    model = MarkovDecoder(len(vocab), seed, attention=True)
+    model.table[:, :, vocab.end_id] += end_bias              # from "never stops" to "always wants to stop"
+    n_best = 1 + seed % beam_width
+    cfg = DecodeConfig(beam_width=beam_width, max_length=max_length, min_length=min_length,
+                       length_penalty=length_penalty, no_repeat_ngram_size=no_repeat, num_return_sequences=n_best)
+    feats = np.random.default_rng(seed).normal(size=(images, len(vocab)))
+    results = decode(model, feats, vocab, cfg)
+    assert len(results) == images
+    for caps in results:
+        assert 1 <= len(caps) <= n_best
+        assert [c.score for c in caps] == sorted((c.score for c in caps), reverse=True)
+        for c in caps:
+            assert c.num_tokens <= max_length and len(c.token_probs) == c.num_tokens
+            assert all(w in vocab.itos[4:] for w in c.words)
+            assert math.isfinite(c.log_prob) and c.attention.shape == (c.num_tokens, 4)
