@@ -114,7 +114,10 @@ class StepDecoder:
         """Context (kept as a tensor: it never changes between steps) and numpy state, each row repeated."""
         import tensorflow as tf
 
-        context, state = self._start(np.asarray(features, np.float32))
+        features = np.asarray(features, np.float32)
+        if features.ndim == 3 and not getattr(self.model, "uses_spatial", False):
+            features = features.mean(axis=1)        # (B, P, D) -> (B, D): the encoder's own global average pool
+        context, state = self._start(features)
         return tf.repeat(context, repeat, axis=0), [np.repeat(s.numpy(), repeat, axis=0) for s in state]
 
     def step(self, context, tokens, state):
@@ -127,8 +130,8 @@ class EnsembleStepDecoder:
     """Several step decoders over one vocabulary as one: each step's next-word distribution is the mean of
     the members' probabilities (log of the averaged softmax), the usual way captioning ensembles decode.
 
-    Members may differ in architecture (merge and attention) but must share the vocabulary and be given
-    the same features. Attention weights, where every member has them, are averaged too.
+    Members may differ in architecture but must share the vocabulary and the encoder: give them the spatial
+    map when any member attends (merge members pool it, as the encoder does), else the pooled features. Attention weights, where every member has them, are averaged too.
     """
 
     def __init__(self, members: list[StepDecoder]):

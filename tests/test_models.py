@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from captioning.decoding import DecodeConfig, StepDecoder, beam_search, greedy_search
+from captioning.decoding import DecodeConfig, EnsembleStepDecoder, StepDecoder, beam_search, greedy_search
 from captioning.models import MergeDecoder, build_decoder
 from captioning.text import Vocabulary
 
@@ -115,3 +115,14 @@ def test_attention_overlay_draws_a_heat_map():
     assert [w for w, _ in strip] == ["a", "dog"]
     with pytest.raises(ValueError):
         attention_overlay(image, np.ones(10))
+
+
+def test_merge_and_attention_decoders_ensemble_on_one_spatial_map(model, attention_model):
+    """Given the spatial map, a merge member pools it (as the encoder does), so the two kinds can ensemble."""
+    maps = np.random.default_rng(6).normal(size=(2, 9, 16)).astype("float32")        # (B, P, D)
+    merge = StepDecoder(model)
+    np.testing.assert_allclose(merge.start(maps)[0].numpy(), merge.start(maps.mean(axis=1))[0].numpy(), atol=1e-6)
+    vocab = Vocabulary([f"w{i}" for i in range(8)])
+    ensemble = EnsembleStepDecoder([merge, StepDecoder(attention_model)])
+    caps = beam_search(ensemble, maps, vocab, DecodeConfig(beam_width=3, max_length=6))
+    assert len(caps) == 2 and all(c[0].num_tokens <= 6 for c in caps)
