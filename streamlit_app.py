@@ -21,9 +21,10 @@ with st.sidebar:
         path = bundles[[str(p) for p in bundles].index(st.session_state["bundle_path"])]
         manifest = bundle_manifest(str(path), (path / "manifest.json").stat().st_mtime)
         if manifest:
-            enc, dec = manifest["encoder"], manifest["decoder"]
-            st.caption(f"**{enc['name']}** ({enc['input_size']}px) → **{dec['kind']}** LSTM "
-                       f"({dec['config'].get('units', '?')} units) · {manifest['vocab_size']:,} words · "
+            enc, decoders = manifest["encoder"], [manifest["decoder"], *manifest.get("members", [])]
+            lstm = " + ".join(f"**{d['kind']}** LSTM ({d['config'].get('units', '?')} units)" for d in decoders)
+            st.caption(f"**{enc['name']}** ({enc['input_size']}px) → {'ensemble: ' if len(decoders) > 1 else ''}"
+                       f"{lstm} · {manifest['vocab_size']:,} words · "
                        f"trained on {manifest['data']['splits']['train']:,} images")
         else:
             st.error(f"{path.name}: unreadable manifest. Rebuild with python train.py --out {path}")

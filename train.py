@@ -7,6 +7,7 @@
     python train.py train ...                   # fit the decoder, write the bundle (resumable)
     python train.py evaluate ...                # greedy + beam scores on the test split -> metrics.json
     python train.py sweep ...                   # beam-width and length-penalty sweep on the dev split
+    python train.py ensemble --members A B ... --out artifacts/NAME   # one bundle decoding with all of them
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from captioning.data import DataError, Flickr8k, download
 from captioning.encoders import ENCODER_NAMES, EncoderWeightsError, get_spec
 
 ROOT = Path(__file__).resolve().parent
-COMMANDS = ("all", "download", "features", "train", "evaluate", "sweep")
+COMMANDS = ("all", "download", "features", "train", "evaluate", "sweep", "ensemble")
 
 
 def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
@@ -67,6 +68,8 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--no-meteor", action="store_true", default=d(False), help="skip METEOR (needs Java)")
     p.add_argument("--no-human", action="store_true", default=d(False),
                    help="skip the metric-vs-expert-judgment agreement (ExpertAnnotations.txt)")
+    p.add_argument("--members", nargs="+", default=d(None), metavar="BUNDLE",
+                   help="ensemble: trained bundles to combine (same vocabulary and encoder, e.g. other seeds)")
     p.add_argument("--quiet", action="store_true", default=d(False), help="no progress bars")
 
 
@@ -81,6 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.limit is not None and args.limit < 10:
         parser.error("--limit must be at least 10 images")
     spec = get_spec(args.encoder, args.alpha)
+    if args.out is None and args.command == "ensemble":
+        args.out = str(ROOT / "artifacts" / "ensemble")
     if args.out is None:
         suffix = f"-limit{args.limit}" if args.limit else ""
         args.out = str(ROOT / "artifacts" / f"{spec.key}-{args.decoder}{suffix}")
@@ -210,7 +215,7 @@ def _previous_source(out: str) -> str:
 
 def evaluate_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> list[dict]:
     from captioning.bundle import load_bundle, update_results
-    from captioning.decoding import DecodeConfig, StepDecoder
+    from captioning.decoding import DecodeConfig
     from captioning.evaluation import evaluate, implementations
     from captioning.human import metric_human_agreement
     from captioning.features import FeatureCache
@@ -220,16 +225,15 @@ def evaluate_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> list[dict]
     spec = get_spec(enc["name"], enc.get("alpha"))
     split = args.split
     test_names = names[split]
-    spatial = bool(getattr(bundle.decoder, "uses_spatial", False))
+    spatial = bundle.uses_spatial
     cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
     if cache.missing(test_names, spatial):
-        features_step(argparse.Namespace(**{**vars(args), "encoder": spec.name, "alpha": spec.alpha,
-                                            "decoder": bundle.decoder.kind}), ds, {split: test_names})
+        features_step(_for_bundle(args, spec, spatial), ds, {split: test_names})
     feats = cache.load(test_names, spatial)
     widths = [int(w) for w in str(args.beam_widths).split(",") if w.strip()]
     configs = [DecodeConfig(max_length=bundle.max_length)] + \
               [DecodeConfig(beam_width=w, max_length=bundle.max_length) for w in widths if w > 1]
-    results, predictions, notes = evaluate(StepDecoder(bundle.decoder), bundle.vocab, feats, test_names,
+    results, predictions, notes = evaluate(bundle.step_decoder(), bundle.vocab, feats, test_names,
                                            ds.references(test_names), configs, split=split,
                                            progress=not args.quiet, meteor=not args.no_meteor)
     metrics = {"results": results, "implementations": implementations(), "notes": notes}
@@ -249,19 +253,18 @@ def evaluate_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> list[dict]
 def sweep_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> list[dict]:
     """Beam widths 1, 2, 3, 5, 10 and length penalties 0..2 on the dev split, stored in metrics.json."""
     from captioning.bundle import load_bundle, update_results
-    from captioning.decoding import DecodeConfig, StepDecoder
+    from captioning.decoding import DecodeConfig
     from captioning.evaluation import decoding_sweep
     from captioning.features import FeatureCache
 
     bundle = load_bundle(args.out)
     spec = get_spec(bundle.encoder["name"], bundle.encoder.get("alpha"))
-    spatial = bool(getattr(bundle.decoder, "uses_spatial", False))
+    spatial = bundle.uses_spatial
     cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
     dev = names["dev"]
     if cache.missing(dev, spatial):
-        features_step(argparse.Namespace(**{**vars(args), "encoder": spec.name, "alpha": spec.alpha,
-                                            "decoder": bundle.decoder.kind}), ds, {"dev": dev})
-    rows = decoding_sweep(StepDecoder(bundle.decoder), bundle.vocab, cache.load(dev, spatial), ds.references(dev),
+        features_step(_for_bundle(args, spec, spatial), ds, {"dev": dev})
+    rows = decoding_sweep(bundle.step_decoder(), bundle.vocab, cache.load(dev, spatial), ds.references(dev),
                           DecodeConfig(max_length=bundle.max_length), progress=not args.quiet)
     metrics = bundle.metrics or {"results": []}
     metrics["sweep"] = rows
@@ -270,6 +273,43 @@ def sweep_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> list[dict]:
     for r in rows:
         print(f"{r['beam_width']:>4} {r['length_penalty']:>4} {r['bleu_4']:7.4f} {r['cider']:7.4f} {r['mean_length']:6.2f}")
     return rows
+
+
+def _for_bundle(args, spec, spatial: bool) -> argparse.Namespace:
+    """The options with the bundle's encoder, for extracting the features a bundle's evaluation lacks."""
+    return argparse.Namespace(**{**vars(args), "encoder": spec.name, "alpha": spec.alpha,
+                                 "decoder": "attention" if spatial else "merge"})
+
+
+def ensemble_step(args) -> Path:
+    """One bundle whose decoding averages the next-word probabilities of every member bundle's decoders."""
+    from captioning.bundle import BundleError, load_bundle, save_bundle
+
+    if not args.members or len(args.members) < 2:
+        raise DataError("ensemble needs --members with at least two trained bundles, e.g. "
+                        "--members artifacts/default artifacts/xception-merge")
+    try:
+        bundles = [load_bundle(m, load_results=False) for m in args.members]
+    except BundleError as exc:
+        raise DataError(str(exc)) from None
+    first = bundles[0]
+    for path, b in zip(args.members[1:], bundles[1:]):
+        if b.vocab.itos != first.vocab.itos:
+            raise DataError(f"{path} has another vocabulary than {args.members[0]}: retrain it with the same "
+                            f"--min-count on the same training split")
+        if b.encoder["key"] != first.encoder["key"]:
+            raise DataError(f"{path} uses encoder {b.encoder['key']}, {args.members[0]} uses {first.encoder['key']}")
+    decoders = [d for b in bundles for d in b.decoders]
+    manifest = {k: v for k, v in first.manifest.items() if k not in ("files", "members", "name", "created", "versions")}
+    manifest["max_length"] = max(b.max_length for b in bundles)
+    manifest["ensemble_of"] = [{"bundle": b.manifest.get("trained_as", b.name), "kind": d.kind,
+                                "training": b.manifest.get("training", {}).get("config")}
+                               for b in bundles for d in b.decoders]
+    manifest["command"] = "python train.py ensemble --members " + " ".join(args.members) + f" --out {args.out}"
+    path = save_bundle(args.out, decoders[0], first.vocab, manifest, members=decoders[1:])
+    kinds = ", ".join(d.kind for d in decoders)
+    print(f"ensemble: {len(decoders)} decoders ({kinds}); bundle {path}")
+    return path
 
 
 def peak_rss_mb() -> float:
@@ -292,9 +332,11 @@ def main(argv=None) -> int:
             feature_stats = features_step(args, ds, names)
         if args.command in ("all", "train"):
             train_step(args, ds, names, feature_stats)
-        if args.command in ("all", "evaluate"):
+        if args.command == "ensemble":
+            ensemble_step(args)
+        if args.command in ("all", "evaluate", "ensemble"):
             evaluate_step(args, ds, names)
-        if args.command in ("all", "sweep") and not (args.command == "all" and args.no_sweep):
+        if args.command in ("all", "sweep", "ensemble") and not (args.command != "sweep" and args.no_sweep):
             sweep_step(args, ds, names)
     except (DataError, EncoderWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -5,6 +5,8 @@
     manifest.json     format version, encoder, decoder config, vocabulary size, splits, versions,
                       training stats and the SHA-256 of every other file
     decoder.keras     the trained decoder (Keras format, loaded with safe_mode=True)
+    member-N.keras    an ensemble's further decoders (same vocabulary and encoder), listed in the
+                      manifest's ``members``; decoding averages every decoder's next-word probabilities
     vocab.json        the Vocabulary
     metrics.json      {"results": [{decoding, beam_width, split, n_images, bleu_1..bleu_4, ...}, ...]}
     predictions.csv   image,decoding,beam_width,caption (+ per-image scores)
@@ -87,9 +89,27 @@ class Bundle:
     def encoder(self) -> dict:
         return self.manifest["encoder"]
 
+    members: tuple = ()                 # an ensemble's further decoders, beside ``decoder``
+
     @property
     def max_length(self) -> int:
         return int(self.manifest.get("max_length", 30))
+
+    @property
+    def decoders(self) -> list:
+        return [self.decoder, *self.members]
+
+    @property
+    def uses_spatial(self) -> bool:
+        """Whether decoding wants the encoder's spatial map (any attention decoder) rather than pooled features."""
+        return any(getattr(d, "uses_spatial", False) for d in self.decoders)
+
+    def step_decoder(self):
+        """What decoding runs: the decoder's compiled step API, or the ensemble of all the bundle's decoders."""
+        from .decoding import EnsembleStepDecoder, StepDecoder
+
+        steps = [StepDecoder(d) for d in self.decoders]
+        return steps[0] if len(steps) == 1 else EnsembleStepDecoder(steps)
 
 
 def _write_dir_atomically(target: Path, fill) -> None:
@@ -118,17 +138,26 @@ def _finish_manifest(folder: Path, manifest: dict) -> None:
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
 
 
+def _member_file(i: int) -> str:
+    return f"member-{i}.keras"
+
+
 def save_bundle(path: str | os.PathLike, decoder, vocab: Vocabulary, manifest: dict,
-                metrics: dict | None = None, predictions=None) -> Path:
-    """Write a complete bundle atomically; returns its path."""
+                metrics: dict | None = None, predictions=None, members=()) -> Path:
+    """Write a complete bundle atomically; returns its path. ``members``: further decoders of an ensemble."""
     target = Path(path)
     manifest = {**manifest, "name": target.name, "vocab_size": len(vocab),
                 "decoder": {"kind": decoder.kind, "config": decoder.get_config()},
                 "created": manifest.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "versions": manifest.get("versions") or library_versions()}
+    if members:
+        manifest["members"] = [{"file": _member_file(i), "kind": m.kind, "config": m.get_config()}
+                               for i, m in enumerate(members, 1)]
 
     def fill(tmp: Path):
         _without_optimizer(decoder).save(tmp / "decoder.keras")
+        for i, member in enumerate(members, 1):
+            _without_optimizer(member).save(tmp / _member_file(i))
         vocab.save(tmp / "vocab.json")
         _write_results(tmp, metrics, predictions)
         _finish_manifest(tmp, manifest)
@@ -153,7 +182,7 @@ def update_results(path: str | os.PathLike, metrics: dict, predictions=None) -> 
     manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
 
     def fill(tmp: Path):
-        for name in ("decoder.keras", "vocab.json"):
+        for name in ("decoder.keras", "vocab.json", *(m["file"] for m in manifest.get("members", []))):
             shutil.copy2(target / name, tmp / name)
         _write_results(tmp, metrics, predictions)
         _finish_manifest(tmp, manifest)
@@ -216,26 +245,36 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool
     if len(vocab) != manifest["vocab_size"]:
         raise BundleError(f"Bundle {path}: vocab.json has {len(vocab)} words but the manifest says "
                           f"{manifest['vocab_size']}. {_rebuild_hint(path)}")
-    try:
-        decoder = keras.models.load_model(path / "decoder.keras", compile=False, safe_mode=True)
-    except Exception as exc:
-        raise BundleError(f"Bundle {path}: decoder.keras could not be loaded ({type(exc).__name__}: "
-                          f"{str(exc)[:200]}). {_rebuild_hint(path)}") from exc
-    if getattr(decoder, "vocab_size", None) != len(vocab):
-        raise BundleError(f"Bundle {path}: the decoder predicts {getattr(decoder, 'vocab_size', '?')} words but "
-                          f"vocab.json has {len(vocab)}; the vocabulary does not belong to this model. "
-                          f"{_rebuild_hint(path)}")
     enc = manifest["encoder"]
     try:
         spec = get_spec(enc["name"], enc.get("alpha"))
     except (ValueError, KeyError) as exc:
         raise BundleError(f"Bundle {path}: unknown encoder in manifest ({exc}). {_rebuild_hint(path)}") from exc
-    if spec.feature_dim != decoder.feature_dim:
-        raise BundleError(f"Bundle {path}: encoder {spec.key} gives {spec.feature_dim}-d features but the "
-                          f"decoder expects {decoder.feature_dim}. {_rebuild_hint(path)}")
+    members = manifest.get("members", [])
+    if not isinstance(members, list) or not all(isinstance(m, dict) and isinstance(m.get("file"), str)
+                                                and Path(m["file"]).name == m["file"] for m in members):
+        raise BundleError(f"Bundle {path}: manifest.json has a malformed 'members' list. {_rebuild_hint(path)}")
+    decoders = []
+    for name in ["decoder.keras", *(m["file"] for m in members)]:
+        if not (path / name).is_file():
+            raise BundleError(f"Bundle {path} is incomplete: {name} is missing. {_rebuild_hint(path)}")
+        try:
+            model = keras.models.load_model(path / name, compile=False, safe_mode=True)
+        except Exception as exc:
+            raise BundleError(f"Bundle {path}: {name} could not be loaded ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}). {_rebuild_hint(path)}") from exc
+        who = "the decoder" if name == "decoder.keras" else f"ensemble member {name}"
+        if getattr(model, "vocab_size", None) != len(vocab):
+            raise BundleError(f"Bundle {path}: {who} predicts {getattr(model, 'vocab_size', '?')} words but "
+                              f"vocab.json has {len(vocab)}; the vocabulary does not belong to this model. "
+                              f"{_rebuild_hint(path)}")
+        if spec.feature_dim != model.feature_dim:
+            raise BundleError(f"Bundle {path}: encoder {spec.key} gives {spec.feature_dim}-d features but "
+                              f"{who} expects {model.feature_dim}. {_rebuild_hint(path)}")
+        decoders.append(model)
     metrics = predictions = None
     if load_results and (path / "metrics.json").is_file():
         metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
     if load_results and (path / "predictions.csv").is_file():
         predictions = pd.read_csv(path / "predictions.csv", keep_default_na=False)
-    return Bundle(path, manifest, vocab, decoder, metrics, predictions)
+    return Bundle(path, manifest, vocab, decoders[0], metrics, predictions, tuple(decoders[1:]))

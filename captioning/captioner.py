@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from .bundle import Bundle, load_bundle
-from .decoding import Caption, DecodeConfig, StepDecoder, decode
+from .decoding import Caption, DecodeConfig, decode
 from .encoders import build_encoder, get_spec
 from .features import image_pipeline
 from .images import ImageSource, load_image, to_canonical
@@ -28,8 +28,8 @@ class Captioner:
         enc = bundle.encoder
         self.spec = get_spec(enc["name"], enc.get("alpha"))
         self.weights = weights
-        self.steps = StepDecoder(bundle.decoder)
-        self.spatial = bool(getattr(bundle.decoder, "uses_spatial", False))   # attention decoders read the map
+        self.steps = bundle.step_decoder()
+        self.spatial = bundle.uses_spatial          # attention decoders read the map (merge members pool it)
         self.default_config = DecodeConfig(max_length=bundle.max_length)
         self._encoder = None
         self._lock = threading.Lock()

@@ -131,7 +131,8 @@ class EnsembleStepDecoder:
     the members' probabilities (log of the averaged softmax), the usual way captioning ensembles decode.
 
     Members may differ in architecture but must share the vocabulary and the encoder: give them the spatial
-    map when any member attends (merge members pool it, as the encoder does), else the pooled features. Attention weights, where every member has them, are averaged too.
+    map when any member attends (merge members pool it, as the encoder does), else the pooled features.
+    The attention weights are the mean over the members that attend (None when none does). Attention weights, where every member has them, are averaged too.
     """
 
     def __init__(self, members: list[StepDecoder]):
@@ -159,8 +160,8 @@ class EnsembleStepDecoder:
         stacked = np.stack(log_probs)                                             # (M, B, V)
         top = stacked.max(axis=0)
         mean = top + np.log(np.mean(np.exp(stacked - top), axis=0))              # log of the mean probability
-        attention = None if any(e is None for e in extras) or len({e.shape for e in extras}) != 1 \
-            else np.mean(extras, axis=0)
+        maps = [e for e in extras if e is not None]
+        attention = np.mean(maps, axis=0) if maps and len({e.shape for e in maps}) == 1 else None
         return mean, new_state, attention
 
 

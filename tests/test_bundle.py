@@ -97,3 +97,16 @@ def test_list_bundles_puts_default_first(tmp_path, tiny_bundle):
         shutil.copytree(tiny_bundle, tmp_path / name)
     (tmp_path / ".hidden").mkdir()
     assert [p.name for p in list_bundles(tmp_path)] == ["default", "alpha", "zeta"]
+
+
+def test_an_ensemble_member_that_is_missing_or_listed_badly(tiny_bundle, tmp_path):
+    bundle = load_bundle(tiny_bundle)
+    path = save_bundle(tmp_path / "ens", bundle.decoder, bundle.vocab, bundle.manifest, members=[bundle.decoder])
+    assert len(load_bundle(path).decoders) == 2
+    rewrite_manifest(path, members=[{"file": "../elsewhere.keras"}])
+    with pytest.raises(BundleError, match=rf"{path}.*malformed 'members'.*python train.py --out"):
+        load_bundle(path, verify=False)
+    rewrite_manifest(path, members=[{"file": "member-1.keras"}])
+    (path / "member-1.keras").unlink()
+    with pytest.raises(BundleError, match=rf"{path}.*member-1.keras is missing.*python train.py --out"):
+        load_bundle(path, verify=False)

@@ -133,3 +133,36 @@ def test_sweep_stores_beam_and_length_penalty_scores(tiny_bundle, tiny_run, flic
     assert widths == [1, 2, 3, 5, 10] and penalties == [0.0, 0.5, 1.0, 1.5, 2.0]
     assert all(r["split"] == "dev" and r["n_images"] == 9 and "cider" in r for r in metrics["sweep"])
     assert load_bundle(copy).metrics["sweep"] == metrics["sweep"]
+
+
+def test_ensemble_of_a_merge_and_an_attention_bundle(tiny_run, flickr_dir, mobilenet_weights, tmp_path):
+    """train.py ensemble: one bundle that decodes with both decoders, evaluated and swept like any other."""
+    import train
+
+    artifacts, cache = tiny_run
+    out = tmp_path / "ens"
+    code = train.main(["ensemble", "--members", str(artifacts / "tiny"), str(artifacts / "tiny-attention"),
+                       "--out", str(out), "--data-dir", str(flickr_dir), "--limit", "60", "--cache-dir", str(cache),
+                       "--quiet", "--beam-widths", "3", "--no-human", "--no-meteor"])
+    assert code == 0
+    bundle = load_bundle(out)
+    assert [d.kind for d in bundle.decoders] == ["merge", "attention"] and bundle.uses_spatial
+    assert [m["file"] for m in bundle.manifest["members"]] == ["member-1.keras"]
+    assert [r["beam_width"] for r in bundle.metrics["results"]] == [1, 3] and bundle.metrics["sweep"]
+    # the ensemble decodes differently from either member, and shows the attention member's maps
+    captioner = Captioner(bundle, mobilenet_weights)
+    image = flickr_dir / "Images" / bundle.predictions["image"].iloc[0]
+    caption = captioner.caption(image, beam_width=3)[0]
+    assert caption.words and caption.attention.shape == (caption.num_tokens, 49)
+    alone = [Captioner(load_bundle(artifacts / n), mobilenet_weights).caption(image, beam_width=3)[0]
+             for n in ("tiny", "tiny-attention")]
+    assert all(caption.log_prob != a.log_prob for a in alone)
+
+
+def test_ensemble_needs_bundles_that_share_a_vocabulary(tiny_run, flickr_dir, tmp_path, capsys):
+    import train
+
+    artifacts, cache = tiny_run
+    code = train.main(["ensemble", "--members", str(artifacts / "tiny"), "--out", str(tmp_path / "e"),
+                       "--data-dir", str(flickr_dir), "--limit", "60", "--cache-dir", str(cache), "--quiet"])
+    assert code == 2 and "at least two" in capsys.readouterr().err
