@@ -132,3 +132,25 @@ def test_pages_without_bundle_or_dataset_say_what_to_run(monkeypatch, tmp_path, 
     at = start(page)
     shown = texts(at)
     assert ("python train.py" in shown) or ("FLICKR8K_DIR" in shown), shown
+
+
+def test_an_ensemble_bundle_captions_and_shows_its_members(monkeypatch, tiny_run, flickr_dir, mobilenet_weights,
+                                                           tmp_path):
+    import train
+
+    artifacts, cache = tiny_run
+    root = tmp_path / "artifacts"
+    assert train.main(["ensemble", "--members", str(artifacts / "tiny"), str(artifacts / "tiny-attention"),
+                       "--out", str(root / "ens"), "--data-dir", str(flickr_dir), "--limit", "60",
+                       "--cache-dir", str(cache), "--quiet", "--beam-widths", "3", "--no-human", "--no-meteor"]) == 0
+    monkeypatch.setenv("CAPTIONING_ARTIFACTS", str(root))
+    monkeypatch.setenv("FLICKR8K_DIR", str(flickr_dir))
+    monkeypatch.setenv("CAPTIONING_WEIGHTS_DIR", str(mobilenet_weights.parent))
+    at = start()
+    assert "ensemble: **merge** LSTM" in texts(at) and "**attention** LSTM" in texts(at)
+    at.file_uploader[0].upload("photo.jpg", jpeg_bytes(), "image/jpeg").run()
+    assert not at.exception, at.exception
+    assert [m for m in at.markdown if m.value.startswith("### “")]
+    assert "Where the model looked, word by word" in texts(at)      # the attention member's maps
+    at.switch_page("pages/evaluation.py").run()
+    assert not at.exception, at.exception
