@@ -92,7 +92,7 @@ def _read_bytes(source: ImageSource, max_bytes: int) -> bytes:
 
 
 def _too_big(n: int, limit: int) -> str:
-    return f"The file is {n / 2**20:.1f} MB; the limit is {limit / 2**20:.0f} MB. Use a smaller image."
+    return f"The file is larger than the {limit / 2**20:g} MB limit ({n:,} bytes). Use a smaller image."
 
 
 def _check_size(size: tuple[int, int]) -> None:
