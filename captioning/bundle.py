@@ -53,7 +53,9 @@ def list_bundles(root: str | os.PathLike | None = None) -> list[Path]:
     return sorted(found, key=lambda p: (p.name != "default", p.name))
 
 
-def _rebuild_hint(path: Path) -> str:
+def _rebuild_hint(path: Path, manifest: dict | None = None) -> str:
+    if manifest and manifest.get("ensemble_of"):
+        return f"Rebuild it with: {manifest.get('command') or f'python train.py ensemble --members ... --out {path}'}"
     return f"Rebuild it with: python train.py --out {path}"
 
 
@@ -80,6 +82,7 @@ class Bundle:
     decoder: object                     # a keras.Model with the step API
     metrics: dict | None
     predictions: "object | None"        # pandas.DataFrame
+    members: tuple = ()                 # an ensemble's further decoders, beside ``decoder``
 
     @property
     def name(self) -> str:
@@ -88,8 +91,6 @@ class Bundle:
     @property
     def encoder(self) -> dict:
         return self.manifest["encoder"]
-
-    members: tuple = ()                 # an ensemble's further decoders, beside ``decoder``
 
     @property
     def max_length(self) -> int:
@@ -230,47 +231,48 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool
 
     path = Path(path)
     manifest = read_manifest(path)
+    hint = _rebuild_hint(path, manifest)
     if verify:
         for name, digest in manifest["files"].items():
             file = path / name
             if not file.is_file():
-                raise BundleError(f"Bundle {path} is incomplete: {name} is missing. {_rebuild_hint(path)}")
+                raise BundleError(f"Bundle {path} is incomplete: {name} is missing. {hint}")
             if _sha256(file) != digest:
                 raise BundleError(f"Bundle {path}: {name} is damaged (its checksum does not match the "
-                                  f"manifest). {_rebuild_hint(path)}")
+                                  f"manifest). {hint}")
     try:
         vocab = Vocabulary.load(path / "vocab.json")
     except (ValueError, json.JSONDecodeError) as exc:
-        raise BundleError(f"Bundle {path}: vocab.json is invalid ({exc}). {_rebuild_hint(path)}") from exc
+        raise BundleError(f"Bundle {path}: vocab.json is invalid ({exc}). {hint}") from exc
     if len(vocab) != manifest["vocab_size"]:
         raise BundleError(f"Bundle {path}: vocab.json has {len(vocab)} words but the manifest says "
-                          f"{manifest['vocab_size']}. {_rebuild_hint(path)}")
+                          f"{manifest['vocab_size']}. {hint}")
     enc = manifest["encoder"]
     try:
         spec = get_spec(enc["name"], enc.get("alpha"))
     except (ValueError, KeyError) as exc:
-        raise BundleError(f"Bundle {path}: unknown encoder in manifest ({exc}). {_rebuild_hint(path)}") from exc
+        raise BundleError(f"Bundle {path}: unknown encoder in manifest ({exc}). {hint}") from exc
     members = manifest.get("members", [])
     if not isinstance(members, list) or not all(isinstance(m, dict) and isinstance(m.get("file"), str)
                                                 and Path(m["file"]).name == m["file"] for m in members):
-        raise BundleError(f"Bundle {path}: manifest.json has a malformed 'members' list. {_rebuild_hint(path)}")
+        raise BundleError(f"Bundle {path}: manifest.json has a malformed 'members' list. {hint}")
     decoders = []
     for name in ["decoder.keras", *(m["file"] for m in members)]:
         if not (path / name).is_file():
-            raise BundleError(f"Bundle {path} is incomplete: {name} is missing. {_rebuild_hint(path)}")
+            raise BundleError(f"Bundle {path} is incomplete: {name} is missing. {hint}")
         try:
             model = keras.models.load_model(path / name, compile=False, safe_mode=True)
         except Exception as exc:
             raise BundleError(f"Bundle {path}: {name} could not be loaded ({type(exc).__name__}: "
-                              f"{str(exc)[:200]}). {_rebuild_hint(path)}") from exc
+                              f"{str(exc)[:200]}). {hint}") from exc
         who = "the decoder" if name == "decoder.keras" else f"ensemble member {name}"
         if getattr(model, "vocab_size", None) != len(vocab):
             raise BundleError(f"Bundle {path}: {who} predicts {getattr(model, 'vocab_size', '?')} words but "
                               f"vocab.json has {len(vocab)}; the vocabulary does not belong to this model. "
-                              f"{_rebuild_hint(path)}")
+                              f"{hint}")
         if spec.feature_dim != model.feature_dim:
             raise BundleError(f"Bundle {path}: encoder {spec.key} gives {spec.feature_dim}-d features but "
-                              f"{who} expects {model.feature_dim}. {_rebuild_hint(path)}")
+                              f"{who} expects {model.feature_dim}. {hint}")
         decoders.append(model)
     metrics = predictions = None
     if load_results and (path / "metrics.json").is_file():

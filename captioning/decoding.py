@@ -132,7 +132,7 @@ class EnsembleStepDecoder:
 
     Members may differ in architecture but must share the vocabulary and the encoder: give them the spatial
     map when any member attends (merge members pool it, as the encoder does), else the pooled features.
-    The attention weights are the mean over the members that attend (None when none does). Attention weights, where every member has them, are averaged too.
+    The attention weights are the mean over the members that attend (None when none does).
     """
 
     def __init__(self, members: list[StepDecoder]):

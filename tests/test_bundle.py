@@ -106,7 +106,8 @@ def test_an_ensemble_member_that_is_missing_or_listed_badly(tiny_bundle, tmp_pat
     rewrite_manifest(path, members=[{"file": "../elsewhere.keras"}])
     with pytest.raises(BundleError, match=rf"{path}.*malformed 'members'.*python train.py --out"):
         load_bundle(path, verify=False)
-    rewrite_manifest(path, members=[{"file": "member-1.keras"}])
+    rewrite_manifest(path, members=[{"file": "member-1.keras"}], ensemble_of=[{"bundle": "a"}, {"bundle": "b"}],
+                     command=f"python train.py ensemble --members a b --out {path}")
     (path / "member-1.keras").unlink()
-    with pytest.raises(BundleError, match=rf"{path}.*member-1.keras is missing.*python train.py --out"):
+    with pytest.raises(BundleError, match=rf"{path}.*member-1.keras is missing.*train.py ensemble --members a b"):
         load_bundle(path, verify=False)
