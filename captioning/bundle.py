@@ -4,7 +4,7 @@
 
     manifest.json     format version, encoder, decoder config, vocabulary size, splits, versions,
                       training stats and the SHA-256 of every other file
-    decoder.keras     the trained decoder (Keras format, loaded with safe_mode=True)
+    decoder.keras     the trained decoder (Keras format, weights stored as float16, loaded with safe_mode=True)
     member-N.keras    an ensemble's further decoders (same vocabulary and encoder), listed in the
                       manifest's ``members``; decoding averages every decoder's next-word probabilities
     vocab.json        the Vocabulary
@@ -139,6 +139,39 @@ def _finish_manifest(folder: Path, manifest: dict) -> None:
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
 
 
+def _save_half(model, file: Path) -> None:
+    """Save a decoder as ``.keras`` with its float32 weights stored as float16 (half the file).
+
+    Keras loads them back into float32 variables, so the model computes exactly as the stored numbers say;
+    bundles are evaluated after saving, so their metrics describe these weights.
+    """
+    import io
+    import zipfile
+
+    import h5py
+
+    full = file.with_name(file.name + ".f32.keras")
+    model.save(full)
+    with zipfile.ZipFile(full) as zin, zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith(".weights.h5"):
+                out = io.BytesIO()
+                with h5py.File(io.BytesIO(data), "r") as src, h5py.File(out, "w") as dst:
+                    def copy(name, obj):
+                        if isinstance(obj, h5py.Dataset):
+                            arr = obj[()]
+                            dst.create_dataset(name, data=arr.astype(np.float16) if arr.dtype == np.float32 else arr)
+                        else:
+                            dst.require_group(name)
+                        dst[name].attrs.update(obj.attrs)
+                    src.visititems(copy)
+                    dst.attrs.update(src.attrs)
+                data = out.getvalue()
+            zout.writestr(item, data)
+    full.unlink()
+
+
 def _member_file(i: int) -> str:
     return f"member-{i}.keras"
 
@@ -150,15 +183,15 @@ def save_bundle(path: str | os.PathLike, decoder, vocab: Vocabulary, manifest: d
     manifest = {**manifest, "name": target.name, "vocab_size": len(vocab),
                 "decoder": {"kind": decoder.kind, "config": decoder.get_config()},
                 "created": manifest.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "versions": manifest.get("versions") or library_versions()}
+                "versions": manifest.get("versions") or library_versions(), "weights_dtype": "float16"}
     if members:
         manifest["members"] = [{"file": _member_file(i), "kind": m.kind, "config": m.get_config()}
                                for i, m in enumerate(members, 1)]
 
     def fill(tmp: Path):
-        _without_optimizer(decoder).save(tmp / "decoder.keras")
+        _save_half(_without_optimizer(decoder), tmp / "decoder.keras")
         for i, member in enumerate(members, 1):
-            _without_optimizer(member).save(tmp / _member_file(i))
+            _save_half(_without_optimizer(member), tmp / _member_file(i))
         vocab.save(tmp / "vocab.json")
         _write_results(tmp, metrics, predictions)
         _finish_manifest(tmp, manifest)

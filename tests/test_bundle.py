@@ -111,3 +111,20 @@ def test_an_ensemble_member_that_is_missing_or_listed_badly(tiny_bundle, tmp_pat
     (path / "member-1.keras").unlink()
     with pytest.raises(BundleError, match=rf"{path}.*member-1.keras is missing.*train.py ensemble --members a b"):
         load_bundle(path, verify=False)
+
+
+def test_weights_are_stored_as_float16_and_load_as_float32(tiny_bundle, tmp_path):
+    import zipfile
+
+    import h5py
+    import numpy as np
+
+    bundle = load_bundle(tiny_bundle)
+    assert bundle.manifest["weights_dtype"] == "float16"
+    with zipfile.ZipFile(tiny_bundle / "decoder.keras") as zf:
+        zf.extract("model.weights.h5", tmp_path)
+    dtypes = set()
+    with h5py.File(tmp_path / "model.weights.h5") as fh:
+        fh.visititems(lambda name, obj: dtypes.add(obj.dtype) if isinstance(obj, h5py.Dataset) else None)
+    assert dtypes == {np.dtype("float16")}
+    assert {w.dtype for w in bundle.decoder.weights} == {"float32"}
