@@ -5,7 +5,7 @@ The seed way re-runs the whole model on the padded prefix for every word, one im
 (``model.predict([photo, sequence])`` in a loop), and its beam search does that for every beam. Both decoders
 (merge and attention) take that full-sequence call, so the comparison holds for either.
 
-    python bench/decoding.py [--bundle artifacts/default] [--images 1000] [--seed-images 50] [--json out.json]
+    python bench/decoding.py [--bundle artifacts/xception-attention] [--images 1000] [--seed-images 50] [--json out.json]
     python bench/decoding.py --quick        # 100 images ours, 10 seed-style
 
 Ratios come from one run on one machine; seed-style totals are extrapolated from --seed-images per image.
@@ -61,7 +61,8 @@ def seed_style_beam(model, feature, vocab, max_length, width):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", default="artifacts/default")
+    parser.add_argument("--bundle", default="artifacts/xception-attention",
+                        help="a single-decoder bundle (the seed-style side re-runs one model; not an ensemble)")
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--seed-images", type=int, default=50)
     parser.add_argument("--cache-dir", default=".cache")
@@ -78,6 +79,9 @@ def main() -> None:
     from captioning.features import FeatureCache
 
     bundle = load_bundle(args.bundle)
+    if bundle.members:
+        sys.exit(f"{args.bundle} is an ensemble of {len(bundle.decoders)} decoders; the seed-style side re-runs one "
+                 f"model, so give one of its member bundles (e.g. artifacts/xception-attention)")
     names = (Path(args.data_dir) / "Flickr_8k.testImages.txt").read_text().split()[: args.images]
     feats = FeatureCache(Path(args.cache_dir) / "features", bundle.encoder["key"]).load(
         names, spatial=bundle.decoder.uses_spatial).astype(np.float32)
