@@ -2,6 +2,8 @@
 
 Run with ``streamlit run streamlit_app.py`` (or ``make app``).
 """
+from collections import Counter
+
 import streamlit as st
 
 import captioning  # noqa: F401  (quiet TensorFlow logs before anything loads it)
@@ -22,9 +24,12 @@ with st.sidebar:
         manifest = bundle_manifest(str(path), (path / "manifest.json").stat().st_mtime)
         if manifest:
             enc, decoders = manifest["encoder"], [manifest["decoder"], *manifest.get("members", [])]
-            lstm = " + ".join(f"**{d['kind']}** LSTM ({d['config'].get('units', '?')} units)" for d in decoders)
-            st.caption(f"**{enc['name']}** ({enc['input_size']}px) → {'ensemble: ' if len(decoders) > 1 else ''}"
-                       f"{lstm} · {manifest['vocab_size']:,} words · "
+            if len(decoders) == 1:
+                lstm = f"**{decoders[0]['kind']}** LSTM ({decoders[0]['config'].get('units', '?')} units)"
+            else:
+                kinds = Counter(d["kind"] for d in decoders)
+                lstm = f"ensemble of {len(decoders)} LSTMs (" + " + ".join(f"{n} **{k}**" for k, n in kinds.items()) + ")"
+            st.caption(f"**{enc['name']}** ({enc['input_size']}px) → {lstm} · {manifest['vocab_size']:,} words · "
                        f"trained on {manifest['data']['splits']['train']:,} images")
         else:
             st.error(f"{path.name}: unreadable manifest. Rebuild with python train.py --out {path}")

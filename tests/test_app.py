@@ -147,7 +147,7 @@ def test_an_ensemble_bundle_captions_and_shows_its_members(monkeypatch, tiny_run
     monkeypatch.setenv("FLICKR8K_DIR", str(flickr_dir))
     monkeypatch.setenv("CAPTIONING_WEIGHTS_DIR", str(mobilenet_weights.parent))
     at = start()
-    assert "ensemble: **merge** LSTM" in texts(at) and "**attention** LSTM" in texts(at)
+    assert "ensemble of 2 LSTMs (1 **merge** + 1 **attention**)" in texts(at)
     at.file_uploader[0].upload("photo.jpg", jpeg_bytes(), "image/jpeg").run()
     assert not at.exception, at.exception
     assert [m for m in at.markdown if m.value.startswith("### “")]
