@@ -51,6 +51,11 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--attention-dim", type=int, default=d(256), help="attention decoder: additive-attention size")
     p.add_argument("--alpha-c", type=float, default=d(1.0), help="attention decoder: doubly stochastic weight")
     p.add_argument("--dropout", type=float, default=d(0.5))
+    p.add_argument("--label-smoothing", type=float, default=d(0.0),
+                   help="spread this share of each target word's probability over the vocabulary (e.g. 0.1)")
+    p.add_argument("--lr-decay", type=float, default=d(1.0),
+                   help="multiply the learning rate by this after each epoch without a better dev loss "
+                        "(e.g. 0.5; 1 = constant)")
     p.add_argument("--min-count", type=int, default=d(5), help="vocabulary threshold (training-split counts)")
     p.add_argument("--seed", type=int, default=d(42))
     p.add_argument("--feature-batch-size", type=int, default=d(32))
@@ -139,7 +144,8 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
     spatial = args.decoder == "attention"
     config = TrainConfig(embed_dim=args.embed_dim, units=units, dropout=args.dropout,
                          learning_rate=args.learning_rate, batch_size=args.batch_size, epochs=args.epochs,
-                         patience=args.patience, min_count=args.min_count, seed=args.seed)
+                         patience=args.patience, min_count=args.min_count, seed=args.seed,
+                         label_smoothing=args.label_smoothing, lr_decay=args.lr_decay)
 
     def pairs(split):
         split_names = names[split]
@@ -168,7 +174,7 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
                                 embed_dim=config.embed_dim, units=config.units, dropout=config.dropout, **extra)
         decoder.init_output_bias(np.bincount(train_tokens[:, 1:].ravel(), minlength=len(vocab)).astype("float64"))
     run_dir = Path(args.cache_dir) / "runs" / Path(args.out).name
-    fingerprint = hashlib.sha256(json.dumps([config.to_dict(), spec.key, args.decoder, extra, len(vocab), args.limit],
+    fingerprint = hashlib.sha256(json.dumps([config.fingerprint_dict(), spec.key, args.decoder, extra, len(vocab), args.limit],
                                             sort_keys=True).encode()).hexdigest()[:16]
     if (run_dir / "fingerprint").is_file() and (run_dir / "fingerprint").read_text() != fingerprint:
         print(f"train: settings changed since the checkpoints in {run_dir}; starting afresh")

@@ -33,9 +33,49 @@ class TrainConfig:
     patience: int = 3
     min_count: int = 5
     seed: int = 42
+    label_smoothing: float = 0.0   # share of each target's probability spread over the vocabulary
+    lr_decay: float = 1.0          # learning rate x this after an epoch without a better dev loss (1 = off)
+
+    def __post_init__(self):
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError(f"learning-rate decay must be in (0, 1] (1 = constant), got {self.lr_decay}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def fingerprint_dict(self) -> dict:
+        """The settings that identify a run; options left at their off value are omitted, so runs
+        checkpointed before those options existed still resume."""
+        d = self.to_dict()
+        for key, off in (("label_smoothing", 0.0), ("lr_decay", 1.0)):
+            if d[key] == off:
+                del d[key]
+        return d
+
+
+def masked_smoothed_loss(label_smoothing: float):
+    """Sparse cross-entropy from logits with label smoothing, averaged over non-padding tokens (id 0).
+
+    Keras's SparseCategoricalCrossentropy has no label smoothing; this is its ``ignore_class=0``
+    counterpart with the target distribution ``(1 - eps) * onehot + eps / V``.
+    """
+    from keras import ops
+
+    eps = float(label_smoothing)
+
+    def loss(y_true, y_pred):
+        y_true = ops.cast(y_true, "int32")
+        log_probs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
+        nll = -ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(y_true, -1), axis=-1), -1)
+        uniform = -ops.mean(log_probs, axis=-1)
+        mask = ops.cast(ops.not_equal(y_true, 0), "float32")
+        per_token = ((1.0 - eps) * nll + eps * uniform) * mask
+        return ops.sum(per_token) / ops.maximum(ops.sum(mask), 1.0)
+
+    loss.__name__ = f"smoothed_cross_entropy_{eps:g}"
+    return loss
 
 
 def encode_captions(captions: Sequence[Sequence[str]], vocab: Vocabulary, max_tokens: int = MAX_TOKENS) -> np.ndarray:
@@ -89,10 +129,10 @@ class Checkpointer:
     optimizer, so a rerun continues where the killed one stopped.
     """
 
-    def __init__(self, run_dir: Path, patience: int):
+    def __init__(self, run_dir: Path, patience: int, lr_decay: float = 1.0):
         import keras
 
-        self.run_dir, self.patience = Path(run_dir), patience
+        self.run_dir, self.patience, self.lr_decay = Path(run_dir), patience, float(lr_decay)
         self.state_path = self.run_dir / "state.json"
         self.best_path = self.run_dir / "best.weights.h5"
         self.state = json.loads(self.state_path.read_text()) if self.state_path.is_file() else \
@@ -100,6 +140,11 @@ class Checkpointer:
         outer = self
 
         class _Callback(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                # After BackupAndRestore: a resumed run continues at the decayed learning rate.
+                if outer.state.get("learning_rate") is not None:
+                    self.model.optimizer.learning_rate.assign(outer.state["learning_rate"])
+
             def on_epoch_begin(self, epoch, logs=None):
                 self._t0 = time.perf_counter()
 
@@ -118,6 +163,11 @@ class Checkpointer:
             model.save_weights(tmp)
             os.replace(tmp, self.best_path)
             self.state.update(best_val_loss=val, best_epoch=epoch + 1)
+        elif self.lr_decay < 1.0:
+            lr = float(model.optimizer.learning_rate.numpy()) * self.lr_decay
+            model.optimizer.learning_rate.assign(lr)
+            self.state["learning_rate"] = lr
+            self.state["epochs"][str(epoch + 1)]["next_learning_rate"] = lr
         if epoch + 1 - (self.state["best_epoch"] or 0) >= self.patience:
             model.stop_training = True
             self.state["stopped_early"] = True
@@ -157,9 +207,10 @@ def fit(decoder, train_ds, val_ds, config: TrainConfig, run_dir: str | os.PathLi
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    decoder.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
-    ckpt = Checkpointer(run_dir, config.patience)
+    loss = (masked_smoothed_loss(config.label_smoothing) if config.label_smoothing > 0 else
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
+    decoder.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0), loss=loss)
+    ckpt = Checkpointer(run_dir, config.patience, config.lr_decay)
     if finish and not ckpt.best_path.is_file():
         raise RuntimeError(f"--finish: no checkpoint in {run_dir} yet; train at least one epoch first")
     if not finish and not ckpt.finished(config.epochs):

@@ -30,8 +30,9 @@ def mobilenet_weights() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, flickr_dir, mobilenet_weights):
-    """Real train.py runs on 60 Flickr8k images with MobileNetV2-0.35, a merge and an attention decoder:
-    (artifacts root holding tiny/ and tiny-attention/, cache dir)."""
+    """Real train.py runs on 60 Flickr8k images with MobileNetV2-0.35, a merge and an attention decoder
+    (the latter with label smoothing and learning-rate decay): (artifacts root holding tiny/ and
+    tiny-attention/, cache dir)."""
     import train
 
     work = tmp_path_factory.mktemp("tiny")
@@ -43,7 +44,8 @@ def tiny_run(tmp_path_factory, flickr_dir, mobilenet_weights):
     assert code == 0
     code = train.main(["--data-dir", str(flickr_dir), "--encoder", "mobilenetv2", "--alpha", "0.35",
                        "--weights", str(mobilenet_weights), "--limit", "60", "--epochs", "2", "--decoder", "attention",
-                       "--units", "64", "--embed-dim", "64", "--out", str(artifacts / "tiny-attention"),
+                       "--units", "64", "--embed-dim", "64", "--label-smoothing", "0.1", "--lr-decay", "0.5",
+                       "--out", str(artifacts / "tiny-attention"),
                        "--cache-dir", str(cache), "--quiet", "--beam-widths", "3", "--no-human", "--no-meteor", "--no-sweep"])
     assert code == 0
     return artifacts, cache
