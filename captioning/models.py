@@ -27,6 +27,15 @@ class _Decoder(keras.Model):
         probs = (word_counts + 1.0) / (word_counts + 1.0).sum()
         self.classifier.bias.assign(np.log(probs).astype("float32"))
 
+    def init_embeddings(self, matrix: np.ndarray) -> None:
+        """Start the word embedding from pretrained vectors (e.g. GloVe); they are fine-tuned in training."""
+        if not self.built:
+            self.build()
+        expected = (self.vocab_size, self.embed_dim)
+        if tuple(matrix.shape) != expected:
+            raise ValueError(f"embedding matrix has shape {tuple(matrix.shape)}, the decoder needs {expected}")
+        self.embedding.embeddings.assign(np.asarray(matrix, np.float32))
+
     @classmethod
     def from_config(cls, config):
         return cls(**config)
