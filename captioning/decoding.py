@@ -120,6 +120,12 @@ class StepDecoder:
         context, state = self._start(features)
         return tf.repeat(context, repeat, axis=0), [np.repeat(s.numpy(), repeat, axis=0) for s in state]
 
+    def select(self, context, rows: np.ndarray):
+        """The context of some rows only (decoding drops the rows of finished images)."""
+        import tensorflow as tf
+
+        return tf.gather(context, np.asarray(rows, np.int32))
+
     def step(self, context, tokens, state):
         log_probs, state, extras = self._step(context, np.asarray(tokens, np.int32), state)
         return (log_probs.numpy(), [s.numpy() for s in state],
@@ -148,6 +154,9 @@ class EnsembleStepDecoder:
             states.append(state)
         self._sizes = [len(s) for s in states]
         return contexts, [s for state in states for s in state]
+
+    def select(self, contexts, rows: np.ndarray):
+        return [m.select(c, rows) for m, c in zip(self.members, contexts)]
 
     def step(self, contexts, tokens, state):
         log_probs, new_state, extras, at = [], [], [], 0
@@ -193,6 +202,14 @@ def _ban(log_probs: np.ndarray, history: np.ndarray, t: int, config: DecodeConfi
     log_probs[stuck, vocab.end_id] = end_log_probs[stuck]
 
 
+COMPACT_BELOW = 0.8   # drop finished images' rows from the decoder's batch once under 80% are still running
+
+
+def _select(decoder, context, rows: np.ndarray):
+    select = getattr(decoder, "select", None)
+    return select(context, rows) if select else context[rows]
+
+
 def _make_caption(tokens, logps, attn, finished, config, vocab) -> Caption:
     tokens, logps = list(tokens), [float(x) for x in logps]
     words = vocab.decode(tokens)
@@ -213,14 +230,24 @@ def greedy_search(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
     tokens = np.full(b, vocab.start_id)
     length = np.full(b, config.max_length)
     alive = np.ones(b, bool)
+    running = np.arange(b)                      # the images whose rows the decoder still computes
     for t in range(config.max_length):
-        log_probs, state, extras = decoder.step(context, tokens, state)        # (B, V)
-        _ban(log_probs, history, t, config, vocab)
-        tokens = log_probs.argmax(axis=1)                                         # (B,)
+        if alive.sum() < COMPACT_BELOW * len(running):
+            keep = alive[running]
+            context, state, running = _select(decoder, context, np.flatnonzero(keep)), \
+                [s[keep] for s in state], running[keep]
+        step_lp, state, extras = decoder.step(context, tokens[running], state)    # (R, V)
+        _ban(step_lp, history[running], t, config, vocab)
+        tokens = np.full(b, vocab.end_id)       # finished images repeat <end>; never read past their length
+        tokens[running] = step_lp.argmax(axis=1)
+        step_logp = np.zeros(b)
+        step_logp[running] = step_lp[np.arange(len(running)), tokens[running]]
         history = np.concatenate([history, tokens[:, None]], axis=1)
-        logps = np.concatenate([logps, log_probs[np.arange(b), tokens][:, None]], axis=1)
+        logps = np.concatenate([logps, step_logp[:, None]], axis=1)
         if extras is not None:
-            attn_steps.append(extras)
+            full = np.zeros((b, extras.shape[1]), extras.dtype)
+            full[running] = extras
+            attn_steps.append(full)
         ended = alive & (tokens == vocab.end_id)
         length[ended] = t + 1
         alive &= ~ended
@@ -254,52 +281,64 @@ def beam_search(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
     finished: list[list[Caption]] = [[] for _ in range(b)]
     done = np.zeros(b, bool)
 
+    running = np.arange(b)                      # the images whose K rows the decoder still computes
+    beams = np.arange(k)
+    state = list(state)
     for t in range(config.max_length):
-        log_probs, state, extras = decoder.step(context, tokens, state)           # (B*K, V)
-        _ban(log_probs, history, t, config, vocab)
+        live = ~done[running]
+        if live.sum() < COMPACT_BELOW * len(running):
+            context = _select(decoder, context, (np.flatnonzero(live)[:, None] * k + beams).ravel())
+            running = running[live]
+        rows = (running[:, None] * k + beams).ravel()                             # global rows, (R*K,)
+        log_probs, step_state, extras = decoder.step(context, tokens[rows], [s[rows] for s in state])  # (R*K, V)
+        _ban(log_probs, history[rows], t, config, vocab)
         v = log_probs.shape[1]
-        candidates = (scores.reshape(-1, 1) + log_probs).reshape(b, k * v)          # (B, K*V)
+        r = len(running)
+        candidates = (scores[running].reshape(-1, 1) + log_probs).reshape(r, k * v)  # (R, K*V)
         n_cand = min(2 * k, k * v)
-        top = np.argpartition(-candidates, n_cand - 1, axis=1)[:, :n_cand]         # (B, 2K)
+        top = np.argpartition(-candidates, n_cand - 1, axis=1)[:, :n_cand]         # (R, 2K)
         order = np.argsort(-np.take_along_axis(candidates, top, axis=1), axis=1, kind="stable")
         top = np.take_along_axis(top, order, axis=1)
 
-        parents = np.zeros(b * k, np.int64)
+        parents = np.repeat(np.arange(b) * k, k)     # every slot parks on its image's first row ...
+        local_parents = np.repeat(np.arange(r) * k, k)
         new_tokens = np.full(b * k, vocab.end_id)
         new_scores = np.full((b, k), NEG_INF)
         step_logp = np.zeros(b * k)
-        for i in range(b):
+        for j, i in enumerate(running):              # ... unless a running image's beam fills it
+            if done[i]:
+                continue
             filled = 0
-            if not done[i]:
-                for rank, idx in enumerate(top[i]):
-                    total = candidates[i, idx]
-                    if total == NEG_INF or filled == k:
-                        break
-                    beam, word = divmod(int(idx), v)
-                    row = i * k + beam
-                    if word == vocab.end_id:
-                        if rank < k:
-                            hyp_attn = None
-                            if extras is not None:
-                                past = attn[row] if attn is not None else np.zeros((0, extras.shape[1]))
-                                hyp_attn = np.concatenate([past, extras[row][None]])        # (t+1, P)
-                            finished[i].append(_make_caption(
-                                list(history[row]) + [word], list(logps[row]) + [log_probs[row, word]],
-                                hyp_attn, True, config, vocab))
-                        continue
-                    out = i * k + filled
-                    parents[out], new_tokens[out] = row, word
-                    new_scores[i, filled], step_logp[out] = total, log_probs[row, word]
-                    filled += 1
-                done[i] = len(finished[i]) >= k or filled == 0
-            for out in range(i * k + filled, (i + 1) * k):   # empty slots: park on the image's first row
-                parents[out] = i * k
+            for rank, idx in enumerate(top[j]):
+                total = candidates[j, idx]
+                if total == NEG_INF or filled == k:
+                    break
+                beam, word = divmod(int(idx), v)
+                row, local = i * k + beam, j * k + beam
+                if word == vocab.end_id:
+                    if rank < k:
+                        hyp_attn = None
+                        if extras is not None:
+                            past = attn[row] if attn is not None else np.zeros((0, extras.shape[1]))
+                            hyp_attn = np.concatenate([past, extras[local][None]])          # (t+1, P)
+                        finished[i].append(_make_caption(
+                            list(history[row]) + [word], list(logps[row]) + [log_probs[local, word]],
+                            hyp_attn, True, config, vocab))
+                    continue
+                out = i * k + filled
+                parents[out], local_parents[j * k + filled], new_tokens[out] = row, local, word
+                new_scores[i, filled], step_logp[out] = total, log_probs[local, word]
+                filled += 1
+            done[i] = len(finished[i]) >= k or filled == 0
         history = np.concatenate([history[parents], new_tokens[:, None]], axis=1)
         logps = np.concatenate([logps[parents], step_logp[:, None]], axis=1)
         if extras is not None:
-            step_attn = extras[parents][:, None]
+            full = np.zeros((b * k, extras.shape[1]), extras.dtype)
+            full[rows] = extras[local_parents]
+            step_attn = full[:, None]
             attn = step_attn if attn is None else np.concatenate([attn[parents], step_attn], axis=1)
-        state = [s[parents] for s in state]
+        for s, new in zip(state, step_state):
+            s[rows] = new[local_parents]
         tokens, scores = new_tokens, new_scores
         if done.all():
             break

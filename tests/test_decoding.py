@@ -97,6 +97,26 @@ def test_batched_decoding_equals_one_image_at_a_time():
         assert [c.words for c in single] == [c.words for c in batched[i]]
 
 
+@pytest.mark.parametrize("cfg", [DecodeConfig(max_length=8),
+                                 DecodeConfig(beam_width=3, max_length=8, num_return_sequences=2)],
+                         ids=["greedy", "beam3"])
+def test_finished_images_leave_the_batch_and_nothing_else_changes(cfg):
+    vocab = tiny_vocab(6)
+    model = MarkovDecoder(len(vocab), 5, attention=True)
+    rows_per_step = []
+    step = model.step
+    model.step = lambda context, tokens, state: (rows_per_step.append(len(tokens)), step(context, tokens, state))[1]
+    feats = np.random.default_rng(2).normal(0, 3, size=(16, len(vocab)))
+    batched = decode(model, feats, vocab, cfg, batch_size=16)
+    assert rows_per_step[-1] < rows_per_step[0]                      # the batch shrank as images finished
+    for i in range(len(feats)):
+        single = decode(model, feats[i: i + 1], vocab, cfg)[0]
+        assert [c.words for c in single] == [c.words for c in batched[i]]
+        for a, b in zip(single, batched[i]):
+            assert a.log_prob == pytest.approx(b.log_prob) and a.token_probs == pytest.approx(b.token_probs)
+            np.testing.assert_allclose(a.attention, b.attention)
+
+
 def test_results_carry_scores_probabilities_and_nbest_order():
     vocab = tiny_vocab(6)
     model = MarkovDecoder(len(vocab), 2, attention=True)

@@ -92,6 +92,18 @@ def test_attention_beam_width_one_equals_greedy_and_returns_weights(attention_mo
             assert c.attention.shape == (c.num_tokens, 9)
 
 
+def test_select_keeps_the_context_of_the_given_rows(model, attention_model):
+    maps = np.random.default_rng(8).normal(size=(5, 9, 16)).astype("float32")
+    rows = np.array([4, 1, 2])
+    for steps in (StepDecoder(attention_model), EnsembleStepDecoder([StepDecoder(model), StepDecoder(attention_model)])):
+        context, _ = steps.start(maps)
+        picked = steps.select(context, rows)
+        fulls, parts = (context, picked) if isinstance(context, list) else ([context], [picked])
+        assert len(parts) == len(fulls)
+        for full, part in zip(fulls, parts):
+            np.testing.assert_array_equal(np.asarray(part), np.asarray(full)[rows])
+
+
 def test_doubly_stochastic_regulariser_is_a_training_loss(attention_model):
     feats = np.random.default_rng(4).normal(size=(2, 9, 16)).astype("float32")
     tokens = np.array([[2, 5, 6, 0], [2, 7, 0, 0]], "int32")
