@@ -32,3 +32,14 @@ def test_shipped_files_stay_small(tracked):
     big = [(p, (ROOT / p).stat().st_size) for _, p in tracked if (ROOT / p).is_file()
            and (ROOT / p).stat().st_size > 25 * 2**20]
     assert big == []
+
+
+def test_server_settings_are_safe_and_match_the_loader():
+    import tomllib
+
+    from captioning.images import MAX_BYTES
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] * 2**20 == MAX_BYTES       # the same limit in the app and the loader
+    assert config["server"]["enableXsrfProtection"] is True
+    assert config["browser"]["gatherUsageStats"] is False
