@@ -51,7 +51,7 @@ def main() -> None:
     names = ds.splits[args.split]
     spec = get_spec(first.encoder["name"], first.encoder.get("alpha"))
     cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
-    spatial = any(getattr(b.decoder, "uses_spatial", False) for b in bundles)   # merge members pool the map
+    spatial = any(b.uses_spatial for b in bundles)   # merge members pool the map
     missing = cache.missing(names, spatial)
     if missing:
         sys.exit(f"{len(missing)} {args.split} images have no cached {spec.key} features; run: "
@@ -63,8 +63,13 @@ def main() -> None:
                for w in args.beam_widths.split(",")]
 
     rows = []
-    candidates = [] if args.no_singles else [(p, StepDecoder(b.decoder)) for p, b in zip(args.bundles, bundles)]
-    candidates.append((f"ensemble of {len(bundles)}", EnsembleStepDecoder([StepDecoder(b.decoder) for b in bundles])))
+    # A bundle that is itself an ensemble scores as one; the ensemble row pools every decoder of every bundle.
+    candidates = [] if args.no_singles else [(p, b.step_decoder()) for p, b in zip(args.bundles, bundles)]
+    decoders = [d for b in bundles for d in b.decoders]
+    if len(bundles) > 1:
+        candidates.append((f"ensemble of {len(decoders)}", EnsembleStepDecoder([StepDecoder(d) for d in decoders])))
+    if not candidates:
+        sys.exit("--no-singles with one bundle leaves nothing to score: give two or more bundles")
     for label, steps in candidates:
         results, _, _ = evaluate(steps, first.vocab, feats, names, refs, configs, split=args.split, meteor=False)
         for r in results:
