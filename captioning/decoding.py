@@ -126,6 +126,12 @@ class StepDecoder:
 
         return tf.gather(context, np.asarray(rows, np.int32))
 
+    def repeat(self, context, times: int):
+        """Each row's context ``times`` times in a row (beam search widens one row per image to K)."""
+        import tensorflow as tf
+
+        return tf.repeat(context, times, axis=0)
+
     def step(self, context, tokens, state):
         log_probs, state, extras = self._step(context, np.asarray(tokens, np.int32), state)
         return (log_probs.numpy(), [s.numpy() for s in state],
@@ -156,7 +162,10 @@ class EnsembleStepDecoder:
         return contexts, [s for state in states for s in state]
 
     def select(self, contexts, rows: np.ndarray):
-        return [m.select(c, rows) for m, c in zip(self.members, contexts)]
+        return [_select(m, c, rows) for m, c in zip(self.members, contexts)]
+
+    def repeat(self, contexts, times: int):
+        return [_repeat(m, c, times) for m, c in zip(self.members, contexts)]
 
     def step(self, contexts, tokens, state):
         log_probs, new_state, extras, at = [], [], [], 0
@@ -208,6 +217,11 @@ COMPACT_BELOW = 0.8   # drop finished images' rows from the decoder's batch once
 def _select(decoder, context, rows: np.ndarray):
     select = getattr(decoder, "select", None)
     return select(context, rows) if select else context[rows]
+
+
+def _repeat(decoder, context, times: int):
+    repeat = getattr(decoder, "repeat", None)
+    return repeat(context, times) if repeat else np.repeat(context, times, axis=0)
 
 
 def _make_caption(tokens, logps, attn, finished, config, vocab) -> Caption:
@@ -271,7 +285,8 @@ def beam_search(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
     returned unfinished.
     """
     b, k = len(features), config.beam_width
-    context, state = decoder.start(features, repeat=k)                            # rows (B*K, ...)
+    # The K beams of an image are one and the same at the first step: run one row per image, then widen.
+    context, state = decoder.start(features)                                      # rows (B, ...)
     scores = np.full((b, k), NEG_INF)
     scores[:, 0] = 0.0                                    # one live beam per image at the start
     history = np.zeros((b * k, 0), np.int64)
@@ -290,7 +305,13 @@ def beam_search(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
             context = _select(decoder, context, (np.flatnonzero(live)[:, None] * k + beams).ravel())
             running = running[live]
         rows = (running[:, None] * k + beams).ravel()                             # global rows, (R*K,)
-        log_probs, step_state, extras = decoder.step(context, tokens[rows], [s[rows] for s in state])  # (R*K, V)
+        if t == 0:
+            log_probs, step_state, extras = decoder.step(context, tokens[::k], state)                   # (B, V)
+            log_probs, step_state = np.repeat(log_probs, k, axis=0), [np.repeat(s, k, axis=0) for s in step_state]
+            extras = None if extras is None else np.repeat(extras, k, axis=0)
+            context, state = _repeat(decoder, context, k), [np.repeat(s, k, axis=0) for s in state]
+        else:
+            log_probs, step_state, extras = decoder.step(context, tokens[rows], [s[rows] for s in state])  # (R*K, V)
         _ban(log_probs, history[rows], t, config, vocab)
         v = log_probs.shape[1]
         r = len(running)

@@ -185,7 +185,10 @@ class FeatureRows:
         self._fds = []
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except (AttributeError, TypeError, OSError):   # at interpreter exit ``os`` may already be torn down
+            pass
 
 
 def image_pipeline(spec: EncoderSpec):

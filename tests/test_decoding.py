@@ -108,7 +108,8 @@ def test_finished_images_leave_the_batch_and_nothing_else_changes(cfg):
     model.step = lambda context, tokens, state: (rows_per_step.append(len(tokens)), step(context, tokens, state))[1]
     feats = np.random.default_rng(2).normal(0, 3, size=(16, len(vocab)))
     batched = decode(model, feats, vocab, cfg, batch_size=16)
-    assert rows_per_step[-1] < rows_per_step[0]                      # the batch shrank as images finished
+    assert rows_per_step[0] == len(feats)                             # beams start as one row per image
+    assert rows_per_step[-1] < rows_per_step[1] <= len(feats) * cfg.beam_width   # the batch shrank as images finished
     for i in range(len(feats)):
         single = decode(model, feats[i: i + 1], vocab, cfg)[0]
         assert [c.words for c in single] == [c.words for c in batched[i]]
