@@ -232,6 +232,22 @@ def _write_results(folder: Path, metrics: dict | None, predictions) -> None:
         predictions.to_csv(folder / "predictions.csv", index=False)
 
 
+def read_metrics(path: str | os.PathLike) -> dict | None:
+    """A bundle's metrics.json (None when it has none yet); no model is loaded."""
+    file = Path(path) / "metrics.json"
+    if not file.is_file():
+        return None
+    try:
+        metrics = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"Bundle {path}: metrics.json is not valid JSON ({exc}). "
+                          f"Re-evaluate with: python train.py evaluate --out {path}") from None
+    if not isinstance(metrics, dict):
+        raise BundleError(f"Bundle {path}: metrics.json holds no metrics object. "
+                          f"Re-evaluate with: python train.py evaluate --out {path}")
+    return metrics
+
+
 def read_manifest(path: str | os.PathLike) -> dict:
     """The validated manifest of a bundle (cheap: no model is loaded)."""
     path = Path(path)
@@ -267,12 +283,16 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool
     hint = _rebuild_hint(path, manifest)
     if verify:
         for name, digest in manifest["files"].items():
+            results_file = name in ("metrics.json", "predictions.csv")
+            if results_file and not load_results:
+                continue                                  # not read; `train.py evaluate` rewrites them
             file = path / name
+            fix = f"Re-evaluate it with: python train.py evaluate --out {path}" if results_file else hint
             if not file.is_file():
-                raise BundleError(f"Bundle {path} is incomplete: {name} is missing. {hint}")
+                raise BundleError(f"Bundle {path} is incomplete: {name} is missing. {fix}")
             if _sha256(file) != digest:
                 raise BundleError(f"Bundle {path}: {name} is damaged (its checksum does not match the "
-                                  f"manifest). {hint}")
+                                  f"manifest). {fix}")
     try:
         vocab = Vocabulary.load(path / "vocab.json")
     except (ValueError, json.JSONDecodeError) as exc:
@@ -307,9 +327,8 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool
             raise BundleError(f"Bundle {path}: encoder {spec.key} gives {spec.feature_dim}-d features but "
                               f"{who} expects {model.feature_dim}. {hint}")
         decoders.append(model)
-    metrics = predictions = None
-    if load_results and (path / "metrics.json").is_file():
-        metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+    metrics = read_metrics(path) if load_results else None
+    predictions = None
     if load_results and (path / "predictions.csv").is_file():
         predictions = pd.read_csv(path / "predictions.csv", keep_default_na=False)
     return Bundle(path, manifest, vocab, decoders[0], metrics, predictions, tuple(decoders[1:]))

@@ -67,6 +67,16 @@ def test_unknown_format_version(copy):
         read_manifest(copy)
 
 
+@pytest.mark.parametrize("text", ["{\"results\": [", "[1, 2]", "\xff\xfe"])
+def test_damaged_metrics_file(copy, text):
+    (copy / "metrics.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(BundleError, match=rf"{copy}: metrics.json is damaged .*python train.py evaluate --out"):
+        load_bundle(copy)                                               # the manifest's checksum catches it
+    with pytest.raises(BundleError, match=rf"{copy}: metrics.json .*python train.py evaluate --out"):
+        load_bundle(copy, verify=False)                                 # and so does reading it
+    assert load_bundle(copy, load_results=False).vocab    # the model still loads, so train.py evaluate can fix it
+
+
 def test_not_a_bundle(tmp_path):
     with pytest.raises(BundleError, match="No bundle"):
         load_bundle(tmp_path / "nothing")
