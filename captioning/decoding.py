@@ -379,8 +379,15 @@ def beam_search(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
 
 
 def decode(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary, config: DecodeConfig = DecodeConfig(),
-           batch_size: int = 256, progress: Callable[[int], None] | None = None) -> list[list[Caption]]:
-    """Decode every row of ``features`` (n-best list per image), in batches of ``batch_size`` images."""
+           batch_size: int = 256, progress: Callable[[int], None] | None = None,
+           max_rows: int = 1280) -> list[list[Caption]]:
+    """Decode every row of ``features`` (n-best list per image), in batches of ``batch_size`` images.
+
+    A batch holds at most ``max_rows`` decoder rows (images x beam width), so wide beams take fewer images
+    at a time and memory stays flat (an attention decoder keeps a (rows, P, F) context); the captions do not
+    depend on the batching.
+    """
+    batch_size = max(1, min(batch_size, max_rows // config.beam_width))
     out: list[list[Caption]] = []
     for lo in range(0, len(features), batch_size):
         chunk = features[lo: lo + batch_size]

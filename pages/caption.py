@@ -11,7 +11,7 @@ from ui.widgets import attention_panel, cached_features, choose_image, decoding_
 require_shell()
 st.title("Caption a photo")
 chosen = choose_image("caption")
-options = decoding_controls("caption", default_beam=1)
+options = decoding_controls("caption", default_beam=5)   # beam 5: the best captions on dev, ~0.04 s over greedy
 
 # Widgets first so the page is usable at once; the model loads (once per process) while a photo is chosen.
 captioner = get_captioner()

@@ -70,12 +70,14 @@ def test_caption_page_rejects_a_bad_upload_and_stays_usable(app_env):
 def test_caption_page_sample_shows_references_and_bleu(app_env):
     at = start()
     at.radio(key="caption_mode").set_value("Sample from the test split").run()
-    at.segmented_control(key="caption_strategy").set_value("Beam").run()
     assert not at.exception, at.exception
     labels = {m.label for m in at.metric}
     assert {"BLEU-1", "BLEU-4"} <= labels
     assert "Human captions" in texts(at)
-    assert next(m for m in at.metric if m.label == "Decoding").value == "beam 2"
+    assert next(m for m in at.metric if m.label == "Decoding").value == "beam 5"     # the default
+    at.segmented_control(key="caption_strategy").set_value("Greedy").run()
+    assert not at.exception, at.exception
+    assert next(m for m in at.metric if m.label == "Decoding").value == "greedy"
 
 
 def test_attention_bundle_shows_a_heat_map_per_word(app_env, tiny_attention_bundle):

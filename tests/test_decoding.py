@@ -118,6 +118,22 @@ def test_finished_images_leave_the_batch_and_nothing_else_changes(cfg):
             np.testing.assert_allclose(a.attention, b.attention)
 
 
+def test_wide_beams_take_fewer_images_per_batch():
+    vocab = tiny_vocab(6)
+    model = MarkovDecoder(len(vocab), 3)
+    rows_per_step = []
+    step = model.step
+    model.step = lambda context, tokens, state: (rows_per_step.append(len(tokens)), step(context, tokens, state))[1]
+    feats = np.random.default_rng(4).normal(0, 3, size=(10, len(vocab)))
+    cfg = DecodeConfig(beam_width=4, max_length=6, num_return_sequences=2)
+    capped = decode(model, feats, vocab, cfg, max_rows=12)               # 3 images (12 rows) at a time
+    assert max(rows_per_step) == 12
+    rows_per_step.clear()
+    whole = decode(model, feats, vocab, cfg)
+    assert max(rows_per_step) == 40
+    assert [[c.words for c in n] for n in capped] == [[c.words for c in n] for n in whole]
+
+
 def test_results_carry_scores_probabilities_and_nbest_order():
     vocab = tiny_vocab(6)
     model = MarkovDecoder(len(vocab), 2, attention=True)

@@ -70,7 +70,8 @@ def decoding_controls(key: str, default_beam: int = 1, allow_greedy: bool = True
     else:
         strategy = "Beam"
     beam = strategy == "Beam"
-    width = cols[0].slider("Beam width", 2, 10, max(default_beam, 2), key=f"{key}_width", disabled=not beam)
+    width = cols[0].slider("Beam width", 2, 10, default_beam if default_beam > 1 else 5, key=f"{key}_width",
+                           disabled=not beam)
     penalty = cols[1].slider("Length penalty", 0.0, 2.0, 1.0, 0.1, key=f"{key}_lp", disabled=not beam,
                              help="score = sum log p / length ** penalty; higher favours longer captions")
     no_repeat = cols[2].slider("No-repeat n-gram", 0, 4, 0, key=f"{key}_nrng",
