@@ -59,8 +59,14 @@ class Captioner:
             return self._encoder
 
     def warm_up(self) -> None:
-        """Build the encoder and trace every compiled function once, so the first user waits less."""
-        self.caption(np.zeros((8, 8, 3), np.uint8) + 128)
+        """Build the encoder and trace every compiled function once, so the first user waits less.
+
+        Greedy steps one row, beam 5 one row then five; a third row count (beam 3) makes TensorFlow trace a
+        shape-generic step that serves every later beam width without tracing again.
+        """
+        image = np.zeros((8, 8, 3), np.uint8) + 128
+        for width in (1, 5, 3):
+            self.caption(image, beam_width=width)
 
     def features(self, images: Sequence[ImageSource] | ImageSource) -> np.ndarray:
         """Features (N, D), or spatial maps (N, P, D) for attention decoders, through the training-image path."""

@@ -156,3 +156,9 @@ def test_an_ensemble_bundle_captions_and_shows_its_members(monkeypatch, tiny_run
     assert "Where the model looked, word by word" in texts(at)      # the attention member's maps
     at.switch_page("pages/evaluation.py").run()
     assert not at.exception, at.exception
+
+
+def test_decoding_runs_chart_in_reading_order():
+    from ui.charts import run_order
+
+    assert run_order(["beam 10", "beam 3", "greedy", "beam 5", "beam 3"]) == ["greedy", "beam 3", "beam 5", "beam 10"]

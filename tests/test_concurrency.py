@@ -21,3 +21,15 @@ def test_eight_threads_times_fifty_captions_match_serial(tiny_bundle, flickr_dir
     expected = [serial[(images.index(data), beam)] for data, beam in jobs]
     assert parallel == expected
     assert len(parallel) == 400
+
+
+def test_warm_up_traces_what_later_captions_need(tiny_attention_bundle, flickr_dir, mobilenet_weights):
+    """After warm_up no beam width makes TensorFlow trace the decoder step again (the first user waits less)."""
+    captioner = Captioner(load_bundle(tiny_attention_bundle), mobilenet_weights)
+    captioner.warm_up()
+    step = captioner.steps._step
+    traced = step.experimental_get_tracing_count()
+    image = sorted((flickr_dir / "Images").glob("*.jpg"))[0]
+    for width in (1, 2, 5, 7, 10):
+        assert captioner.caption(image, beam_width=width)[0].words
+    assert step.experimental_get_tracing_count() == traced

@@ -21,21 +21,31 @@ def word_probabilities(caption: Caption, title: str = "") -> alt.Chart:
             .properties(height=220))
 
 
+def run_order(runs) -> list[str]:
+    """Decoding-run labels in reading order: greedy, then beams by width ("beam 10" after "beam 5")."""
+    def key(run: str):
+        last = run.split()[-1]
+        return (0, 0, run) if run == "greedy" else (1, int(last), run) if last.isdigit() else (2, 0, run)
+    return sorted(set(runs), key=key)
+
+
 def grouped_bleu(results: pd.DataFrame) -> alt.Chart:
     """Corpus scores per decoding run (every column but ``run``), grouped bars."""
     long = results.melt(id_vars=["run"], value_vars=[c for c in results if c != "run"],
                         var_name="metric", value_name="score")
+    order = run_order(long["run"])
     return (alt.Chart(long).mark_bar()
-            .encode(x=alt.X("metric:N", title=None), xOffset="run:N", y=alt.Y("score:Q", title="corpus score"),
-                    color=alt.Color("run:N", title="decoding"), tooltip=["run", "metric",
-                                                                         alt.Tooltip("score:Q", format=".4f")])
+            .encode(x=alt.X("metric:N", title=None), xOffset=alt.XOffset("run:N", sort=order),
+                    y=alt.Y("score:Q", title="corpus score"),
+                    color=alt.Color("run:N", title="decoding", sort=order),
+                    tooltip=["run", "metric", alt.Tooltip("score:Q", format=".4f")])
             .properties(height=280))
 
 
 def histogram(df: pd.DataFrame, field: str, title: str, bins: int = 30, color: str | None = None) -> alt.Chart:
     enc = dict(x=alt.X(f"{field}:Q", bin=alt.Bin(maxbins=bins), title=title), y=alt.Y("count():Q", title="images"))
     if color:
-        enc["color"] = alt.Color(f"{color}:N")
+        enc["color"] = alt.Color(f"{color}:N", sort=run_order(df[color]) if color == "run" else "ascending")
     return alt.Chart(df).mark_bar(opacity=0.8).encode(**enc).properties(height=240)
 
 
@@ -65,6 +75,7 @@ def line(df: pd.DataFrame, x: str, y: str, title: str) -> alt.Chart:
 def bundle_bars(df: pd.DataFrame, metric: str, title: str) -> alt.Chart:
     """One metric for several bundles and decoding runs."""
     return (alt.Chart(df).mark_bar()
-            .encode(x=alt.X("run:N", title=None), xOffset="bundle:N", y=alt.Y(f"{metric}:Q", title=title),
+            .encode(x=alt.X("run:N", title=None, sort=run_order(df["run"])), xOffset="bundle:N",
+                    y=alt.Y(f"{metric}:Q", title=title),
                     color=alt.Color("bundle:N"), tooltip=["bundle", "run", alt.Tooltip(f"{metric}:Q", format=".4f")])
             .properties(height=260))
