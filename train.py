@@ -237,7 +237,7 @@ def _previous_source(out: str) -> str:
 
 
 def evaluate_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> list[dict]:
-    from captioning.bundle import load_bundle, read_metrics, update_results
+    from captioning.bundle import BundleError, load_bundle, read_metrics, update_results
     from captioning.decoding import DecodeConfig
     from captioning.evaluation import evaluate, implementations
     from captioning.human import metric_human_agreement
@@ -260,7 +260,10 @@ def evaluate_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> list[dict]
                                            ds.references(test_names), configs, split=split,
                                            progress=not args.quiet, meteor=not args.no_meteor)
     # Keep what this step does not recompute: the dev sweep and an earlier metric-vs-human agreement.
-    old = read_metrics(args.out) or {}
+    try:
+        old = read_metrics(args.out) or {}
+    except BundleError:                       # a damaged metrics.json: this step is what rewrites it
+        old = {}
     metrics = {key: old[key] for key in ("sweep", "human_agreement") if key in old}
     metrics.update(results=results, implementations=implementations(), notes=notes)
     if not args.no_human:

@@ -141,6 +141,12 @@ def test_sweep_stores_beam_and_length_penalty_scores(tiny_bundle, tiny_run, flic
     again = json.loads((copy / "metrics.json").read_text())
     assert [r["beam_width"] for r in again["results"]] == [1, 2] and again["sweep"] == metrics["sweep"]
     assert set(load_bundle(copy).predictions["beam_width"]) == {1, 2}
+    # a damaged metrics.json is what `train.py evaluate` (the command its error names) repairs
+    (copy / "metrics.json").write_text("{")
+    code = train.main(["evaluate", "--data-dir", str(flickr_dir), "--encoder", "mobilenetv2", "--alpha", "0.35",
+                       "--weights", str(mobilenet_weights), "--limit", "60", "--out", str(copy),
+                       "--cache-dir", str(tiny_run[1]), "--quiet", "--beam-widths", "2", "--no-human", "--no-meteor"])
+    assert code == 0 and [r["beam_width"] for r in load_bundle(copy).metrics["results"]] == [1, 2]
 
 
 def test_ensemble_of_a_merge_and_an_attention_bundle(tiny_run, flickr_dir, mobilenet_weights, tmp_path):
