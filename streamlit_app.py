@@ -29,8 +29,10 @@ with st.sidebar:
             else:
                 kinds = Counter(d["kind"] for d in decoders)
                 lstm = f"ensemble of {len(decoders)} LSTMs (" + " + ".join(f"{n} **{k}**" for k, n in kinds.items()) + ")"
+            tuned = manifest.get("scst") or any(m.get("scst") for m in manifest.get("ensemble_of", []))
             st.caption(f"**{enc['name']}** ({enc['input_size']}px) → {lstm} · {manifest['vocab_size']:,} words · "
-                       f"trained on {manifest['data']['splits']['train']:,} images")
+                       f"trained on {manifest['data']['splits']['train']:,} images"
+                       + (" · fine-tuned on CIDEr-D (self-critical)" if tuned else ""))
         else:
             st.error(f"{path.name}: unreadable manifest. Rebuild with python train.py --out {path}")
     else:

@@ -8,6 +8,7 @@
     python train.py evaluate ...                # greedy + beam scores on the test split -> metrics.json
     python train.py sweep ...                   # beam-width and length-penalty sweep on the dev split
     python train.py ensemble --members A B ... --out artifacts/NAME   # one bundle decoding with all of them
+    python train.py scst --from artifacts/A --out artifacts/A-scst   # fine-tune on CIDEr-D (self-critical)
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ from captioning.data import DataError, Flickr8k, download
 from captioning.encoders import ENCODER_NAMES, EncoderWeightsError, get_spec
 
 ROOT = Path(__file__).resolve().parent
-COMMANDS = ("all", "download", "features", "train", "evaluate", "sweep", "ensemble")
+COMMANDS = ("all", "download", "features", "train", "evaluate", "sweep", "ensemble", "scst")
+DEFAULT_EPOCHS = {"scst": 5}
+DEFAULT_LEARNING_RATE = {"scst": 2e-5}
 
 
 def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
@@ -42,10 +45,10 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--out", default=d(None), help="bundle folder (default: artifacts/<encoder>-<decoder>[-limitN])")
     p.add_argument("--cache-dir", default=d(str(ROOT / ".cache")), help="features and checkpoints")
     p.add_argument("--limit", type=int, default=d(None), help="quick run on N images (70/15/15 of the splits)")
-    p.add_argument("--epochs", type=int, default=d(20))
+    p.add_argument("--epochs", type=int, default=d(None), help="most epochs (default: 20; scst 5)")
     p.add_argument("--patience", type=int, default=d(3), help="early-stopping patience (epochs)")
     p.add_argument("--batch-size", type=int, default=d(64))
-    p.add_argument("--learning-rate", type=float, default=d(1e-3))
+    p.add_argument("--learning-rate", type=float, default=d(None), help="Adam's rate (default: 1e-3; scst 2e-5)")
     p.add_argument("--embed-dim", type=int, default=d(256))
     p.add_argument("--units", type=int, default=d(None), help="LSTM size (default: merge 256, attention 512)")
     p.add_argument("--attention-dim", type=int, default=d(256), help="attention decoder: additive-attention size")
@@ -78,6 +81,10 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
                    help="skip the metric-vs-expert-judgment agreement (ExpertAnnotations.txt)")
     p.add_argument("--members", nargs="+", default=d(None), metavar="BUNDLE",
                    help="ensemble: trained bundles to combine (same vocabulary and encoder, e.g. other seeds)")
+    p.add_argument("--from", dest="source", default=d(None), metavar="BUNDLE",
+                   help="scst: the trained bundle to fine-tune (a single decoder)")
+    p.add_argument("--samples", type=int, default=d(5),
+                   help="scst: captions sampled per image (each one's baseline is the mean reward of the others)")
     p.add_argument("--quiet", action="store_true", default=d(False), help="no progress bars")
 
 
@@ -89,11 +96,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         add_options(sub.add_parser(name, help=f"run the {name} step"), suppress=True)
     args = parser.parse_args(argv)
     args.command = args.command or "all"
+    if args.epochs is None:
+        args.epochs = DEFAULT_EPOCHS.get(args.command, 20)
+    if args.learning_rate is None:
+        args.learning_rate = DEFAULT_LEARNING_RATE.get(args.command, 1e-3)
+    if args.command == "scst" and not args.source:
+        parser.error("scst needs --from BUNDLE (a trained single-decoder bundle) and --out for the fine-tuned one")
     if args.limit is not None and args.limit < 10:
         parser.error("--limit must be at least 10 images")
     spec = get_spec(args.encoder, args.alpha)
     if args.out is None and args.command == "ensemble":
         args.out = str(ROOT / "artifacts" / "ensemble")
+    if args.out is None and args.command == "scst":
+        args.out = str(Path(args.source).with_name(Path(args.source).name + "-scst"))
     if args.out is None:
         suffix = f"-limit{args.limit}" if args.limit else ""
         args.out = str(ROOT / "artifacts" / f"{spec.key}-{args.decoder}{suffix}")
@@ -332,13 +347,98 @@ def ensemble_step(args) -> Path:
     manifest = {k: v for k, v in first.manifest.items() if k not in ("files", "members", "name", "created", "versions")}
     manifest["max_length"] = max(b.max_length for b in bundles)
     manifest["ensemble_of"] = [{"bundle": b.manifest.get("trained_as", b.name), "kind": d.kind,
-                                "training": b.manifest.get("training", {}).get("config")}
+                                "training": b.manifest.get("training", {}).get("config"),
+                                **({"scst": _scst_summary(b.manifest["scst"])} if b.manifest.get("scst") else {})}
                                for b in bundles for d in b.decoders]
     manifest["command"] = "python train.py ensemble --members " + " ".join(args.members) + f" --out {args.out}"
     path = save_bundle(args.out, decoders[0], first.vocab, manifest, members=decoders[1:])
     kinds = ", ".join(d.kind for d in decoders)
     print(f"ensemble: {len(decoders)} decoders ({kinds}); bundle {path}")
     return path
+
+
+def scst_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> Path:
+    """Fine-tune a trained bundle's decoder with self-critical sequence training on CIDEr-D (captioning.scst)."""
+    import numpy as np
+
+    from captioning.bundle import BundleError, load_bundle, save_bundle
+    from captioning.decoding import DecodeConfig, StepDecoder, decode
+    from captioning.features import FeatureCache
+    from captioning.metrics import coco_scores
+    from captioning.scst import SCSTConfig, finetune
+    from captioning.text import tokenize
+
+    try:
+        source = load_bundle(args.source, load_results=False)
+    except BundleError as exc:
+        raise DataError(str(exc)) from None
+    if source.members:
+        raise DataError(f"{args.source} is an ensemble; fine-tune each member bundle with scst, then rebuild the "
+                        f"ensemble with: python train.py ensemble --members ... --out {args.out}")
+    if Path(args.out).resolve() == Path(args.source).resolve():
+        raise DataError("scst writes a new bundle: give --out a folder other than --from")
+    config = SCSTConfig(learning_rate=args.learning_rate, epochs=args.epochs, patience=args.patience,
+                        batch_size=args.batch_size, samples=args.samples, seed=args.seed)
+    enc = source.encoder
+    spec = get_spec(enc["name"], enc.get("alpha"))
+    spatial = source.uses_spatial
+    cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
+    train_names, dev_names = names["train"], names["dev"]
+    if cache.missing(train_names + dev_names, spatial):
+        features_step(_for_bundle(args, spec, spatial), ds, {"train": train_names, "dev": dev_names})
+    load = cache.rows if spatial else cache.load           # spatial maps stay on disk, read a batch at a time
+    train_feats, dev_feats = load(train_names, spatial), cache.load(dev_names, spatial)
+    train_refs = [[tokenize(c) for c in ds.captions[n]] for n in train_names]
+    dev_refs = ds.references(dev_names)
+    decoder, vocab = source.decoder, source.vocab
+    print(f"scst: fine-tuning {args.source} ({decoder.kind}) on {len(train_names)} training images, "
+          f"{config.samples} samples each; dev {len(dev_names)} images picks the best epoch")
+
+    def evaluate_dev(model) -> dict:
+        steps = StepDecoder(model)
+        out = {}
+        for width in sorted({1, config.select_beam}):
+            hyps = [n[0].words for n in decode(steps, dev_feats, vocab,
+                                               DecodeConfig(beam_width=width, max_length=source.max_length))]
+            coco, _, _ = coco_scores(dev_refs, hyps, meteor=False)
+            label = "greedy" if width == 1 else f"beam{width}"
+            out.update({f"{label}_cider": round(coco["cider"], 4), f"{label}_bleu_4": round(coco["coco_bleu_4"], 4),
+                        f"{label}_bleu_1": round(coco["coco_bleu_1"], 4),
+                        f"{label}_length": round(float(np.mean([len(h) for h in hyps])), 2)})
+        out["cider"] = out[f"{'greedy' if config.select_beam == 1 else f'beam{config.select_beam}'}_cider"]
+        return out
+
+    run_dir = Path(args.cache_dir) / "runs" / (Path(args.out).name + "-scst-run")
+    # More epochs or patience extend a run (rerun with a higher --epochs); other settings start afresh.
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("epochs", "patience")}
+    fingerprint = hashlib.sha256(json.dumps([settings, source.manifest.get("files"), args.limit],
+                                            sort_keys=True).encode()).hexdigest()[:16]
+    if (run_dir / "fingerprint").is_file() and (run_dir / "fingerprint").read_text() != fingerprint:
+        print(f"scst: settings or source changed since the checkpoints in {run_dir}; starting afresh")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "fingerprint").write_text(fingerprint)
+    state = finetune(decoder, vocab, train_feats, train_refs, evaluate_dev, config, run_dir,
+                     progress=not args.quiet)
+    manifest = {k: v for k, v in source.manifest.items()
+                if k not in ("files", "name", "created", "versions", "trained_as", "command")}
+    manifest["scst"] = {"from": source.manifest.get("trained_as", source.name), "config": config.to_dict(),
+                        "reward": "CIDEr-D (document frequencies of the training references)",
+                        "baseline": "mean reward of the image's other samples",
+                        "start_dev": state.get("start_dev"), "best_epoch": state["best_epoch"],
+                        "best_dev_cider": state["best_dev_cider"],
+                        "epochs": [state["epochs"][k] for k in sorted(state["epochs"], key=int)],
+                        "peak_rss_mb": peak_rss_mb()}
+    manifest["command"] = f"python train.py scst --from {args.source} --out {args.out}"
+    path = save_bundle(args.out, decoder, vocab, manifest)
+    print(f"scst: best epoch {state['best_epoch']} (dev CIDEr-D {state['best_dev_cider']:.4f}, "
+          f"from {state['start_dev']['cider']:.4f}); bundle {path}")
+    return path
+
+
+def _scst_summary(scst: dict) -> dict:
+    return {"from": scst.get("from"), "best_epoch": scst.get("best_epoch"),
+            "start_dev_cider": (scst.get("start_dev") or {}).get("cider"), "best_dev_cider": scst.get("best_dev_cider")}
 
 
 def peak_rss_mb() -> float:
@@ -363,9 +463,11 @@ def main(argv=None) -> int:
             train_step(args, ds, names, feature_stats)
         if args.command == "ensemble":
             ensemble_step(args)
-        if args.command in ("all", "evaluate", "ensemble"):
+        if args.command == "scst":
+            scst_step(args, ds, names)
+        if args.command in ("all", "evaluate", "ensemble", "scst"):
             evaluate_step(args, ds, names)
-        if args.command in ("all", "sweep", "ensemble") and not (args.command != "sweep" and args.no_sweep):
+        if args.command in ("all", "sweep", "ensemble", "scst") and not (args.command != "sweep" and args.no_sweep):
             sweep_step(args, ds, names)
     except (DataError, EncoderWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

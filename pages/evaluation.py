@@ -3,10 +3,10 @@ import pandas as pd
 import streamlit as st
 
 from captioning.metrics import reference_agreement, word_usage
-from ui.charts import bundle_bars, grouped_bleu, histogram, line, mean_by, signed_bars
+from ui.charts import bundle_bars, grouped_bleu, histogram, history, line, mean_by, signed_bars
 from ui.shell import require_shell
-from ui.state import (bundle_paths, bundle_results, current_results, get_dataset, no_bundle_message, references_for,
-                      selected_bundle)
+from ui.state import (bundle_paths, bundle_results, current_manifest, current_results, get_dataset, no_bundle_message,
+                      references_for, selected_bundle)
 
 require_shell()
 st.title("Evaluation")
@@ -109,6 +109,57 @@ if agreement and agreement.get("metrics"):
     left.dataframe(table[["name", "kendall_tau", "implementation"]], hide_index=True, width="stretch")
     right.altair_chart(signed_bars(table, "name", "kendall_tau", "Kendall's τ with expert judgments"),
                        width="stretch")
+
+
+
+def training_section(manifest: dict) -> None:
+    """How the bundle was made: teacher-forced loss curves, the SCST fine-tuning curve, or an ensemble's members."""
+    members = manifest.get("ensemble_of")
+    training, scst = manifest.get("training") or {}, manifest.get("scst")
+    if not (members or training.get("epochs") or scst):
+        return
+    st.subheader("How it was trained")
+    if members:
+        rows = []
+        for m in members:
+            config, tuned = m.get("training") or {}, m.get("scst")
+            rows.append({"member": m.get("bundle"), "decoder": m.get("kind"), "seed": config.get("seed"),
+                         "LSTM units": config.get("units"), "label smoothing": config.get("label_smoothing", 0.0),
+                         "SCST (dev CIDEr-D)": (f"{tuned['start_dev_cider']:.3f} → {tuned['best_dev_cider']:.3f}"
+                                                if tuned else "no")})
+        st.caption(f"An ensemble of {len(members)} decoders: each step averages their next-word probabilities. "
+                   "Each member's own training curves are on its bundle's page.")
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        return
+    charts = []
+    epochs = training.get("epochs") or []
+    if epochs:
+        frame = pd.DataFrame(epochs).reset_index(names="epoch")
+        frame["epoch"] += 1
+        long = frame.melt(id_vars="epoch", value_vars=[c for c in ("loss", "val_loss") if c in frame],
+                          var_name="series", value_name="value").replace({"loss": "train", "val_loss": "dev"})
+        best = training.get("best_epoch")
+        charts.append(history(long, "epoch", f"Teacher forcing: cross-entropy (best dev loss at epoch {best})",
+                              "loss"))
+    if scst:
+        rows = [{"epoch": 0, **(scst.get("start_dev") or {})}] + \
+               [{"epoch": i, **e["dev"], "train reward": e["train_reward"]} for i, e in enumerate(scst["epochs"], 1)]
+        frame = pd.DataFrame(rows)
+        series = {c: c.replace("_cider", "").replace("beam", "dev, beam ").replace("greedy", "dev, greedy")
+                  for c in frame if c.endswith("_cider")}
+        series["train reward"] = "train (sampled captions)"
+        long = frame.melt(id_vars="epoch", value_vars=[c for c in series if c in frame],
+                          var_name="series", value_name="value").dropna().replace(series)
+        charts.append(history(long, "epoch", f"Self-critical fine-tuning: CIDEr-D (kept epoch {scst['best_epoch']})",
+                              "CIDEr-D"))
+        st.caption(f"Fine-tuned from **{scst.get('from')}** with self-critical sequence training: sampled captions "
+                   "are rewarded by their CIDEr-D against the references, minus the mean reward of the image's "
+                   "other samples. Epoch 0 is the starting model; the dev split picks the epoch kept.")
+    for col, chart in zip(st.columns(len(charts)), charts):
+        col.altair_chart(chart, width="stretch")
+
+
+training_section(current_manifest() or {})
 
 if preds is None or preds.empty:
     st.info(f"No per-image predictions in this bundle. Run `python train.py evaluate --out {path}`.")

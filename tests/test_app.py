@@ -113,6 +113,7 @@ def test_evaluation_page_tables_charts_and_download(app_env):
     compared = at.dataframe[1].value                       # this bundle beside tiny-attention
     assert set(compared["bundle"]) == {"tiny", "tiny-attention"}
     assert len(at.get("download_button")) == 1
+    assert "How it was trained" in texts(at)                # the teacher-forcing loss curves
     at.text_input[0].input("a").run()
     assert not at.exception, at.exception
 
@@ -162,3 +163,34 @@ def test_decoding_runs_chart_in_reading_order():
     from ui.charts import run_order
 
     assert run_order(["beam 10", "beam 3", "greedy", "beam 5", "beam 3"]) == ["greedy", "beam 3", "beam 5", "beam 10"]
+
+
+def test_an_scst_bundle_shows_its_fine_tuning(monkeypatch, tiny_run, flickr_dir, mobilenet_weights, tmp_path):
+    """A self-critically fine-tuned bundle says so in the sidebar and charts its dev CIDEr-D by epoch; an ensemble
+    built from it lists the fine-tuning per member."""
+    import train
+
+    artifacts, cache = tiny_run
+    root = tmp_path / "artifacts"
+    common = ["--data-dir", str(flickr_dir), "--limit", "60", "--cache-dir", str(cache), "--quiet",
+              "--beam-widths", "3", "--no-human", "--no-meteor", "--no-sweep"]
+    assert train.main(["scst", "--from", str(artifacts / "tiny"), "--out", str(root / "tuned"), "--epochs", "1",
+                       *common]) == 0
+    assert train.main(["ensemble", "--members", str(root / "tuned"), str(artifacts / "tiny-attention"),
+                       "--out", str(root / "ens"), *common]) == 0
+    monkeypatch.setenv("CAPTIONING_ARTIFACTS", str(root))
+    monkeypatch.setenv("FLICKR8K_DIR", str(flickr_dir))
+    monkeypatch.setenv("CAPTIONING_WEIGHTS_DIR", str(mobilenet_weights.parent))
+    at = start()
+    at.sidebar.selectbox[0].select(str(root / "tuned")).run()
+    assert "fine-tuned on CIDEr-D (self-critical)" in texts(at)
+    at.switch_page("pages/evaluation.py").run()
+    assert not at.exception, at.exception
+    shown = texts(at)
+    assert "How it was trained" in shown and "self-critical sequence training" in shown
+    titles = [c.proto.spec for c in at.get("vega_lite_chart")]
+    assert any("Self-critical fine-tuning" in t for t in titles) and any("Teacher forcing" in t for t in titles)
+    at.sidebar.selectbox[0].select(str(root / "ens")).run()
+    members = next(d.value for d in at.dataframe if "member" in d.value.columns)
+    assert list(members["member"]) == ["tuned", "tiny-attention"]
+    assert members["SCST (dev CIDEr-D)"].iloc[0] != "no" and members["SCST (dev CIDEr-D)"].iloc[1] == "no"

@@ -79,3 +79,12 @@ def bundle_bars(df: pd.DataFrame, metric: str, title: str) -> alt.Chart:
                     y=alt.Y(f"{metric}:Q", title=title),
                     color=alt.Color("bundle:N"), tooltip=["bundle", "run", alt.Tooltip(f"{metric}:Q", format=".4f")])
             .properties(height=260))
+
+
+def history(df: pd.DataFrame, x: str, title: str, y_title: str) -> alt.Chart:
+    """Several series over epochs: long format with columns ``x``, ``series`` and ``value``."""
+    return (alt.Chart(df, title=title).mark_line(point=True)
+            .encode(x=alt.X(f"{x}:O"), y=alt.Y("value:Q", scale=alt.Scale(zero=False), title=y_title),
+                    color=alt.Color("series:N", title=None),
+                    tooltip=[x, "series", alt.Tooltip("value:Q", format=".4f")])
+            .properties(height=240))
