@@ -275,6 +275,8 @@ def finetune(decoder, vocab: Vocabulary, train_features, train_references: Seque
             continue
         if epoch - (state["best_epoch"] or 0) > config.patience:
             state["stopped_early"] = True
+            save_state()
+            log(f"scst: stopped, {config.patience} epochs without a better dev CIDEr-D than epoch {state['best_epoch']}")
             break
         t0 = time.perf_counter()
         rewards, losses = [], []

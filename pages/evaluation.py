@@ -111,7 +111,6 @@ if agreement and agreement.get("metrics"):
                        width="stretch")
 
 
-
 def training_section(manifest: dict) -> None:
     """How the bundle was made: teacher-forced loss curves, the SCST fine-tuning curve, or an ensemble's members."""
     members = manifest.get("ensemble_of")
