@@ -124,3 +124,108 @@ def test_corrupted_real_images_never_escape(noise, position):
         load_image(bytes(data))
     except InvalidImageError:
         pass
+
+
+# --- bounded memory and concurrency ---------------------------------------------------------------------
+PEAK_PROBE = r"""
+import io, resource, sys
+import numpy as np
+from PIL import Image
+from captioning import images
+kind = sys.argv[1]
+make = {
+    "16-bit png 7000x7000": lambda: Image.fromarray(np.zeros((7000, 7000), np.uint16)),
+    "rgb png 7000x7000": lambda: Image.new("RGB", (7000, 7000)),
+    "rgba png 5600x5600": lambda: Image.new("RGBA", (5600, 5600)),
+    "palette png 7000x7000": lambda: Image.new("P", (7000, 7000)),
+    "webp 4000x4000": lambda: Image.new("RGB", (4000, 4000)),
+    "jpeg 7000x7000": lambda: Image.new("RGB", (7000, 7000)),
+}[kind]()
+fmt = "WEBP" if "webp" in kind else "JPEG" if "jpeg" in kind else "PNG"
+buf = io.BytesIO(); make.save(buf, fmt); data = buf.getvalue(); del make
+rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+base = rss()
+image = images.load_image(data)
+print(len(data), rss() - base, image.size[0], image.size[1])
+"""
+PEAK_BOUND_MB = 300        # MAX_DECODE_BYTES (256 MB) + the file and working space, as the module docstring states
+
+
+@pytest.mark.parametrize("kind", ["16-bit png 7000x7000", "rgb png 7000x7000", "rgba png 5600x5600",
+                                  "palette png 7000x7000", "webp 4000x4000", "jpeg 7000x7000"])
+def test_decoding_the_largest_accepted_images_stays_under_the_stated_memory_bound(kind):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from captioning.images import MAX_DECODE_BYTES, MAX_SIDE
+
+    done = subprocess.run([sys.executable, "-c", PEAK_PROBE, kind], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    size, peak_mb, w, h = done.stdout.split()
+    assert float(peak_mb) < PEAK_BOUND_MB, f"{kind} ({int(size):,} bytes) peaked at +{peak_mb} MB"
+    assert MAX_DECODE_BYTES / 2**20 < PEAK_BOUND_MB
+    assert max(int(w), int(h)) <= MAX_SIDE                     # came back shrunk, aspect ratio kept
+    assert int(w) == int(h)
+
+
+def test_a_float_tiff_renamed_png_is_refused_before_decoding():
+    data = encode(Image.fromarray(np.zeros((7000, 7000), np.float32)), "TIFF", compression="tiff_adobe_deflate")
+    assert len(data) < 1_000_000
+    with pytest.raises(InvalidImageError, match="not an image we can read"):
+        load_image(data)
+
+
+@pytest.mark.parametrize("mode, size", [("RGBA", (7000, 7000)), ("RGB", (6400, 6400)), ("LA", (6400, 6400))])
+def test_images_that_cannot_decode_within_the_budget_are_refused_by_the_projects_check(mode, size):
+    fmt = "WEBP" if mode == "RGB" else "PNG"
+    with pytest.raises(InvalidImageError, match="memory limit .* the limit is 256 MB"):
+        load_image(encode(Image.new(mode, size), fmt))
+
+
+def test_a_valid_image_between_the_projects_pixel_limit_and_pillows_is_refused_by_the_project():
+    from captioning.images import MAX_PIXELS
+
+    assert MAX_PIXELS < 8000 * 7000 < Image.MAX_IMAGE_PIXELS
+    with pytest.raises(InvalidImageError, match=r"8000x7000 pixels; the limit is 50,000,000"):
+        load_image(encode(Image.new("RGB", (8000, 7000)), "PNG"))
+
+
+def test_large_images_come_back_shrunk_to_max_side_with_their_aspect_ratio():
+    from captioning.images import MAX_SIDE
+
+    image = load_image(encode(gradient(4100, 2050), "PNG"))
+    assert image.size == (MAX_SIDE, MAX_SIDE // 2)
+    image = load_image(encode(gradient(5000, 2500), "JPEG"))      # draft mode, then exact
+    assert image.size == (MAX_SIDE, MAX_SIDE // 2)
+
+
+def test_at_most_decode_concurrency_images_decode_at_once(monkeypatch):
+    import threading
+    import time
+
+    from captioning import images
+
+    running, peak, lock = [0], [0], threading.Lock()
+    real = images._decode
+
+    def slow_decode(data):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        try:
+            return real(data)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(images, "_decode", slow_decode)
+    data = GOOD["jpeg"]()
+    threads = [threading.Thread(target=load_image, args=(data,)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == images.DECODE_CONCURRENCY == 2
