@@ -15,16 +15,19 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import resource
 import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import captioning  # noqa: F401  (sets TensorFlow's log level before it loads)
 from captioning.adapters import load_dataset
 from captioning.data import DataError, Flickr8k, download
-from captioning.encoders import ENCODER_NAMES, EncoderWeightsError, get_spec
+from captioning.encoders import (ENCODER_NAMES, MOBILENET_ALPHAS, EncoderWeightsError, find_weights, get_spec,
+                                 infer_alpha, weights_hint)
 
 ROOT = Path(__file__).resolve().parent
 COMMANDS = ("all", "download", "features", "train", "evaluate", "sweep", "ensemble", "scst")
@@ -88,8 +91,16 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--quiet", action="store_true", default=d(False), help="no progress bars")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line errors: ``error: ...`` on stderr, exit 2."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see: python train.py --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command")
     for name in COMMANDS:
@@ -102,8 +113,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.learning_rate = DEFAULT_LEARNING_RATE.get(args.command, 1e-3)
     if args.command == "scst" and not args.source:
         parser.error("scst needs --from BUNDLE (a trained single-decoder bundle) and --out for the fine-tuned one")
-    if args.limit is not None and args.limit < 10:
-        parser.error("--limit must be at least 10 images")
+    problems = invalid_options(args)
+    if problems:                                  # the first one, as one line (the others show once it is fixed)
+        print(f"error: {problems[0]}", file=sys.stderr)
+        sys.exit(2)
     spec = get_spec(args.encoder, args.alpha)
     if args.out is None and args.command == "ensemble":
         args.out = str(ROOT / "artifacts" / "ensemble")
@@ -113,6 +126,60 @@ def parse_args(argv=None) -> argparse.Namespace:
         suffix = f"-limit{args.limit}" if args.limit else ""
         args.out = str(ROOT / "artifacts" / f"{spec.key}-{args.decoder}{suffix}")
     return args
+
+
+def invalid_options(args: argparse.Namespace) -> list[str]:
+    """Every numeric or choice option checked before any work; one message per problem (the first is shown).
+
+    Also settles ``--alpha`` for MobileNetV2: read from the ``--weights`` file when not given, and a
+    ``--weights`` file of another width is reported here rather than by Keras after minutes of work.
+    """
+    checks = [("--epochs", args.epochs, args.epochs >= 1, "a whole number of at least 1"),
+              ("--batch-size", args.batch_size, args.batch_size >= 1, "a whole number of at least 1"),
+              ("--feature-batch-size", args.feature_batch_size, args.feature_batch_size >= 1, "at least 1"),
+              ("--shard-size", args.shard_size, args.shard_size >= 1, "at least 1"),
+              ("--patience", args.patience, args.patience >= 1, "at least 1"),
+              ("--min-count", args.min_count, args.min_count >= 1, "at least 1"),
+              ("--embed-dim", args.embed_dim, args.embed_dim >= 1, "at least 1"),
+              ("--units", args.units, args.units is None or args.units >= 1, "at least 1"),
+              ("--attention-dim", args.attention_dim, args.attention_dim >= 1, "at least 1"),
+              ("--samples", args.samples, args.samples >= 2, "at least 2 (each sample's baseline is the others)"),
+              ("--limit", args.limit, args.limit is None or args.limit >= 10, "at least 10 images"),
+              ("--dropout", args.dropout, 0 <= args.dropout < 1, "from 0 up to (not including) 1, e.g. 0.5"),
+              ("--label-smoothing", args.label_smoothing, 0 <= args.label_smoothing < 1, "from 0 up to 1, e.g. 0.1"),
+              ("--lr-decay", args.lr_decay, 0 < args.lr_decay <= 1, "above 0 and at most 1 (1 = constant)"),
+              ("--learning-rate", args.learning_rate, args.learning_rate > 0, "above 0, e.g. 1e-3"),
+              ("--alpha-c", args.alpha_c, args.alpha_c >= 0, "0 or more")]
+    problems = [f"{name} {value:g} is out of range; use {valid}" for name, value, ok, valid in checks if not ok]
+    widths = [w.strip() for w in str(args.beam_widths).split(",") if w.strip()]
+    if not widths or not all(w.isdigit() and int(w) >= 1 for w in widths):
+        problems.append(f"--beam-widths {args.beam_widths!r} is not a list of beam widths; use whole numbers "
+                        f"of at least 1 separated by commas, e.g. 3,5")
+    if args.encoder != "mobilenetv2" and args.alpha is not None:
+        problems.append(f"--alpha is MobileNetV2's width multiplier; {args.encoder} has none (drop --alpha, or "
+                        f"use --encoder mobilenetv2)")
+    elif args.encoder == "mobilenetv2":
+        if args.alpha is not None and args.alpha not in MOBILENET_ALPHAS:
+            problems.append(f"--alpha {args.alpha:g} is not a MobileNetV2 width; use one of "
+                            f"{', '.join(f'{a:g}' for a in MOBILENET_ALPHAS)}")
+        elif args.weights and Path(args.weights).is_file():
+            try:
+                found = infer_alpha(args.weights)
+            except EncoderWeightsError as exc:
+                problems.append(f"--weights: {exc}")
+            else:
+                if found is None:
+                    problems.append(f"--weights {args.weights} holds no MobileNetV2 weights (pass the file of "
+                                    f"--encoder {args.encoder}, e.g. {get_spec(args.encoder, args.alpha).weights_file})")
+                elif args.alpha is None:
+                    args.alpha = found
+                elif args.alpha != found:
+                    problems.append(f"--weights {args.weights} holds MobileNetV2 weights of width {found:g}, not "
+                                    f"--alpha {args.alpha:g}: pass --alpha {found:g} (or leave --alpha out)")
+    if args.weights and not Path(args.weights).expanduser().is_file():
+        problems.append(f"--weights {args.weights}: no such file; pass the path of a .weights.h5 file "
+                        f"(e.g. ../shared/weights/mobilenet_v2_0.35_224_imagenet_notop.weights.h5)")
+    return problems
 
 
 def split_names(ds: Flickr8k, limit: int | None) -> dict[str, list[str]]:
@@ -205,7 +272,7 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
         decoder.init_output_bias(np.bincount(train_tokens[:, 1:].ravel(), minlength=len(vocab)).astype("float64"))
         if embedding_matrix is not None:
             decoder.init_embeddings(embedding_matrix)
-    run_dir = Path(args.cache_dir) / "runs" / Path(args.out).name
+    run_dir = train_run_dir(args)
     fingerprint = hashlib.sha256(json.dumps([config.fingerprint_dict(), spec.key, args.decoder, extra, len(vocab), args.limit],
                                             sort_keys=True).encode()).hexdigest()[:16]
     if (run_dir / "fingerprint").is_file() and (run_dir / "fingerprint").read_text() != fingerprint:
@@ -223,11 +290,17 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
     with strategy.scope():
         state = fit(decoder, train_ds, dev_ds, config, run_dir, verbose=0 if args.quiet else 2, finish=args.finish)
     epochs = [state["epochs"][k] for k in sorted(state["epochs"], key=int)]
+    if not epochs or state.get("best_epoch") is None:
+        raise DataError(f"train: no epoch finished, so there is no trained decoder to save; {args.out} is left as "
+                        f"it was. Run again without --finish to train.")
     feature_stats = feature_stats or {}
+    weights_file = find_weights(spec, args.weights)
     manifest = {
         "encoder": {"name": spec.name, "alpha": spec.alpha, "input_size": spec.input_size, "key": spec.key,
                     "feature_dim": spec.feature_dim, "spatial_grid": spec.spatial_grid if spatial else None,
-                    "weights_source": feature_stats.get("weights_source") or _previous_source(args.out)},
+                    "weights_source": feature_stats.get("weights_source") or _previous_source(final_out(args)),
+                    # A hint, verified by checksum, so captioning finds the same file without --weights.
+                    "weights_file": weights_hint(weights_file) if weights_file else _previous_hint(final_out(args))},
         "min_count": config.min_count,
         "max_length": int(min(train_tokens.shape[1] - 1, 40)),
         "data": {"dataset": ds.name, "limit": args.limit,
@@ -240,8 +313,17 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
                      "peak_rss_mb": peak_rss_mb()},
     }
     path = save_bundle(args.out, decoder, vocab, manifest)
-    print(f"train: best epoch {state['best_epoch']} (val loss {state['best_val_loss']:.4f}); bundle {path}")
+    print(f"train: best epoch {state['best_epoch']} (val loss {state['best_val_loss']:.4f}); bundle {final_out(args)}"
+          f"{' (replaces the old one once evaluated)' if final_out(args) != args.out else ''}")
     return path
+
+
+def _previous_hint(out: str) -> dict | None:
+    try:
+        hint = json.loads((Path(out) / "manifest.json").read_text())["encoder"].get("weights_file")
+    except (OSError, KeyError, ValueError, AttributeError, TypeError):
+        return None
+    return hint if isinstance(hint, dict) else None
 
 
 def _previous_source(out: str) -> str:
@@ -280,9 +362,21 @@ def evaluate_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> list[dict]
     except BundleError:                       # a damaged metrics.json: this step is what rewrites it
         old = {}
     metrics = {key: old[key] for key in ("sweep", "human_agreement") if key in old}
+    if "human_agreement" not in metrics and final_out(args) != args.out:
+        try:                                  # the bundle being replaced: its agreement is the dataset's, not its model's
+            previous = read_metrics(final_out(args)) or {}
+        except BundleError:
+            previous = {}
+        if "human_agreement" in previous:
+            metrics["human_agreement"] = previous["human_agreement"]
     metrics.update(results=results, implementations=implementations(), notes=notes)
     if not args.no_human:
-        metrics["human_agreement"] = metric_human_agreement(ds, meteor=not args.no_meteor)
+        start = time.perf_counter()
+        print("human agreement: scoring Flickr8k's expert-judged captions with every metric"
+              f"{'' if args.no_meteor else ' (METEOR runs in Java: about a minute)'} ...", flush=True)
+        metrics["human_agreement"] = metric_human_agreement(ds, meteor=not args.no_meteor, progress=not args.quiet)
+        print(f"human agreement: {metrics['human_agreement']['pairs']:,} pairs in {time.perf_counter() - start:.0f}s",
+              flush=True)
     update_results(args.out, metrics, predictions)
     cols = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "coco_bleu_4", "cider", "rouge_l", "meteor"]
     print(f"\n{split}, {len(test_names)} images\n{'decoding':<10} " + " ".join(f"{c:>11}" for c in cols))
@@ -350,10 +444,10 @@ def ensemble_step(args) -> Path:
                                 "training": b.manifest.get("training", {}).get("config"),
                                 **({"scst": _scst_summary(b.manifest["scst"])} if b.manifest.get("scst") else {})}
                                for b in bundles for d in b.decoders]
-    manifest["command"] = "python train.py ensemble --members " + " ".join(args.members) + f" --out {args.out}"
+    manifest["command"] = "python train.py ensemble --members " + " ".join(args.members) + f" --out {final_out(args)}"
     path = save_bundle(args.out, decoders[0], first.vocab, manifest, members=decoders[1:])
     kinds = ", ".join(d.kind for d in decoders)
-    print(f"ensemble: {len(decoders)} decoders ({kinds}); bundle {path}")
+    print(f"ensemble: {len(decoders)} decoders ({kinds}); bundle {final_out(args)} (once evaluated)")
     return path
 
 
@@ -375,7 +469,7 @@ def scst_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> Path:
     if source.members:
         raise DataError(f"{args.source} is an ensemble; fine-tune each member bundle with scst, then rebuild the "
                         f"ensemble with: python train.py ensemble --members ... --out {args.out}")
-    if Path(args.out).resolve() == Path(args.source).resolve():
+    if Path(final_out(args)).resolve() == Path(args.source).resolve():
         raise DataError("scst writes a new bundle: give --out a folder other than --from")
     config = SCSTConfig(learning_rate=args.learning_rate, epochs=args.epochs, patience=args.patience,
                         batch_size=args.batch_size, samples=args.samples, seed=args.seed)
@@ -408,7 +502,7 @@ def scst_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> Path:
         out["cider"] = out[f"{'greedy' if config.select_beam == 1 else f'beam{config.select_beam}'}_cider"]
         return out
 
-    run_dir = Path(args.cache_dir) / "runs" / (Path(args.out).name + "-scst-run")
+    run_dir = Path(args.cache_dir) / "runs" / (Path(final_out(args)).name + "-scst-run")
     # More epochs or patience extend a run (rerun with a higher --epochs); other settings start afresh.
     settings = {k: v for k, v in config.to_dict().items() if k not in ("epochs", "patience")}
     fingerprint = hashlib.sha256(json.dumps([settings, source.manifest.get("files"), args.limit],
@@ -429,10 +523,10 @@ def scst_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> Path:
                         "best_dev_cider": state["best_dev_cider"],
                         "epochs": [state["epochs"][k] for k in sorted(state["epochs"], key=int)],
                         "peak_rss_mb": peak_rss_mb()}
-    manifest["command"] = f"python train.py scst --from {args.source} --out {args.out}"
+    manifest["command"] = f"python train.py scst --from {args.source} --out {final_out(args)}"
     path = save_bundle(args.out, decoder, vocab, manifest)
     print(f"scst: best epoch {state['best_epoch']} (dev CIDEr-D {state['best_dev_cider']:.4f}, "
-          f"from {state['start_dev']['cider']:.4f}); bundle {path}")
+          f"from {state['start_dev']['cider']:.4f}); bundle {final_out(args)} (once evaluated)")
     return path
 
 
@@ -445,17 +539,80 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def final_out(args) -> str:
+    """Where the bundle ends up (``args.out`` may point at its staging folder while it is built)."""
+    return getattr(args, "final_out", None) or args.out
+
+
+def train_run_dir(args) -> Path:
+    return Path(args.cache_dir) / "runs" / Path(final_out(args)).name
+
+
+def check_before_work(args, ds: Flickr8k | None, names: dict[str, list[str]] | None) -> None:
+    """What can be checked before minutes of work: the bundle to read, a checkpoint to finish, the vocabulary."""
+    from captioning.bundle import BundleError, read_manifest
+
+    if args.command in ("evaluate", "sweep"):
+        try:
+            read_manifest(args.out)
+        except BundleError as exc:
+            raise DataError(f"--out: {exc}") from None
+    if args.finish and args.command in ("all", "train"):
+        best = train_run_dir(args) / "best.weights.h5"          # captioning.training.Checkpointer.best_path
+        if not best.is_file():
+            raise DataError(f"--finish: no checkpoint for {Path(final_out(args)).name} in {best.parent} yet; "
+                            f"train at least one epoch first (run the same command without --finish)")
+    if ds is not None and args.command in ("all", "train"):
+        from collections import Counter
+
+        from captioning.text import tokenize
+
+        counts = Counter(w for n in names["train"] for c in ds.captions[n] for w in tokenize(c))
+        word, top = counts.most_common(1)[0]
+        if args.min_count > top:
+            raise DataError(f"--min-count {args.min_count} is above every word's count in the {len(names['train'])} "
+                            f"training images (the most frequent, '{word}', appears {top} times); use --min-count "
+                            f"between 1 and {top}")
+
+
+def _saved_since(args, since: float) -> bool:
+    """Whether this run has finished anything a rerun resumes from (a feature shard or a checkpoint)."""
+    cache = Path(args.cache_dir)
+    files = [*(cache / "features").glob("*/shard-*.json"), *(cache / "runs").glob("*/**/*")]
+    return any(f.is_file() and f.stat().st_mtime >= since for f in files)
+
+
+def _promote(staged: Path, target: Path) -> None:
+    """Swap a finished bundle into place (the old one is replaced only now, when the new one is complete)."""
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+    os.replace(staged, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    start = time.perf_counter()
+    start, wall_start = time.perf_counter(), time.time()
+    staging = None
     try:
         if args.command == "download":
             if not args.data_dir:
                 raise DataError("download needs --data-dir DIR (where to put Flickr8k)")
             print(f"Flickr8k ready in {download(args.data_dir, progress=not args.quiet)}")
             return 0
+        check_before_work(args, None, None)
         ds = load_dataset(args.dataset, args.data_dir)
         names = split_names(ds, args.limit)
+        check_before_work(args, ds, names)
+        if args.command in ("all", "ensemble", "scst"):
+            # Build, evaluate and sweep in a hidden sibling folder of the same name; the bundle at --out is
+            # replaced only when all of that has succeeded, so no typo or crash can leave it half-made.
+            target = Path(args.out)
+            staging = target.parent / f".{target.name}.building-{uuid.uuid4().hex[:8]}"
+            args.final_out, args.out = str(target), str(staging / target.name)
         feature_stats = None
         if args.command in ("all", "features"):
             feature_stats = features_step(args, ds, names)
@@ -469,12 +626,23 @@ def main(argv=None) -> int:
             evaluate_step(args, ds, names)
         if args.command in ("all", "sweep", "ensemble", "scst") and not (args.command != "sweep" and args.no_sweep):
             sweep_step(args, ds, names)
+        if staging is not None:
+            _promote(Path(args.out), Path(args.final_out))
+            print(f"bundle {args.final_out} is complete (trained and evaluated)")
     except (DataError, EncoderWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
+        if _saved_since(args, wall_start):
+            print("\ninterrupted: finished work is saved (feature shards, checkpoints); run the same command again "
+                  "to resume", file=sys.stderr)
+        else:
+            print("\ninterrupted before any work was saved (features are saved every --shard-size images, "
+                  "training after each epoch); nothing to resume", file=sys.stderr)
         return 130
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     print(f"done in {time.perf_counter() - start:.0f}s; peak memory {peak_rss_mb():.0f} MB")
     return 0
 

@@ -20,6 +20,8 @@ import hashlib
 import json
 import os
 import platform
+import re
+import shlex
 import shutil
 import time
 import uuid
@@ -53,10 +55,25 @@ def list_bundles(root: str | os.PathLike | None = None) -> list[Path]:
     return sorted(found, key=lambda p: (p.name != "default", p.name))
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 def _rebuild_hint(path: Path, manifest: dict | None = None) -> str:
-    if manifest and manifest.get("ensemble_of"):
-        return f"Rebuild it with: {manifest.get('command') or f'python train.py ensemble --members ... --out {path}'}"
-    return f"Rebuild it with: python train.py --out {path}"
+    """The command that rebuilds a bundle, built by the project from validated fields only.
+
+    A manifest's own ``command`` is never echoed: it is free text anyone can edit (``curl ... | sh``).
+    """
+    out = shlex.quote(str(path))
+    if isinstance(manifest, dict) and manifest.get("ensemble_of"):
+        parts = manifest["ensemble_of"] if isinstance(manifest["ensemble_of"], list) else []
+        names = list(dict.fromkeys(p.get("bundle") for p in parts if isinstance(p, dict)))
+        if names and all(isinstance(n, str) and _PLAIN_NAME.fullmatch(n) for n in names):
+            members = " ".join(shlex.quote(str(path.parent / n)) for n in names)
+        else:
+            members = "BUNDLE BUNDLE ..."
+        return f"Rebuild it with: python train.py ensemble --members {members} --out {out}"
+    return f"Rebuild it with: python train.py --out {out}"
 
 
 def _sha256(path: Path) -> str:
@@ -248,6 +265,30 @@ def read_metrics(path: str | os.PathLike) -> dict | None:
     return metrics
 
 
+PREDICTION_COLUMNS = ("image", "decoding", "beam_width", "caption")
+
+
+def read_predictions(path: str | os.PathLike):
+    """A bundle's predictions.csv as a DataFrame (None when it has none); errors name the bundle and the file."""
+    import pandas as pd
+
+    file = Path(path) / "predictions.csv"
+    if not file.is_file():
+        return None
+    fix = f"Re-evaluate with: python train.py evaluate --out {shlex.quote(str(path))}"
+    try:
+        table = pd.read_csv(file, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        reason = " ".join(str(exc).split())[:120]
+        raise BundleError(f"Bundle {path}: predictions.csv is not a valid table ({reason}). {fix}") from None
+    missing = [c for c in PREDICTION_COLUMNS if c not in table.columns]
+    if missing:
+        raise BundleError(f"Bundle {path}: predictions.csv lacks the column(s) {', '.join(missing)}. {fix}")
+    if not pd.api.types.is_integer_dtype(table["beam_width"]):
+        raise BundleError(f"Bundle {path}: predictions.csv has non-numeric beam widths. {fix}")
+    return table
+
+
 def read_manifest(path: str | os.PathLike) -> dict:
     """The validated manifest of a bundle (cheap: no model is loaded)."""
     path = Path(path)
@@ -267,7 +308,46 @@ def read_manifest(path: str | os.PathLike) -> dict:
     for key in ("encoder", "decoder", "vocab_size", "files"):
         if key not in manifest:
             raise BundleError(f"Bundle {path}: manifest.json lacks '{key}'. {_rebuild_hint(path)}")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise BundleError(f"Bundle {path}: manifest.json {problem}. {_rebuild_hint(path, manifest)}")
     return manifest
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _manifest_problem(manifest: dict) -> str | None:
+    """What is wrong with a parsed manifest's schema (None when nothing is)."""
+    enc = manifest["encoder"]
+    if not isinstance(enc, dict) or not isinstance(enc.get("name"), str) or not isinstance(enc.get("key", ""), str):
+        return "has a malformed 'encoder' (expected an object with a 'name')"
+    if enc.get("alpha") is not None and (isinstance(enc["alpha"], bool) or not isinstance(enc["alpha"], (int, float))):
+        return "has a malformed 'encoder.alpha' (expected a number or null)"
+    if not isinstance(manifest["decoder"], dict):
+        return "has a malformed 'decoder' (expected an object)"
+    if not _is_int(manifest["vocab_size"]) or manifest["vocab_size"] < 5:
+        return "has a malformed 'vocab_size' (expected a whole number above 4)"
+    if "max_length" in manifest and not (_is_int(manifest["max_length"]) and 1 <= manifest["max_length"] <= 1000):
+        return "has a malformed 'max_length' (expected a whole number from 1 to 1000)"
+    files = manifest["files"]
+    if not isinstance(files, dict) or not files:
+        return "has a malformed 'files' (expected an object of file name -> SHA-256)"
+    for name, digest in files.items():
+        if not _PLAIN_NAME.fullmatch(name) or name in ("manifest.json",):
+            return (f"lists {name!r} in 'files': only plain file names inside the bundle folder are allowed "
+                    f"(no folders, '..' or absolute paths)")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            return f"has a malformed checksum for {name} in 'files' (expected 64 hex digits)"
+    for name in ("decoder.keras", "vocab.json"):
+        if name not in files:
+            return f"does not list {name} in 'files'"
+    members = manifest.get("members", [])
+    if not isinstance(members, list) or not all(isinstance(m, dict) and isinstance(m.get("file"), str)
+                                                and _PLAIN_NAME.fullmatch(m["file"]) for m in members):
+        return "has a malformed 'members' list"
+    return None
 
 
 def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool = True) -> Bundle:
@@ -288,6 +368,8 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool
                 continue                                  # not read; `train.py evaluate` rewrites them
             file = path / name
             fix = f"Re-evaluate it with: python train.py evaluate --out {path}" if results_file else hint
+            if results_file and not file.is_file():
+                continue                                  # captioning does not need them; metrics stay None
             if not file.is_file():
                 raise BundleError(f"Bundle {path} is incomplete: {name} is missing. {fix}")
             if _sha256(file) != digest:
@@ -306,9 +388,6 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool
     except (ValueError, KeyError) as exc:
         raise BundleError(f"Bundle {path}: unknown encoder in manifest ({exc}). {hint}") from exc
     members = manifest.get("members", [])
-    if not isinstance(members, list) or not all(isinstance(m, dict) and isinstance(m.get("file"), str)
-                                                and Path(m["file"]).name == m["file"] for m in members):
-        raise BundleError(f"Bundle {path}: manifest.json has a malformed 'members' list. {hint}")
     decoders = []
     for name in ["decoder.keras", *(m["file"] for m in members)]:
         if not (path / name).is_file():
@@ -330,5 +409,5 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool
     metrics = read_metrics(path) if load_results else None
     predictions = None
     if load_results and (path / "predictions.csv").is_file():
-        predictions = pd.read_csv(path / "predictions.csv", keep_default_na=False)
+        predictions = read_predictions(path)
     return Bundle(path, manifest, vocab, decoders[0], metrics, predictions, tuple(decoders[1:]))

@@ -47,7 +47,8 @@ class Captioner:
             if self._encoder is None:
                 import tensorflow as tf
 
-                model, _ = build_encoder(self.spec, self.weights, spatial=self.spatial)
+                model, _ = build_encoder(self.spec, self.weights, spatial=self.spatial,
+                                         hint=self.bundle.encoder.get("weights_file"))
                 to_input = image_pipeline(self.spec)
                 spatial = self.spatial
 

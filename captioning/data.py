@@ -112,6 +112,13 @@ class Flickr8k:
 
 def read_token_file(path: Path) -> tuple[dict[str, list[str]], int]:
     """``image.jpg#n<TAB>caption`` lines (Flickr8k, Flickr30k) -> captions per image, skipped stray keys."""
+    try:
+        return _read_token_lines(path)
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc) from None
+
+
+def _read_token_lines(path: Path) -> tuple[dict[str, list[str]], int]:
     captions: dict[str, list[str]] = {}
     skipped = 0
     with path.open(encoding="utf-8") as fh:
@@ -130,7 +137,22 @@ def read_token_file(path: Path) -> tuple[dict[str, list[str]], int]:
     return captions, skipped
 
 
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> DataError:
+    line = path.read_bytes()[: exc.start].count(b"\n") + 1
+    return DataError(f"{path} is not UTF-8 text (line {line}, byte 0x{exc.object[exc.start]:02x}); save it as UTF-8, "
+                     f"e.g.: iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix} && mv "
+                     f"{path.stem}.utf8{path.suffix} {path.name}")
+
+
 def _read_captions(root: Path) -> tuple[dict[str, list[str]], int]:
+    try:
+        return _read_captions_utf8(root)
+    except UnicodeDecodeError as exc:
+        bad = next(p for p in (root / "captions.txt", root / "Flickr8k.token.txt") if p.is_file())
+        raise _not_utf8(bad, exc) from None
+
+
+def _read_captions_utf8(root: Path) -> tuple[dict[str, list[str]], int]:
     csv_path, token_path = root / "captions.txt", root / "Flickr8k.token.txt"
     captions: dict[str, list[str]] = {}
     skipped = 0
@@ -160,7 +182,10 @@ def _read_split(root: Path, split: str) -> list[str]:
     if not path.is_file():
         raise DataError(f"Missing split file {path}. The official splits come with Flickr8k_text.zip: "
                         f"python train.py download --data-dir {root}")
-    names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    try:
+        names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, exc) from None
     if not names:
         raise DataError(f"Split file {path} is empty.")
     return names

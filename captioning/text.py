@@ -104,10 +104,18 @@ class Vocabulary:
         if not isinstance(data, dict) or data.get("format") != "captioning.vocab/1":
             raise ValueError("not a captioning vocabulary (expected format 'captioning.vocab/1')")
         itos = data.get("itos")
+        if isinstance(itos, list) and not all(isinstance(w, str) and w for w in itos):
+            raise ValueError("every entry of 'itos' must be a non-empty word (a string)")
         if not isinstance(itos, list) or tuple(itos[:4]) != SPECIALS or len(set(itos)) != len(itos):
             raise ValueError("vocabulary must list unique words starting with <pad>, <unk>, <start>, <end>")
-        counts = {str(k): int(v) for k, v in (data.get("counts") or {}).items()}
-        return cls([str(w) for w in itos[4:]], counts, int(data.get("min_count", 1)))
+        counts = data.get("counts") or {}
+        if not isinstance(counts, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                   for v in counts.values()):
+            raise ValueError("'counts' must map words to whole numbers")
+        min_count = data.get("min_count", 1)
+        if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 1:
+            raise ValueError("'min_count' must be a whole number of at least 1")
+        return cls(list(itos[4:]), {str(k): v for k, v in counts.items()}, min_count)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), ensure_ascii=False), encoding="utf-8")
