@@ -6,7 +6,11 @@ The seed way re-runs the whole model on the padded prefix for every word, one im
 (merge and attention) take that full-sequence call, so the comparison holds for either.
 
     python bench/decoding.py [--bundle artifacts/xception-attention] [--images 1000] [--seed-images 50] [--json out.json]
-    python bench/decoding.py --quick        # 100 images ours, 10 seed-style
+    python bench/decoding.py --quick        # works on a fresh clone: trains a small MobileNetV2-0.35 merge bundle
+                                            # (120 images, 3 epochs) in a temporary folder, then 100 images ours,
+                                            # 10 seed-style
+
+Without --quick it needs the bundle's encoder features cached (python train.py features --encoder xception --spatial).
 
 Ratios come from one run on one machine; seed-style totals are extrapolated from --seed-images per image.
 """
@@ -15,13 +19,41 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED_MOBILENET = ROOT.parent / "shared" / "weights" / "mobilenet_v2_0.35_224_imagenet_notop.weights.h5"
+
+
+def quick_bundle(work: Path, data_dir: str, names: list[str]) -> tuple[Path, Path]:
+    """A small real bundle (MobileNetV2-0.35 features, merge decoder) and the features of ``names``."""
+    from captioning.data import Flickr8k
+    from captioning.encoders import build_encoder, get_spec
+    from captioning.features import FeatureCache, extract_features
+
+    bundle, cache = work / "quick-merge", work / "cache"
+    common = ["--data-dir", data_dir, "--encoder", "mobilenetv2", "--weights", str(SHARED_MOBILENET),
+              "--cache-dir", str(cache), "--quiet"]
+    start = time.perf_counter()
+    print("quick: training a small MobileNetV2-0.35 merge bundle on 120 images (3 epochs) ...", flush=True)
+    for step in (["features", "--limit", "120"], ["train", "--limit", "120", "--epochs", "3", "--out", str(bundle)]):
+        done = subprocess.run([sys.executable, str(ROOT / "train.py"), *step, *common], cwd=ROOT)
+        if done.returncode != 0:
+            sys.exit(f"error: the quick bundle could not be trained (train.py {step[0]} exited {done.returncode})")
+    spec = get_spec("mobilenetv2", 0.35)
+    ds = Flickr8k.load(data_dir, check_images=False)
+    encoder, _ = build_encoder(spec, SHARED_MOBILENET)
+    extract_features(encoder, spec, {n: ds.image_path(n) for n in names}, FeatureCache(cache / "features", spec.key),
+                     progress=False)
+    print(f"quick: bundle and {len(names)} test features ready in {time.perf_counter() - start:.0f}s", flush=True)
+    return bundle, cache
 
 
 def seed_style_greedy(model, feature, vocab, max_length):
@@ -70,21 +102,38 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    print(f"bundle {args.bundle}")
+    names_file = Path(args.data_dir) / "Flickr_8k.testImages.txt"
+    if not names_file.is_file():
+        sys.exit(f"error: no Flickr8k at {args.data_dir} (Flickr_8k.testImages.txt); pass --data-dir or set FLICKR8K_DIR")
+    work = tempfile.TemporaryDirectory()
     if args.quick:
         args.images, args.seed_images = 100, 10
+        if not SHARED_MOBILENET.is_file():
+            sys.exit(f"error: --quick needs the small encoder weights at {SHARED_MOBILENET}")
+        bundle_dir, cache_dir = quick_bundle(Path(work.name), args.data_dir, names_file.read_text().split()[:100])
+        args.bundle, args.cache_dir = str(bundle_dir), str(cache_dir)
+    print(f"bundle {args.bundle}")
 
-    from captioning.bundle import load_bundle
+    from captioning.bundle import BundleError, load_bundle
     from captioning.decoding import DecodeConfig, StepDecoder, decode
     from captioning.features import FeatureCache
 
-    bundle = load_bundle(args.bundle)
+    try:
+        bundle = load_bundle(args.bundle)
+    except BundleError as exc:
+        sys.exit(f"error: {exc}")
     if bundle.members:
         sys.exit(f"{args.bundle} is an ensemble of {len(bundle.decoders)} decoders; the seed-style side re-runs one "
                  f"model, so give one of its member bundles (e.g. artifacts/xception-attention)")
-    names = (Path(args.data_dir) / "Flickr_8k.testImages.txt").read_text().split()[: args.images]
-    feats = FeatureCache(Path(args.cache_dir) / "features", bundle.encoder["key"]).load(
-        names, spatial=bundle.decoder.uses_spatial).astype(np.float32)
+    names = names_file.read_text().split()[: args.images]
+    cache = FeatureCache(Path(args.cache_dir) / "features", bundle.encoder["key"])
+    missing = cache.missing(names, bundle.decoder.uses_spatial)
+    if missing:
+        enc = bundle.encoder
+        sys.exit(f"error: {len(missing)} of {len(names)} test images have no cached {enc['key']} features in "
+                 f"{args.cache_dir}; run: python train.py features --encoder {enc['name']}"
+                 f"{' --spatial' if bundle.decoder.uses_spatial else ''} (or use --quick, which needs no cache)")
+    feats = cache.load(names, spatial=bundle.decoder.uses_spatial).astype(np.float32)
     steps, vocab, max_len = StepDecoder(bundle.decoder), bundle.vocab, bundle.max_length
     decode(steps, feats[:8], vocab, DecodeConfig(max_length=max_len, beam_width=3))       # trace once
     seed_style_greedy(bundle.decoder, feats[0], vocab, 3)

@@ -47,6 +47,9 @@ def main(argv=None) -> int:
             print(f"{path}\terror: {exc}", file=sys.stderr)
             status = 1
             continue
+        except EncoderWeightsError as exc:            # the encoder is built with the first image
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         ms = (time.perf_counter() - start) * 1000
         for rank, cap_ in enumerate(nbest, 1):
             prefix = f"{path}\t" if len(nbest) == 1 else f"{path}\t#{rank}\t"

