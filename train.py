@@ -611,6 +611,8 @@ def main(argv=None) -> int:
             # Build, evaluate and sweep in a hidden sibling folder of the same name; the bundle at --out is
             # replaced only when all of that has succeeded, so no typo or crash can leave it half-made.
             target = Path(args.out)
+            for stale in target.parent.glob(f".{target.name}.building-*"):   # left by a killed run (SIGKILL)
+                shutil.rmtree(stale, ignore_errors=True)
             staging = target.parent / f".{target.name}.building-{uuid.uuid4().hex[:8]}"
             args.final_out, args.out = str(target), str(staging / target.name)
         feature_stats = None
@@ -637,8 +639,8 @@ def main(argv=None) -> int:
             print("\ninterrupted: finished work is saved (feature shards, checkpoints); run the same command again "
                   "to resume", file=sys.stderr)
         else:
-            print("\ninterrupted before any work was saved (features are saved every --shard-size images, "
-                  "training after each epoch); nothing to resume", file=sys.stderr)
+            print("\ninterrupted before this run saved anything (features are saved every --shard-size images, "
+                  "training after each epoch); nothing new to resume from", file=sys.stderr)
         return 130
     finally:
         if staging is not None:

@@ -28,12 +28,20 @@ def main() -> None:
     args = parser.parse_args()
 
     t0 = time.perf_counter()
+    from captioning.bundle import BundleError
     from captioning.captioner import Captioner
+    from captioning.encoders import EncoderWeightsError
 
-    names = (Path(args.data_dir) / "Flickr_8k.testImages.txt").read_text().split()
+    names_file = Path(args.data_dir) / "Flickr_8k.testImages.txt"
+    if not names_file.is_file():
+        sys.exit(f"error: no Flickr8k at {args.data_dir} (Flickr_8k.testImages.txt); pass --data-dir or set FLICKR8K_DIR")
+    names = names_file.read_text().split()
     uploads = [(Path(args.data_dir) / "Images" / n).read_bytes() for n in names[: 2 * args.images + 1]]
-    captioner = Captioner.from_bundle(args.bundle)
-    first = captioner.caption(uploads[0])[0].text
+    try:
+        captioner = Captioner.from_bundle(args.bundle)
+        first = captioner.caption(uploads[0])[0].text
+    except (BundleError, EncoderWeightsError) as exc:
+        sys.exit(f"error: {exc} (make setup puts the default bundle's encoder weights in weights/)")
     cold = time.perf_counter() - t0
 
     out = {"bundle": args.bundle, "encoder": captioner.spec.key, "cold_start_to_first_caption_s": round(cold, 2),
