@@ -108,9 +108,10 @@ def test_latin1_captions_name_the_file_and_the_fix(tmp_path, capsys):
 
 def test_a_failed_run_never_replaces_the_bundle_at_out(tiny_run, flickr_dir, mobilenet_weights, tmp_path,
                                                        monkeypatch, capsys):
-    artifacts, cache = tiny_run
-    out = tmp_path / "artifacts" / "tiny"
+    artifacts, shared_cache = tiny_run
+    out, cache = tmp_path / "artifacts" / "tiny", tmp_path / "cache"
     shutil.copytree(artifacts / "tiny", out)
+    shutil.copytree(shared_cache / "features", cache / "features")  # its own checkpoints: the shared run's stay
     before = sha(out)
     common = ["--data-dir", str(flickr_dir), *MOBILE, "--weights", str(mobilenet_weights), "--limit", "60",
               "--cache-dir", str(cache), "--out", str(out), "--quiet", "--no-human", "--no-meteor", "--no-sweep"]
