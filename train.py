@@ -314,7 +314,7 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
     }
     path = save_bundle(args.out, decoder, vocab, manifest)
     print(f"train: best epoch {state['best_epoch']} (val loss {state['best_val_loss']:.4f}); bundle {final_out(args)}"
-          f"{' (replaces the old one once evaluated)' if final_out(args) != args.out else ''}")
+          f"{'' if final_out(args) == args.out else ' (replaces the old one once evaluated)' if Path(final_out(args)).exists() else ' (once evaluated)'}")
     return path
 
 
