@@ -1,4 +1,6 @@
 """Evaluation page: corpus scores per decoding run and where the model does well or badly, from the bundle's files."""
+import math
+
 import pandas as pd
 import streamlit as st
 
@@ -72,8 +74,9 @@ st.markdown("**On this page:** " + " · ".join(f"[{title}](#{anchor})" for title
 
 st.subheader(f"Corpus scores · {split} split · {n_images:,} images", anchor="corpus-scores")
 if same_bleu and any(c in results for c in ("coco_bleu_1", "coco_bleu_4")):
+    agree = "to every stored decimal" if gap == 0 else f"to {int(-math.log10(gap))} decimals"
     st.caption(f"BLEU is nltk's corpus BLEU. The coco-caption toolkit's BLEU, computed separately on the same "
-               f"tokens, gives the same numbers here (at most {gap:.5f} apart in any run), so it is shown once. "
+               f"tokens, gives the same numbers here ({agree} in every run), so it is shown once. "
                "Papers report the coco-caption metrics, CIDEr-D above all. Hover a column for its implementation.")
 elif any(c.startswith("coco_bleu") for c in score_cols):
     st.caption(f"nltk BLEU and the coco-caption toolkit's BLEU differ by up to {gap:.4f} here; papers report the "
@@ -155,10 +158,10 @@ def training_section(manifest: dict) -> None:
         rows = []
         for m in members:
             config, tuned = m.get("training") or {}, m.get("scst")
-            rows.append({"member": m.get("bundle"),
-                         "in this app": "yes: pick it in the sidebar" if m.get("bundle") in shipped else "not shipped",
-                         "decoder": m.get("kind"), "seed": config.get("seed"),
-                         "LSTM units": config.get("units"), "label smoothing": config.get("label_smoothing", 0.0),
+            rows.append({"Member": m.get("bundle"),
+                         "In this app": "yes: pick it in the sidebar" if m.get("bundle") in shipped else "not shipped",
+                         "Decoder": m.get("kind"), "Seed": config.get("seed"),
+                         "LSTM units": config.get("units"), "Label smoothing": config.get("label_smoothing", 0.0),
                          "SCST (dev CIDEr-D)": (f"{tuned['start_dev_cider']:.3f} → {tuned['best_dev_cider']:.3f}"
                                                 if tuned else "no")})
         n_shipped = sum(m.get("bundle") in shipped for m in members)
