@@ -33,6 +33,7 @@ def one_run(args, photo: Path) -> dict:
 
     port = free_port()
     driver = new_driver(1200, 1000)                     # the browser is ready before the clock starts
+    driver.set_page_load_timeout(600)                   # a busy machine serves the first page slowly
     t0 = time.perf_counter()
     start = ["-m", "ui.launch"] if args.via == "launch" else ["-m", "streamlit", "run", "streamlit_app.py"]
     server = subprocess.Popen([sys.executable, *start, "--server.headless=true",

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest, app_test
 from conftest import ROOT
 
 APP = str(ROOT / "streamlit_app.py")
-TIMEOUT = 180
+TIMEOUT = 420          # a first run loads the model; generous for a busy shared machine
 
 
 class NavigationPagesManager(PagesManager):
@@ -215,9 +215,21 @@ def walk(node):
 
 
 def chart_specs(at) -> list[dict]:
+    """Each chart's Vega-Lite spec, with its data sets (sent beside the spec as Arrow) under "datasets"."""
     import json
 
-    return [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+
+    specs = []
+    for chart in at.get("vega_lite_chart"):
+        spec = json.loads(chart.proto.spec)
+        spec["datasets"] = {**(spec.get("datasets") or {}),
+                            **{d.name: convert_arrow_bytes_to_pandas_df(d.data.data).to_dict("records")
+                               for d in chart.proto.datasets}}
+        if chart.proto.data.data:
+            spec["datasets"]["_main"] = convert_arrow_bytes_to_pandas_df(chart.proto.data.data).to_dict("records")
+        specs.append(spec)
+    return specs
 
 
 def band_axes(spec: dict):
@@ -319,7 +331,7 @@ def test_evaluation_pickers_sit_above_the_sections_they_control_and_the_page_has
     contents = next(e.value for e in order if e.type == "markdown" and e.value.startswith("**On this page:**"))
     for anchor in ("#corpus-scores", "#other-bundles", "#per-image", "#training"):
         assert f"]({anchor})" in contents
-    anchors = {e.proto.heading.anchor for e in order if e.type == "subheader"}
+    anchors = {e.proto.anchor for e in order if e.type == "subheader"}
     assert {"corpus-scores", "other-bundles", "per-image", "training"} <= anchors
 
 
@@ -408,7 +420,7 @@ def test_an_over_limit_upload_says_so_and_clears_the_previous_caption(app_env):
     assert [m for m in at.markdown if m.value.startswith("### “")]
     at.file_uploader[0].clear().upload("huge.jpg", b"\xff" * (MAX_BYTES + 1), "image/jpeg").run()
     assert not at.exception
-    assert any("photos up to 20 MB are accepted" in e.value and "huge.jpg" in e.value for e in at.error)
+    assert any("photos up to 20 MB are accepted" in e.value and "huge" in e.value for e in at.error)
     assert not [m for m in at.markdown if m.value.startswith("### “")]
 
 
@@ -472,16 +484,19 @@ def test_a_bundle_without_metrics_captions_and_says_how_to_evaluate_it(tmp_path,
 
 # --- server start and load ---------------------------------------------------------------------------------
 
-def test_the_default_bundle_warms_once_per_process_and_the_first_user_gets_that_captioner(app_env):
+def test_the_default_bundle_warms_once_per_process_and_the_first_user_gets_that_captioner(app_env, tmp_path):
     import threading
 
     from ui import state
 
-    path = state.list_bundles()[0]
+    path = copy_bundles(app_env, tmp_path / "artifacts", ("tiny",)) / "tiny"     # a bundle no one warmed yet
+    def warmers() -> int:
+        return sum(t.name == "captioner-warm-up" for t in threading.enumerate())
+
     state.warm_in_background(path)
+    started = warmers()
     state.warm_in_background(path)                                  # a second call starts nothing new
-    warmers = [t for t in threading.enumerate() if t.name == "captioner-warm-up"]
-    assert len(warmers) <= 1
+    assert warmers() <= started
     key = (str(path), (path / "manifest.json").stat().st_mtime)
     future = state._warming[key]
     warm = future.result(timeout=300)
