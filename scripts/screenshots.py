@@ -77,7 +77,10 @@ def main() -> None:
     finally:
         driver.quit()
         server.terminate()
-        server.wait(15)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:             # a busy machine: stop it for good
+            server.kill()
 
 
 if __name__ == "__main__":
