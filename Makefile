@@ -1,10 +1,12 @@
 # Quick start (fresh machine):  make app   |   make test
 FLICKR8K_DIR ?= $(abspath ../shared/flickr8k)
 export FLICKR8K_DIR
+# The dashboard listens on loopback only; `make app ADDRESS=0.0.0.0` serves it to the network on purpose.
+ADDRESS ?= 127.0.0.1
 
 .PHONY: app test setup setup-test
 app: setup
-	.venv/bin/streamlit run streamlit_app.py
+	.venv/bin/python -m ui.launch --server.address $(ADDRESS)
 
 test: setup-test
 	.venv/bin/python -m pytest

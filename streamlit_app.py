@@ -7,9 +7,11 @@ from collections import Counter
 import streamlit as st
 
 import captioning  # noqa: F401  (quiet TensorFlow logs before anything loads it)
+from ui.labels import model_knows
 from ui.shell import app_pages, mark_shell
-from ui.state import bundle_manifest, bundle_paths
+from ui.state import bundle_manifest, bundle_paths, warm_in_background
 
+warm_in_background()      # once per process: the default model loads while the visitor looks around
 st.set_page_config(page_title="Captioning Studio", page_icon=":material/photo_camera:", layout="wide")
 mark_shell()
 
@@ -33,6 +35,9 @@ with st.sidebar:
             st.caption(f"**{enc['name']}** ({enc['input_size']}px) → {lstm} · {manifest['vocab_size']:,} words · "
                        f"trained on {manifest['data']['splits']['train']:,} images"
                        + (" · fine-tuned on CIDEr-D (self-critical)" if tuned else ""))
+            knows = model_knows(manifest)
+            if knows:
+                st.caption(f":material/info: {knows}")
         else:
             st.error(f"{path.name}: unreadable manifest. Rebuild with python train.py --out {path}")
     else:

@@ -4,12 +4,16 @@ import time
 import streamlit as st
 
 from ui.charts import word_probabilities
+from ui.labels import literal, model_knows, sentence
 from ui.shell import require_shell
-from ui.state import get_captioner
+from ui.state import current_manifest, decode_slot, get_captioner
 from ui.widgets import attention_panel, cached_features, choose_image, decoding_controls, references_panel
 
 require_shell()
 st.title("Caption a photo")
+knows = model_knows(current_manifest() or {})
+if knows:
+    st.caption(f":material/info: {knows}")
 chosen = choose_image("caption")
 options = decoding_controls("caption", default_beam=5)   # beam 5: the best captions on dev, ~0.04 s over greedy
 
@@ -17,19 +21,20 @@ options = decoding_controls("caption", default_beam=5)   # beam 5: the best capt
 captioner = get_captioner()
 if chosen is not None:
     left, right = st.columns([2, 3], gap="large")
-    left.image(chosen.image, caption=chosen.label, width="stretch")
+    left.image(chosen.image, caption=literal(chosen.label), width="stretch")
     start = time.perf_counter()
     features = cached_features(captioner, captioner.bundle.name, chosen.digest, chosen.image)
-    best = captioner.decode(features, **options)[0][0]
+    with decode_slot():
+        best = captioner.decode(features, **options)[0][0]
     seconds = time.perf_counter() - start
     with right:
-        st.markdown(f"### “{best.text.capitalize()}.”")
+        st.markdown(f"### “{sentence(best.text)}”")
         label = "greedy" if options["beam_width"] == 1 else f"beam {options['beam_width']}"
         m1, m2, m3 = st.columns(3)
         m1.metric("Decoding", label)
         m2.metric("Time", f"{seconds * 1000:.0f} ms", help="encoder + decoder, from image to caption")
         m3.metric("Mean log p", f"{best.normalized_log_prob:.2f}", help="per emitted token; closer to 0 = surer")
-        st.altair_chart(word_probabilities(best), width="stretch")
+        st.altair_chart(word_probabilities(best, "How sure the model was of each word"), width="stretch")
         attention_panel(chosen.image, best)
         if chosen.flickr_name:
             references_panel(chosen.flickr_name, best.words)

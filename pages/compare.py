@@ -3,6 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from ui.charts import line, word_probabilities
+from ui.labels import literal, sentence
 from ui.shell import require_shell
 from ui.state import get_captioner
 from ui.widgets import attention_panel, cached_features, choose_image, decoding_controls, references_panel
@@ -18,7 +19,7 @@ options = decoding_controls("compare", default_beam=5, allow_greedy=False)
 captioner = get_captioner()
 if chosen is not None:
     features = cached_features(captioner, captioner.bundle.name, chosen.digest, chosen.image)
-    st.image(chosen.image, caption=chosen.label, width=300)
+    st.image(chosen.image, caption=literal(chosen.label), width=300)
     greedy = captioner.decode(features, **{**options, "beam_width": 1})[0][0]
     nbest = captioner.decode(features, **options, num_return_sequences=options["beam_width"])[0]
     beam = nbest[0]
@@ -26,15 +27,15 @@ if chosen is not None:
                                  (("Greedy", greedy), (f"Beam {options['beam_width']}", beam))):
         with col:
             st.subheader(title)
-            st.markdown(f"**{cap.text}**")
+            st.markdown(f"**{sentence(cap.text)}**")
             a, b = st.columns(2)
             a.metric("log p", f"{cap.log_prob:.2f}")
             b.metric("mean log p", f"{cap.normalized_log_prob:.2f}")
-            st.altair_chart(word_probabilities(cap), width="stretch")
+            st.altair_chart(word_probabilities(cap, "How sure the model was of each word"), width="stretch")
             attention_panel(chosen.image, cap, per_row=4, size=120)
 
     st.subheader("Beam n-best list")
-    st.dataframe(pd.DataFrame([{"rank": i, "caption": c.text, "score": round(c.score, 3),
+    st.dataframe(pd.DataFrame([{"rank": i, "caption": sentence(c.text), "score": round(c.score, 3),
                                 "log p": round(c.log_prob, 3), "words": len(c.words), "finished": c.finished}
                                for i, c in enumerate(nbest, 1)]), hide_index=True, width="stretch")
 
@@ -42,7 +43,7 @@ if chosen is not None:
     rows = []
     for width in range(1, 11):
         cap = captioner.decode(features, **{**options, "beam_width": width})[0][0]
-        rows.append({"beam width": width, "caption": cap.text, "score": round(cap.score, 4),
+        rows.append({"beam width": width, "caption": sentence(cap.text), "score": round(cap.score, 4),
                      "log p": round(cap.log_prob, 3), "words": len(cap.words)})
     sweep = pd.DataFrame(rows)
     left, right = st.columns([3, 2])

@@ -6,6 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from captioning.text import Vocabulary
+from ui.charts import top_words
+from ui.labels import literal
 from ui.shell import require_shell
 from ui.state import captions_table, current_manifest, dataset_message, get_dataset
 
@@ -14,11 +16,14 @@ STOP_WORDS = {"a", "an", "the", "of", "in", "on", "is", "and", "with", "are", "t
 PER_PAGE = 12
 
 require_shell()
-st.title("Flickr8k")
+st.title("Dataset")
 ds = get_dataset()
 if ds is None:
     dataset_message()
     st.stop()
+sizes = " / ".join(f"{len(ds.splits[s]):,} {s}" for s in ("train", "dev", "test") if s in ds.splits)
+st.caption(f"Flickr8k: {len(ds.captions):,} photos from Flickr with their human captions, in the official splits "
+           f"({sizes}). The models here learn from the train split only.")
 df = captions_table(str(ds.root))
 
 c1, c2 = st.columns([2, 3])
@@ -44,11 +49,11 @@ m[4].metric("Coverage", f"{vocab.coverage(rows['tokens'].str.split()):.1%}",
             help="Share of running words here that the vocabulary knows")
 
 if not images:
-    st.warning(f"No {split} caption contains “{query}”.")
+    st.warning(f"No {split} caption contains the word “{literal(query)}”.")
     st.stop()
 
 pages = (len(images) - 1) // PER_PAGE + 1
-page = st.number_input(f"Page (of {pages})", 1, pages, 1, key="ds_page")
+page = st.number_input(f"Page (of {pages})", 1, pages, 1, key="ds_page", width=160)
 grid = images[(page - 1) * PER_PAGE: page * PER_PAGE]
 for start in range(0, len(grid), 4):
     for col, name in zip(st.columns(4), grid[start:start + 4]):
@@ -56,9 +61,9 @@ for start in range(0, len(grid), 4):
             path = ds.image_path(name)
             if path.is_file():
                 st.image(str(path), width="stretch")
-            st.caption(f"**{name}**")
+            st.caption(f"**{literal(name)}**")
             for cap in ds.captions[name]:
-                st.caption(f"• {cap}")
+                st.caption(f"• {literal(cap)}")
 
 st.subheader("Caption statistics")
 left, right = st.columns(2)
@@ -68,6 +73,4 @@ left.altair_chart(alt.Chart(rows).mark_bar().encode(
 hide = right.toggle("Hide function words", value=True)
 counts = collections.Counter(w for t in rows["tokens"] for w in t.split() if not (hide and w in STOP_WORDS))
 top = pd.DataFrame(counts.most_common(25), columns=["word", "count"])
-right.altair_chart(alt.Chart(top).mark_bar().encode(y=alt.Y("word:N", sort="-x", title=None), x="count:Q",
-                                                    tooltip=["word", "count"])
-                   .properties(title="Top words", height=alt.Step(14)), width="stretch")
+right.altair_chart(top_words(top, "Top words"), width="stretch")

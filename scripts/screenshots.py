@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=2000)
+    parser.add_argument("--full", action="store_true", help="grow the window to each whole page (long pages)")
     parser.add_argument("--data-dir", default=os.environ.get("FLICKR8K_DIR", str(ROOT.parent / "shared" / "flickr8k")))
     args = parser.parse_args()
 
@@ -60,16 +61,26 @@ def main() -> None:
                 click_label(driver, option, timeout=180)
             wait_for_text(driver, done, timeout=300)
             time.sleep(4)                         # charts and images draw after the last element arrives
+            if args.full:                         # Streamlit scrolls inside its main block, not the window
+                height = driver.execute_script(
+                    "const m = document.querySelector('[data-testid=\"stMain\"]'); return m ? m.scrollHeight : 0;")
+                driver.set_window_size(args.width, max(args.height, int(height) + 140))
+                time.sleep(3)
             shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
             target = out / f"{path or 'caption'}.jpg"
             shot.save(target, quality=80, optimize=True)
             body = driver.find_element(By.TAG_NAME, "body").text
             print(f"{target} ({shot.width}x{shot.height}): "
                   f"{'Traceback in page!' if 'Traceback' in body else 'ok'}")
+            if args.full:
+                driver.set_window_size(args.width, args.height)
     finally:
         driver.quit()
         server.terminate()
-        server.wait(15)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:             # a busy machine: stop it for good
+            server.kill()
 
 
 if __name__ == "__main__":

@@ -206,3 +206,44 @@ def test_five_browser_sessions_caption_at_once(server, flickr_dir, tmp_path):
     with ThreadPoolExecutor(max_workers=5) as pool:
         captions = list(pool.map(session, photos))
     assert len(captions) == 5 and all(c.startswith("“") and any(ch.isalpha() for ch in c) for c in captions)
+
+
+def test_an_upload_name_with_markdown_shows_literally(server, browser, tmp_path):
+    """Issue 16 item 11: a file name is text, never a link, bold or LaTeX."""
+    from selenium.webdriver.common.by import By
+
+    photo = tmp_path / "[click me](javascript:alert(1)) **bold** $x$.jpg"
+    photo.write_bytes(b"this is not a photo")
+    browser.get(server)
+    wait_for_text(browser, "Caption a photo")
+    browser.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys(str(photo))
+    wait_for_text(browser, "not an image")
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "[click me](javascript:alert(1)) **bold** $x$.jpg" in body
+    assert not browser.find_elements(By.CSS_SELECTOR, 'a[href^="javascript"]')
+    browser.save_screenshot(str(OUT / "hostile-name.png"))
+
+
+def test_the_server_listens_on_loopback_unless_told_otherwise(tiny_run, flickr_dir, mobilenet_weights):
+    """Issue 16 item 3: a plain `streamlit run` of this project (no --server.address) binds 127.0.0.1 only."""
+    port = free_port()
+    env = {**os.environ, "CAPTIONING_ARTIFACTS": str(tiny_run[0]), "FLICKR8K_DIR": str(flickr_dir),
+           "CAPTIONING_WEIGHTS_DIR": str(mobilenet_weights.parent)}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless=true",
+                             f"--server.port={port}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        assert listening.strip(), "nothing listens on the port"
+        assert all(line.split()[3].startswith("127.0.0.1:") for line in listening.strip().splitlines()), listening
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=15)[0]
+    assert "Network URL" not in out

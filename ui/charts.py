@@ -6,6 +6,12 @@ import pandas as pd
 
 from captioning.decoding import Caption
 
+from .labels import label
+
+# Every bar keeps its label: Vega-Lite hides labels it thinks overlap ("every other bar"), so the axes of bar
+# charts turn that off and give each band room instead.
+BAND_AXIS = dict(labelOverlap=False, labelLimit=220)
+
 
 def word_probabilities(caption: Caption, title: str = "") -> alt.Chart:
     """Bar per emitted token (words, then <end>), height = the model's probability of it."""
@@ -14,11 +20,13 @@ def word_probabilities(caption: Caption, title: str = "") -> alt.Chart:
                        "probability": caption.token_probs[: len(tokens)]})
     df["label"] = df["position"].astype(str) + " " + df["token"]
     return (alt.Chart(df, title=title).mark_bar()
-            .encode(x=alt.X("label:N", sort=None, title=None, axis=alt.Axis(labelAngle=-40)),
+            .encode(x=alt.X("label:N", sort=None, title=None, axis=alt.Axis(labelAngle=-45, **BAND_AXIS),
+                                 scale=alt.Scale(paddingInner=0.15)),
                     y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1]), title="p(word)"),
                     color=alt.Color("probability:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), legend=None),
-                    tooltip=["position", "token", alt.Tooltip("probability:Q", format=".3f")])
-            .properties(height=220))
+                    tooltip=[alt.Tooltip("position", title="position"), alt.Tooltip("token", title="word"),
+                             alt.Tooltip("probability:Q", format=".3f", title="p(word)")])
+            .properties(height=240))
 
 
 def run_order(runs) -> list[str]:
@@ -35,56 +43,77 @@ def grouped_bleu(results: pd.DataFrame) -> alt.Chart:
                         var_name="metric", value_name="score")
     order = run_order(long["run"])
     return (alt.Chart(long).mark_bar()
-            .encode(x=alt.X("metric:N", title=None), xOffset=alt.XOffset("run:N", sort=order),
+            .encode(x=alt.X("metric:N", title=None, sort=None, axis=alt.Axis(labelAngle=0, **BAND_AXIS)), xOffset=alt.XOffset("run:N", sort=order),
                     y=alt.Y("score:Q", title="corpus score"),
                     color=alt.Color("run:N", title="decoding", sort=order),
-                    tooltip=["run", "metric", alt.Tooltip("score:Q", format=".4f")])
+                    tooltip=[alt.Tooltip("run", title="decoding"), alt.Tooltip("metric", title="metric"),
+                             alt.Tooltip("score:Q", format=".4f", title="score")])
             .properties(height=280))
 
 
-def histogram(df: pd.DataFrame, field: str, title: str, bins: int = 30, color: str | None = None) -> alt.Chart:
-    enc = dict(x=alt.X(f"{field}:Q", bin=alt.Bin(maxbins=bins), title=title), y=alt.Y("count():Q", title="images"))
-    if color:
-        enc["color"] = alt.Color(f"{color}:N", sort=run_order(df[color]) if color == "run" else "ascending")
-    return alt.Chart(df).mark_bar(opacity=0.8).encode(**enc).properties(height=240)
+def histogram(df: pd.DataFrame, field: str, title: str, bins: int = 30) -> alt.Chart:
+    """Images per score bin, for ONE decoding run (``df`` holds one row per image, so counts add up to the split)."""
+    return (alt.Chart(df).mark_bar()
+            .encode(x=alt.X(f"{field}:Q", bin=alt.Bin(maxbins=bins), title=title),
+                    y=alt.Y("count():Q", title="images"),
+                    tooltip=[alt.Tooltip(f"{field}:Q", bin=alt.Bin(maxbins=bins), title=title),
+                             alt.Tooltip("count():Q", title="images")])
+            .properties(height=240))
 
 
 def mean_by(df: pd.DataFrame, group: str, value: str, title: str) -> alt.Chart:
     agg = df.groupby(group, observed=True)[value].agg(["mean", "count"]).reset_index()
     agg[group] = agg[group].astype(str)
     return (alt.Chart(agg, title=title).mark_bar()
-            .encode(x=alt.X(f"{group}:N", sort=None, title=None), y=alt.Y("mean:Q", title=f"mean {value}"),
-                    tooltip=[group, alt.Tooltip("mean:Q", format=".3f"), "count"])
+            .encode(x=alt.X(f"{group}:N", sort=None, title=None, axis=alt.Axis(labelAngle=0, **BAND_AXIS)),
+                    y=alt.Y("mean:Q", title=f"mean {label(value)}"),
+                    tooltip=[group, alt.Tooltip("mean:Q", format=".3f", title=f"mean {label(value)}"),
+                             alt.Tooltip("count", title="images")])
             .properties(height=240))
 
 
-def signed_bars(df: pd.DataFrame, label: str, value: str, title: str) -> alt.Chart:
+def signed_bars(df: pd.DataFrame, name: str, value: str, title: str, value_title: str | None = None) -> alt.Chart:
+    """Horizontal bars, one labelled row per ``name``; orange above zero, green below."""
     return (alt.Chart(df, title=title).mark_bar()
-            .encode(y=alt.Y(f"{label}:N", sort="-x", title=None), x=alt.X(f"{value}:Q"),
+            .encode(y=alt.Y(f"{name}:N", sort="-x", title=None, axis=alt.Axis(**BAND_AXIS)),
+                    x=alt.X(f"{value}:Q", title=value_title or label(value)),
                     color=alt.condition(f"datum.{value} > 0", alt.value("#d95f02"), alt.value("#1b9e77")),
-                    tooltip=list(df.columns))
-            .properties(height=alt.Step(16)))
+                    tooltip=[alt.Tooltip(c, title=label(c)) for c in df.columns])
+            .properties(height=alt.Step(22)))
+
+
+def top_words(df: pd.DataFrame, title: str) -> alt.Chart:
+    """Horizontal bars of word counts (columns ``word``, ``count``), every word labelled."""
+    return (alt.Chart(df, title=title).mark_bar()
+            .encode(y=alt.Y("word:N", sort="-x", title=None, axis=alt.Axis(**BAND_AXIS)),
+                    x=alt.X("count:Q", title="times used"), tooltip=["word", "count"])
+            .properties(height=alt.Step(20)))
 
 
 def line(df: pd.DataFrame, x: str, y: str, title: str) -> alt.Chart:
     return (alt.Chart(df, title=title).mark_line(point=True)
-            .encode(x=alt.X(f"{x}:O"), y=alt.Y(f"{y}:Q", scale=alt.Scale(zero=False)), tooltip=list(df.columns))
+            .encode(x=alt.X(f"{x}:O", title=label(x), axis=alt.Axis(labelAngle=0, **BAND_AXIS)),
+                    y=alt.Y(f"{y}:Q", scale=alt.Scale(zero=False), title=label(y)),
+                    tooltip=[alt.Tooltip(c, title=label(c)) for c in df.columns])
             .properties(height=240))
 
 
 def bundle_bars(df: pd.DataFrame, metric: str, title: str) -> alt.Chart:
     """One metric for several bundles and decoding runs."""
     return (alt.Chart(df).mark_bar()
-            .encode(x=alt.X("run:N", title=None, sort=run_order(df["run"])), xOffset="bundle:N",
-                    y=alt.Y(f"{metric}:Q", title=title),
-                    color=alt.Color("bundle:N"), tooltip=["bundle", "run", alt.Tooltip(f"{metric}:Q", format=".4f")])
+            .encode(x=alt.X("run:N", title=None, sort=run_order(df["run"]), axis=alt.Axis(labelAngle=0, **BAND_AXIS)),
+                    xOffset="bundle:N", y=alt.Y(f"{metric}:Q", title=title),
+                    color=alt.Color("bundle:N", title="bundle"),
+                    tooltip=[alt.Tooltip("bundle", title="bundle"), alt.Tooltip("run", title="decoding"),
+                             alt.Tooltip(f"{metric}:Q", format=".4f", title=title)])
             .properties(height=260))
 
 
 def history(df: pd.DataFrame, x: str, title: str, y_title: str) -> alt.Chart:
     """Several series over epochs: long format with columns ``x``, ``series`` and ``value``."""
     return (alt.Chart(df, title=title).mark_line(point=True)
-            .encode(x=alt.X(f"{x}:O"), y=alt.Y("value:Q", scale=alt.Scale(zero=False), title=y_title),
+            .encode(x=alt.X(f"{x}:O", title=label(x), axis=alt.Axis(labelAngle=0, **BAND_AXIS)),
+                    y=alt.Y("value:Q", scale=alt.Scale(zero=False), title=y_title),
                     color=alt.Color("series:N", title=None),
                     tooltip=[x, "series", alt.Tooltip("value:Q", format=".4f")])
             .properties(height=240))

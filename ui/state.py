@@ -1,7 +1,19 @@
-"""Cached loaders: the Captioner once per process (st.cache_resource), tables once per input (st.cache_data)."""
+"""Cached loaders: the Captioner once per process (st.cache_resource), tables once per input (st.cache_data).
+
+The default bundle's Captioner is loaded and warmed in a background thread as soon as the server process starts
+(``python -m ui.launch``, what ``make app`` runs) or, under a plain ``streamlit run``, when the first visitor
+arrives: :func:`warm_in_background` starts it once per process and :func:`_captioner` (the st.cache_resource
+loader) hands its result over, so the first person to upload a photo gets the already-warm model.
+
+:data:`DECODE_SLOTS` lets only a few sessions decode and caption uploads at once; see :func:`decode_slot`.
+"""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 import pandas as pd
@@ -33,13 +45,71 @@ def no_bundle_message() -> None:
                f"--out artifacts/quick` for a 1-minute demo model.", icon=":material/model_training:")
 
 
-@st.cache_resource(show_spinner="Loading the captioning model (first time only)…", max_entries=3)
-def _captioner(path: str, mtime: float):
+def _build_captioner(path: str):
+    """Load a bundle for captioning (its metrics.json / predictions.csv are not needed) and warm it up."""
+    from captioning.bundle import load_bundle
     from captioning.captioner import Captioner
 
-    captioner = Captioner.from_bundle(path)
+    captioner = Captioner(load_bundle(path, load_results=False))
     captioner.warm_up()
     return captioner
+
+
+_warming: dict[tuple[str, float], Future] = {}      # started in the background, not yet handed to the cache
+_warm_started: set[tuple[str, float]] = set()       # once per process and bundle version
+_warm_lock = threading.Lock()
+
+
+def warm_in_background(path: str | os.PathLike | None = None) -> None:
+    """Load and warm a bundle's Captioner (default: the first bundle, the one the sidebar opens) in a daemon
+    thread; does nothing when it was started before in this process."""
+    if path is None:
+        bundles = list_bundles()
+        if not bundles:
+            return
+        path = bundles[0]
+    try:
+        key = (str(path), (Path(path) / "manifest.json").stat().st_mtime)
+    except OSError:
+        return
+    with _warm_lock:
+        if key in _warm_started:
+            return
+        _warm_started.add(key)
+        future = _warming[key] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(_build_captioner(key[0]))
+        except BaseException as exc:            # surfaced by _captioner to the page that asks for it
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="captioner-warm-up", daemon=True).start()
+
+
+@st.cache_resource(show_spinner="Loading the captioning model (first time only)…", max_entries=3)
+def _captioner(path: str, mtime: float):
+    with _warm_lock:
+        future = _warming.pop((path, mtime), None)
+    if future is not None:
+        try:
+            return future.result()               # the background warm-up: wait for the rest of it, if any
+        except Exception:                           # noqa: BLE001  (load again below: the page shows the error)
+            pass
+    return _build_captioner(path)
+
+
+# At most this many sessions decode an upload and caption it at the same time (default 2, one per core here):
+# decoding a big photo briefly takes memory, and on a small CPU more parallel work only makes everyone slower.
+DECODE_SLOTS = max(1, int(os.environ.get("CAPTIONING_APP_DECODE_SLOTS", "2")))
+_decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
+
+
+@contextlib.contextmanager
+def decode_slot():
+    """Hold one of the :data:`DECODE_SLOTS` while decoding an upload or captioning it (others queue)."""
+    with _decode_slots:
+        yield
 
 
 def get_captioner():
@@ -63,20 +133,57 @@ def bundle_manifest(path: str, mtime: float) -> dict | None:
         return None
 
 
+EVALUATE_HINT = "python train.py evaluate --out {path}"
+PREDICTION_COLUMNS = {"image", "decoding", "beam_width", "caption"}
+RESULT_KEYS = {"decoding", "beam_width", "split", "n_images"}
+
+
+def _results_mtime(folder: Path) -> float:
+    """Changes when the manifest, metrics.json or predictions.csv change (cache key of bundle_results)."""
+    return max((folder / n).stat().st_mtime for n in ("manifest.json", "metrics.json", "predictions.csv")
+               if (folder / n).is_file())
+
+
 @st.cache_data(show_spinner="Reading evaluation results…")
-def bundle_results(path: str, mtime: float) -> tuple[dict | None, pd.DataFrame | None]:
+def _bundle_results(path: str, mtime: float) -> tuple[dict | None, pd.DataFrame | None, str | None]:
+    """(metrics, predictions, problem): what a bundle's evaluation files hold; ``problem`` names a damaged file."""
     folder = Path(path)
-    metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else None
-    preds = pd.read_csv(folder / "predictions.csv", keep_default_na=False) \
-        if (folder / "predictions.csv").is_file() else None
-    return metrics, preds
+    metrics = preds = None
+    file = folder / "metrics.json"
+    if file.is_file():
+        try:
+            metrics = json.loads(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None, None, "metrics.json is not valid JSON"
+        runs = metrics.get("results") if isinstance(metrics, dict) else None
+        if not isinstance(runs, list) or not all(isinstance(r, dict) and RESULT_KEYS <= set(r) for r in runs):
+            return None, None, "metrics.json holds no list of results"
+    file = folder / "predictions.csv"
+    if file.is_file():
+        try:
+            preds = pd.read_csv(file, keep_default_na=False)
+        except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError):
+            return metrics, None, "predictions.csv is not a readable CSV table"
+        if not PREDICTION_COLUMNS <= set(preds.columns) or \
+                not pd.api.types.is_numeric_dtype(preds["beam_width"]):
+            return metrics, None, "predictions.csv lacks the columns " + ", ".join(sorted(PREDICTION_COLUMNS))
+    return metrics, preds, None
+
+
+def bundle_results(path: str | os.PathLike) -> tuple[dict | None, pd.DataFrame | None, str | None]:
+    """A bundle's evaluation: (metrics or None, predictions or None, a one-line problem or None)."""
+    folder = Path(path)
+    try:
+        return _bundle_results(str(folder), _results_mtime(folder))
+    except (OSError, ValueError):
+        return None, None, "its files could not be read"
 
 
 def current_results():
     path = selected_bundle()
     if path is None:
-        return None, None
-    return bundle_results(str(path), (path / "manifest.json").stat().st_mtime)
+        return None, None, None
+    return bundle_results(path)
 
 
 def current_manifest() -> dict | None:

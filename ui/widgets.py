@@ -9,10 +9,11 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from captioning.images import SUPPORTED_TYPES, InvalidImageError, load_image
+from captioning.images import MAX_BYTES, SUPPORTED_TYPES, InvalidImageError, load_image
 from captioning.metrics import sentence_bleu_scores
 
-from .state import get_dataset
+from .labels import literal, sentence
+from .state import decode_slot, get_dataset
 
 
 @dataclass
@@ -29,17 +30,25 @@ def choose_image(key: str) -> ChosenImage | None:
     sources = ["Upload a photo", "Sample from the test split"] if ds else ["Upload a photo"]
     mode = st.radio("Image", sources, horizontal=True, key=f"{key}_mode", label_visibility="collapsed")
     if mode == "Upload a photo":
-        upload = st.file_uploader("Drag and drop a photo", type=list(SUPPORTED_TYPES), key=f"{key}_upload",
-                                  help="JPEG, PNG, WebP, BMP or GIF (first frame), up to 20 MB.")
+        limit = f"{MAX_BYTES / 2**20:g} MB"
+        upload = st.file_uploader(f"Drag and drop a photo (up to {limit})", type=list(SUPPORTED_TYPES),
+                                  key=f"{key}_upload", help=f"JPEG, PNG, WebP, BMP or GIF (first frame), up to {limit}.")
         if upload is None:
             st.caption("…or switch to *Sample from the test split* to try a Flickr8k photo."
                        if ds else "Flickr8k samples appear here once the dataset is available.")
             return None
+        # The server accepts a little more than the app (.streamlit/config.toml): an over-limit photo then
+        # reaches this check and gets a message on the page, and no caption, instead of only a red chip.
+        if upload.size > MAX_BYTES:
+            st.error(f"**{literal(upload.name)}** is {upload.size / 2**20:.1f} MB: photos up to {limit} are "
+                     "accepted. Use a smaller or more compressed image.", icon=":material/block:")
+            return None
         data = upload.getvalue()
         try:
-            image = load_image(data)
+            with decode_slot():
+                image = load_image(data)
         except InvalidImageError as exc:
-            st.error(f"**{upload.name}**: {exc}", icon=":material/block:")
+            st.error(f"**{literal(upload.name)}**: {exc}", icon=":material/block:")
             return None
         name = upload.name if ds and upload.name in ds.captions else None
         return ChosenImage(image, upload.name, name, hashlib.sha256(data).hexdigest())
@@ -52,7 +61,7 @@ def choose_image(key: str) -> ChosenImage | None:
     if col_random.button(":material/casino: Random", key=f"{key}_random", width="stretch"):
         st.session_state[state_key] = random.choice(names)
     name = col_pick.selectbox("Test image", names, key=state_key,
-                              format_func=lambda n: f"{n}  —  {ds.captions[n][0][:60]}")
+                              format_func=lambda n: f"{n}  —  {ds.captions[n][0][:60].rstrip(' .')}")
     try:
         image = load_image(ds.image_path(name))
     except InvalidImageError as exc:
@@ -81,8 +90,9 @@ def decoding_controls(key: str, default_beam: int = 1, allow_greedy: bool = True
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def cached_features(_captioner, bundle: str, digest: str, _image: Image.Image) -> np.ndarray:
-    """Encoder features of one picture, computed once per bundle and picture."""
-    return _captioner.features(_image)
+    """Encoder features of one picture, computed once per bundle and picture (in a decode slot)."""
+    with decode_slot():
+        return _captioner.features(_image)
 
 
 def references_panel(name: str, words: list[str]) -> None:
@@ -94,17 +104,31 @@ def references_panel(name: str, words: list[str]) -> None:
     for col, n in zip(cols, range(1, 5)):
         col.metric(f"BLEU-{n}", f"{scores[f'bleu_{n}']:.3f}")
     st.markdown("**Human captions**")
-    st.markdown("\n".join(f"{i}. {c}" for i, c in enumerate(ds.captions[name], 1)))
+    st.markdown("\n".join(f"{i}. {literal(sentence(c.rstrip(' .')))}" for i, c in enumerate(ds.captions[name], 1)))
+
+
+def attention_thumbnails(image: Image.Image, caption, size: int = 150) -> list[tuple[str, Image.Image]]:
+    """One heat map per emitted word (words, then <end>), ``2 * size`` pixels wide, in the photo's aspect ratio.
+
+    The maps are drawn square (the encoder's view) and then given back the photo's shape, so a landscape or
+    portrait photo is not squashed. Empty when the decoder has no attention.
+    """
+    from captioning.visualize import attention_strip
+
+    if caption.attention is None:
+        return []
+    words = caption.words + (["<end>"] if caption.finished else [])
+    side = 2 * size                                        # drawn larger, shown at the column's width
+    shape = (side, max(1, round(side * image.height / image.width)))
+    return [(word, picture.resize(shape, Image.Resampling.LANCZOS))
+            for word, picture in attention_strip(image, words, caption.attention[: len(words)], side)]
 
 
 def attention_panel(image: Image.Image, caption, per_row: int = 6, size: int = 150) -> None:
     """A strip of small heat maps, one per emitted word: where the attention decoder looked."""
-    from captioning.visualize import attention_strip
-
-    if caption.attention is None:
+    strip = attention_thumbnails(image, caption, size)
+    if not strip:
         return
-    words = caption.words + (["<end>"] if caption.finished else [])
-    strip = attention_strip(image, words, caption.attention[: len(words)], size)
     st.markdown("**Where the model looked, word by word**")
     for start in range(0, len(strip), per_row):
         for col, (word, picture) in zip(st.columns(per_row), strip[start:start + per_row]):

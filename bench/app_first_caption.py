@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Server start to first caption, as a person sees it: `streamlit run`, a user arrives a few seconds later in
+headless Chromium, uploads a photo and waits for the caption.
+
+    python bench/app_first_caption.py [--via launch|streamlit] [--arrive-after 5] [--runs 1] [--json out.json]
+
+Times (seconds from launching `streamlit run`): the server answering its health check, the user opening the
+page, and the caption appearing; plus "upload to caption", the wait the user actually sits through. Uses the
+bundles under $CAPTIONING_ARTIFACTS (default artifacts/, whose default bundle the Caption page opens) and a
+Flickr8k test photo. Needs Chromium + chromedriver (`bash scripts/setup.sh test`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def one_run(args, photo: Path) -> dict:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+    from test_browser import free_port, new_driver
+
+    port = free_port()
+    driver = new_driver(1200, 1000)                     # the browser is ready before the clock starts
+    driver.set_page_load_timeout(600)                   # a busy machine serves the first page slowly
+    t0 = time.perf_counter()
+    start = ["-m", "ui.launch"] if args.via == "launch" else ["-m", "streamlit", "run", "streamlit_app.py"]
+    server = subprocess.Popen([sys.executable, *start, "--server.headless=true",
+                               f"--server.port={port}", "--server.address=127.0.0.1"], cwd=args.app_dir,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.2)
+        healthy = time.perf_counter() - t0
+        time.sleep(max(0.0, args.arrive_after - (time.perf_counter() - t0)))
+        arrived = time.perf_counter() - t0
+        driver.get(url)
+        upload = WebDriverWait(driver, 300).until(EC.presence_of_element_located((By.CSS_SELECTOR,
+                                                                                    'input[type="file"]')))
+        uploaded = time.perf_counter() - t0
+        upload.send_keys(str(photo))
+        WebDriverWait(driver, 300).until(lambda d: any(e.text.startswith("“") for e in d.find_elements(By.TAG_NAME,
+                                                                                                         "h3")))
+        captioned = time.perf_counter() - t0
+    finally:
+        driver.quit()
+        server.terminate()
+        server.wait(30)
+    return {"healthy_s": round(healthy, 2), "user_arrives_s": round(arrived, 2), "upload_s": round(uploaded, 2),
+            "first_caption_s": round(captioned, 2), "upload_to_caption_s": round(captioned - uploaded, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arrive-after", type=float, default=5.0, help="seconds after launch the user arrives")
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--app-dir", default=str(ROOT), help="the checkout whose app to start")
+    parser.add_argument("--via", choices=("launch", "streamlit"), default="launch",
+                        help="start with `python -m ui.launch` (what make app runs; warms the model at server start) "
+                             "or a plain `streamlit run streamlit_app.py` (warms when the first visitor arrives)")
+    parser.add_argument("--data-dir", default=os.environ.get("FLICKR8K_DIR", str(ROOT.parent / "shared" / "flickr8k")))
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    name = (Path(args.data_dir) / "Flickr_8k.testImages.txt").read_text().split()[0]
+    photo = Path(args.data_dir).resolve() / "Images" / name
+    runs = [one_run(args, photo) for _ in range(args.runs)]
+    print(f"app {args.app_dir} (via {args.via}): user arrives {args.arrive_after:g} s after `streamlit run`, uploads {name}")
+    print(f"{'run':>4} {'healthy':>8} {'arrives':>8} {'upload':>8} {'caption':>8} {'waited':>8}   (s from launch)")
+    for i, r in enumerate(runs, 1):
+        print(f"{i:>4} {r['healthy_s']:8.2f} {r['user_arrives_s']:8.2f} {r['upload_s']:8.2f} "
+              f"{r['first_caption_s']:8.2f} {r['upload_to_caption_s']:8.2f}")
+    summary = {"runs": runs, "median_first_caption_s": statistics.median(r["first_caption_s"] for r in runs),
+               "median_upload_to_caption_s": statistics.median(r["upload_to_caption_s"] for r in runs)}
+    print(f"median: first caption {summary['median_first_caption_s']:.2f} s after launch, "
+          f"{summary['median_upload_to_caption_s']:.2f} s after the upload")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
