@@ -29,7 +29,7 @@ def evaluate(steps: StepDecoder, vocab: Vocabulary, features: np.ndarray, names:
         coco, coco_each, note = coco_scores(references, hyps, meteor=meteor)
         if note:
             notes.add(note)
-        entry = {"decoding": config.strategy, "beam_width": config.beam_width, "split": split,
+        entry = {"decoding": config.kind, "beam_width": config.beam_width, "split": split,
                  "n_images": len(names), "length_penalty": config.length_penalty,
                  "no_repeat_ngram_size": config.no_repeat_ngram_size, "max_length": config.max_length,
                  **corpus_bleu_scores(references, hyps), **{k: round(v, 6) for k, v in coco.items()},
@@ -38,7 +38,7 @@ def evaluate(steps: StepDecoder, vocab: Vocabulary, features: np.ndarray, names:
                  "decode_seconds": round(seconds, 2)}
         results.append(entry)
         for i, (name, refs, best) in enumerate(zip(names, references, (n[0] for n in nbest))):
-            rows.append({"image": name, "decoding": config.strategy, "beam_width": config.beam_width,
+            rows.append({"image": name, "decoding": config.kind, "beam_width": config.beam_width,
                          "caption": best.text, "log_prob": round(best.log_prob, 4),
                          "score": round(best.score, 4), **{k: round(v, 4) for k, v in
                                                              sentence_bleu_scores(refs, best.words).items()},
