@@ -4,6 +4,7 @@ import time
 import streamlit as st
 
 from ui.charts import word_probabilities
+from ui.lab import remember_photo
 from ui.shell import require_shell
 from ui.state import get_captioner
 from ui.widgets import attention_panel, cached_features, choose_image, decoding_controls, references_panel
@@ -11,6 +12,7 @@ from ui.widgets import attention_panel, cached_features, choose_image, decoding_
 require_shell()
 st.title("Caption a photo")
 chosen = choose_image("caption")
+remember_photo(chosen)                                   # the Compare page starts from the same photo
 options = decoding_controls("caption", default_beam=5)   # beam 5: the best captions on dev, ~0.04 s over greedy
 
 # Widgets first so the page is usable at once; the model loads (once per process) while a photo is chosen.

@@ -34,6 +34,8 @@ NAMES = {"cider": "CIDEr-D", "rouge_l": "ROUGE-L", "meteor": "METEOR",
 def results_frame(metrics: dict) -> pd.DataFrame:
     frame = pd.DataFrame(metrics["results"])
     frame["run"] = [run_label(d, w) for d, w in zip(frame["decoding"], frame["beam_width"])]
+    if "label" in frame:                               # runs scored with --decode name themselves
+        frame["run"] = [lab if isinstance(lab, str) and lab else run for lab, run in zip(frame["label"], frame["run"])]
     return frame
 
 
@@ -164,8 +166,9 @@ if preds is None or preds.empty:
     st.info(f"No per-image predictions in this bundle. Run `python train.py evaluate --out {path}`.")
     st.stop()
 
-preds = preds.copy()
-preds["run"] = [run_label(d, w) for d, w in zip(preds["decoding"], preds["beam_width"])]
+preds = results_frame({"results": preds.to_dict("records")})
+if "rank" in preds:                                    # several captions per image: analyse each image's first
+    preds = preds[preds["rank"].astype(int) == 1].reset_index(drop=True)
 preds["length"] = preds["caption"].str.split().str.len()
 runs = list(dict.fromkeys(preds["run"]))
 c1, c2 = st.columns(2)
