@@ -26,6 +26,7 @@ from pathlib import Path
 import captioning  # noqa: F401  (sets TensorFlow's log level before it loads)
 from captioning.adapters import load_dataset
 from captioning.data import DataError, Flickr8k, download
+from captioning.decoding import parse_spec
 from captioning.encoders import (ENCODER_NAMES, MOBILENET_ALPHAS, EncoderWeightsError, find_weights, get_spec,
                                  infer_alpha, weights_hint)
 
@@ -76,6 +77,9 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--spatial", action="store_true", default=d(False),
                    help="also cache the encoder's spatial map (for attention decoders; ~3.3 GB for Xception)")
     p.add_argument("--beam-widths", default=d("3,5"), help="beam widths evaluated beside greedy")
+    p.add_argument("--decode", nargs="+", default=d(None), metavar="SPEC",
+                   help="evaluate: decoding runs to score instead of greedy + --beam-widths, e.g. greedy beam:5 "
+                        "sample:temperature=0.7,top_p=0.9,n=5,seed=0 diverse:beams=6,groups=3,penalty=0.5")
     p.add_argument("--split", default=d("test"), choices=["dev", "test"], help="split that evaluate scores")
     p.add_argument("--no-sweep", action="store_true", default=d(False),
                    help="skip the beam/length-penalty sweep on the dev split when running all steps")
@@ -179,6 +183,11 @@ def invalid_options(args: argparse.Namespace) -> list[str]:
     if args.weights and not Path(args.weights).expanduser().is_file():
         problems.append(f"--weights {args.weights}: no such file; pass the path of a .weights.h5 file "
                         f"(e.g. ../shared/weights/mobilenet_v2_0.35_224_imagenet_notop.weights.h5)")
+    for spec in getattr(args, "decode", None) or ():
+        try:
+            parse_spec(spec)
+        except ValueError as exc:
+            problems.append(f"--decode {spec!r}: {exc}")
     return problems
 
 
@@ -351,11 +360,16 @@ def evaluate_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> list[dict]
         features_step(_for_bundle(args, spec, spatial), ds, {split: test_names})
     feats = cache.load(test_names, spatial)
     widths = [int(w) for w in str(args.beam_widths).split(",") if w.strip()]
-    configs = [DecodeConfig(max_length=bundle.max_length)] + \
-              [DecodeConfig(beam_width=w, max_length=bundle.max_length) for w in widths if w > 1]
+    if args.decode:
+        configs = [parse_spec(spec, max_length=bundle.max_length) for spec in args.decode]
+    else:
+        configs = [DecodeConfig(max_length=bundle.max_length)] + \
+                  [DecodeConfig(beam_width=w, max_length=bundle.max_length) for w in widths if w > 1]
+    training = [c for refs in ds.references(names["train"]) for c in refs]
     results, predictions, notes = evaluate(bundle.step_decoder(), bundle.vocab, feats, test_names,
                                            ds.references(test_names), configs, split=split,
-                                           progress=not args.quiet, meteor=not args.no_meteor)
+                                           progress=not args.quiet, meteor=not args.no_meteor,
+                                           training_captions=training)
     # Keep what this step does not recompute: the dev sweep and an earlier metric-vs-human agreement.
     try:
         old = read_metrics(args.out) or {}
@@ -378,14 +392,23 @@ def evaluate_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> list[dict]
         print(f"human agreement: {metrics['human_agreement']['pairs']:,} pairs in {time.perf_counter() - start:.0f}s",
               flush=True)
     update_results(args.out, metrics, predictions)
-    cols = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "coco_bleu_4", "cider", "rouge_l", "meteor"]
-    print(f"\n{split}, {len(test_names)} images\n{'decoding':<10} " + " ".join(f"{c:>11}" for c in cols))
-    for r in results:
-        label = "greedy" if r["beam_width"] == 1 else f"beam {r['beam_width']}"
-        print(f"{label:<10} " + " ".join(f"{r[c]:11.4f}" if c in r else f"{'-':>11}" for c in cols))
+    print(f"\n{split}, {len(test_names)} images\n" + strategy_table(results))
     for note in notes:
         print(note)
     return results
+
+
+def strategy_table(results: list[dict]) -> str:
+    """Quality and diversity of each decoding run, one line each (what `evaluate` prints)."""
+    cols = [("BLEU-1", "bleu_1", 3), ("BLEU-4", "bleu_4", 3), ("CIDEr-D", "cider", 3), ("METEOR", "meteor", 3),
+            ("distinct", "distinct_captions", 3), ("vocab", "vocab_used", 0), ("novel", "novel_fraction", 3),
+            ("dist-2", "distinct_2", 3), ("self-BLEU", "self_bleu_4", 3), ("oracle CIDEr-D", "oracle_cider", 3)]
+    width = max(len(r.get("label", r["decoding"])) for r in results) + 2
+    lines = [f"{'decoding':<{width}}" + " ".join(f"{head:>{max(len(head), 6)}}" for head, _, _ in cols)]
+    for r in results:
+        cells = [(f"{r[key]:.{digits}f}" if key in r else "-").rjust(max(len(head), 6)) for head, key, digits in cols]
+        lines.append(f"{r.get('label', r['decoding']):<{width}}" + " ".join(cells))
+    return "\n".join(lines)
 
 
 def sweep_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> list[dict]:

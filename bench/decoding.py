@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Decoding speed: this project's batched step-wise decoding vs the seed tutorials' way, same model, same images.
+"""Decoding speed: this project's batched step-wise decoding vs the seed tutorials' way, same model, same images,
+for every strategy (greedy, beam, sampling, diverse beam search), with the decoder rows each one computes.
 
 The seed way re-runs the whole model on the padded prefix for every word, one image at a time
 (``model.predict([photo, sequence])`` in a loop), and its beam search does that for every beam. Both decoders
@@ -91,6 +92,35 @@ def seed_style_beam(model, feature, vocab, max_length, width):
     return vocab.decode(best[0])
 
 
+def seed_style_sample(model, feature, vocab, max_length, n, rng):
+    """n captions drawn the seed way: the whole model re-run on the prefix for every word of every sample."""
+    out = []
+    for _ in range(n):
+        tokens = [vocab.start_id]
+        for _ in range(max_length):
+            logits = model((feature[None], np.array([tokens], np.int32)), training=False).numpy()[0, -1] / 0.7
+            logits[[vocab.pad_id, vocab.start_id, vocab.unk_id]] = -np.inf
+            probs = np.exp(logits - logits.max())
+            word = int(rng.choice(len(probs), p=probs / probs.sum()))
+            if word == vocab.end_id:
+                break
+            tokens.append(word)
+        out.append(vocab.decode(tokens))
+    return out
+
+
+STRATEGIES = [  # label, DecodeConfig fields, seed-style counterpart (None: the seed tutorials have none)
+    ("greedy", {}, "greedy"),
+    ("beam 3", {"beam_width": 3}, "beam"),
+    ("beam 5", {"beam_width": 5}, "beam"),
+    ("beam 10", {"beam_width": 10}, "beam"),
+    ("sample T0.7 n5", {"strategy": "sample", "temperature": 0.7, "num_return_sequences": 5}, "sample"),
+    ("sample p0.9 n5", {"strategy": "sample", "temperature": 0.7, "top_p": 0.9, "num_return_sequences": 5}, None),
+    ("diverse 6/3", {"strategy": "diverse", "beam_width": 6, "num_groups": 3, "diversity_penalty": 0.5,
+                     "num_return_sequences": 3}, None),
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", default="artifacts/xception-attention",
@@ -138,30 +168,45 @@ def main() -> None:
     decode(steps, feats[:8], vocab, DecodeConfig(max_length=max_len, beam_width=3))       # trace once
     seed_style_greedy(bundle.decoder, feats[0], vocab, 3)
 
+    counted = []
+    step = steps.step
+    steps.step = lambda context, tokens, state: (counted.append(len(tokens)), step(context, tokens, state))[1]
+    rng = np.random.default_rng(0)
     rows = []
-    for label, width in (("greedy", 1), ("beam 3", 3), ("beam 5", 5)):
-        config = DecodeConfig(max_length=max_len, beam_width=width)
+    for label, fields, seed_kind in STRATEGIES:
+        config = DecodeConfig(max_length=max_len, **fields)
+        counted.clear()
         start = time.perf_counter()
-        ours = decode(steps, feats, vocab, config)
+        decode(steps, feats, vocab, config)
         ours_total = time.perf_counter() - start
-        start = time.perf_counter()
-        for f in feats[: args.seed_images]:
-            (seed_style_greedy(bundle.decoder, f, vocab, max_len) if width == 1
-             else seed_style_beam(bundle.decoder, f, vocab, max_len, width))
-        seed_per_image = (time.perf_counter() - start) / args.seed_images
-        rows.append({"decoding": label, "ours_total_s": round(ours_total, 2),
-                     "ours_ms_per_image": round(1000 * ours_total / len(feats), 2),
-                     "seed_ms_per_image": round(1000 * seed_per_image, 1),
-                     "seed_total_s_extrapolated": round(seed_per_image * len(feats), 1),
-                     "speedup": round(seed_per_image * len(feats) / ours_total, 1), "images": len(feats)})
-        del ours
-    greedy_total = rows[0]["ours_total_s"]
-    print(f"{'decoding':<8} {'ours total':>11} {'ours ms/img':>12} {'seed ms/img':>12} {'seed total*':>12} {'speed-up':>9}")
+        row = {"decoding": label, "ours_total_s": round(ours_total, 2),
+               "ours_ms_per_image": round(1000 * ours_total / len(feats), 2),
+               "decoder_rows_per_image": round(sum(counted) / len(feats), 1), "images": len(feats)}
+        if seed_kind:
+            start = time.perf_counter()
+            for f in feats[: args.seed_images]:
+                if seed_kind == "greedy":
+                    seed_style_greedy(bundle.decoder, f, vocab, max_len)
+                elif seed_kind == "beam":
+                    seed_style_beam(bundle.decoder, f, vocab, max_len, config.beam_width)
+                else:
+                    seed_style_sample(bundle.decoder, f, vocab, max_len, config.num_return_sequences, rng)
+            seed_per_image = (time.perf_counter() - start) / args.seed_images
+            row.update(seed_ms_per_image=round(1000 * seed_per_image, 1),
+                       seed_total_s_extrapolated=round(seed_per_image * len(feats), 1),
+                       speedup=round(seed_per_image * len(feats) / ours_total, 1))
+        rows.append(row)
+    greedy = rows[0]
+    print(f"{'decoding':<15} {'ours total':>11} {'ours ms/img':>12} {'rows/img':>9} {'x greedy rows':>14} "
+          f"{'x greedy time':>14} {'seed ms/img':>12} {'seed total*':>12} {'speed-up':>9}")
     for r in rows:
-        print(f"{r['decoding']:<8} {r['ours_total_s']:10.2f}s {r['ours_ms_per_image']:12.2f} {r['seed_ms_per_image']:12.1f} "
-              f"{r['seed_total_s_extrapolated']:11.1f}s {r['speedup']:8.1f}x")
-    print(f"* seed-style extrapolated from {args.seed_images} images; beam 5 / greedy (ours): "
-          f"{rows[2]['ours_total_s'] / greedy_total:.2f}x")
+        seed = (f"{r['seed_ms_per_image']:12.1f} {r['seed_total_s_extrapolated']:11.1f}s {r['speedup']:8.1f}x"
+                if "speedup" in r else f"{'-':>12} {'-':>12} {'-':>9}")
+        print(f"{r['decoding']:<15} {r['ours_total_s']:10.2f}s {r['ours_ms_per_image']:12.2f} "
+              f"{r['decoder_rows_per_image']:9.1f} {r['decoder_rows_per_image'] / greedy['decoder_rows_per_image']:14.2f} "
+              f"{r['ours_total_s'] / greedy['ours_total_s']:14.2f} {seed}")
+    print(f"* seed-style extrapolated from {args.seed_images} images (sampling: 5 captions at temperature 0.7); "
+          f"rows/img = decoder rows computed per image over all steps")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

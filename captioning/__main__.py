@@ -1,4 +1,5 @@
-"""Command line: ``python -m captioning caption IMAGE... [--beam-width K]`` and ``setup-weights``."""
+"""Command line: ``python -m captioning caption IMAGE... [--beam-width K | --strategy sample|diverse ...]`` and
+``setup-weights``."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +18,7 @@ def main(argv=None) -> int:
     cap.add_argument("--no-repeat-ngram-size", type=int, default=0)
     cap.add_argument("--n-best", type=int, default=1, help="print this many captions per image")
     cap.add_argument("--weights", default=None, help="encoder ImageNet weights file")
+    add_strategy_options(cap)
     setup = sub.add_parser("setup-weights", help="store an encoder's ImageNet weights under weights/")
     setup.add_argument("--encoder", default="xception")
     setup.add_argument("--alpha", type=float, default=None)
@@ -34,7 +36,7 @@ def main(argv=None) -> int:
 
         captioner = Captioner.from_bundle(args.bundle or artifacts_dir() / "default", args.weights)
         config = captioner.config(beam_width=args.beam_width, length_penalty=args.length_penalty,
-                                  no_repeat_ngram_size=args.no_repeat_ngram_size, num_return_sequences=args.n_best)
+                                  no_repeat_ngram_size=args.no_repeat_ngram_size, **strategy_overrides(args))
     except (BundleError, EncoderWeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -55,6 +57,39 @@ def main(argv=None) -> int:
             prefix = f"{path}\t" if len(nbest) == 1 else f"{path}\t#{rank}\t"
             print(f"{prefix}{cap_.text}\t(log p {cap_.log_prob:.2f}, {ms:.0f} ms)")
     return status
+
+
+def add_strategy_options(cap: argparse.ArgumentParser) -> None:
+    """Decoding strategies beyond greedy and beam (``--beam-width K`` alone still means beam search)."""
+    g = cap.add_argument_group("decoding strategy")
+    g.add_argument("--strategy", choices=["greedy", "beam", "sample", "diverse"], default=None,
+                   help="default: greedy, or beam search when --beam-width > 1")
+    g.add_argument("--temperature", type=float, default=1.0, help="sample: < 1 sharper, > 1 more adventurous")
+    g.add_argument("--top-k", type=int, default=0, help="sample: only the k likeliest words (0 = off)")
+    g.add_argument("--top-p", type=float, default=1.0, help="sample: nucleus, e.g. 0.9 (1 = off)")
+    g.add_argument("--n", type=int, default=None, help="sample: captions drawn per image (default 1)")
+    g.add_argument("--seed", type=int, default=0, help="sample: the same seed draws the same captions")
+    g.add_argument("--groups", type=int, default=1, help="diverse: beam groups (must divide --beam-width)")
+    g.add_argument("--diversity-penalty", type=float, default=0.5, help="diverse: Hamming penalty between groups")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages words already said")
+    g.add_argument("--no-repeat-word", action="store_true", help="never the same word twice in a row")
+    g.add_argument("--ban", nargs="+", default=(), metavar="WORD", help="words never to emit")
+    g.add_argument("--min-length", type=int, default=1, help="fewest words per caption")
+
+
+def strategy_overrides(args) -> dict:
+    """DecodeConfig fields from the strategy options (ValueError with what to change on a bad mix)."""
+    strategy = args.strategy or "auto"
+    if args.n is not None and strategy != "sample":
+        raise ValueError("--n is the number of sampled captions (--strategy sample); use --n-best for beam search")
+    out = {"strategy": strategy, "num_return_sequences": args.n if args.n is not None else args.n_best,
+           "repetition_penalty": args.repetition_penalty, "no_repeat_word": args.no_repeat_word,
+           "banned_words": tuple(w.lower() for w in args.ban), "min_length": args.min_length}
+    if strategy == "sample":
+        out.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    if strategy == "diverse":
+        out.update(num_groups=args.groups, diversity_penalty=args.diversity_penalty)
+    return out
 
 
 if __name__ == "__main__":

@@ -7,15 +7,18 @@ from typing import Sequence
 import numpy as np
 
 from .decoding import DecodeConfig, StepDecoder, decode
-from .metrics import BLEU_WEIGHTS, IMPLEMENTATION, coco_scores, corpus_bleu_scores, sentence_bleu_scores
+from .metrics import (BLEU_WEIGHTS, IMPLEMENTATION, cider_each, coco_scores, corpus_bleu_scores, diversity_scores,
+                      sentence_bleu_scores)
 from .text import Vocabulary
 
 
 def evaluate(steps: StepDecoder, vocab: Vocabulary, features: np.ndarray, names: Sequence[str],
              references: Sequence[Sequence[Sequence[str]]], configs: Sequence[DecodeConfig], split: str = "test",
-             progress: bool = True, meteor: bool = True):
-    """Returns ``(results, predictions, notes)``: one metrics dict per config (nltk BLEU and the
-    coco-caption metrics), a DataFrame of captions with per-image scores, and notes on skipped metrics."""
+             progress: bool = True, meteor: bool = True, training_captions: Sequence[Sequence[str]] | None = None):
+    """Returns ``(results, predictions, notes)``: one metrics dict per config (nltk BLEU, the coco-caption
+    metrics of each image's first caption, and the diversity metrics, with ``novel_fraction`` when the
+    training captions are given), a DataFrame of captions with per-image scores (a ``rank`` per caption
+    where a run returns several per image), and notes on skipped metrics."""
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -35,21 +38,29 @@ def evaluate(steps: StepDecoder, vocab: Vocabulary, features: np.ndarray, names:
             print(f"score {config.describe()}: done in {time.perf_counter() - scoring:.1f}s", flush=True)
         if note:
             notes.add(note)
-        entry = {"decoding": config.strategy, "beam_width": config.beam_width, "split": split,
+        sets = [[c.words for c in n] for n in nbest]
+        entry = {"decoding": config.kind, "label": config.describe(), "options": config.options(),
+                 "beam_width": config.beam_width, "split": split,
                  "n_images": len(names), "length_penalty": config.length_penalty,
                  "no_repeat_ngram_size": config.no_repeat_ngram_size, "max_length": config.max_length,
                  **corpus_bleu_scores(references, hyps), **{k: round(v, 6) for k, v in coco.items()},
                  "mean_length": float(np.mean([len(h) for h in hyps])),
                  "vocabulary_used": len({w for h in hyps for w in h}),
+                 **diversity_scores(sets, training_captions, references),
                  "decode_seconds": round(seconds, 2)}
         results.append(entry)
-        for i, (name, refs, best) in enumerate(zip(names, references, (n[0] for n in nbest))):
-            rows.append({"image": name, "decoding": config.strategy, "beam_width": config.beam_width,
-                         "caption": best.text, "log_prob": round(best.log_prob, 4),
-                         "score": round(best.score, 4), **{k: round(v, 4) for k, v in
-                                                             sentence_bleu_scores(refs, best.words).items()},
-                         "cider": round(coco_each["cider"][i], 4)})
-    columns = ["image", "decoding", "beam_width", "caption", "log_prob", "score", *BLEU_WEIGHTS, "cider"]
+        several = max(len(n) for n in nbest) > 1
+        each = cider_each(references, sets) if several else [[c] for c in coco_each["cider"]]
+        for name, refs, caps, ciders in zip(names, references, nbest, each):
+            for rank, (cap, cider) in enumerate(zip(caps, ciders), 1):
+                rows.append({"image": name, "decoding": config.kind, "beam_width": config.beam_width,
+                             "label": entry["label"], "rank": rank,
+                             "caption": cap.text, "log_prob": round(cap.log_prob, 4),
+                             "score": round(cap.score, 4), **{k: round(v, 4) for k, v in
+                                                              sentence_bleu_scores(refs, cap.words).items()},
+                             "cider": round(cider, 4)})
+    columns = ["image", "decoding", "beam_width", "caption", "rank", "label", "log_prob", "score", *BLEU_WEIGHTS,
+               "cider"]
     return results, pd.DataFrame(rows, columns=columns), sorted(notes)
 
 

@@ -1,4 +1,5 @@
-"""Caption metrics: corpus BLEU-1..4 and smoothed per-image BLEU (nltk), plus breakdown helpers.
+"""Caption metrics: corpus BLEU-1..4 and smoothed per-image BLEU (nltk), the coco-caption toolkit's metrics,
+diversity metrics, plus breakdown helpers.
 
 Hypotheses and references are token lists cleaned by :func:`captioning.text.tokenize`, without
 ``<start>``/``<end>``; every image is scored against all of its references.
@@ -134,6 +135,123 @@ def _meteor(gts, res) -> tuple[float, list[float]]:
     finally:
         scorer.meteor_p.kill()
     return float(score), [float(x) for x in each]
+
+
+# --- diversity: how varied the captions are, over a split and among an image's several captions -------------
+# Quality metrics reward the safe, generic caption; these tell whether a decoder says different things about
+# different photos (and several things about one photo). Definitions follow Shetty et al. 2017 ("Speaking the
+# Same Language: Matching Machine to Human Captions by Adversarial Training": distinct captions, novel
+# captions, vocabulary usage, mBLEU), Dai et al. 2017 ("Towards Diverse and Natural Image Descriptions via a
+# Conditional GAN": unique and novel captions), Li et al. 2016 (distinct-n) and Wang & Chan 2019 ("Describing
+# like Humans: on Diversity in Image Captioning": self-BLEU and oracle scores over several captions per image).
+
+def distinct_captions(hypotheses: Sequence[Tokens]) -> float:
+    """Fraction of images whose caption no other image got (Dai et al. 2017 "unique"; Shetty et al. 2017).
+
+    1 means every photo gets its own caption; a decoder that writes the same "a dog runs through the grass"
+    for many photos scores low.
+    """
+    if not hypotheses:
+        raise ValueError("no captions to measure")
+    counts = collections.Counter(tuple(h) for h in hypotheses)
+    return sum(counts[tuple(h)] == 1 for h in hypotheses) / len(hypotheses)
+
+
+def vocab_used(hypotheses: Sequence[Tokens]) -> int:
+    """How many distinct words the captions use over the whole split (Shetty et al. 2017, vocabulary usage)."""
+    return len({w for h in hypotheses for w in h})
+
+
+def novel_fraction(hypotheses: Sequence[Tokens], training_captions: Sequence[Tokens]) -> float:
+    """Fraction of captions not found verbatim among the training captions (Shetty et al. 2017; Dai et al.
+    2017 "novel"): a low value means the decoder mostly recites captions it was trained on."""
+    if not hypotheses:
+        raise ValueError("no captions to measure")
+    seen = {tuple(c) for c in training_captions}
+    return sum(tuple(h) not in seen for h in hypotheses) / len(hypotheses)
+
+
+def distinct_n(hypotheses: Sequence[Tokens], n: int) -> float:
+    """Distinct-n (Li et al. 2016, used for captions by Wang & Chan 2019): unique n-grams / all n-grams over
+    every caption (0 when no caption is n words long)."""
+    grams = [tuple(h[i:i + n]) for h in hypotheses for i in range(len(h) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def mean_length(hypotheses: Sequence[Tokens]) -> float:
+    """Mean caption length in words."""
+    if not hypotheses:
+        raise ValueError("no captions to measure")
+    return sum(len(h) for h in hypotheses) / len(hypotheses)
+
+
+def self_bleu_4(caption_sets: Sequence[Sequence[Tokens]]) -> float:
+    """Self-BLEU-4 among each image's captions (Zhu et al. 2018 Texygen; Shetty et al. 2017 "mBLEU";
+    Wang & Chan 2019): corpus BLEU-4 of every caption against the same image's other captions, over all
+    images. Lower = an image's captions differ more from one another. Needs at least 2 captions per image.
+    """
+    refs, hyps = [], []
+    for caps in caption_sets:
+        if len(caps) < 2:
+            raise ValueError("self-BLEU needs at least 2 captions per image; decode with n > 1")
+        for i, cap in enumerate(caps):
+            refs.append([list(c) for j, c in enumerate(caps) if j != i])
+            hyps.append(list(cap))
+    return corpus_bleu_scores(refs, hyps)["bleu_4"]
+
+
+def cider_each(references: Sequence[Sequence[Tokens]], caption_sets: Sequence[Sequence[Tokens]]) -> list[list[float]]:
+    """The coco-caption toolkit's CIDEr-D of every caption of every image (one list per image).
+
+    Each image's references are repeated once per caption, which leaves CIDEr-D's document frequencies (a
+    ratio of counts over images) unchanged: a run of one caption per image scores as ``coco_scores`` does.
+    """
+    if len(references) != len(caption_sets) or not caption_sets:
+        raise ValueError(f"{len(references)} reference sets for {len(caption_sets)} caption sets")
+    from pycocoevalcap.cider.cider import Cider
+
+    gts, res, owner = {}, {}, []
+    for i, (refs, caps) in enumerate(zip(references, caption_sets)):
+        for cap in caps:
+            key = len(owner)
+            gts[key] = [" ".join(r) for r in refs]
+            res[key] = [" ".join(cap) if cap else "<empty>"]
+            owner.append(i)
+    _, each = Cider().compute_score(gts, res)
+    out: list[list[float]] = [[] for _ in caption_sets]
+    for i, score in zip(owner, each):
+        out[i].append(float(score))
+    return out
+
+
+def oracle_cider(references: Sequence[Sequence[Tokens]], caption_sets: Sequence[Sequence[Tokens]]) -> float:
+    """CIDEr-D of the best of each image's captions (the oracle of Wang & Chan 2019; Vijayakumar et al. 2018):
+    how good the n-best list or the samples can be if something picks the right one."""
+    return sum(max(scores) for scores in cider_each(references, caption_sets)) / len(caption_sets)
+
+
+def diversity_scores(caption_sets: Sequence[Sequence[Tokens]], training_captions: Sequence[Tokens] | None = None,
+                     references: Sequence[Sequence[Tokens]] | None = None) -> dict[str, float]:
+    """Every diversity metric of a decoding run, as stored in metrics.json.
+
+    ``caption_sets`` holds each image's captions, best first; the split-level metrics (distinct captions,
+    vocabulary, novel fraction, distinct-1/2, mean length) use each image's first caption, the way its quality
+    is scored. Runs with several captions per image add ``self_bleu_4``, ``oracle_cider`` (when references are
+    given) and ``distinct_2_all`` (distinct-2 over all the captions).
+    """
+    first = [caps[0] for caps in caption_sets]
+    out = {"distinct_captions": round(distinct_captions(first), 6), "vocab_used": vocab_used(first),
+           "distinct_1": round(distinct_n(first, 1), 6), "distinct_2": round(distinct_n(first, 2), 6),
+           "mean_length": mean_length(first)}
+    if training_captions is not None:
+        out["novel_fraction"] = round(novel_fraction(first, training_captions), 6)
+    if min(len(caps) for caps in caption_sets) > 1:
+        out["captions_per_image"] = min(len(caps) for caps in caption_sets)
+        out["self_bleu_4"] = round(self_bleu_4(caption_sets), 6)
+        out["distinct_2_all"] = round(distinct_n([c for caps in caption_sets for c in caps], 2), 6)
+        if references is not None:
+            out["oracle_cider"] = round(oracle_cider(references, caption_sets), 6)
+    return out
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:

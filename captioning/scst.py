@@ -128,46 +128,28 @@ class SCSTConfig:
 
 
 class Sampler:
-    """Draws captions from a decoder's step API, one compiled step per word for the whole batch."""
+    """Draws captions for REINFORCE through the decoding engine's sampling (:func:`captioning.decoding.sample_search`):
+    one compiled step per word for the whole batch, plain sampling (temperature 1, no truncation), specials
+    never emitted, ``<end>`` allowed from the first step. Every call draws fresh captions; the same seed
+    replays the same sequence of calls."""
 
     def __init__(self, decoder, vocab: Vocabulary, seed: int):
-        import tensorflow as tf
+        from .decoding import StepDecoder
 
-        self.decoder, self.vocab = decoder, vocab
-        self._banned = np.zeros(len(vocab), np.float32)
-        self._banned[[vocab.pad_id, vocab.start_id, vocab.unk_id]] = -1e9
-        self._gen = tf.random.Generator.from_seed(seed)
-        self._start = tf.function(decoder.start, reduce_retracing=True)
-        self._step = tf.function(self._sample_step, reduce_retracing=True)
-
-    def _sample_step(self, context, tokens, state):
-        import tensorflow as tf
-
-        log_probs, state, _ = self.decoder.step(context, tokens, state)
-        logits = log_probs + self._banned
-        seeds = self._gen.make_seeds(1)[:, 0]
-        nxt = tf.random.stateless_categorical(logits, 1, seed=seeds, dtype=tf.int32)[:, 0]
-        return nxt, state
+        self.steps, self.vocab, self.seed, self.calls = StepDecoder(decoder), vocab, int(seed), 0
 
     def sample(self, features: np.ndarray, samples: int, max_length: int) -> np.ndarray:
         """(B, ...) features -> int32 (B*samples, max_length) token ids, rows grouped per image, 0 after <end>."""
-        import tensorflow as tf
+        from .decoding import DecodeConfig, sample_search
 
-        context, state = self._start(np.asarray(features, np.float32))
-        context = tf.repeat(context, samples, axis=0)
-        state = [tf.repeat(s, samples, axis=0) for s in state]
-        rows = int(context.shape[0])
-        out = np.zeros((rows, max_length), np.int32)
-        tokens = np.full(rows, self.vocab.start_id, np.int32)
-        done = np.zeros(rows, bool)
-        for t in range(max_length):
-            nxt, state = self._step(context, tokens, state)
-            nxt = np.where(done, 0, nxt.numpy())
-            out[:, t] = nxt
-            done |= nxt == self.vocab.end_id
-            if done.all():
-                break
-            tokens = np.where(done, self.vocab.end_id, nxt).astype(np.int32)
+        config = DecodeConfig(strategy="sample", num_return_sequences=samples, max_length=max_length, min_length=0)
+        nbest = sample_search(self.steps, np.asarray(features, np.float32), self.vocab, config,
+                              seed=(self.seed, self.calls))
+        self.calls += 1
+        out = np.zeros((len(features) * samples, max_length), np.int32)
+        for row, caption in enumerate(c for caps in nbest for c in caps):
+            ids = [self.vocab.stoi[w] for w in caption.words] + ([self.vocab.end_id] if caption.finished else [])
+            out[row, :len(ids)] = ids
         return out
 
 

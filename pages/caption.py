@@ -4,6 +4,7 @@ import time
 import streamlit as st
 
 from ui.charts import word_probabilities
+from ui.lab import remember_photo
 from ui.labels import literal, model_knows, sentence
 from ui.shell import require_shell
 from ui.state import current_manifest, decode_slot, get_captioner
@@ -15,6 +16,7 @@ knows = model_knows(current_manifest() or {})
 if knows:
     st.caption(f":material/info: {knows}")
 chosen = choose_image("caption")
+remember_photo(chosen)                                   # the Compare page starts from the same photo
 options = decoding_controls("caption", default_beam=5)   # beam 5: the best captions on dev, ~0.04 s over greedy
 
 # Widgets first so the page is usable at once; the model loads (once per process) while a photo is chosen.

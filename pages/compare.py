@@ -1,55 +1,84 @@
-"""Compare page: greedy vs beam for one photo, the beam's n-best list, and a sweep over beam widths."""
-import pandas as pd
+"""Compare page, the decoding lab: 2-4 decoding strategies side by side on one photo, then every strategy's
+quality and diversity over the test split (read from the bundle's metrics.json, nothing recomputed)."""
 import streamlit as st
 
-from ui.charts import line, word_probabilities
-from ui.labels import literal, sentence
+from ui.charts import word_probabilities
+from ui.lab import (PRESETS, choose_shared_photo, quality_diversity_chart, results_frame, show_captions,
+                    strategy_picker, strategy_table)
+from ui.labels import literal
 from ui.shell import require_shell
-from ui.state import get_captioner
-from ui.widgets import attention_panel, cached_features, choose_image, decoding_controls, references_panel
+from ui.state import current_results, get_captioner, get_dataset
+from ui.widgets import attention_panel, cached_features, choose_image
+
+DEFAULTS = ["Beam 5", "Sample: T 0.7, top-p 0.9, 5 captions", "Diverse: 6 beams, 3 groups, penalty 0.5", "Greedy"]
+
+
+@st.cache_resource(show_spinner="Counting n-grams of the training captions…")
+def cider_scorer(root: str):
+    """CIDEr-D with the training split's document frequencies (what SCST optimises), for one photo at a time."""
+    from captioning.scst import CiderD
+
+    ds = get_dataset()
+    return CiderD(ds.references(ds.splits["train"]))
+
 
 require_shell()
-st.title("Compare decoding")
-st.caption("Greedy takes the likeliest word at every step; beam search keeps the K best partial captions "
-           "and returns the best finished one (score = Σ log p / length^penalty).")
-chosen = choose_image("compare")
-options = decoding_controls("compare", default_beam=5, allow_greedy=False)
+st.title("Decoding lab")
+st.caption("The same model, different ways to turn its next-word probabilities into captions. Greedy and beam "
+           "search look for the likeliest caption; sampling draws captions (temperature, top-k and top-p shape what "
+           "it may draw); diverse beam search splits the beams into groups that are pushed apart.")
+chosen = choose_shared_photo("compare", choose_image)
+count = st.segmented_control("Strategies side by side", [2, 3, 4], default=3, key="lab_count") or 3
 
-# Widgets first so the page is usable at once; the model loads (once per process) while a photo is chosen.
 captioner = get_captioner()
+max_length = captioner.default_config.max_length
+columns = st.columns(count, gap="medium")
+configs = []
+for slot, col in enumerate(columns):
+    with col:
+        configs.append(strategy_picker(slot, DEFAULTS[slot] if DEFAULTS[slot] in PRESETS else "Greedy", max_length))
+
 if chosen is not None:
     features = cached_features(captioner, captioner.bundle.name, chosen.digest, chosen.image)
-    st.image(chosen.image, caption=literal(chosen.label), width=300)
-    greedy = captioner.decode(features, **{**options, "beam_width": 1})[0][0]
-    nbest = captioner.decode(features, **options, num_return_sequences=options["beam_width"])[0]
-    beam = nbest[0]
-    for col, (title, cap) in zip(st.columns(2, gap="large"),
-                                 (("Greedy", greedy), (f"Beam {options['beam_width']}", beam))):
+    left, right = st.columns([1, 3])
+    left.image(chosen.image, caption=literal(chosen.label), width="stretch")
+    references, scorer = None, None
+    if chosen.flickr_name and get_dataset() is not None:
+        ds = get_dataset()
+        references = ds.references([chosen.flickr_name])[0]
+        scorer = cider_scorer(str(ds.root))
+        right.markdown("**Human captions** (what BLEU-4 and CIDEr-D compare against)\n\n" +
+                       "\n".join(f"{i}. {c}" for i, c in enumerate(ds.captions[chosen.flickr_name], 1)))
+    for col, config in zip(st.columns(count, gap="medium"), configs):
         with col:
-            st.subheader(title)
-            st.markdown(f"**{sentence(cap.text)}**")
-            a, b = st.columns(2)
-            a.metric("log p", f"{cap.log_prob:.2f}")
-            b.metric("mean log p", f"{cap.normalized_log_prob:.2f}")
-            st.altair_chart(word_probabilities(cap, "How sure the model was of each word"), width="stretch")
-            attention_panel(chosen.image, cap, per_row=4, size=120)
+            if config is None:
+                continue
+            label = config.describe()
+            st.subheader(label[0].upper() + label[1:])
+            captions = captioner.decode(features, config)[0]
+            show_captions(captions, scorer, references)
+            with st.expander("Word by word: probabilities and attention"):
+                st.altair_chart(word_probabilities(captions[0], "The first caption"), width="stretch")
+                attention_panel(chosen.image, captions[0], per_row=4, size=110)
 
-    st.subheader("Beam n-best list")
-    st.dataframe(pd.DataFrame([{"rank": i, "caption": sentence(c.text), "score": round(c.score, 3),
-                                "log p": round(c.log_prob, 3), "words": len(c.words), "finished": c.finished}
-                               for i, c in enumerate(nbest, 1)]), hide_index=True, width="stretch")
-
-    st.subheader("Beam-width sweep")
-    rows = []
-    for width in range(1, 11):
-        cap = captioner.decode(features, **{**options, "beam_width": width})[0][0]
-        rows.append({"beam width": width, "caption": sentence(cap.text), "score": round(cap.score, 4),
-                     "log p": round(cap.log_prob, 3), "words": len(cap.words)})
-    sweep = pd.DataFrame(rows)
-    left, right = st.columns([3, 2])
-    left.dataframe(sweep, hide_index=True, width="stretch")
-    right.altair_chart(line(sweep, "beam width", "score", "Best caption's score by beam width"),
-                       width="stretch")
-    if chosen.flickr_name:
-        with st.expander("References and BLEU of the beam caption"):
-            references_panel(chosen.flickr_name, beam.words)
+st.divider()
+st.header("Across the test split")
+metrics, _ = current_results()
+frame = results_frame(metrics)
+if frame.empty or "distinct_captions" not in frame:
+    bundle = captioner.bundle.path
+    st.info("This bundle's evaluation has no diversity scores yet. Score strategies with "
+            f"`python train.py evaluate --out {bundle} --decode greedy beam:5 sample:temperature=0.7,top_p=0.9,n=5 "
+            "diverse:beams=6,groups=3,penalty=0.5`.", icon=":material/insights:")
+else:
+    split, n_images = frame["split"].iloc[0], int(frame["n_images"].iloc[0])
+    st.caption(f"{split.capitalize()} split, {n_images:,} photos, from the bundle's evaluation. Quality is scored "
+               "on each photo's first caption. Distinct captions: share of photos whose caption no other photo got; "
+               "novel: captions not found among the training captions; self-BLEU-4 (lower = more varied) and "
+               "oracle CIDEr-D (the best of a photo's captions) need several captions per photo.")
+    axis = st.segmented_control("Diversity measure", ["distinct_captions", "vocab_used", "distinct_2"],
+                                default="distinct_captions", key="lab_axis",
+                                format_func={"distinct_captions": "Distinct captions", "vocab_used": "Words used",
+                                             "distinct_2": "Distinct-2"}.get) or "distinct_captions"
+    st.altair_chart(quality_diversity_chart(frame, axis), width="stretch")
+    st.dataframe(strategy_table(frame), hide_index=True, width="stretch")

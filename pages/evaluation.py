@@ -40,6 +40,8 @@ NAMES = {m: label(m) for m in METRIC_ORDER}
 def results_frame(metrics: dict) -> pd.DataFrame:
     frame = pd.DataFrame(metrics["results"])
     frame["run"] = [run_label(d, w) for d, w in zip(frame["decoding"], frame["beam_width"])]
+    if "label" in frame:                               # runs scored with --decode name themselves
+        frame["run"] = [lab if isinstance(lab, str) and lab else run for lab, run in zip(frame["label"], frame["run"])]
     return frame
 
 
@@ -203,8 +205,9 @@ def training_section(manifest: dict) -> None:
 
 def per_image_section(preds: pd.DataFrame) -> None:
     """Pickers first, then every section they control: distribution, breakdowns, best and worst, all rows."""
-    preds = preds.copy()
-    preds["run"] = [run_label(d, w) for d, w in zip(preds["decoding"], preds["beam_width"])]
+    preds = results_frame({"results": preds.to_dict("records")})
+    if "rank" in preds:                                # several captions per image: analyse each image's first
+        preds = preds[preds["rank"].astype(int) == 1].reset_index(drop=True)
     preds["length"] = preds["caption"].astype(str).str.split().str.len()
     runs = list(dict.fromkeys(preds["run"]))
     st.subheader("Per-image scores", anchor="per-image")

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 # (url path, text that says the page is done, a radio option to click first or None)
 PAGES = [("", "Mean log p", "Sample from the test split"),     # the Caption page is the default: "/"
-         ("compare", "Beam-width sweep", "Sample from the test split"),
+         ("compare", "Word by word: probabilities and attention", "Sample from the test split"),
          ("evaluation", "All predictions", None),
          ("dataset", "Caption statistics", None)]
 

@@ -92,17 +92,6 @@ def test_attention_bundle_shows_a_heat_map_per_word(app_env, tiny_attention_bund
     assert len(maps) >= n_words + 1                       # the photo plus one map per word
 
 
-def test_compare_page_side_by_side_nbest_and_sweep(app_env):
-    at = start("pages/compare.py")
-    at.radio(key="compare_mode").set_value("Sample from the test split").run()
-    assert not at.exception, at.exception
-    heads = [s.value for s in at.subheader]
-    assert heads[:2] == ["Greedy", "Beam 5"] and "Beam n-best list" in heads and "Beam-width sweep" in heads
-    nbest, sweep = at.dataframe[0].value, at.dataframe[1].value
-    assert len(nbest) == 5 and list(sweep["beam width"]) == list(range(1, 11))
-    assert len(at.get("vega_lite_chart")) >= 3
-
-
 def test_evaluation_page_tables_charts_and_download(app_env):
     at = start("pages/evaluation.py")
     table = at.dataframe[0].value

@@ -156,7 +156,7 @@ def settle(seconds: float = 3.0) -> None:
     time.sleep(seconds)
 
 
-@pytest.mark.parametrize("path, done", [("compare", "Beam-width sweep"), ("evaluation", "All predictions"),
+@pytest.mark.parametrize("path, done", [("compare", "Word by word: probabilities and attention"), ("evaluation", "All predictions"),
                                         ("dataset", "Caption statistics")])
 def test_every_page_renders(server, browser, path, done):
     from selenium.webdriver.common.by import By

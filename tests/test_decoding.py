@@ -241,3 +241,206 @@ def test_any_valid_config_decodes_without_error_and_stops_within_max_length(
             assert c.num_tokens <= max_length and len(c.token_probs) == c.num_tokens
             assert all(w in vocab.itos[4:] for w in c.words)
             assert math.isfinite(c.log_prob) and c.attention.shape == (c.num_tokens, 4)
+
+
+# --- the strategy menu: sampling, diverse beam search, constraints every strategy honours ---------------
+from captioning.decoding import parse_spec, sample_search, sampling_distribution  # noqa: E402
+
+
+def _rows_counter(model):
+    rows = []
+    step = model.step
+    model.step = lambda context, tokens, state: (rows.append(len(tokens)), step(context, tokens, state))[1]
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sampling_with_top_k_1_is_greedy(seed):
+    vocab = tiny_vocab(6)
+    model = MarkovDecoder(len(vocab), seed, attention=True)
+    feats = np.random.default_rng(seed).normal(size=(5, len(vocab)))
+    greedy = greedy_search(model, feats, vocab, DecodeConfig(max_length=8, no_repeat_ngram_size=2))
+    sampled = decode(model, feats, vocab, DecodeConfig(strategy="sample", top_k=1, temperature=1.7, seed=seed,
+                                                       num_return_sequences=3, max_length=8, no_repeat_ngram_size=2))
+    for g, samples in zip(greedy, sampled):
+        assert len(samples) == 3
+        for s in samples:
+            assert s.words == g.words and s.finished == g.finished
+            assert s.token_probs == pytest.approx(g.token_probs)
+            np.testing.assert_allclose(s.attention, g.attention)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_diverse_beam_search_with_one_group_is_beam_search(seed):
+    vocab = tiny_vocab(6)
+    model = MarkovDecoder(len(vocab), seed, attention=True)
+    feats = np.random.default_rng(seed).normal(size=(4, len(vocab)))
+    beam = decode(model, feats, vocab, DecodeConfig(beam_width=4, max_length=7, num_return_sequences=3))
+    diverse = decode(model, feats, vocab, DecodeConfig(strategy="diverse", beam_width=4, num_groups=1,
+                                                       diversity_penalty=5.0, max_length=7, num_return_sequences=3))
+    for b, d in zip(beam, diverse):
+        assert [c.words for c in b] == [c.words for c in d]
+        assert [c.score for c in b] == pytest.approx([c.score for c in d])
+
+
+def test_a_seed_reproduces_samples_and_another_seed_changes_them():
+    vocab = tiny_vocab(8)
+    model = MarkovDecoder(len(vocab), 1)
+    feats = np.random.default_rng(0).normal(size=(6, len(vocab)))
+
+    def draw(seed, batch_size=256):
+        cfg = DecodeConfig(strategy="sample", num_return_sequences=5, seed=seed, max_length=8)
+        return [[c.words for c in caps] for caps in decode(model, feats, vocab, cfg, batch_size=batch_size)]
+
+    assert draw(0) == draw(0)
+    assert draw(0) == draw(0, batch_size=2)          # an image's samples do not depend on the batching
+    assert draw(0) != draw(1)
+    assert len({tuple(w) for caps in draw(0) for w in caps}) > 6    # sampling, not argmax
+
+
+def _reference_distribution(log_probs, temperature, top_k, top_p):
+    """The textbook definition, word by word: softmax(log p / T), keep the k likeliest and renormalise, then
+    keep the likeliest words until their mass reaches p and renormalise (Hugging Face's warper order)."""
+    probs = np.exp(log_probs / temperature)
+    order = sorted(range(len(probs)), key=lambda w: -probs[w])
+    kept = order[:top_k] if top_k else order
+    probs = np.where(np.isin(np.arange(len(probs)), kept), probs, 0.0)
+    probs /= probs.sum()
+    mass, nucleus = 0.0, []
+    for w in kept:
+        if probs[w] == 0 or (nucleus and mass >= top_p):
+            break
+        nucleus.append(w)
+        mass += probs[w]
+    out = np.zeros_like(probs)
+    out[nucleus] = probs[nucleus]
+    return out / out.sum()
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 0, 1.0), (0.6, 0, 1.0), (1.5, 4, 1.0),
+                                                       (1.0, 0, 0.8), (0.8, 5, 0.9)])
+def test_first_word_frequencies_match_the_truncated_distribution(temperature, top_k, top_p):
+    """6,000 samples' first words against the known next-word distribution of a tiny model.
+
+    Bound: Pearson's chi-square over the words the distribution keeps, p-value > 0.001 (a fixed seed, so
+    the test is deterministic; a wrong temperature, truncation or renormalisation fails it by far), and
+    no word outside the truncated support is ever drawn.
+    """
+    from scipy.stats import chisquare
+
+    vocab = tiny_vocab(8)
+    model = MarkovDecoder(len(vocab), 7)
+    model.table[vocab.start_id, 0, 4:] = np.log([0.3, 0.2, 0.15, 0.12, 0.1, 0.07, 0.04, 0.02])
+    model.table[vocab.start_id, 0, :4] = -np.inf                  # only words at the first step
+    feats = np.zeros((60, len(vocab)))
+    cfg = DecodeConfig(strategy="sample", temperature=temperature, top_k=top_k, top_p=top_p,
+                       num_return_sequences=100, max_length=2, seed=3)
+    first = np.array([vocab.stoi[c.words[0]] for caps in decode(model, feats, vocab, cfg) for c in caps])
+    context, state = model.start(feats[:1])
+    log_probs, _, _ = model.step(context, np.array([vocab.start_id]), state)
+    expected = _reference_distribution(log_probs[0, 4:], temperature, top_k, top_p)          # over w0..w7
+    counts = np.bincount(first - 4, minlength=8)
+    assert counts[expected == 0].sum() == 0                       # never outside top-k / the nucleus
+    support = expected > 0
+    assert chisquare(counts[support], expected[support] * len(first)).pvalue > 0.001
+    np.testing.assert_allclose(sampling_distribution(log_probs, temperature, top_k, top_p)[0, 4:], expected)
+
+
+@pytest.mark.parametrize("cfg", [
+    DecodeConfig(max_length=8, banned_words=("w0", "w2")),
+    DecodeConfig(beam_width=4, num_return_sequences=4, max_length=8, banned_words=("w0", "w2")),
+    DecodeConfig(strategy="sample", num_return_sequences=8, temperature=2.0, max_length=8, banned_words=("w0", "w2")),
+    DecodeConfig(strategy="diverse", beam_width=4, num_groups=2, diversity_penalty=2.0, num_return_sequences=4,
+                 max_length=8, banned_words=("w0", "w2")),
+], ids=["greedy", "beam", "sample", "diverse"])
+def test_banned_words_are_never_emitted_and_no_word_comes_twice_in_a_row(cfg):
+    from dataclasses import replace
+
+    vocab = tiny_vocab(5)
+    model = MarkovDecoder(len(vocab), 2)
+    model.table[:, :, vocab.stoi["w0"]] = 15          # the model loves w0 and w2 ...
+    model.table[:, :, vocab.stoi["w2"]] = 14
+    model.table[:, :, vocab.end_id] = -30
+    feats = np.random.default_rng(1).normal(size=(6, len(vocab)))
+    words = [w for caps in decode(model, feats, vocab, cfg) for c in caps for w in c.words]
+    assert words and not {"w0", "w2"} & set(words)
+    for caps in decode(model, feats, vocab, replace(cfg, no_repeat_word=True)):
+        for c in caps:
+            assert all(a != b for a, b in zip(c.words, c.words[1:]))
+    loops = [c.words for caps in decode(model, feats, vocab, replace(cfg, banned_words=())) for c in caps]
+    assert any("w0" in w for w in loops)              # ... and says them when they are not banned
+
+
+def test_repetition_penalty_discourages_words_already_said():
+    vocab = tiny_vocab(6)
+    model = MarkovDecoder(len(vocab), 0)
+    model.table[:, :, vocab.stoi["w1"]] = 3.0          # w1 is always the favourite ...
+    model.table[:, :, vocab.end_id] = -50
+    feats = np.zeros((1, len(vocab)))
+    plain = greedy_search(model, feats, vocab, DecodeConfig(max_length=6))[0].words
+    penalised = greedy_search(model, feats, vocab, DecodeConfig(max_length=6, repetition_penalty=50.0))[0].words
+    assert plain.count("w1") >= 4
+    assert len(set(penalised)) == len(penalised)         # ... until it has been said once
+
+
+def test_a_large_diversity_penalty_makes_the_groups_first_words_differ():
+    vocab = tiny_vocab(8)
+    model = MarkovDecoder(len(vocab), 4)
+    model.table[vocab.start_id, 0, vocab.stoi["w3"]] = 12      # every beam wants to start with w3
+    feats = np.random.default_rng(3).normal(size=(5, len(vocab)))
+    beam = decode(model, feats, vocab, DecodeConfig(beam_width=6, num_return_sequences=3, max_length=6))
+    assert all({c.words[0] for c in caps} == {"w3"} for caps in beam)
+    diverse = decode(model, feats, vocab, DecodeConfig(strategy="diverse", beam_width=6, num_groups=3,
+                                                       diversity_penalty=100.0, num_return_sequences=3, max_length=6))
+    for caps in diverse:
+        assert len(caps) == 3 and len({c.words[0] for c in caps}) == 3
+        for c in caps:                                     # scores are the model's, without the penalty
+            assert c.log_prob == pytest.approx(sum(math.log(p) for p in c.token_probs))
+
+
+def test_sampling_n_captions_costs_n_times_the_greedy_rows():
+    vocab = tiny_vocab(6)
+    model = MarkovDecoder(len(vocab), 5)
+    model.table[:, :, vocab.end_id] = -40                  # every caption runs to max_length: rows comparable
+    feats = np.random.default_rng(0).normal(size=(10, len(vocab)))
+    rows = _rows_counter(model)
+    decode(model, feats, vocab, DecodeConfig(max_length=6))
+    greedy_rows = sum(rows)
+    rows.clear()
+    decode(model, feats, vocab, DecodeConfig(strategy="sample", num_return_sequences=5, max_length=6))
+    assert rows[0] == 10 and sum(rows) == 10 + 5 * (greedy_rows - 10)   # first step shared, then n rows per image
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"strategy": "nucleus"}, "strategy must be one of greedy, beam, sample, diverse"),
+    ({"strategy": "sample", "temperature": 0}, "temperature must be > 0"),
+    ({"strategy": "sample", "top_p": 0.0}, "top_p"),
+    ({"strategy": "sample", "top_p": 1.5}, "top_p"),
+    ({"strategy": "sample", "top_k": -1}, "top_k"),
+    ({"strategy": "sample", "seed": -3}, "seed"),
+    ({"strategy": "diverse", "beam_width": 6, "num_groups": 4}, "must divide beam_width"),
+    ({"strategy": "diverse", "beam_width": 6, "num_groups": 3, "diversity_penalty": -1}, "diversity_penalty"),
+    ({"strategy": "greedy", "beam_width": 3}, "use strategy 'beam'"),
+    ({"beam_width": 6, "num_groups": 3}, "use strategy 'diverse'"),
+    ({"repetition_penalty": 0}, "repetition_penalty"),
+    ({"banned_words": "dog"}, "banned_words must be a tuple"),
+])
+def test_new_options_are_validated_with_what_to_change(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DecodeConfig(**kwargs)
+
+
+def test_specs_parse_into_configs():
+    assert parse_spec("greedy", max_length=20) == DecodeConfig(strategy="greedy", max_length=20)
+    assert parse_spec("beam:5").beam_width == 5 and parse_spec("beam:5").kind == "beam"
+    s = parse_spec("sample:temperature=0.7,top_p=0.9,n=5,seed=0")
+    assert (s.kind, s.temperature, s.top_p, s.num_return_sequences, s.seed) == ("sample", 0.7, 0.9, 5, 0)
+    d = parse_spec("diverse:beams=6,groups=3,penalty=0.5,n=3,ban=man+woman,no_repeat_word=1")
+    assert (d.beam_width, d.num_groups, d.diversity_penalty, d.num_return_sequences) == (6, 3, 0.5, 3)
+    assert d.banned_words == ("man", "woman") and d.no_repeat_word
+    assert d.describe().startswith("diverse 6 beams / 3 groups")
+    for bad, message in (("topk", "strategy must be one of"), ("sample:temp=2", "unknown option 'temp'"),
+                         ("sample:top_p=high", "should be a number"), ("beam", "give the beam width"),
+                         ("diverse:beams=5,groups=2", "must divide")):
+        with pytest.raises(ValueError, match=message):
+            parse_spec(bad)

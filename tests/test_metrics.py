@@ -68,3 +68,48 @@ def test_metric_human_agreement_on_a_small_judged_set(tmp_path):
     taus = {m["metric"]: m["kendall_tau"] for m in out["metrics"]}
     assert {"bleu_4", "coco_bleu_4", "cider", "rouge_l"} <= set(taus)
     assert all(t > 0.5 for t in taus.values())           # matching captions are the ones experts rated high
+
+
+# --- diversity ---------------------------------------------------------------------------------------------
+from captioning.metrics import (coco_scores, distinct_captions, distinct_n, diversity_scores,  # noqa: E402
+                                mean_length, novel_fraction, oracle_cider, self_bleu_4, vocab_used)
+
+DOG, CAT, RUN = (["a", "dog", "runs"], ["a", "cat", "sleeps", "on", "a", "bed"], ["a", "dog", "runs", "fast"])
+
+
+def test_split_level_diversity_counts_what_it_says():
+    hyps = [DOG, DOG, CAT, RUN]
+    assert distinct_captions(hyps) == 0.5                      # two photos share "a dog runs"
+    assert distinct_captions([DOG, CAT]) == 1.0
+    assert vocab_used(hyps) == 8                               # a dog runs cat sleeps on bed fast
+    assert novel_fraction(hyps, training_captions=[DOG, ["x"]]) == 0.5
+    assert distinct_n([DOG, DOG], 1) == 3 / 6 and distinct_n([DOG, CAT], 2) == 7 / 7
+    assert distinct_n([["a"]], 2) == 0.0
+    assert mean_length([DOG, RUN]) == 3.5
+
+
+def test_self_bleu_is_one_for_identical_captions_and_low_for_different_ones():
+    assert self_bleu_4([[RUN, RUN, RUN]]) == pytest.approx(1.0)
+    assert self_bleu_4([[RUN, CAT, ["two", "men", "play", "chess", "outside"]]]) < 0.1
+    with pytest.raises(ValueError, match="at least 2 captions"):
+        self_bleu_4([[RUN]])
+
+
+def test_oracle_cider_scores_the_best_caption_of_each_image_as_the_toolkit_would():
+    refs = [[["a", "dog", "runs", "on", "the", "grass"], ["a", "brown", "dog", "runs"]],
+            [["a", "cat", "sleeps", "on", "a", "bed"], ["a", "cat", "lies", "on", "a", "bed"]],
+            [["two", "men", "play", "chess"], ["men", "playing", "chess", "outside"]]]
+    sets = [[CAT, ["a", "brown", "dog", "runs"]], [CAT, DOG], [DOG, ["two", "men", "play", "chess"]]]
+    best = [s[1] for s in sets[:1]] + [sets[1][0], sets[2][1]]
+    # the toolkit's CIDEr-D of the best captions alone (document frequencies from the same three images)
+    assert oracle_cider(refs, sets) == pytest.approx(coco_scores(refs, best, meteor=False)[0]["cider"])
+    assert oracle_cider(refs, sets) > coco_scores(refs, [s[0] for s in sets], meteor=False)[0]["cider"]
+
+
+def test_diversity_scores_adds_multi_caption_metrics_only_for_several_captions():
+    refs = [[DOG], [CAT]]
+    one = diversity_scores([[DOG], [CAT]], training_captions=[DOG], references=refs)
+    assert one["novel_fraction"] == 0.5 and "self_bleu_4" not in one and "oracle_cider" not in one
+    many = diversity_scores([[DOG, RUN], [CAT, DOG]], training_captions=[DOG], references=refs)
+    assert {"self_bleu_4", "oracle_cider", "distinct_2_all"} <= set(many) and many["captions_per_image"] == 2
+    assert many["distinct_captions"] == one["distinct_captions"]          # split metrics use the first captions

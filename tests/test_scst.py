@@ -92,6 +92,23 @@ def test_sampler_draws_words_then_pads_after_end(kind):
     assert len({tuple(r) for r in ids}) > 1                  # sampling, not argmax
 
 
+def test_sampler_is_the_decoding_engines_sampling():
+    """One implementation: SCST's samples are sample_search's (temperature 1, no truncation, <end> allowed at
+    once), call k drawing from the stream (seed, k); every call draws fresh captions."""
+    from captioning.decoding import DecodeConfig, StepDecoder, sample_search
+
+    vocab = _vocab()
+    decoder = _decoder(vocab)
+    features = np.random.default_rng(1).normal(size=(3, 6)).astype("float32")
+    sampler = Sampler(decoder, vocab, seed=5)
+    first, second = sampler.sample(features, 4, 6), sampler.sample(features, 4, 6)
+    config = DecodeConfig(strategy="sample", num_return_sequences=4, max_length=6, min_length=0)
+    for call, ids in enumerate((first, second)):
+        engine = sample_search(StepDecoder(decoder), features, vocab, config, seed=(5, call))
+        assert captions_from_ids(ids, vocab) == [c.words for caps in engine for c in caps]
+    assert first.tolist() != second.tolist()
+
+
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_update_moves_the_caption_probability_with_the_advantage(sign):
     """REINFORCE: a positive advantage makes the sampled caption more likely, a negative one less."""

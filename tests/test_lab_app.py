@@ -1,0 +1,77 @@
+"""The Compare page as the decoding lab, under streamlit.testing's AppTest with the tiny bundle."""
+import json
+import shutil
+
+from test_app import jpeg_bytes, navigation_like_the_server, start, texts  # noqa: F401  (the autouse fixture)
+
+
+def _lab_with_test_photo(at):
+    at.radio(key="compare_mode").set_value("Sample from the test split").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_lab_decodes_three_strategies_side_by_side_with_scores_against_the_references(app_env):
+    at = _lab_with_test_photo(start("pages/compare.py"))
+    heads = [s.value for s in at.subheader]
+    assert heads == ["Beam 5", "Sample T 0.7, top-p 0.9, n 5", "Diverse 6 beams / 3 groups, penalty 0.5"]
+    tables = [t.value for t in at.dataframe[:3]]
+    assert [len(t) for t in tables] == [1, 5, 3]                   # beam's best, 5 samples, 3 from 3 groups
+    for t in tables:
+        assert {"Caption", "Score", "Mean log p", "BLEU-4", "CIDEr-D"} <= set(t.columns)
+        assert t["CIDEr-D"].ge(0).all() and t["BLEU-4"].between(0, 1).all()
+    assert "Human captions" in texts(at)
+    assert len(at.get("vega_lite_chart")) >= 3                     # word probabilities per strategy (+ the split chart)
+    # a fourth column, switched to greedy: one more subheader, one caption
+    at.segmented_control(key="lab_count").set_value(4).run()
+    assert not at.exception, at.exception
+    assert [s.value for s in at.subheader][3] == "Greedy"
+    # every knob is validated: 4 groups do not divide 6 beams -> a message, the other columns still decode
+    knob = next(s for s in at.slider if s.label == "Groups" and s.key.startswith("lab2"))
+    knob.set_value(4).run()
+    assert not at.exception, at.exception
+    assert any("must divide beam_width" in e.value for e in at.error)
+    assert "Beam 5" in [s.value for s in at.subheader]
+
+
+def test_lab_charts_quality_against_diversity_from_metrics_json(app_env, tmp_path, monkeypatch):
+    lab = tmp_path / "artifacts"
+    shutil.copytree(app_env / "tiny", lab / "tiny")
+    metrics = json.loads((lab / "tiny" / "metrics.json").read_text())
+    runs = [("greedy", "greedy", 0.30, 0.80), ("beam", "beam 5", 0.34, 0.70),
+            ("sample", "sample T 0.7, top-p 0.9, n 5", 0.25, 0.97)]
+    metrics["results"] = [{**metrics["results"][0], "decoding": d, "label": label, "cider": c, "distinct_captions": dc,
+                           "vocab_used": 50, "distinct_2": 0.4, "novel_fraction": 0.5}
+                          for d, label, c, dc in runs]
+    metrics["results"][2].update(self_bleu_4=0.3, oracle_cider=0.6)
+    (lab / "tiny" / "metrics.json").write_text(json.dumps(metrics))
+    monkeypatch.setenv("CAPTIONING_ARTIFACTS", str(lab))
+    at = start("pages/compare.py")
+    assert "Across the test split" in [h.value for h in at.header]
+    table = at.dataframe[0].value                              # no photo yet: the split table is the only one
+    assert list(table["Decoding"]) == [label for _, label, _, _ in runs]
+    assert {"BLEU-4", "CIDEr-D", "Distinct captions (%)", "Words used", "Novel (%)", "Self-BLEU-4",
+            "Oracle CIDEr-D"} <= set(table.columns)
+    assert not any("_" in c for c in table.columns)            # human labels, no field names
+    assert list(table["Distinct captions (%)"]) == [80.0, 70.0, 97.0]
+    chart = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    layers = chart.get("layer") or chart["spec"]["layer"]
+    assert {layer["mark"]["type"] for layer in layers} == {"circle", "text"}   # points, each labelled
+
+
+def test_a_photo_chosen_on_the_caption_page_stays_chosen_on_the_lab(app_env):
+    at = start()
+    at.file_uploader[0].upload("holiday.jpg", jpeg_bytes((30, 140, 200)), "image/jpeg").run()
+    assert not at.exception, at.exception
+    at.switch_page("pages/compare.py").run()
+    assert not at.exception, at.exception
+    keep = at.toggle(key="compare_keep")
+    assert keep.value and "holiday.jpg" in keep.label
+    assert len([s.value for s in at.subheader]) == 3               # decoded without uploading again
+    keep.set_value(False).run()                                     # choose another photo here
+    assert at.radio(key="compare_mode") is not None and len(at.subheader) == 0
+
+
+def test_lab_without_diversity_scores_says_what_to_run(app_env):
+    at = start("pages/compare.py")
+    assert "train.py evaluate" in texts(at) and "--decode" in texts(at)
