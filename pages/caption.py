@@ -6,6 +6,7 @@ import streamlit as st
 from ui.charts import word_probabilities
 from ui.shell import require_shell
 from ui.state import get_captioner
+from ui.trust import assess_caption, neighbour_strip, trust_line
 from ui.widgets import attention_panel, cached_features, choose_image, decoding_controls, references_panel
 
 require_shell()
@@ -22,8 +23,10 @@ if chosen is not None:
     features = cached_features(captioner, captioner.bundle.name, chosen.digest, chosen.image)
     best = captioner.decode(features, **options)[0][0]
     seconds = time.perf_counter() - start
+    trust = assess_caption(captioner, features, best)
     with right:
         st.markdown(f"### “{best.text.capitalize()}.”")
+        trust_line(trust, captioner.bundle.path)
         label = "greedy" if options["beam_width"] == 1 else f"beam {options['beam_width']}"
         m1, m2, m3 = st.columns(3)
         m1.metric("Decoding", label)
@@ -33,3 +36,4 @@ if chosen is not None:
         attention_panel(chosen.image, best)
         if chosen.flickr_name:
             references_panel(chosen.flickr_name, best.words)
+    neighbour_strip(trust)

@@ -5,6 +5,7 @@ import streamlit as st
 from captioning.metrics import reference_agreement, word_usage
 from ui.charts import bundle_bars, grouped_bleu, histogram, history, line, mean_by, signed_bars
 from ui.shell import require_shell
+from ui.trust import calibration_section
 from ui.state import (bundle_paths, bundle_results, current_manifest, current_results, get_dataset, no_bundle_message,
                       references_for, selected_bundle)
 
@@ -159,6 +160,7 @@ def training_section(manifest: dict) -> None:
 
 
 training_section(current_manifest() or {})
+calibration_section(path)
 
 if preds is None or preds.empty:
     st.info(f"No per-image predictions in this bundle. Run `python train.py evaluate --out {path}`.")
