@@ -32,8 +32,8 @@ if chosen is not None:
         m1.metric("Decoding", label)
         m2.metric("Time", f"{seconds * 1000:.0f} ms", help="encoder + decoder, from image to caption")
         m3.metric("Mean log p", f"{best.normalized_log_prob:.2f}", help="per emitted token; closer to 0 = surer")
+        neighbour_strip(trust)
         st.altair_chart(word_probabilities(best), width="stretch")
         attention_panel(chosen.image, best)
         if chosen.flickr_name:
             references_panel(chosen.flickr_name, best.words)
-    neighbour_strip(trust)
