@@ -466,12 +466,13 @@ def index_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> dict:
     config = DecodeConfig(beam_width=CALIBRATION_BEAM, max_length=bundle.max_length)
 
     def score_split(split):
-        feats = cache.load(names[split], spatial)
-        nbest = decode(bundle.step_decoder(), feats, bundle.vocab, config)
-        _, each, _ = coco_scores(ds.references(names[split]), [n[0].words for n in nbest], meteor=False)
         pooled_feats = cache.load(names[split])
-        return (index.similarity(pooled_feats), np.array(each["cider"]),
-                np.array([n[0].normalized_log_prob for n in nbest]), pooled_feats)
+        known = _evaluated(args.out, names[split], CALIBRATION_BEAM) if split == "test" else None
+        if known is None:
+            nbest = decode(bundle.step_decoder(), cache.load(names[split], spatial), bundle.vocab, config)
+            _, each, _ = coco_scores(ds.references(names[split]), [n[0].words for n in nbest], meteor=False)
+            known = np.array(each["cider"]), np.array([n[0].normalized_log_prob for n in nbest])
+        return (index.similarity(pooled_feats), *known, pooled_feats)
 
     dev_sim, dev_cider, dev_logp, _ = score_split("dev")
     calibration = calibrate(dev_sim, dev_cider, dev_logp)
@@ -506,6 +507,26 @@ def index_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> dict:
         fmt = lambda v: f"{v:.3f}" if v is not None else "-"
         print(f"{lv:<11} {d['count']:>6} {fmt(d['mean_cider']):>11} {t['count']:>6} {fmt(t['mean_cider']):>12}")
     return report
+
+
+def _evaluated(out: str, names: list[str], beam: int):
+    """(per-image CIDEr-D, mean log-prob per token) of the bundle's evaluated beam captions for ``names``, from
+    predictions.csv (what ``evaluate`` just scored, so not decoded twice), or None when it lacks them."""
+    import numpy as np
+    import pandas as pd
+
+    file = Path(out) / "predictions.csv"
+    if not file.is_file():
+        return None
+    preds = pd.read_csv(file, keep_default_na=False)
+    if not {"image", "beam_width", "caption", "log_prob", "cider"} <= set(preds.columns):
+        return None
+    rows = preds[preds["beam_width"] == beam].drop_duplicates("image").set_index("image")
+    if not set(names) <= set(rows.index):
+        return None
+    rows = rows.loc[names]
+    tokens = rows["caption"].str.split().str.len() + 1            # the words and <end>
+    return rows["cider"].to_numpy(float), (rows["log_prob"].astype(float) / tokens).to_numpy()
 
 
 def _scst_summary(scst: dict) -> dict:

@@ -316,3 +316,19 @@ def test_shipped_default_familiar_photos_get_clearly_better_captions_on_test():
     other_mean = sum(t["mean_cider"] * t["count"] for t in others) / sum(t["count"] for t in others)
     assert table["familiar"]["count"] >= 500
     assert table["familiar"]["mean_cider"] >= other_mean + 0.05, table
+
+
+def test_index_reuses_the_evaluated_test_captions_from_predictions_csv(tmp_path):
+    import pandas as pd
+
+    import train
+
+    pd.DataFrame({"image": ["a.jpg", "b.jpg", "a.jpg", "b.jpg"], "decoding": ["greedy"] * 2 + ["beam"] * 2,
+                  "beam_width": [1, 1, 5, 5], "caption": ["x", "x", "a dog runs", "a man"],
+                  "log_prob": [-1.0, -1.0, -2.0, -3.0], "cider": [0.1, 0.2, 0.9, 0.4]}).to_csv(
+        tmp_path / "predictions.csv", index=False)
+    cider, mean_logp = train._evaluated(str(tmp_path), ["b.jpg", "a.jpg"], 5)
+    assert list(cider) == [0.4, 0.9]
+    assert list(mean_logp) == [pytest.approx(-1.0), pytest.approx(-0.5)]      # per token: words + <end>
+    assert train._evaluated(str(tmp_path), ["a.jpg", "c.jpg"], 5) is None     # not every image evaluated
+    assert train._evaluated(str(tmp_path), ["a.jpg"], 3) is None               # nor at that beam width
