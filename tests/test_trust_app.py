@@ -3,9 +3,9 @@ photos, and the calibration chart on the Evaluation page (AppTest on the tiny bu
 import io
 
 import pytest
-from streamlit.testing.v1 import app_test
+from streamlit.testing.v1 import AppTest, app_test
 
-from test_app import NavigationPagesManager, start, texts
+from test_app import APP, NavigationPagesManager, texts
 from test_retrieval import synthetic_photos
 
 BADGES = ("Familiar photo", "Unusual photo", "Unfamiliar photo")
@@ -14,6 +14,15 @@ BADGES = ("Familiar photo", "Unusual photo", "Unfamiliar photo")
 @pytest.fixture(autouse=True)
 def navigation_like_the_server(monkeypatch):
     monkeypatch.setattr(app_test, "PagesManager", NavigationPagesManager)
+
+
+def start(page=None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=600)     # the first run loads TensorFlow: slow on a busy machine
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
 
 
 def png(image) -> bytes:
