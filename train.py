@@ -9,6 +9,7 @@
     python train.py sweep ...                   # beam-width and length-penalty sweep on the dev split
     python train.py ensemble --members A B ... --out artifacts/NAME   # one bundle decoding with all of them
     python train.py scst --from artifacts/A --out artifacts/A-scst   # fine-tune on CIDEr-D (self-critical)
+    python train.py index --out artifacts/NAME  # nearest-training-photo index + in-domain levels calibrated on dev
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from captioning.encoders import (ENCODER_NAMES, MOBILENET_ALPHAS, EncoderWeights
                                  infer_alpha, weights_hint)
 
 ROOT = Path(__file__).resolve().parent
-COMMANDS = ("all", "download", "features", "train", "evaluate", "sweep", "ensemble", "scst")
+COMMANDS = ("all", "download", "features", "train", "evaluate", "sweep", "ensemble", "scst", "index")
+CALIBRATION_BEAM = 5            # the app's default decoding: the in-domain levels are calibrated on its captions
 DEFAULT_EPOCHS = {"scst": 5}
 DEFAULT_LEARNING_RATE = {"scst": 2e-5}
 
@@ -92,6 +94,8 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
                    help="scst: the trained bundle to fine-tune (a single decoder)")
     p.add_argument("--samples", type=int, default=d(5),
                    help="scst: captions sampled per image (each one's baseline is the mean reward of the others)")
+    p.add_argument("--no-index", action="store_true", default=d(False),
+                   help="skip building the nearest-training-photo index and its dev calibration")
     p.add_argument("--quiet", action="store_true", default=d(False), help="no progress bars")
 
 
@@ -553,6 +557,95 @@ def scst_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> Path:
     return path
 
 
+def index_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> dict:
+    """Index the training photos' pooled features into the bundle and calibrate the in-domain levels on dev
+    (per-image CIDEr-D of beam-5 captions); the test split's levels are checked and stored beside them."""
+    import numpy as np
+
+    from captioning.bundle import BundleError, load_bundle, save_index
+    from captioning.decoding import DecodeConfig, decode
+    from captioning.features import FeatureCache
+    from captioning.metrics import coco_scores
+    from captioning.retrieval import LEVELS, build_index, calibrate, level_table, spearman
+
+    try:
+        bundle = load_bundle(args.out, load_results=False)
+    except BundleError as exc:
+        raise DataError(str(exc)) from None
+    spec = get_spec(bundle.encoder["name"], bundle.encoder.get("alpha"))
+    spatial = bundle.uses_spatial
+    cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
+    wanted = {"train": names["train"], "dev": names["dev"], "test": names["test"]}
+    if cache.missing(names["train"]) or cache.missing(names["dev"] + names["test"], spatial):
+        features_step(_for_bundle(args, spec, spatial), ds, wanted)
+    index = build_index(names["train"], cache.load(names["train"]), [ds.captions[n] for n in names["train"]],
+                        spec.key)
+    config = DecodeConfig(beam_width=CALIBRATION_BEAM, max_length=bundle.max_length)
+
+    def score_split(split):
+        pooled_feats = cache.load(names[split])
+        known = _evaluated(args.out, names[split], CALIBRATION_BEAM) if split == "test" else None
+        if known is None:
+            nbest = decode(bundle.step_decoder(), cache.load(names[split], spatial), bundle.vocab, config)
+            _, each, _ = coco_scores(ds.references(names[split]), [n[0].words for n in nbest], meteor=False)
+            known = np.array(each["cider"]), np.array([n[0].normalized_log_prob for n in nbest])
+        return (index.similarity(pooled_feats), *known, pooled_feats)
+
+    dev_sim, dev_cider, dev_logp, _ = score_split("dev")
+    calibration = calibrate(dev_sim, dev_cider, dev_logp)
+    test_sim, test_cider, test_logp, test_feats = score_split("test")
+    test_scores = calibration.score(test_sim, test_logp)
+    report = calibration.report
+    report["decoding"] = f"beam {CALIBRATION_BEAM}"
+    report["test_levels"] = level_table(test_scores, test_cider, calibration)
+    report["spearman"]["test_score"] = round(spearman(test_scores, test_cider), 4)
+    report["test"] = {"images": names["test"], "score": [round(float(x), 4) for x in test_scores],
+                      "cider": [round(float(x), 4) for x in test_cider]}
+    times = []
+    for row in test_feats[:200]:                              # one photo at a time, as the app asks
+        start = time.perf_counter()
+        index.search(row[None])
+        times.append(time.perf_counter() - start)
+    report["lookup_ms"] = round(1000 * float(np.median(times)), 3)
+    index.calibration = calibration
+    save_index(args.out, index)
+    size = (Path(args.out) / "index.npy").stat().st_size + (Path(args.out) / "index.json").stat().st_size
+    print(f"\nindex: {len(index)} training photos x {index.dim} (float16), {size / 1e6:.1f} MB; "
+          f"lookup {report['lookup_ms']:.2f} ms per photo (median)")
+    sp = report["spearman"]
+    print(f"dev Spearman with per-image CIDEr-D: similarity {sp['similarity']:.3f}"
+          + (f", mean log p {sp['mean_log_prob']:.3f}, combined {sp['combined']}" if "combined" in sp else "")
+          + f"; log-prob share kept: {report.get('logprob_share', 0)}")
+    print(f"thresholds (dev): unfamiliar < {calibration.unfamiliar_below:.4f} <= unusual < "
+          f"{calibration.familiar_from:.4f} <= familiar")
+    print(f"{'level':<11} {'dev n':>6} {'dev CIDEr-D':>11} {'test n':>6} {'test CIDEr-D':>12}")
+    for lv in LEVELS:
+        d, t = report["dev_levels"][lv], report["test_levels"][lv]
+        fmt = lambda v: f"{v:.3f}" if v is not None else "-"
+        print(f"{lv:<11} {d['count']:>6} {fmt(d['mean_cider']):>11} {t['count']:>6} {fmt(t['mean_cider']):>12}")
+    return report
+
+
+def _evaluated(out: str, names: list[str], beam: int):
+    """(per-image CIDEr-D, mean log-prob per token) of the bundle's evaluated beam captions for ``names``, from
+    predictions.csv (what ``evaluate`` just scored, so not decoded twice), or None when it lacks them."""
+    import numpy as np
+    import pandas as pd
+
+    file = Path(out) / "predictions.csv"
+    if not file.is_file():
+        return None
+    preds = pd.read_csv(file, keep_default_na=False)
+    if not {"image", "beam_width", "caption", "log_prob", "cider"} <= set(preds.columns):
+        return None
+    rows = preds[preds["beam_width"] == beam].drop_duplicates("image").set_index("image")
+    if not set(names) <= set(rows.index):
+        return None
+    rows = rows.loc[names]
+    tokens = rows["caption"].str.split().str.len() + 1            # the words and <end>
+    return rows["cider"].to_numpy(float), (rows["log_prob"].astype(float) / tokens).to_numpy()
+
+
 def _scst_summary(scst: dict) -> dict:
     return {"from": scst.get("from"), "best_epoch": scst.get("best_epoch"),
             "start_dev_cider": (scst.get("start_dev") or {}).get("cider"), "best_dev_cider": scst.get("best_dev_cider")}
@@ -651,6 +744,8 @@ def main(argv=None) -> int:
             evaluate_step(args, ds, names)
         if args.command in ("all", "sweep", "ensemble", "scst") and not (args.command != "sweep" and args.no_sweep):
             sweep_step(args, ds, names)
+        if args.command == "index" or (args.command in ("all", "ensemble", "scst") and not args.no_index):
+            index_step(args, ds, names)
         if staging is not None:
             _promote(Path(args.out), Path(args.final_out))
             print(f"bundle {args.final_out} is complete (trained and evaluated)")

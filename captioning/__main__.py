@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -19,6 +20,10 @@ def main(argv=None) -> int:
     cap.add_argument("--n-best", type=int, default=1, help="print this many captions per image")
     cap.add_argument("--weights", default=None, help="encoder ImageNet weights file")
     add_strategy_options(cap)
+    cap.add_argument("--json", action="store_true",
+                     help="one JSON object per image: path, caption, log_prob, in_domain, confidence (+ n_best)")
+    cap.add_argument("--neighbours", type=int, default=0, metavar="K",
+                     help="also list the K most similar training photos (with one of their human captions)")
     setup = sub.add_parser("setup-weights", help="store an encoder's ImageNet weights under weights/")
     setup.add_argument("--encoder", default="xception")
     setup.add_argument("--alpha", type=float, default=None)
@@ -37,14 +42,20 @@ def main(argv=None) -> int:
         captioner = Captioner.from_bundle(args.bundle or artifacts_dir() / "default", args.weights)
         config = captioner.config(beam_width=args.beam_width, length_penalty=args.length_penalty,
                                   no_repeat_ngram_size=args.no_repeat_ngram_size, **strategy_overrides(args))
+        if args.neighbours < 0:
+            raise ValueError("--neighbours must be 0 or more")
     except (BundleError, EncoderWeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.neighbours and not captioner.can_assess:
+        print(f"error: bundle {captioner.bundle.path} has no retrieval index for --neighbours; add one with: "
+              f"python train.py index --out {captioner.bundle.path}", file=sys.stderr)
         return 2
     status = 0
     for path in args.images:
         start = time.perf_counter()
         try:
-            nbest = captioner.caption(path, config)
+            features = captioner.features(path)
         except InvalidImageError as exc:
             print(f"{path}\terror: {exc}", file=sys.stderr)
             status = 1
@@ -52,10 +63,20 @@ def main(argv=None) -> int:
         except EncoderWeightsError as exc:            # the encoder is built with the first image
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        nbest = captioner.decode(features, config)[0]
+        trust = captioner.assess(features, nbest[:1], args.neighbours)[0] if captioner.can_assess else None
         ms = (time.perf_counter() - start) * 1000
+        if args.json:
+            print(json.dumps(_as_json(path, nbest, trust, args.neighbours), ensure_ascii=False))
+            continue
+        level = f", {trust.level or 'uncalibrated'}: in-domain {trust.in_domain:.3f}" if trust else ""
         for rank, cap_ in enumerate(nbest, 1):
             prefix = f"{path}\t" if len(nbest) == 1 else f"{path}\t#{rank}\t"
-            print(f"{prefix}{cap_.text}\t(log p {cap_.log_prob:.2f}, {ms:.0f} ms)")
+            print(f"{prefix}{cap_.text}\t(log p {cap_.log_prob:.2f}{level}, {ms:.0f} ms)")
+        if trust and trust.level == "unfamiliar":
+            print(f"{path}\twarning: {trust.explanation}")
+        for n in trust.neighbours[: args.neighbours] if trust else []:
+            print(f"{path}\tnear {n.name} ({n.similarity:.3f}): {n.captions[0] if n.captions else ''}")
     return status
 
 
@@ -89,6 +110,17 @@ def strategy_overrides(args) -> dict:
         out.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if strategy == "diverse":
         out.update(num_groups=args.groups, diversity_penalty=args.diversity_penalty)
+    return out
+
+
+def _as_json(path: str, nbest, trust, neighbours: int) -> dict:
+    """The --json line of one image: the best caption, its trust and, with --n-best, the other captions."""
+    best = nbest[0]
+    out = {"path": path, "caption": best.text, "log_prob": round(best.log_prob, 4),
+           "mean_log_prob": round(best.normalized_log_prob, 4),
+           **(trust.to_json(neighbours) if trust else {"in_domain": None, "confidence": None})}
+    if len(nbest) > 1:
+        out["n_best"] = [{"caption": c.text, "log_prob": round(c.log_prob, 4)} for c in nbest]
     return out
 
 

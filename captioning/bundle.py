@@ -10,6 +10,8 @@
     vocab.json        the Vocabulary
     metrics.json      {"results": [{decoding, beam_width, split, n_images, bleu_1..bleu_4, ...}, ...]}
     predictions.csv   image,decoding,beam_width,caption (+ per-image scores)
+    index.npy/.json   optional: the training photos' retrieval index and its dev calibration
+                      (captioning.retrieval; built by ``train.py index``)
 
 Bundles are written to a temporary folder beside the target and renamed into place, so a crash while
 saving leaves the previous bundle intact.
@@ -100,6 +102,7 @@ class Bundle:
     metrics: dict | None
     predictions: "object | None"        # pandas.DataFrame
     members: tuple = ()                 # an ensemble's further decoders, beside ``decoder``
+    index: "object | None" = None       # retrieval.RetrievalIndex over the training photos (optional files)
 
     @property
     def name(self) -> str:
@@ -233,10 +236,36 @@ def update_results(path: str | os.PathLike, metrics: dict, predictions=None) -> 
     manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
 
     def fill(tmp: Path):
-        for name in ("decoder.keras", "vocab.json", *(m["file"] for m in manifest.get("members", []))):
+        for name in ("decoder.keras", "vocab.json", *(m["file"] for m in manifest.get("members", [])),
+                     *_index_files(target, manifest)):
             shutil.copy2(target / name, tmp / name)
         _write_results(tmp, metrics, predictions)
         _finish_manifest(tmp, manifest)
+
+    _write_dir_atomically(target, fill)
+    return target
+
+
+def _index_files(target: Path, manifest: dict) -> list[str]:
+    from .retrieval import INDEX_FILES
+
+    return [n for n in INDEX_FILES if n in manifest.get("files", {}) and (target / n).is_file()]
+
+
+def save_index(path: str | os.PathLike, index) -> Path:
+    """Add (or replace) a bundle's retrieval index, atomically, keeping every other file as it is."""
+    from .retrieval import INDEX_FILES
+
+    target = Path(path)
+    manifest = read_manifest(target)
+
+    def fill(tmp: Path):
+        for name in manifest["files"]:
+            if name not in INDEX_FILES and (target / name).is_file():
+                shutil.copy2(target / name, tmp / name)
+        index.save(tmp)
+        _finish_manifest(tmp, {**manifest, "index": {"images": len(index), "dim": index.dim, "k": index.k,
+                                                     "calibrated": index.calibration is not None}})
 
     _write_dir_atomically(target, fill)
     return target
@@ -410,4 +439,18 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool
     predictions = None
     if load_results and (path / "predictions.csv").is_file():
         predictions = read_predictions(path)
-    return Bundle(path, manifest, vocab, decoders[0], metrics, predictions, tuple(decoders[1:]))
+    index = _load_index(path, manifest, spec)
+    return Bundle(path, manifest, vocab, decoders[0], metrics, predictions, tuple(decoders[1:]), index)
+
+
+def _load_index(path: Path, manifest: dict, spec):
+    """The bundle's retrieval index when its manifest lists one (validated against the encoder), else None."""
+    from .retrieval import INDEX_FILES, IndexFileError, RetrievalIndex
+
+    if not any(name in manifest["files"] for name in INDEX_FILES):
+        return None
+    try:
+        return RetrievalIndex.load(path, encoder=spec.key, feature_dim=spec.feature_dim)
+    except IndexFileError as exc:
+        raise BundleError(f"Bundle {path}: its retrieval index is invalid ({exc}). "
+                          f"Rebuild it with: python train.py index --out {path}") from None

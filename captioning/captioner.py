@@ -87,6 +87,22 @@ class Captioner:
         """The n-best list (best first) for one image; ``overrides`` are DecodeConfig fields."""
         return self.decode(self.features(image), config, **overrides)[0]
 
+    @property
+    def can_assess(self) -> bool:
+        """Whether the bundle carries a retrieval index (``python train.py index`` adds one)."""
+        return self.bundle.index is not None
+
+    def assess(self, features: np.ndarray, captions: Sequence[Caption] | None = None,
+               neighbours: int | None = None) -> list:
+        """How far to trust each caption: a retrieval.Assessment per image of ``features`` (N, D) or (N, P, D),
+        from its nearest training photos (and the caption's mean log-probability, if calibration uses it).
+        Raises RuntimeError when the bundle has no index."""
+        if self.bundle.index is None:
+            raise RuntimeError(f"Bundle {self.bundle.path} has no retrieval index. Add one with: "
+                               f"python train.py index --out {self.bundle.path}")
+        log_probs = [c.normalized_log_prob for c in captions] if captions is not None else None
+        return self.bundle.index.assess(features, log_probs, neighbours)
+
 
 def _as_source(image):
     """Arrays are accepted too (as uint8 RGB); everything else goes to the safe loader as it is."""

@@ -8,6 +8,7 @@ from ui.lab import remember_photo
 from ui.labels import literal, model_knows, sentence
 from ui.shell import require_shell
 from ui.state import current_manifest, decode_slot, get_captioner
+from ui.trust import assess_caption, neighbour_strip, trust_line
 from ui.widgets import attention_panel, cached_features, choose_image, decoding_controls, references_panel
 
 require_shell()
@@ -29,13 +30,16 @@ if chosen is not None:
     with decode_slot():
         best = captioner.decode(features, **options)[0][0]
     seconds = time.perf_counter() - start
+    trust = assess_caption(captioner, features, best)
     with right:
         st.markdown(f"### “{sentence(best.text)}”")
+        trust_line(trust, captioner.bundle.path)
         label = "greedy" if options["beam_width"] == 1 else f"beam {options['beam_width']}"
         m1, m2, m3 = st.columns(3)
         m1.metric("Decoding", label)
         m2.metric("Time", f"{seconds * 1000:.0f} ms", help="encoder + decoder, from image to caption")
         m3.metric("Mean log p", f"{best.normalized_log_prob:.2f}", help="per emitted token; closer to 0 = surer")
+        neighbour_strip(trust)
         st.altair_chart(word_probabilities(best, "How sure the model was of each word"), width="stretch")
         attention_panel(chosen.image, best)
         if chosen.flickr_name:

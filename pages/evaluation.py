@@ -10,6 +10,7 @@ from ui.labels import human_columns, label, literal, sentence
 from ui.shell import require_shell
 from ui.state import (EVALUATE_HINT, bundle_paths, bundle_results, current_manifest, current_results, get_dataset,
                       no_bundle_message, references_for, selected_bundle)
+from ui.trust import calibration_section
 
 require_shell()
 st.title("Evaluation")
@@ -71,6 +72,7 @@ sections = [("Corpus scores", "corpus-scores", True),
             ("Beam width and length penalty", "sweep", bool(sweep)),
             ("Per-image scores", "per-image", has_preds),
             ("Which metric agrees with people?", "human-agreement", bool(agreement and agreement.get("metrics"))),
+            ("When to trust a caption", "trust", True),
             ("How it was trained", "training", has_training)]
 st.markdown("**On this page:** " + " · ".join(f"[{title}](#{anchor})" for title, anchor, shown in sections if shown))
 
@@ -309,4 +311,5 @@ if agreement and agreement.get("metrics"):
     right.altair_chart(signed_bars(table, "name", "kendall_tau", "Kendall's τ with expert judgments"),
                        width="stretch")
 
+calibration_section(path)
 training_section(manifest)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Refresh the README screenshots: run the app on the shipped bundles in headless Chromium, one JPEG per page.
+"""Refresh the README screenshots: run the app on the shipped bundles in headless Chromium, one JPEG per page
+(plus the Caption page on a drawn, out-of-domain photo: caption-out-of-domain.jpg).
 
     .venv/bin/python scripts/screenshots.py [--out docs/screenshots] [--width 1400]
 
@@ -55,9 +56,16 @@ def main() -> None:
                 break
             except Exception:                     # the server is still starting
                 time.sleep(0.5)
-        for path, done, option in PAGES:
+        photo = out / ".out-of-domain.png"
+        drawn_cup(photo)
+        shots = [(path, done, option, path or "caption") for path, done, option in PAGES]
+        shots.insert(1, ("", "Most similar training photos", photo, "caption-out-of-domain"))
+        for path, done, option, name in shots:
             driver.get(f"{url}/{path}")
-            if option:
+            if isinstance(option, Path):          # upload a photo instead of picking a sample
+                wait_for_text(driver, "Caption a photo", timeout=180)
+                driver.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys(str(option.resolve()))
+            elif option:
                 click_label(driver, option, timeout=180)
             wait_for_text(driver, done, timeout=300)
             time.sleep(4)                         # charts and images draw after the last element arrives
@@ -67,7 +75,7 @@ def main() -> None:
                 driver.set_window_size(args.width, max(args.height, int(height) + 140))
                 time.sleep(3)
             shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
-            target = out / f"{path or 'caption'}.jpg"
+            target = out / f"{name}.jpg"
             shot.save(target, quality=80, optimize=True)
             body = driver.find_element(By.TAG_NAME, "body").text
             print(f"{target} ({shot.width}x{shot.height}): "
@@ -81,6 +89,19 @@ def main() -> None:
             server.wait(30)
         except subprocess.TimeoutExpired:             # a busy machine: stop it for good
             server.kill()
+        photo.unlink(missing_ok=True)
+
+
+def drawn_cup(path: Path) -> None:
+    """A photo from outside Flickr8k's world: a cup on a saucer, drawn with PIL."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (320, 320), "white")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((60, 120, 260, 260), fill=(235, 235, 235), outline="black", width=4)     # saucer
+    draw.rectangle((110, 80, 210, 200), fill=(120, 70, 30), outline="black", width=4)    # cup
+    draw.arc((190, 100, 250, 160), 270, 90, fill="black", width=6)                       # handle
+    image.save(path)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,126 @@
+"""How far to trust a caption: its in-domain level, the nearest training photos, and the calibration chart."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from captioning.retrieval import LEVEL_TEXT, LEVELS, Assessment, IndexFileError, calibration_bins, read_calibration
+
+from .state import get_dataset
+
+STYLE = {  # level -> (colour, icon, label)
+    "familiar": ("green", ":material/verified:", "Familiar photo"),
+    "unusual": ("orange", ":material/help:", "Unusual photo"),
+    "unfamiliar": ("red", ":material/warning:", "Unfamiliar photo"),
+}
+COLOURS = {"familiar": "#1b9e77", "unusual": "#e6ab02", "unfamiliar": "#d95f02"}
+
+
+def assess_caption(captioner, features, caption, k: int = 5) -> Assessment | None:
+    """The caption's Assessment (k nearest training photos), or None when the bundle has no index."""
+    if not captioner.can_assess:
+        return None
+    return captioner.assess(features, [caption], neighbours=k)[0]
+
+
+def trust_line(assessment: Assessment | None, bundle_path) -> None:
+    """The level as a coloured badge beside the caption, what it means, and a warning for unfamiliar photos."""
+    if assessment is None:
+        st.caption(f"No nearest-photo index in this bundle, so no trust level. Add one with "
+                   f"`python train.py index --out {bundle_path}`.")
+        return
+    if assessment.level is None:
+        st.caption(f"In-domain score {assessment.in_domain:.3f} (not calibrated: run "
+                   f"`python train.py index --out {bundle_path}`).")
+        return
+    colour, icon, label = STYLE[assessment.level]
+    st.markdown(f":{colour}-badge[{icon} {label}] &nbsp; in-domain score **{assessment.in_domain:.3f}** "
+                f"· {LEVEL_TEXT[assessment.level]}")
+    if assessment.level == "unfamiliar":
+        st.warning("**Unlike anything in training: the caption may well be wrong.** The model only knows the "
+                   "scenes of its training photos (mostly people and dogs, outdoors); the most similar ones are "
+                   "below.", icon=":material/warning:")
+
+
+def neighbour_strip(assessment: Assessment | None) -> None:
+    """Thumbnails of the most similar training photos with one of their human captions (names without Flickr8k)."""
+    if assessment is None or not assessment.neighbours:
+        return
+    ds = get_dataset()
+    st.markdown("**Most similar training photos** — what the model has seen that looks most like this")
+    for col, n in zip(st.columns(len(assessment.neighbours)), assessment.neighbours):
+        text = n.captions[0] if n.captions else ""
+        with col:
+            if ds is not None and ds.image_path(n.name).is_file():
+                st.image(str(ds.image_path(n.name)), width="stretch")
+            else:
+                st.markdown(f"`{n.name}`")
+            st.caption(f"similarity {n.similarity:.2f} · {text}")
+
+
+@st.cache_data(show_spinner=False)
+def _calibration(path: str, mtime: float):
+    try:
+        return read_calibration(path)
+    except IndexFileError as exc:
+        return str(exc)
+
+
+def calibration_section(path: Path) -> None:
+    """Evaluation page: do the levels mean something? Test-split score bins against mean CIDEr-D."""
+    st.subheader("When to trust a caption", anchor="trust")
+    calibration = _calibration(str(path), (path / "manifest.json").stat().st_mtime)
+    if calibration is None or isinstance(calibration, str):
+        problem = f" ({calibration})" if isinstance(calibration, str) else ""
+        st.info(f"No calibrated nearest-photo index in this bundle{problem}. Build it with "
+                f"`python train.py index --out {path}`.", icon=":material/travel_explore:")
+        return
+    report = calibration.report
+    test = report.get("test") or {}
+    spear = report.get("spearman", {})
+    st.caption(f"In-domain score: how similar a photo is to its nearest training photos. Levels: {calibration.rule}. "
+               f"Thresholds come from the dev split ({report.get('dev_images', '?')} photos); the chart shows the "
+               f"test split, captions by {report.get('decoding', 'beam search')}.")
+    rows = []
+    for level in LEVELS:
+        dev, tst = report.get("dev_levels", {}).get(level, {}), report.get("test_levels", {}).get(level, {})
+        rows.append({"level": level, "test photos": tst.get("count"), "test mean CIDEr-D": tst.get("mean_cider"),
+                     "dev photos": dev.get("count"), "dev mean CIDEr-D": dev.get("mean_cider")})
+    left, right = st.columns([2, 3])
+    with left:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        st.markdown(f"Unfamiliar below **{calibration.unfamiliar_below:.3f}**, familiar from "
+                    f"**{calibration.familiar_from:.3f}**.")
+        if "combined" in spear:
+            kept = report.get("logprob_share", 0)
+            st.caption(f"Dev Spearman with per-image CIDEr-D: similarity {spear['similarity']:.3f}, caption mean "
+                       f"log-probability {spear['mean_log_prob']:.3f}, best mix "
+                       f"{max(spear['combined'].values()):.3f}; "
+                       + ("similarity alone is used (the mix did not help enough)." if not kept else
+                          f"the score adds the log-probability at share {kept:g}."))
+    if test.get("score") and test.get("cider"):
+        right.altair_chart(calibration_chart(test["score"], test["cider"], calibration), width="stretch")
+
+
+def calibration_chart(scores, cider, calibration, bins: int = 10) -> alt.Chart:
+    """Equal-count score bins (bar = the bin's score range) against their mean CIDEr-D, thresholds marked."""
+    frame = pd.DataFrame(calibration_bins(scores, cider, bins))
+    frame["level"] = [calibration.level(m) for m in frame["mid"]]
+    frame["label"] = frame["mean_cider"].map(lambda v: f"{v:.2f}")
+    x = alt.X("low:Q", title="in-domain score (equal-count bins of test photos)", scale=alt.Scale(zero=False))
+    colour = alt.Color("level:N", title="level", scale=alt.Scale(domain=list(LEVELS),
+                                                                   range=[COLOURS[lv] for lv in LEVELS]))
+    bars = (alt.Chart(frame).mark_bar(opacity=0.85, stroke="white")
+            .encode(x=x, x2="high:Q", y=alt.Y("mean_cider:Q", title="mean CIDEr-D"), color=colour,
+                    tooltip=[alt.Tooltip("low:Q", format=".3f", title="from"),
+                             alt.Tooltip("high:Q", format=".3f", title="to"),
+                             alt.Tooltip("mean_cider:Q", format=".3f", title="mean CIDEr-D"), "count", "level"]))
+    text = bars.mark_text(dy=-6, color="black").encode(x=alt.X("mid:Q"), text="label:N")
+    marks = pd.DataFrame({"score": [calibration.unfamiliar_below, calibration.familiar_from],
+                          "what": ["unfamiliar below (dev)", "familiar from (dev)"]})
+    rules = alt.Chart(marks).mark_rule(strokeDash=[5, 3], color="black").encode(x="score:Q", tooltip=["what", "score"])
+    names = rules.mark_text(align="left", dx=4, dy=-120, angle=0, color="black").encode(text="what:N")
+    return (bars + text + rules + names).properties(height=300, title="Test split: mean CIDEr-D by in-domain score")
