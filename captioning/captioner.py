@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import replace
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -13,6 +13,9 @@ from .decoding import Caption, DecodeConfig, decode
 from .encoders import build_encoder, get_spec
 from .features import image_pipeline
 from .images import ImageSource, load_image, to_canonical
+
+if TYPE_CHECKING:
+    from .batch import BatchResult
 
 
 class Captioner:
@@ -85,6 +88,15 @@ class Captioner:
     def caption(self, image: ImageSource, config: DecodeConfig | None = None, **overrides) -> list[Caption]:
         """The n-best list (best first) for one image; ``overrides`` are DecodeConfig fields."""
         return self.decode(self.features(image), config, **overrides)[0]
+
+    def caption_many(self, images: Iterable[ImageSource], config: DecodeConfig | None = None,
+                     batch_size: int = 16, names: Sequence[str] | None = None, **overrides) -> Iterator["BatchResult"]:
+        """Caption many images (paths, bytes, file objects, PIL images) ``batch_size`` at a time; yields one
+        :class:`~captioning.batch.BatchResult` per image, in order, as each batch is ready. A bad file gets an
+        error result and never stops the others."""
+        from .batch import caption_stream
+
+        return caption_stream(self, images, self.config(config, **overrides), batch_size, names)
 
 
 def _as_source(image):
