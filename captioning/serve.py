@@ -11,11 +11,11 @@ Uploads are validated like the app's: at most ``MAX_BYTES`` per image (the const
 oversized one, each with the loader's message. The model is loaded once per process; requests decode in
 worker threads, at most ``max_concurrent`` at a time, so the event loop keeps answering health checks.
 """
-from __future__ import annotations
-
 import time
 from typing import Annotated
 
+import anyio
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from PIL import UnidentifiedImageError
 
 from .batch import caption_stream
@@ -43,8 +43,6 @@ class RequestSizeLimit:
         self.app, self.limit = app, limit
 
     async def __call__(self, scope, receive, send):
-        from fastapi import HTTPException
-
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
@@ -115,9 +113,6 @@ def _image_error(name: str, exc: InvalidImageError) -> tuple[int, str]:
 
 def create_app(captioner: Captioner, max_concurrent: int = DEFAULT_CONCURRENCY):
     """The FastAPI app serving ``captioner`` (loaded once, shared by every request)."""
-    import anyio
-    from fastapi import FastAPI, File, Form, HTTPException, UploadFile
-
     limiter = anyio.CapacityLimiter(max_concurrent)
     app = FastAPI(title="Captioning Studio API", version="1",
                   summary=f"Captions for photos from the {captioner.bundle.name!r} model (CNN encoder + LSTM decoder).")

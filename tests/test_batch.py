@@ -263,7 +263,7 @@ def batch_page(app_env, monkeypatch):
     return start("pages/batch.py")
 
 
-def test_batch_page_captions_photos_lists_a_bad_one_and_offers_downloads(batch_page, flickr_dir):
+def test_batch_page_captions_photos_lists_a_bad_one_and_offers_downloads(batch_page, captioner, flickr_dir):
     at = batch_page
     assert "Caption many photos" in at.title[0].value
     photos = [(n, (flickr_dir / "Images" / n).read_bytes(), "image/jpeg") for n in first_test_images(flickr_dir, 2)]
@@ -281,7 +281,6 @@ def test_batch_page_captions_photos_lists_a_bad_one_and_offers_downloads(batch_p
 
     at.segmented_control(key="batch_strategy").set_value("Greedy").run()      # the Caption page's options
     assert not at.exception, at.exception
-    captioner = Captioner(load_bundle(app_env / "tiny"), None)
     assert at.dataframe[0].value["Caption"][0] == captioner.caption(photos[0][1], beam_width=1)[0].text
 
 
