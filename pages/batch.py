@@ -15,6 +15,10 @@ from ui.state import get_captioner
 from ui.widgets import decoding_controls
 
 RESULTS_KEY = "batch_results"
+# A failed file's thumbnail: a plain grey square (a blank cell would read "None").
+NO_PHOTO = ("data:image/svg+xml;base64," + base64.b64encode(
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="96" height="96"><rect width="96" height="96" '
+    b'fill="#e6e6e6"/><path d="M34 34L62 62M62 34L34 62" stroke="#b00020" stroke-width="6"/></svg>').decode())
 
 
 def thumbnail(data: bytes, size: int = 96) -> str | None:
@@ -54,21 +58,22 @@ if not done or done["key"] != key:                       # new photos or options
     config = captioner.config(**options)
     rows, records = [], []
     bar = st.progress(0.0, text=f"Captioning {len(uploads)} photos…")
-    problems = st.container()
+    live = st.empty()                                     # bad files, listed as they come while the rest go on
+    problems = live.container()
     start = time.perf_counter()
     for result in caption_uploads(captioner, uploads, config):
         record = to_record(result)
         records.append(record)
         upload = uploads[result.index]
-        rows.append({"Photo": thumbnail(upload.data) if result.ok else None, "File": result.name,
+        rows.append({"Photo": thumbnail(upload.data) if result.ok else NO_PHOTO, "File": result.name,
                      "Caption": result.best.text if result.ok else "",
-                     "Mean log p": record["mean_log_prob"],
+                     "Mean log p": f"{record['mean_log_prob']:.2f}" if result.ok else "",
                      "Status": "captioned" if result.ok else f"failed: {result.error}"})
         if not result.ok:
             problems.error(f"**{result.name}**: {result.error}", icon=":material/block:")
         bar.progress(len(rows) / len(uploads), text=f"Captioned {len(rows)} of {len(uploads)} photos")
     bar.empty()
-    problems.empty()
+    live.empty()
     done = {"key": key, "rows": rows, "records": records, "seconds": time.perf_counter() - start}
     st.session_state[RESULTS_KEY] = done
 
@@ -85,8 +90,7 @@ st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", row_height=64
     "Photo": st.column_config.ImageColumn("Photo", width="small"),
     "File": st.column_config.TextColumn("File", width="medium"),
     "Caption": st.column_config.TextColumn("Caption", width="large"),
-    "Mean log p": st.column_config.NumberColumn("Mean log p", format="%.2f",
-                                                help="per emitted token; closer to 0 = surer"),
+    "Mean log p": st.column_config.TextColumn("Mean log p", help="per emitted token; closer to 0 = surer"),
     "Status": st.column_config.TextColumn("Status", width="medium"),
 })
 d1, d2, _ = st.columns([1, 1, 3])

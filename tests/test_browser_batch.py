@@ -21,6 +21,8 @@ def browser():
 
 def test_batch_page_captions_three_photos_and_lists_the_bad_one(server, browser, flickr_dir, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
 
     names = (flickr_dir / "Flickr_8k.testImages.txt").read_text().split()[:2]
     first, second = tmp_path / "beach.jpg", tmp_path / "park.png"
@@ -31,10 +33,10 @@ def test_batch_page_captions_three_photos_and_lists_the_bad_one(server, browser,
 
     browser.get(f"{server}/batch")
     wait_for_text(browser, "Caption many photos")
-    upload = browser.find_element(By.CSS_SELECTOR, 'input[type="file"]')
+    upload = WebDriverWait(browser, 120).until(EC.presence_of_element_located((By.CSS_SELECTOR, 'input[type="file"]')))
     assert upload.get_attribute("multiple") is not None
     upload.send_keys("\n".join(str(p) for p in (first, bad, second)))
-    wait_for_text(browser, "Captioned", timeout=180)
+    wait_for_text(browser, "Captioned", timeout=600)   # the model loads on first use (minutes on a busy machine)
     wait_for_text(browser, "notes.jpg: The file is not an image")
     settle()
     metrics = {e.find_element(By.CSS_SELECTOR, '[data-testid="stMetricLabel"]').text:
