@@ -86,7 +86,8 @@ m3.metric("Failed", len(failed))
 m4.metric("Time", f"{done['seconds']:.1f} s", help="loading, encoder and decoder for the whole batch")
 for r in failed:
     st.error(f"**{r['File']}**: {r['Status'].removeprefix('failed: ')}", icon=":material/block:")
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", row_height=64, column_config={
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", row_height=64,
+             height=min(64 * len(rows) + 40, 720), column_config={      # every row visible up to ~10, then scroll
     "Photo": st.column_config.ImageColumn("Photo", width="small"),
     "File": st.column_config.TextColumn("File", width="medium"),
     "Caption": st.column_config.TextColumn("Caption", width="large"),
