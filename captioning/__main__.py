@@ -1,4 +1,5 @@
-"""Command line: ``python -m captioning caption IMAGE... [--beam-width K | --strategy sample|diverse ...]`` and
+"""Command line: ``python -m captioning caption IMAGE|FOLDER... [--out FILE] [--beam-width K | --strategy sample|
+diverse ...] [--json] [--neighbours K]``, ``serve`` and
 ``setup-weights``."""
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m captioning", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     cap = sub.add_parser("caption", help="caption one or more images")
-    cap.add_argument("images", nargs="+", help="image files (jpg, png, webp, bmp, gif)")
+    cap.add_argument("images", nargs="+", help="image files or folders (searched recursively for jpg, png, webp, "
+                     "bmp, gif)")
+    cap.add_argument("--out", default=None, help="write FILE.csv, .jsonl or .json (path, caption, log p, n-best, "
+                     "error); rerunning with the same file skips photos it already holds")
+    cap.add_argument("--batch-size", type=int, default=16, help="images through the encoder at once (default 16)")
     cap.add_argument("--bundle", default=None, help="artifact bundle folder (default: artifacts/default)")
     cap.add_argument("--beam-width", type=int, default=1, help="1 = greedy (default); e.g. 5 for beam search")
     cap.add_argument("--length-penalty", type=float, default=1.0)
@@ -24,6 +29,13 @@ def main(argv=None) -> int:
                      help="one JSON object per image: path, caption, log_prob, in_domain, confidence (+ n_best)")
     cap.add_argument("--neighbours", type=int, default=0, metavar="K",
                      help="also list the K most similar training photos (with one of their human captions)")
+    srv = sub.add_parser("serve", help="serve the REST API (POST /v1/captions; docs at /docs)")
+    srv.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine "
+                     "only; 0.0.0.0 opens it to the network)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--bundle", default=None, help="artifact bundle folder (default: artifacts/default)")
+    srv.add_argument("--weights", default=None, help="encoder ImageNet weights file")
+    srv.add_argument("--max-concurrent", type=int, default=2, help="requests decoded at once (default 2)")
     setup = sub.add_parser("setup-weights", help="store an encoder's ImageNet weights under weights/")
     setup.add_argument("--encoder", default="xception")
     setup.add_argument("--alpha", type=float, default=None)
@@ -31,13 +43,26 @@ def main(argv=None) -> int:
 
     from .bundle import BundleError, artifacts_dir
     from .encoders import EncoderWeightsError, setup_weights
-    from .images import InvalidImageError
 
     try:
         if args.command == "setup-weights":
             print(setup_weights(args.encoder, args.alpha))
             return 0
+        if args.command == "serve":
+            from .serve import serve
+
+            if not 0 < args.port < 65536 or args.max_concurrent < 1:
+                raise ValueError("--port must be 1-65535 and --max-concurrent >= 1")
+            serve(args.bundle or artifacts_dir() / "default", args.host, args.port, args.weights, args.max_concurrent)
+            return 0
+        from .batch import output_format, read_records
         from .captioner import Captioner
+
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.out is not None:
+            output_format(args.out)
+            read_records(args.out)              # an unreadable earlier file is refused before the model loads
 
         captioner = Captioner.from_bundle(args.bundle or artifacts_dir() / "default", args.weights)
         config = captioner.config(beam_width=args.beam_width, length_penalty=args.length_penalty,
@@ -51,33 +76,39 @@ def main(argv=None) -> int:
         print(f"error: bundle {captioner.bundle.path} has no retrieval index for --neighbours; add one with: "
               f"python train.py index --out {captioner.bundle.path}", file=sys.stderr)
         return 2
-    status = 0
-    for path in args.images:
-        start = time.perf_counter()
-        try:
-            features = captioner.features(path)
-        except InvalidImageError as exc:
-            print(f"{path}\terror: {exc}", file=sys.stderr)
-            status = 1
-            continue
-        except EncoderWeightsError as exc:            # the encoder is built with the first image
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        nbest = captioner.decode(features, config)[0]
-        trust = captioner.assess(features, nbest[:1], args.neighbours)[0] if captioner.can_assess else None
-        ms = (time.perf_counter() - start) * 1000
-        if args.json:
-            print(json.dumps(_as_json(path, nbest, trust, args.neighbours), ensure_ascii=False))
-            continue
-        level = f", {trust.level or 'uncalibrated'}: in-domain {trust.in_domain:.3f}" if trust else ""
-        for rank, cap_ in enumerate(nbest, 1):
-            prefix = f"{path}\t" if len(nbest) == 1 else f"{path}\t#{rank}\t"
-            print(f"{prefix}{cap_.text}\t(log p {cap_.log_prob:.2f}{level}, {ms:.0f} ms)")
-        if trust and trust.level == "unfamiliar":
-            print(f"{path}\twarning: {trust.explanation}")
-        for n in trust.neighbours[: args.neighbours] if trust else []:
-            print(f"{path}\tnear {n.name} ({n.similarity:.3f}): {n.captions[0] if n.captions else ''}")
-    return status
+    from .batch import caption_files, gather_images, to_record
+
+    paths = gather_images(args.images)
+    if not paths:
+        print(f"error: no image files (jpg, jpeg, png, webp, bmp, gif) in {' '.join(args.images)}", file=sys.stderr)
+        return 2
+
+    def show(result) -> None:
+        if not result.ok:
+            print(f"{result.name}\terror: {result.error}", file=sys.stderr)
+        elif args.json:
+            print(json.dumps(to_record(result, config.num_return_sequences, args.neighbours), ensure_ascii=False),
+                  flush=True)
+        elif args.out is None:
+            trust = result.trust
+            level = f", {trust.level or 'uncalibrated'}: in-domain {trust.in_domain:.3f}" if trust else ""
+            for rank, cap_ in enumerate(result.captions, 1):
+                prefix = f"{result.name}\t" if len(result.captions) == 1 else f"{result.name}\t#{rank}\t"
+                print(f"{prefix}{cap_.text}\t(log p {cap_.log_prob:.2f}{level})", flush=True)
+            if trust and trust.level == "unfamiliar":
+                print(f"{result.name}\twarning: {trust.explanation}")
+            for n in trust.neighbours[: args.neighbours] if trust else []:
+                print(f"{result.name}\tnear {n.name} ({n.similarity:.3f}): {n.captions[0] if n.captions else ''}")
+
+    start = time.perf_counter()
+    try:
+        summary = caption_files(captioner, paths, config, args.out, args.batch_size, on_result=show,
+                                progress=sys.stderr.isatty(), neighbours=args.neighbours)
+    except EncoderWeightsError as exc:                # the encoder is built with the first batch
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{summary.line(args.out)} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 def add_strategy_options(cap: argparse.ArgumentParser) -> None:
@@ -110,17 +141,6 @@ def strategy_overrides(args) -> dict:
         out.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     if strategy == "diverse":
         out.update(num_groups=args.groups, diversity_penalty=args.diversity_penalty)
-    return out
-
-
-def _as_json(path: str, nbest, trust, neighbours: int) -> dict:
-    """The --json line of one image: the best caption, its trust and, with --n-best, the other captions."""
-    best = nbest[0]
-    out = {"path": path, "caption": best.text, "log_prob": round(best.log_prob, 4),
-           "mean_log_prob": round(best.normalized_log_prob, 4),
-           **(trust.to_json(neighbours) if trust else {"in_domain": None, "confidence": None})}
-    if len(nbest) > 1:
-        out["n_best"] = [{"caption": c.text, "log_prob": round(c.log_prob, 4)} for c in nbest]
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import replace
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -13,6 +13,9 @@ from .decoding import Caption, DecodeConfig, decode
 from .encoders import build_encoder, get_spec
 from .features import image_pipeline
 from .images import ImageSource, load_image, to_canonical
+
+if TYPE_CHECKING:
+    from .batch import BatchResult
 
 
 class Captioner:
@@ -102,6 +105,15 @@ class Captioner:
                                f"python train.py index --out {self.bundle.path}")
         log_probs = [c.normalized_log_prob for c in captions] if captions is not None else None
         return self.bundle.index.assess(features, log_probs, neighbours)
+
+    def caption_many(self, images: Iterable[ImageSource], config: DecodeConfig | None = None,
+                     batch_size: int = 16, names: Sequence[str] | None = None, **overrides) -> Iterator["BatchResult"]:
+        """Caption many images (paths, bytes, file objects, PIL images) ``batch_size`` at a time; yields one
+        :class:`~captioning.batch.BatchResult` per image, in order, as each batch is ready. A bad file gets an
+        error result and never stops the others."""
+        from .batch import caption_stream
+
+        return caption_stream(self, images, self.config(config, **overrides), batch_size, names)
 
 
 def _as_source(image):

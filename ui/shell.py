@@ -15,6 +15,7 @@ SHELL_KEY = "_app_shell_ran"
 
 PAGES = (  # (script, title, icon, default)
     ("pages/caption.py", "Caption", ":material/edit_note:", True),
+    ("pages/batch.py", "Batch", ":material/burst_mode:", False),
     ("pages/compare.py", "Compare decoding", ":material/compare:", False),
     ("pages/evaluation.py", "Evaluation", ":material/monitoring:", False),
     ("pages/dataset.py", "Dataset", ":material/photo_library:", False),
