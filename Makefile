@@ -2,7 +2,7 @@
 FLICKR8K_DIR ?= $(abspath ../shared/flickr8k)
 export FLICKR8K_DIR
 
-.PHONY: app test setup setup-test
+.PHONY: app test setup setup-test mutation
 app: setup
 	.venv/bin/streamlit run streamlit_app.py
 
@@ -14,3 +14,8 @@ setup:
 
 setup-test:
 	bash scripts/setup.sh test
+
+# Mutation testing of the core modules (mutmut 3, slow: not part of `make test`); docs/mutation.md.
+# `make mutation MODULES="text metrics"` runs some of them; scores: .venv/bin/python scripts/mutation_score.py
+mutation: setup-test
+	nice -n 10 bash scripts/mutation.sh $(MODULES)

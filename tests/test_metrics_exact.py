@@ -113,3 +113,33 @@ def test_kendall_tau_b_by_hand():
     x, y = [3, 1, 2, 2], [1, 2, 3, 3]
     n0, n1, n2 = 6, 1, 1
     assert kendall_tau(x, y) == pytest.approx((2 - 3) / math.sqrt((n0 - n1) * (n0 - n2)))
+
+
+def test_metric_errors_say_what_is_wrong():
+    with pytest.raises(ValueError, match=r"^3 reference sets for 2 hypotheses$"):
+        corpus_bleu_scores(REFS, HYPS[:2])
+    with pytest.raises(ValueError, match=r"^no hypotheses to score$"):
+        corpus_bleu_scores([], [])
+    with pytest.raises(ValueError, match=r"^3 reference sets for 2 hypotheses$"):
+        coco_scores(REFS, HYPS[:2], meteor=False)
+    with pytest.raises(ValueError, match=r"^0 reference sets for 0 hypotheses$"):
+        coco_scores([], [], meteor=False)
+
+
+def test_coco_toolkit_progress_lines_do_not_reach_the_console(capsys):
+    coco_scores(REFS, HYPS, meteor=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_meteor_is_on_by_default_and_skipped_with_a_note_without_java(monkeypatch):
+    import shutil
+
+    assert shutil.which("java"), "Java is on PATH here (README: METEOR needs Java 8+)"
+    corpus, per_image, note = coco_scores(REFS, HYPS)                   # meteor=True is the default
+    assert note is None
+    assert 0 < corpus["meteor"] < 1 and len(per_image["meteor"]) == 3
+    assert all(0 < m < 1 for m in per_image["meteor"]) and len(set(per_image["meteor"])) == 3
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    corpus, per_image, note = coco_scores(REFS, HYPS)
+    assert note == "METEOR skipped: it needs Java 8+ on PATH (OSError: java not found)"
+    assert "meteor" not in corpus and "meteor" not in per_image and corpus["cider"] > 0
