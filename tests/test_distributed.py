@@ -31,7 +31,8 @@ def test_mirrored_strategy_on_two_logical_cpus(tiny_run, flickr_dir, mobilenet_w
     single = json.loads((tiny_run[0] / "tiny" / "manifest.json").read_text())["training"]
     assert single["replicas"] == 1 and single["config"]["batch_size"] == training["config"]["batch_size"] == 64
     for mirrored_epoch, single_epoch in zip(training["epochs"], single["epochs"][:2]):
-        # the replicas drop the last partial batch (train and dev) and draw their own dropout masks: close, not equal
-        assert abs(mirrored_epoch["val_loss"] - single_epoch["val_loss"]) < 0.05, (training["epochs"], single["epochs"])
+        # the replicas drop the last partial batch (train, and dev: 32 of 45 captions) and draw their own dropout
+        # masks: close, not equal (measured here: 0.014 and 0.042 apart, train loss 0.032 and 0.017)
+        assert abs(mirrored_epoch["val_loss"] - single_epoch["val_loss"]) < 0.1, (training["epochs"], single["epochs"])
         assert abs(mirrored_epoch["loss"] - single_epoch["loss"]) < 0.1, (training["epochs"], single["epochs"])
     assert training["epochs"][1]["loss"] < training["epochs"][0]["loss"]
