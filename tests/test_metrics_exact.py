@@ -70,14 +70,19 @@ def test_reference_agreement_is_the_mean_leave_one_out_bleu_2():
 
 
 def test_word_usage_counts_per_image_reference_rates():
-    rows = {r["word"]: r for r in word_usage([[["a", "dog"], ["a", "cat"]], [["a", "a"]]],
-                                             [["a", "dog", "dog"], ["cat"]])}
-    # references per image: a = (1 + 1) / 2 + 2 / 1 = 3; dog = 0.5; cat = 0.5
+    refs = [[["a", "dog"], ["a", "cat"]], [["a", "a"]], [["owl"], ["sky"], ["sky"]]]
+    hyps = [["a", "dog", "dog", "bird"], ["cat"], []]
+    rows = {r["word"]: r for r in word_usage(refs, hyps)}
+    # references per image: a = (1 + 1) / 2 + 2 / 1 = 3; dog = cat = 1 / 2; owl = 1 / 3; sky = 2 / 3
     assert rows["a"] == {"word": "a", "predicted": 1, "references": 3.0, "ratio": 2 / 4, "difference": -2.0}
     assert rows["dog"] == {"word": "dog", "predicted": 2, "references": 0.5, "ratio": 3 / 1.5, "difference": 1.5}
     assert rows["cat"]["difference"] == 0.5 and rows["cat"]["ratio"] == pytest.approx(2 / 1.5)
-    order = [r["word"] for r in word_usage([[["a", "dog"], ["a", "cat"]], [["a", "a"]]], [["a", "dog", "dog"], ["cat"]])]
-    assert order[0] == "a" and order[1] == "dog"                       # largest |difference| first
+    assert rows["bird"] == {"word": "bird", "predicted": 1, "references": 0.0, "ratio": 2.0, "difference": 1.0}
+    assert rows["owl"]["references"] == 0.33 and rows["owl"]["predicted"] == 0
+    assert rows["owl"]["difference"] == pytest.approx(-1 / 3) and rows["owl"]["ratio"] == pytest.approx(1 / (4 / 3))
+    assert rows["sky"]["references"] == 0.67
+    order = [r["word"] for r in word_usage(refs, hyps)]
+    assert order[:2] == ["a", "dog"] and order[-1] == "owl"            # largest |difference| first
 
 
 def test_coco_metrics_per_image_equal_pycocoevalcap_called_directly():
