@@ -4,7 +4,7 @@ export FLICKR8K_DIR
 # The dashboard listens on loopback only; `make app ADDRESS=0.0.0.0` serves it to the network on purpose.
 ADDRESS ?= 127.0.0.1
 
-.PHONY: app test setup setup-test
+.PHONY: app test setup setup-test mutation
 app: setup
 	.venv/bin/python -m ui.launch --server.address $(ADDRESS)
 
@@ -16,3 +16,8 @@ setup:
 
 setup-test:
 	bash scripts/setup.sh test
+
+# Mutation testing of the core modules (mutmut 3, slow: not part of `make test`); docs/mutation.md.
+# `make mutation MODULES="text metrics"` runs some of them; scores: .venv/bin/python scripts/mutation_score.py
+mutation: setup-test
+	nice -n 10 bash scripts/mutation.sh $(MODULES)

@@ -201,7 +201,7 @@ def _check_size(size: tuple[int, int]) -> None:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
+    if image.mode == "RGB" and "transparency" not in image.info:     # an RGB PNG's tRNS colour is composited below
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(image, dtype=np.float64)

@@ -4,6 +4,7 @@ Screenshots of every page land in test-output/screenshots/ for people to look at
 """
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -127,6 +128,7 @@ def test_caption_page_uploads_an_image_and_shows_the_caption(server, browser, fl
     headline = upload_and_read_caption(browser, server, photo)
     settle()
     assert any(ch.isalpha() for ch in headline)
+    assert_no_error_shown(browser)
     metrics = [e.text for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMetricValue"]')]
     assert any(m.endswith(" ms") for m in metrics), metrics
     browser.save_screenshot(str(OUT / "caption.png"))
@@ -151,6 +153,38 @@ def click_label(driver, text: str, timeout: float = 120) -> None:
                                                        ElementClickInterceptedException)).until(click)
 
 
+EXCEPTION_LINE = re.compile(r"^(Traceback \(most recent call last\)|[A-Za-z_.]*(Error|Exception)\b.*:)")
+
+
+def assert_no_error_shown(driver) -> None:
+    """No exception box, no error alert and no exception line anywhere on the page (not only the first line)."""
+    from selenium.webdriver.common.by import By
+
+    boxes = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"], [data-testid="stAlertContentError"]')
+    assert not boxes, [b.text[:300] for b in boxes]
+    lines = [line for line in driver.find_element(By.TAG_NAME, "body").text.split("\n") if EXCEPTION_LINE.match(line)]
+    assert not lines, lines
+
+
+def test_the_error_check_sees_an_exception_below_the_first_line():
+    class Page:
+        def __init__(self, text):
+            self.text = text
+
+        def find_elements(self, *_):
+            return []
+
+        def find_element(self, *_):
+            return self
+
+    assert_no_error_shown(Page("Caption a photo\nA dog runs"))
+    for shown in ("Caption a photo\nBeam width\nTraceback (most recent call last):",
+                  "Compare decoding\nValueError: beam_width must be a whole number",
+                  "Evaluation\nkeras.src.errors.SomeError: broken"):
+        with pytest.raises(AssertionError):
+            assert_no_error_shown(Page(shown))
+
+
 def settle(seconds: float = 3.0) -> None:
     """Charts draw after the script's last element arrives; give them a moment before a screenshot."""
     time.sleep(seconds)
@@ -168,6 +202,7 @@ def test_every_page_renders(server, browser, path, done):
     settle()
     body = browser.find_element(By.TAG_NAME, "body").text
     assert "Traceback" not in body and "Error" not in body.split("\n")[0]
+    assert_no_error_shown(browser)
     browser.save_screenshot(str(OUT / f"{path}.png"))
 
 
@@ -182,12 +217,14 @@ def test_a_deep_link_to_a_fresh_server_opens_the_whole_app(tiny_run, flickr_dir,
         wait_for_text(browser, "All predictions")
         body = browser.find_element(By.TAG_NAME, "body").text
         assert "No trained model" not in body and "Compare decoding" in body
+        assert_no_error_shown(browser)
         browser.get(f"{url}/dataset")                  # and the server stays in navigation mode
         wait_for_text(browser, "Caption statistics")
         assert "Model bundle" in browser.find_element(By.TAG_NAME, "body").text
 
 
-def test_five_browser_sessions_caption_at_once(server, flickr_dir, tmp_path):
+def test_five_browser_sessions_caption_at_once(server, browser, flickr_dir, tmp_path):
+    """Five sessions at once get exactly the captions the same photos get one after another."""
     from concurrent.futures import ThreadPoolExecutor
 
     names = (flickr_dir / "Flickr_8k.testImages.txt").read_text().split()[:5]
@@ -206,6 +243,8 @@ def test_five_browser_sessions_caption_at_once(server, flickr_dir, tmp_path):
     with ThreadPoolExecutor(max_workers=5) as pool:
         captions = list(pool.map(session, photos))
     assert len(captions) == 5 and all(c.startswith("“") and any(ch.isalpha() for ch in c) for c in captions)
+    serial = [upload_and_read_caption(browser, server, photo) for photo in photos]
+    assert captions == serial
 
 
 def test_an_upload_name_with_markdown_shows_literally(server, browser, tmp_path):

@@ -1,0 +1,42 @@
+"""Mutation score per core module from mutmut 3's results (mutants/captioning/*.py.meta): killed / (tested).
+
+Prints one row per module and, with --survivors, the names of the mutants that survived (inspect one with
+``.venv/bin/mutmut show NAME``).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+KILLED = {1, 3, 36, 24, -24, 152, 255}      # a failing test, pytest's internal error, or a timeout (mutmut counts these)
+SURVIVED = {0}
+NO_TESTS = {5, 33}
+
+
+def main(argv: list[str]) -> int:
+    root = Path(__file__).resolve().parents[1] / "mutants" / "captioning"
+    metas = sorted(root.glob("*.py.meta"))
+    if not metas:
+        print("error: no mutmut results under mutants/; run `make mutation` first", file=sys.stderr)
+        return 2
+    print(f"{'module':<14}{'mutants':>8}{'killed':>8}{'survived':>9}{'no tests':>9}{'not run':>8}{'score':>8}")
+    for meta in metas:
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        done = [c for c in codes.values() if c is not None]
+        killed = sum(c in KILLED for c in done)
+        survived = sum(c in SURVIVED for c in done)
+        no_tests = sum(c in NO_TESTS for c in done)
+        judged = killed + survived + no_tests
+        score = f"{killed / judged:.1%}" if judged else "-"
+        print(f"{meta.name[:-8]:<14}{len(codes):>8}{killed:>8}{survived:>9}{no_tests:>9}{len(codes) - len(done):>8}"
+              f"{score:>8}")
+        if "--survivors" in argv:
+            for name, c in sorted(codes.items()):
+                if c in SURVIVED or c in NO_TESTS:
+                    print(f"    {'survived' if c in SURVIVED else 'no tests'}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

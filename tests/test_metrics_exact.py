@@ -1,0 +1,150 @@
+"""Exact metric values on imperfect captions: nltk and the coco-caption toolkit called directly, the BLEU weights
+written out, so a wrong weight, smoothing or per-image order is seen (perfect captions score 1 whatever the weights)."""
+import math
+
+import pytest
+from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
+
+from captioning.metrics import (BLEU_WEIGHTS, coco_scores, corpus_bleu_scores, kendall_tau, reference_agreement,
+                                sentence_bleu_scores, word_usage)
+
+REFS = [
+    ["a dog runs across the green grass".split(), "a brown dog is running on grass".split(),
+     "the dog runs in a field".split()],
+    ["two children play in the water".split(), "kids splash in a pool".split(),
+     "two young children are playing in the water".split()],
+    ["a man rides a bike down the street".split(), "a cyclist on a city street".split()],
+]
+HYPS = ["a dog is running on the grass".split(), "two kids play in a pool of water".split(),
+        "a man rides down a road".split()]
+WEIGHTS = {1: (1.0, 0.0, 0.0, 0.0), 2: (0.5, 0.5, 0.0, 0.0), 3: (1 / 3, 1 / 3, 1 / 3, 0.0),
+           4: (0.25, 0.25, 0.25, 0.25)}
+
+
+def test_bleu_weights_are_the_standard_cumulative_ones():
+    assert list(BLEU_WEIGHTS) == ["bleu_1", "bleu_2", "bleu_3", "bleu_4"]
+    for n, w in WEIGHTS.items():
+        assert BLEU_WEIGHTS[f"bleu_{n}"] == pytest.approx(w, abs=1e-15)
+
+
+def test_corpus_bleu_1_to_4_equal_nltk_on_imperfect_captions():
+    got = corpus_bleu_scores(REFS, HYPS)
+    want = {f"bleu_{n}": corpus_bleu(REFS, HYPS, weights=w) for n, w in WEIGHTS.items()}
+    assert got == pytest.approx(want, abs=1e-12)
+    values = [got[f"bleu_{n}"] for n in range(1, 5)]
+    assert values == sorted(values, reverse=True) and len(set(values)) == 4 and 0 < values[-1] < values[0] < 1
+
+
+def test_corpus_bleu_has_a_brevity_penalty():
+    short = [h[:3] for h in HYPS]
+    got = corpus_bleu_scores(REFS, short)["bleu_1"]
+    c = sum(len(h) for h in short)
+    r = sum(min((len(x) for x in refs), key=lambda n: (abs(n - len(h)), n)) for refs, h in zip(REFS, short))
+    precision = sum(min(h.count(w), max(x.count(w) for x in refs)) for refs, h in zip(REFS, short)
+                    for w in set(h)) / c
+    assert got == pytest.approx(math.exp(1 - r / c) * precision, abs=1e-12)
+
+
+def test_sentence_bleu_is_smoothed_with_method1_per_order():
+    smooth = SmoothingFunction().method1
+    for refs, hyp in zip(REFS, HYPS):
+        got = sentence_bleu_scores(refs, hyp)
+        for n, w in WEIGHTS.items():
+            assert got[f"bleu_{n}"] == pytest.approx(sentence_bleu(refs, hyp, weights=w, smoothing_function=smooth),
+                                                     abs=1e-12)
+    # no 4-gram in common: unsmoothed BLEU-4 would be 0; method1's epsilon keeps it positive
+    with pytest.warns(UserWarning):
+        assert sentence_bleu(REFS[2], HYPS[2], weights=WEIGHTS[4]) < 1e-50
+    assert sentence_bleu_scores(REFS[2], HYPS[2])["bleu_4"] > 0.1
+
+
+def test_reference_agreement_is_the_mean_leave_one_out_bleu_2():
+    smooth = SmoothingFunction().method1
+    refs = REFS[0]
+    want = sum(sentence_bleu([r for j, r in enumerate(refs) if j != i], refs[i], weights=(0.5, 0.5),
+                             smoothing_function=smooth) for i in range(len(refs))) / len(refs)
+    assert reference_agreement(refs) == pytest.approx(want, abs=1e-12)
+    assert reference_agreement([refs[0]]) == 0.0 and reference_agreement([]) == 0.0
+    assert reference_agreement([refs[0], []]) == pytest.approx(
+        sentence_bleu([[]], refs[0], weights=(0.5, 0.5), smoothing_function=smooth))
+
+
+def test_word_usage_counts_per_image_reference_rates():
+    refs = [[["a", "dog"], ["a", "cat"]], [["a", "a"]], [["owl"], ["sky"], ["sky"]]]
+    hyps = [["a", "dog", "dog", "bird"], ["cat"], []]
+    rows = {r["word"]: r for r in word_usage(refs, hyps)}
+    # references per image: a = (1 + 1) / 2 + 2 / 1 = 3; dog = cat = 1 / 2; owl = 1 / 3; sky = 2 / 3
+    assert rows["a"] == {"word": "a", "predicted": 1, "references": 3.0, "ratio": 2 / 4, "difference": -2.0}
+    assert rows["dog"] == {"word": "dog", "predicted": 2, "references": 0.5, "ratio": 3 / 1.5, "difference": 1.5}
+    assert rows["cat"]["difference"] == 0.5 and rows["cat"]["ratio"] == pytest.approx(2 / 1.5)
+    assert rows["bird"] == {"word": "bird", "predicted": 1, "references": 0.0, "ratio": 2.0, "difference": 1.0}
+    assert rows["owl"]["references"] == 0.33 and rows["owl"]["predicted"] == 0
+    assert rows["owl"]["difference"] == pytest.approx(-1 / 3) and rows["owl"]["ratio"] == pytest.approx(1 / (4 / 3))
+    assert rows["sky"]["references"] == 0.67
+    order = [r["word"] for r in word_usage(refs, hyps)]
+    assert order[:2] == ["a", "dog"] and order[-1] == "owl"            # largest |difference| first
+
+
+def test_coco_metrics_per_image_equal_pycocoevalcap_called_directly():
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    hyps = HYPS + [[]]
+    refs = REFS + [REFS[0]]
+    corpus, per_image, note = coco_scores(refs, hyps, meteor=False)
+    gts = {i: [" ".join(r) for r in rs] for i, rs in enumerate(refs)}
+    res = {i: [" ".join(h) if h else "<empty>"] for i, h in enumerate(hyps)}
+    cider, cider_each = Cider().compute_score(gts, res)
+    rouge, rouge_each = Rouge().compute_score(gts, res)
+    bleu, bleu_each = Bleu(4).compute_score(gts, res)
+    assert corpus["cider"] == pytest.approx(cider, abs=1e-12)
+    assert per_image["cider"] == pytest.approx(list(cider_each), abs=1e-12)
+    assert corpus["rouge_l"] == pytest.approx(rouge, abs=1e-12)
+    assert per_image["rouge_l"] == pytest.approx(list(rouge_each), abs=1e-12)
+    for n in range(4):
+        assert corpus[f"coco_bleu_{n + 1}"] == pytest.approx(bleu[n], abs=1e-12)
+        assert per_image[f"coco_bleu_{n + 1}"] == pytest.approx(bleu_each[n], abs=1e-12)
+    assert len(set(per_image["cider"])) == 4 and per_image["cider"][3] == 0.0
+    assert note == "METEOR not computed (disabled)" and "meteor" not in corpus
+    with pytest.raises(ValueError):
+        coco_scores(refs, hyps[:-1], meteor=False)
+    with pytest.raises(ValueError):
+        coco_scores([], [], meteor=False)
+
+
+def test_kendall_tau_b_by_hand():
+    # pairs of (3, 1, 2, 2) vs (1, 2, 3, 3): concordant 2, discordant 3, ties only in both (not counted)
+    x, y = [3, 1, 2, 2], [1, 2, 3, 3]
+    n0, n1, n2 = 6, 1, 1
+    assert kendall_tau(x, y) == pytest.approx((2 - 3) / math.sqrt((n0 - n1) * (n0 - n2)))
+
+
+def test_metric_errors_say_what_is_wrong():
+    with pytest.raises(ValueError, match=r"^3 reference sets for 2 hypotheses$"):
+        corpus_bleu_scores(REFS, HYPS[:2])
+    with pytest.raises(ValueError, match=r"^no hypotheses to score$"):
+        corpus_bleu_scores([], [])
+    with pytest.raises(ValueError, match=r"^3 reference sets for 2 hypotheses$"):
+        coco_scores(REFS, HYPS[:2], meteor=False)
+    with pytest.raises(ValueError, match=r"^0 reference sets for 0 hypotheses$"):
+        coco_scores([], [], meteor=False)
+
+
+def test_coco_toolkit_progress_lines_do_not_reach_the_console(capsys):
+    coco_scores(REFS, HYPS, meteor=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_meteor_is_on_by_default_and_skipped_with_a_note_without_java(monkeypatch):
+    import shutil
+
+    assert shutil.which("java"), "Java is on PATH here (README: METEOR needs Java 8+)"
+    corpus, per_image, note = coco_scores(REFS, HYPS)                   # meteor=True is the default
+    assert note is None
+    assert 0 < corpus["meteor"] < 1 and len(per_image["meteor"]) == 3
+    assert all(0 < m < 1 for m in per_image["meteor"]) and len(set(per_image["meteor"])) == 3
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    corpus, per_image, note = coco_scores(REFS, HYPS)
+    assert note == "METEOR skipped: it needs Java 8+ on PATH (OSError: java not found)"
+    assert "meteor" not in corpus and "meteor" not in per_image and corpus["cider"] > 0
