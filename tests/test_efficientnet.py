@@ -272,3 +272,22 @@ def test_port_matches_the_pytorch_reference(ported_weights):
         np.testing.assert_allclose(pooled[i][:8], ref["pooled"], atol=TOLERANCE)
         assert pooled[i].mean() == pytest.approx(ref["pooled_mean"], abs=TOLERANCE)
         assert pooled[i].max() == pytest.approx(ref["pooled_max"], abs=TOLERANCE)
+
+
+def test_train_py_runs_on_efficientnet_lite0_features(ported_weights, flickr_dir, tmp_path):
+    """The whole pipeline on the ported encoder: features (pooled + 7x7 map), a top-down decoder, a bundle
+    that captions a photo with per-word 7x7 attention maps."""
+    import train
+    from captioning.bundle import load_bundle
+    from captioning.captioner import Captioner
+
+    out = tmp_path / "lite"
+    assert train.main(["--data-dir", str(flickr_dir), "--encoder", "efficientnet-lite0", "--limit", "30",
+                       "--epochs", "1", "--decoder", "topdown", "--units", "32", "--embed-dim", "32",
+                       "--attention-dim", "32", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                       "--quiet", "--beam-widths", "3", "--no-human", "--no-meteor", "--no-sweep"]) == 0
+    bundle = load_bundle(out)
+    assert bundle.encoder["key"] == "efficientnetlite0-224" and bundle.encoder["feature_dim"] == 1280
+    assert bundle.encoder["weights_source"] == "file:efficientnet_lite0_imagenet.weights.h5"
+    caption = Captioner(bundle).caption(flickr_dir / "Images" / bundle.predictions["image"].iloc[0])[0]
+    assert caption.words and caption.attention.shape == (caption.num_tokens, 49)
