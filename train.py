@@ -46,8 +46,9 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--encoder", default=d("xception"), choices=ENCODER_NAMES)
     p.add_argument("--alpha", type=float, default=d(None), help="MobileNetV2 width multiplier")
     p.add_argument("--weights", default=d(None), help="encoder ImageNet weights file (.weights.h5)")
-    p.add_argument("--decoder", default=d("merge"), choices=["merge", "attention"],
-                   help="merge (pooled features) or attention (Show, Attend and Tell over the spatial map)")
+    p.add_argument("--decoder", default=d("merge"), choices=["merge", "attention", "topdown"],
+                   help="merge (pooled features), attention (Show, Attend and Tell over the spatial map) or "
+                        "topdown (Anderson et al. 2018: an attention LSTM and a language LSTM over the map)")
     p.add_argument("--out", default=d(None), help="bundle folder (default: artifacts/<encoder>-<decoder>[-limitN])")
     p.add_argument("--cache-dir", default=d(str(ROOT / ".cache")), help="features and checkpoints")
     p.add_argument("--limit", type=int, default=d(None), help="quick run on N images (70/15/15 of the splits)")
@@ -56,8 +57,8 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--batch-size", type=int, default=d(64))
     p.add_argument("--learning-rate", type=float, default=d(None), help="Adam's rate (default: 1e-3; scst 2e-5)")
     p.add_argument("--embed-dim", type=int, default=d(256))
-    p.add_argument("--units", type=int, default=d(None), help="LSTM size (default: merge 256, attention 512)")
-    p.add_argument("--attention-dim", type=int, default=d(256), help="attention decoder: additive-attention size")
+    p.add_argument("--units", type=int, default=d(None), help="LSTM size (default: merge 256, attention and topdown 512)")
+    p.add_argument("--attention-dim", type=int, default=d(256), help="attention and topdown decoders: additive-attention size")
     p.add_argument("--alpha-c", type=float, default=d(1.0), help="attention decoder: doubly stochastic weight")
     p.add_argument("--dropout", type=float, default=d(0.5))
     p.add_argument("--label-smoothing", type=float, default=d(0.0),
@@ -210,7 +211,7 @@ def features_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> dict:
     spec = get_spec(args.encoder, args.alpha)
     cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
     wanted = {n: ds.image_path(n) for split in names.values() for n in split}
-    spatial = bool(getattr(args, "spatial", False)) or args.decoder == "attention"
+    spatial = bool(getattr(args, "spatial", False)) or args.decoder in ("attention", "topdown")
     todo = cache.missing(list(wanted), spatial)
     if not todo:
         print(f"features: all {len(wanted)} images already cached for {spec.key}")
@@ -239,8 +240,8 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
 
     spec = get_spec(args.encoder, args.alpha)
     cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
-    units = args.units or {"merge": 256, "attention": 512}[args.decoder]
-    spatial = args.decoder == "attention"
+    units = args.units or {"merge": 256, "attention": 512, "topdown": 512}[args.decoder]
+    spatial = args.decoder in ("attention", "topdown")
     config = TrainConfig(embed_dim=args.embed_dim, units=units, dropout=args.dropout,
                          learning_rate=args.learning_rate, batch_size=args.batch_size, epochs=args.epochs,
                          patience=args.patience, min_count=args.min_count, seed=args.seed,
@@ -277,6 +278,8 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
           f"{vocab.coverage(train_caps):.1%})")
 
     extra = {"attention_dim": args.attention_dim, "alpha_c": args.alpha_c} if spatial else {}
+    if args.decoder == "topdown":
+        extra = {"attention_dim": args.attention_dim}         # no doubly stochastic term in Anderson et al.
     strategy = make_strategy(args.strategy)
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():

