@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import resource
 import shutil
 import sys
@@ -25,6 +26,7 @@ import captioning  # noqa: F401  (sets TensorFlow's log level before it loads)
 from captioning.adapters import load_dataset
 from captioning.data import DataError, Flickr8k, download
 from captioning.encoders import ENCODER_NAMES, EncoderWeightsError, get_spec
+from captioning.training import WorkerLost
 
 ROOT = Path(__file__).resolve().parent
 COMMANDS = ("all", "download", "features", "train", "evaluate", "sweep", "ensemble", "scst")
@@ -67,6 +69,13 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--feature-batch-size", type=int, default=d(32))
     p.add_argument("--strategy", default=d("default"), choices=["default", "mirrored", "multiworker"],
                    help="tf.distribute strategy: one device, all local GPUs, or the workers in $TF_CONFIG")
+    p.add_argument("--peer-timeout", type=float, default=d(60.0),
+                   help="multiworker: seconds without a peer's heartbeat or collective before the run fails "
+                        "(rerun every worker to resume)")
+    p.add_argument("--num-shards", type=int, default=d(1),
+                   help="features: split the images into this many disjoint slices (one per machine)")
+    p.add_argument("--shard-index", type=int, default=d(0),
+                   help="features: the slice this process extracts, 0 .. --num-shards - 1")
     p.add_argument("--finish", action="store_true", default=d(False),
                    help="train: stop here and package the best checkpoint so far (e.g. after Ctrl-C)")
     p.add_argument("--shard-size", type=int, default=d(512), help="images per feature-cache shard")
@@ -104,6 +113,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("scst needs --from BUNDLE (a trained single-decoder bundle) and --out for the fine-tuned one")
     if args.limit is not None and args.limit < 10:
         parser.error("--limit must be at least 10 images")
+    if args.num_shards < 1:
+        parser.error(f"--num-shards must be at least 1, got {args.num_shards}")
+    if not 0 <= args.shard_index < args.num_shards:
+        parser.error(f"--shard-index must be in 0..{args.num_shards - 1} for --num-shards {args.num_shards}, "
+                     f"got {args.shard_index}")
+    if args.num_shards > 1 and args.command != "features":
+        parser.error("--num-shards/--shard-index split `train.py features` across machines; run the other "
+                     "steps once every slice is extracted")
+    if args.peer_timeout <= 0:
+        parser.error(f"--peer-timeout must be positive seconds, got {args.peer_timeout:g}")
     spec = get_spec(args.encoder, args.alpha)
     if args.out is None and args.command == "ensemble":
         args.out = str(ROOT / "artifacts" / "ensemble")
@@ -125,11 +144,16 @@ def split_names(ds: Flickr8k, limit: int | None) -> dict[str, list[str]]:
 
 def features_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> dict:
     from captioning.encoders import build_encoder
-    from captioning.features import FeatureCache, extract_features
+    from captioning.features import FeatureCache, extract_features, shard_slice
 
     spec = get_spec(args.encoder, args.alpha)
-    cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
     wanted = {n: ds.image_path(n) for split in names.values() for n in split}
+    shards, index = getattr(args, "num_shards", 1), getattr(args, "shard_index", 0)
+    writer = f"w{index}of{shards}" if shards > 1 else None
+    cache = FeatureCache(Path(args.cache_dir) / "features", spec.key, writer=writer)
+    if writer:       # this machine's disjoint slice; the others fill the rest of the same cache
+        wanted = {n: wanted[n] for n in shard_slice(list(wanted), shards, index, args.feature_batch_size)}
+        print(f"features: slice {index} of {shards} (0-based): {len(wanted)} images")
     spatial = bool(getattr(args, "spatial", False)) or args.decoder == "attention"
     todo = cache.missing(list(wanted), spatial)
     if not todo:
@@ -155,7 +179,8 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
     from captioning.text import Vocabulary, tokenize
     import keras
 
-    from captioning.training import TrainConfig, encode_captions, fit, make_dataset, make_strategy
+    from captioning.training import (TrainConfig, encode_captions, fit, make_dataset, make_strategy, worker_role,
+                                     worker_run_dir)
 
     spec = get_spec(args.encoder, args.alpha)
     cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
@@ -197,7 +222,8 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
           f"{vocab.coverage(train_caps):.1%})")
 
     extra = {"attention_dim": args.attention_dim, "alpha_c": args.alpha_c} if spatial else {}
-    strategy = make_strategy(args.strategy)
+    strategy = make_strategy(args.strategy, args.peer_timeout)
+    chief, worker = worker_role(strategy)
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         decoder = build_decoder(args.decoder, vocab_size=len(vocab), feature_dim=spec.feature_dim,
@@ -208,11 +234,15 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
     run_dir = Path(args.cache_dir) / "runs" / Path(args.out).name
     fingerprint = hashlib.sha256(json.dumps([config.fingerprint_dict(), spec.key, args.decoder, extra, len(vocab), args.limit],
                                             sort_keys=True).encode()).hexdigest()[:16]
-    if (run_dir / "fingerprint").is_file() and (run_dir / "fingerprint").read_text() != fingerprint:
-        print(f"train: settings changed since the checkpoints in {run_dir}; starting afresh")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "fingerprint").write_text(fingerprint)
+    stale = (run_dir / "fingerprint").is_file() and (run_dir / "fingerprint").read_text() != fingerprint
+    if chief:
+        if stale:
+            print(f"train: settings changed since the checkpoints in {run_dir}; starting afresh")
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "fingerprint").write_text(fingerprint)
+    # Other workers checkpoint into a scratch folder, seeded from the chief's (shared) last checkpoint.
+    run_dir = worker_run_dir(run_dir, chief, worker, seed=not stale)
 
     # Several replicas split each batch; equal batches keep their gradients the same shape.
     even = strategy.num_replicas_in_sync > 1
@@ -223,6 +253,9 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
     with strategy.scope():
         state = fit(decoder, train_ds, dev_ds, config, run_dir, verbose=0 if args.quiet else 2, finish=args.finish)
     epochs = [state["epochs"][k] for k in sorted(state["epochs"], key=int)]
+    if not chief:
+        print(f"train: worker {worker} done; the chief writes the bundle (this worker's checkpoints: {run_dir})")
+        return None
     feature_stats = feature_stats or {}
     manifest = {
         "encoder": {"name": spec.name, "alpha": spec.alpha, "input_size": spec.input_size, "key": spec.key,
@@ -459,8 +492,8 @@ def main(argv=None) -> int:
         feature_stats = None
         if args.command in ("all", "features"):
             feature_stats = features_step(args, ds, names)
-        if args.command in ("all", "train"):
-            train_step(args, ds, names, feature_stats)
+        if args.command in ("all", "train") and train_step(args, ds, names, feature_stats) is None:
+            return 0                                       # a multi-worker run's non-chief worker: done
         if args.command == "ensemble":
             ensemble_step(args)
         if args.command == "scst":
@@ -472,6 +505,11 @@ def main(argv=None) -> int:
     except (DataError, EncoderWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except WorkerLost as exc:
+        # TensorFlow's shutdown would wait on the lost peer (coordination barrier): report and leave now.
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(3)
     except KeyboardInterrupt:
         print("\ninterrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
         return 130
