@@ -82,7 +82,9 @@ def test_two_shard_processes_fill_one_cache_byte_identical_to_one_process(tmp_pa
     one = _features(single, flickr_dir, mobilenet_weights)
     logs = [_wait(p) for p in procs]
     print(f"2 shard processes + 1 single process, concurrently: {time.perf_counter() - t0:.0f}s")
-    _wait(one)
+    logs.append(_wait(one))
+    for who, log in zip(("slice 0 of 2", "slice 1 of 2", "one process"), logs):
+        print(who + ": " + " | ".join(ln for ln in log.splitlines() if " images in " in ln))
     assert "slice 0 of 2" in logs[0] and "slice 1 of 2" in logs[1]
 
     files = sorted(p.name for p in (shared / "features" / KEY).glob("*.json"))
