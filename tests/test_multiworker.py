@@ -20,7 +20,7 @@ import pytest
 
 from conftest import ROOT
 
-PEER_TIMEOUT = 30          # seconds; above the longest a healthy worker waits for the other on 2 busy cores
+PEER_TIMEOUT = 60          # seconds; above the longest a healthy worker waits for (or goes unscheduled) on 2 busy cores
 # 60 images -> 42 training images x 5 captions = 210 = 5 global batches of 42 (21 per worker), none dropped.
 COMMON = ["--encoder", "mobilenetv2", "--alpha", "0.35", "--limit", "60", "--epochs", "2", "--units", "32",
           "--embed-dim", "32", "--dropout", "0", "--batch-size", "42", "--min-count", "1", "--seed", "42", "--quiet"]
