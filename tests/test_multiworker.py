@@ -93,9 +93,9 @@ def test_two_workers_train_survive_a_killed_peer_resume_and_match_one_process(
     t_start = time.monotonic()
     base = ["train", "--data-dir", str(flickr_dir), "--weights", str(mobilenet_weights),
             "--cache-dir", str(shared_cache), *COMMON]
-    out = tmp_path / "multi" / "bundle"
+    out = tmp_path / "multi" / "mw"          # bundle names also name the run folders under <cache>/runs
     mw_args = [*base, "--strategy", "multiworker", "--peer-timeout", str(PEER_TIMEOUT), "--out", str(out)]
-    ref_out = tmp_path / "single" / "bundle"
+    ref_out = tmp_path / "single" / "ref"
     ref_args = [*base, "--out", str(ref_out)]
 
     # The single-process reference goes through the same interruption after epoch 1 (so both runs see the same
@@ -134,9 +134,9 @@ def test_two_workers_train_survive_a_killed_peer_resume_and_match_one_process(
     assert ref.finish() == 0, ref.log()[-3000:]
 
     # 3. The chief wrote one valid bundle that captions; worker 1 wrote only its scratch checkpoints.
-    assert sorted(p.name for p in out.parent.iterdir()) == ["bundle"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mw"]
     assert "the chief writes the bundle" in worker.log()
-    scratch = shared_cache / "runs" / "bundle.worker-1"
+    scratch = shared_cache / "runs" / "mw.worker-1"
     assert (scratch / "state.json").is_file()
     bundle = load_bundle(out)
     training = bundle.manifest["training"]
