@@ -30,6 +30,7 @@ from captioning.data import DataError, Flickr8k, download
 from captioning.decoding import parse_spec
 from captioning.encoders import (ENCODER_NAMES, MOBILENET_ALPHAS, EncoderWeightsError, find_weights, get_spec,
                                  infer_alpha, weights_hint)
+from captioning.training import WorkerLost
 
 ROOT = Path(__file__).resolve().parent
 COMMANDS = ("all", "download", "features", "train", "evaluate", "sweep", "ensemble", "scst", "index")
@@ -74,6 +75,13 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--feature-batch-size", type=int, default=d(32))
     p.add_argument("--strategy", default=d("default"), choices=["default", "mirrored", "multiworker"],
                    help="tf.distribute strategy: one device, all local GPUs, or the workers in $TF_CONFIG")
+    p.add_argument("--peer-timeout", type=float, default=d(60.0),
+                   help="multiworker: seconds without a peer's heartbeat or collective before the run fails "
+                        "(rerun every worker to resume)")
+    p.add_argument("--num-shards", type=int, default=d(1),
+                   help="features: split the images into this many disjoint slices (one per machine)")
+    p.add_argument("--shard-index", type=int, default=d(0),
+                   help="features: the slice this process extracts, 0 .. --num-shards - 1")
     p.add_argument("--finish", action="store_true", default=d(False),
                    help="train: stop here and package the best checkpoint so far (e.g. after Ctrl-C)")
     p.add_argument("--shard-size", type=int, default=d(512), help="images per feature-cache shard")
@@ -188,6 +196,16 @@ def invalid_options(args: argparse.Namespace) -> list[str]:
     if args.weights and not Path(args.weights).expanduser().is_file():
         problems.append(f"--weights {args.weights}: no such file; pass the path of a .weights.h5 file "
                         f"(e.g. ../shared/weights/mobilenet_v2_0.35_224_imagenet_notop.weights.h5)")
+    shards, index = getattr(args, "num_shards", 1), getattr(args, "shard_index", 0)
+    if shards < 1:
+        problems.append(f"--num-shards must be at least 1, got {shards}")
+    elif not 0 <= index < shards:
+        problems.append(f"--shard-index must be in 0..{shards - 1} for --num-shards {shards}, got {index}")
+    elif shards > 1 and args.command != "features":
+        problems.append("--num-shards/--shard-index split `train.py features` across machines; run the other "
+                        "steps once every slice is extracted")
+    if getattr(args, "peer_timeout", 1) <= 0:
+        problems.append(f"--peer-timeout must be positive seconds, got {args.peer_timeout:g}")
     for spec in getattr(args, "decode", None) or ():
         try:
             parse_spec(spec)
@@ -206,11 +224,16 @@ def split_names(ds: Flickr8k, limit: int | None) -> dict[str, list[str]]:
 
 def features_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> dict:
     from captioning.encoders import build_encoder
-    from captioning.features import FeatureCache, extract_features
+    from captioning.features import FeatureCache, extract_features, shard_slice
 
     spec = get_spec(args.encoder, args.alpha)
-    cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
     wanted = {n: ds.image_path(n) for split in names.values() for n in split}
+    shards, index = getattr(args, "num_shards", 1), getattr(args, "shard_index", 0)
+    writer = f"w{index}of{shards}" if shards > 1 else None
+    cache = FeatureCache(Path(args.cache_dir) / "features", spec.key, writer=writer)
+    if writer:       # this machine's disjoint slice; the others fill the rest of the same cache
+        wanted = {n: wanted[n] for n in shard_slice(list(wanted), shards, index, args.feature_batch_size)}
+        print(f"features: slice {index} of {shards} (0-based): {len(wanted)} images")
     spatial = bool(getattr(args, "spatial", False)) or args.decoder in ("attention", "topdown")
     todo = cache.missing(list(wanted), spatial)
     if not todo:
@@ -236,7 +259,8 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
     from captioning.text import Vocabulary, tokenize
     import keras
 
-    from captioning.training import TrainConfig, encode_captions, fit, make_dataset, make_strategy
+    from captioning.training import (TrainConfig, encode_captions, fit, make_dataset, make_strategy, worker_role,
+                                     worker_run_dir)
 
     spec = get_spec(args.encoder, args.alpha)
     cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
@@ -280,7 +304,8 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
     extra = {"attention_dim": args.attention_dim, "alpha_c": args.alpha_c} if spatial else {}
     if args.decoder == "topdown":
         extra = {"attention_dim": args.attention_dim}         # no doubly stochastic term in Anderson et al.
-    strategy = make_strategy(args.strategy)
+    strategy = make_strategy(args.strategy, args.peer_timeout)
+    chief, worker = worker_role(strategy)
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         decoder = build_decoder(args.decoder, vocab_size=len(vocab), feature_dim=spec.feature_dim,
@@ -291,11 +316,15 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
     run_dir = train_run_dir(args)
     fingerprint = hashlib.sha256(json.dumps([config.fingerprint_dict(), spec.key, args.decoder, extra, len(vocab), args.limit],
                                             sort_keys=True).encode()).hexdigest()[:16]
-    if (run_dir / "fingerprint").is_file() and (run_dir / "fingerprint").read_text() != fingerprint:
-        print(f"train: settings changed since the checkpoints in {run_dir}; starting afresh")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "fingerprint").write_text(fingerprint)
+    stale = (run_dir / "fingerprint").is_file() and (run_dir / "fingerprint").read_text() != fingerprint
+    if chief:
+        if stale:
+            print(f"train: settings changed since the checkpoints in {run_dir}; starting afresh")
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "fingerprint").write_text(fingerprint)
+    # Other workers checkpoint into a scratch folder, seeded from the chief's (shared) last checkpoint.
+    run_dir = worker_run_dir(run_dir, chief, worker, seed=not stale)
 
     # Several replicas split each batch; equal batches keep their gradients the same shape.
     even = strategy.num_replicas_in_sync > 1
@@ -306,6 +335,9 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
     with strategy.scope():
         state = fit(decoder, train_ds, dev_ds, config, run_dir, verbose=0 if args.quiet else 2, finish=args.finish)
     epochs = [state["epochs"][k] for k in sorted(state["epochs"], key=int)]
+    if not chief:
+        print(f"train: worker {worker} done; the chief writes the bundle (this worker's checkpoints: {run_dir})")
+        return None
     if not epochs or state.get("best_epoch") is None:
         raise DataError(f"train: no epoch finished, so there is no trained decoder to save; {args.out} is left as "
                         f"it was. Run again without --finish to train.")
@@ -737,8 +769,8 @@ def main(argv=None) -> int:
         feature_stats = None
         if args.command in ("all", "features"):
             feature_stats = features_step(args, ds, names)
-        if args.command in ("all", "train"):
-            train_step(args, ds, names, feature_stats)
+        if args.command in ("all", "train") and train_step(args, ds, names, feature_stats) is None:
+            return 0                                       # a multi-worker run's non-chief worker: done
         if args.command == "ensemble":
             ensemble_step(args)
         if args.command == "scst":
@@ -755,6 +787,11 @@ def main(argv=None) -> int:
     except (DataError, EncoderWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except WorkerLost as exc:
+        # TensorFlow's shutdown would wait on the lost peer (coordination barrier): report and leave now.
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(3)
     except KeyboardInterrupt:
         if _saved_since(args, wall_start):
             print("\ninterrupted: finished work is saved (feature shards, checkpoints); run the same command again "

@@ -8,6 +8,10 @@ Cache layout (one folder per encoder key, e.g. ``.cache/features/xception-299/``
 
 A shard is complete when its ``.json`` exists; arrays are written first under temporary names and
 renamed, so a run killed at any point leaves only complete shards, and a rerun extracts the rest.
+
+Several machines can fill one cache (``train.py features --num-shards N --shard-index I``): each extracts the
+disjoint slice :func:`shard_slice` gives it and names its files ``shard-w<I>of<N>-00000.*``, so writers never
+touch each other's files; readers index every ``shard-*.json`` alike.
 """
 from __future__ import annotations
 
@@ -37,16 +41,32 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class FeatureCache:
-    """Read and append feature shards for one encoder key."""
+def shard_slice(names: Sequence[str], num_shards: int, index: int, block: int) -> list[str]:
+    """The names worker ``index`` of ``num_shards`` extracts: blocks of ``block`` consecutive names, dealt out
+    round-robin (block b goes to worker b mod N). Slices are disjoint and cover ``names``; with ``block`` the
+    extraction batch size every batch holds the same images as a single process's would, so the features are
+    byte-identical to one machine's."""
+    if num_shards < 1 or not 0 <= index < num_shards:
+        raise ValueError(f"shard index must be in 0..{num_shards - 1}, got {index} of {num_shards}")
+    names = list(names)
+    return [n for start in range(index * block, len(names), num_shards * block) for n in names[start:start + block]]
 
-    def __init__(self, root: str | os.PathLike, key: str):
+
+class FeatureCache:
+    """Read and append feature shards for one encoder key.
+
+    ``writer`` (e.g. ``"w1of4"``) names this process's files when several processes fill one cache.
+    """
+
+    def __init__(self, root: str | os.PathLike, key: str, writer: str | None = None):
         self.dir = Path(root) / key
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.prefix = f"shard-{writer}-" if writer else "shard-"
 
     def remove_temporaries(self) -> None:
-        """Drop half-written files a killed run may have left (never part of a complete shard)."""
-        for tmp in self.dir.glob("*.tmp*"):
+        """Drop half-written files a killed run of this writer may have left (never part of a complete shard);
+        other writers' files in progress are left alone."""
+        for tmp in self.dir.glob(f"{self.prefix}[0-9]*.tmp*"):
             tmp.unlink(missing_ok=True)
 
     def _shards(self) -> list[Path]:
@@ -67,8 +87,9 @@ class FeatureCache:
         return [n for n in dict.fromkeys(names) if n not in have]
 
     def add_shard(self, names: list[str], pooled: np.ndarray, spatial: np.ndarray | None = None) -> None:
-        number = max((int(p.stem.split("-")[1]) for p in self._shards()), default=-1) + 1
-        stem = self.dir / f"shard-{number:05d}"
+        own = self.dir.glob(f"{self.prefix}[0-9]*.json")
+        number = max((int(p.stem[len(self.prefix):]) for p in own), default=-1) + 1
+        stem = self.dir / f"{self.prefix}{number:05d}"
         atomic_save_npy(stem.with_suffix(".pooled.npy"), pooled.astype(np.float16))
         if spatial is not None:
             atomic_save_npy(stem.with_suffix(".spatial.npy"), spatial.astype(np.float16))

@@ -119,7 +119,11 @@ def make_dataset(features, image_index: np.ndarray, tokens: np.ndarray, batch_si
     ds = tf.data.Dataset.from_tensor_slices((image_index.astype(np.int32), tokens))
     if shuffle:
         ds = ds.shuffle(len(tokens), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size, drop_remainder=drop_remainder).map(to_example, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
+    # Several workers: each takes its share of every batch (not of files: there are none).
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.prefetch(2).with_options(options)
 
 
 class Checkpointer:
@@ -183,10 +187,22 @@ class Checkpointer:
 
 
 STRATEGIES = ("default", "mirrored", "multiworker")
+PEER_TIMEOUT = 60.0   # seconds a multi-worker run waits on a silent peer before it fails
 
 
-def make_strategy(name: str = "default"):
-    """A tf.distribute strategy: one device, all local GPUs (mirrored), or the workers in $TF_CONFIG."""
+class WorkerLost(RuntimeError):
+    """A multi-worker run lost a peer (killed, crashed, unreachable); restart every worker to resume."""
+
+
+def make_strategy(name: str = "default", peer_timeout: float = PEER_TIMEOUT):
+    """A tf.distribute strategy: one device, all local GPUs (mirrored), or the workers in $TF_CONFIG.
+
+    For ``multiworker`` a dead peer must fail the run, not hang it: the coordination service (which TensorFlow
+    starts for MultiWorkerMirroredStrategy) is configured with a heartbeat timeout, and every collective
+    (gradient all-reduce, initial broadcast) with ``CommunicationOptions(timeout_seconds=...)``; both are
+    ``peer_timeout``, which must exceed the longest a healthy worker waits for a slower one (tracing the first
+    step, an epoch's validation). Without $TF_CONFIG it is a single local worker.
+    """
     import tensorflow as tf
 
     if name == "default":
@@ -194,8 +210,65 @@ def make_strategy(name: str = "default"):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        _configure_coordination(peer_timeout)
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=float(peer_timeout))
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def _configure_coordination(peer_timeout: float) -> None:
+    """Start TensorFlow's coordination service with a heartbeat timeout (what MWMS does, plus the timeout)."""
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute.cluster_resolver import TFConfigClusterResolver
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    resolver = TFConfigClusterResolver()
+    spec = resolver.cluster_spec()
+    if not spec.jobs or context.context().coordination_service is not None:
+        return
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+            for job in ("chief", "worker") if job in spec.jobs]
+    ms = int(peer_timeout * 1000)
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=jobs, heartbeat_timeout_in_ms=ms, shutdown_barrier_timeout_in_ms=ms,
+        cluster_register_timeout_in_ms=max(ms, 120_000))
+
+
+def worker_role(strategy) -> tuple[bool, int]:
+    """(is this process the chief, its worker index): the chief writes checkpoints and the bundle.
+
+    The chief is task ``chief`` if $TF_CONFIG names one, else ``worker`` 0 (TensorFlow's convention).
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    task_id = int(getattr(resolver, "task_id", 0) or 0)
+    if not task_type:
+        return True, 0
+    has_chief = "chief" in resolver.cluster_spec().jobs
+    return (task_type == "chief") or (task_type == "worker" and task_id == 0 and not has_chief), task_id
+
+
+def worker_run_dir(run_dir: Path, chief: bool, index: int, seed: bool = True) -> Path:
+    """Where this worker keeps its checkpoints: the chief in ``run_dir``; any other worker in a scratch folder
+    ``<run_dir>.worker-<index>`` seeded (unless ``seed`` is false) from the chief's last checkpoint, so every
+    worker resumes from the same epoch (``run_dir`` is a folder the workers share, as in TensorFlow's
+    multi-worker guide)."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    if chief:
+        return run_dir
+    scratch = run_dir.with_name(f"{run_dir.name}.worker-{index}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    for name in ("state.json", "best.weights.h5"):
+        if seed and (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, scratch / name)
+    if seed and (run_dir / "backup").is_dir():
+        shutil.copytree(run_dir / "backup", scratch / "backup")
+    return scratch
 
 
 def fit(decoder, train_ds, val_ds, config: TrainConfig, run_dir: str | os.PathLike, verbose: int = 1,
@@ -211,14 +284,85 @@ def fit(decoder, train_ds, val_ds, config: TrainConfig, run_dir: str | os.PathLi
     loss = (masked_smoothed_loss(config.label_smoothing) if config.label_smoothing > 0 else
             keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
     decoder.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=5.0), loss=loss)
+    _keras_multi_worker_fixes(decoder)
     ckpt = Checkpointer(run_dir, config.patience, config.lr_decay)
     if finish and not ckpt.best_path.is_file():
         raise RuntimeError(f"--finish: no checkpoint in {run_dir} yet; train at least one epoch first")
     if not finish and not ckpt.finished(config.epochs):
         backup = keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True)
-        decoder.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=[backup, ckpt.callback],
-                    shuffle=False,
-                    verbose=verbose)
+        import tensorflow as tf
+
+        try:
+            decoder.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=[backup, ckpt.callback],
+                        shuffle=False,
+                        verbose=verbose)
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+                tf.errors.AbortedError, tf.errors.InternalError) as exc:
+            if not _multi_worker():
+                raise
+            raise WorkerLost(f"{_lost_peer_reason(exc)}; restart every worker with the same command to resume "
+                             f"from the last finished epoch") from None
     if ckpt.best_path.is_file():
         decoder.load_weights(ckpt.best_path)
     return ckpt.state
+
+
+def _multi_worker() -> bool:
+    import tensorflow as tf
+
+    return isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def _keras_multi_worker_fixes(model) -> None:
+    """Work around Keras 3's two MultiWorkerMirroredStrategy bugs in ``fit`` (tensorflow/tensorflow#72388),
+    on this model only, when several workers train it.
+
+    1. ``fit`` builds the model from a first batch by ``strategy.reduce("MEAN", batch)`` over a nested
+       structure, which MWMS rejects; shapes are all it needs, so it builds from this worker's local slice.
+    2. Step logs (scalar means per replica) are reduced with ``strategy.reduce("MEAN", value, axis=0)``, invalid
+       for scalars; each log leaves the step as a 1-element vector, so that reduction averages the replicas.
+    """
+    import tensorflow as tf
+    from keras import tree
+
+    strategy = tf.distribute.get_strategy()
+    if not (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode()):
+        return
+
+    def local(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def build_from_local_batch(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tree.map_structure(local, next(it))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    def as_vectors(step):
+        def wrapped(data):
+            return {k: tf.reshape(v, (1,)) for k, v in step(data).items()}
+        return wrapped
+
+    model._maybe_symbolic_build = build_from_local_batch
+    model.train_step = as_vectors(model.train_step)
+    model.test_step = as_vectors(model.test_step)
+
+
+def _lost_peer_reason(exc: Exception) -> str:
+    """One line on why a multi-worker step failed, from TensorFlow's multi-line error."""
+    import tensorflow as tf
+
+    text = str(exc)
+    if "stopped sending heartbeats" in text or "unhealthy" in text:
+        return "a training worker stopped sending heartbeats (killed, crashed or unreachable)"
+    if isinstance(exc, tf.errors.DeadlineExceededError):
+        return "a training worker did not join a gradient exchange within --peer-timeout"
+    if any(k in text for k in ("Socket closed", "Connection reset", "failed to connect", "Connection refused")):
+        return "the connection to a training worker was lost"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "Graph execution error" not in ln]
+    return f"a training worker failed ({type(exc).__name__}: {(lines or [''])[0][:160]})"
