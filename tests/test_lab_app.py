@@ -2,6 +2,7 @@
 import json
 import shutil
 
+from captioning.bundle import update_results
 from test_app import jpeg_bytes, navigation_like_the_server, start, texts  # noqa: F401  (the autouse fixture)
 
 
@@ -44,7 +45,7 @@ def test_lab_charts_quality_against_diversity_from_metrics_json(app_env, tmp_pat
                            "vocab_used": 50, "distinct_2": 0.4, "novel_fraction": 0.5}
                           for d, label, c, dc in runs]
     metrics["results"][2].update(self_bleu_4=0.3, oracle_cider=0.6)
-    (lab / "tiny" / "metrics.json").write_text(json.dumps(metrics))
+    update_results(lab / "tiny", metrics)                     # metrics.json is hashed in the manifest
     monkeypatch.setenv("CAPTIONING_ARTIFACTS", str(lab))
     at = start("pages/compare.py")
     assert "Across the test split" in [h.value for h in at.header]
@@ -72,6 +73,14 @@ def test_a_photo_chosen_on_the_caption_page_stays_chosen_on_the_lab(app_env):
     assert at.radio(key="compare_mode") is not None and len(at.subheader) == 0
 
 
-def test_lab_without_diversity_scores_says_what_to_run(app_env):
+def test_lab_on_a_bundle_evaluated_before_diversity_scores_says_what_to_run(app_env, tmp_path, monkeypatch):
+    lab = tmp_path / "artifacts"
+    shutil.copytree(app_env / "tiny", lab / "tiny")
+    metrics = json.loads((lab / "tiny" / "metrics.json").read_text())
+    assert "distinct_captions" in metrics["results"][0]            # evaluate now scores diversity for every run
+    keep = ("decoding", "beam_width", "split", "n_images", "bleu_1", "bleu_4", "cider")
+    metrics["results"] = [{k: r[k] for k in keep} for r in metrics["results"]]   # as older bundles have them
+    update_results(lab / "tiny", metrics)
+    monkeypatch.setenv("CAPTIONING_ARTIFACTS", str(lab))
     at = start("pages/compare.py")
     assert "train.py evaluate" in texts(at) and "--decode" in texts(at)
