@@ -250,11 +250,14 @@ def test_five_browser_sessions_caption_at_once(server, browser, flickr_dir, tmp_
 def test_an_upload_name_with_markdown_shows_literally(server, browser, tmp_path):
     """Issue 16 item 11: a file name is text, never a link, bold or LaTeX."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
 
     photo = tmp_path / "[click me](javascript:alert(1)) **bold** $x$.jpg"
     photo.write_bytes(b"this is not a photo")
     browser.get(server)
     wait_for_text(browser, "Caption a photo")
+    WebDriverWait(browser, 120).until(EC.presence_of_element_located((By.CSS_SELECTOR, 'input[type="file"]')))
     browser.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys(str(photo))
     wait_for_text(browser, "not an image")
     body = browser.find_element(By.TAG_NAME, "body").text
