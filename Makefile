@@ -4,12 +4,16 @@ export FLICKR8K_DIR
 # The dashboard listens on loopback only; `make app ADDRESS=0.0.0.0` serves it to the network on purpose.
 ADDRESS ?= 127.0.0.1
 
-.PHONY: app test setup setup-test mutation
+.PHONY: app test lint setup setup-test mutation
 app: setup
 	.venv/bin/python -m ui.launch --server.address $(ADDRESS)
 
 test: setup-test
+	.venv/bin/ruff check .
 	.venv/bin/python -m pytest
+
+lint: setup-test
+	.venv/bin/ruff check .
 
 setup:
 	bash scripts/setup.sh app

@@ -30,7 +30,8 @@ with st.sidebar:
                 lstm = f"**{decoders[0]['kind']}** LSTM ({decoders[0]['config'].get('units', '?')} units)"
             else:
                 kinds = Counter(d["kind"] for d in decoders)
-                lstm = f"ensemble of {len(decoders)} LSTMs (" + " + ".join(f"{n} **{k}**" for k, n in kinds.items()) + ")"
+                lstm = f"ensemble of {len(decoders)} LSTMs (" + " + ".join(f"{n} **{k}**" for k,
+                                                                           n in kinds.items()) + ")"
             tuned = manifest.get("scst") or any(m.get("scst") for m in manifest.get("ensemble_of", []))
             st.caption(f"**{enc['name']}** ({enc['input_size']}px) → {lstm} · {manifest['vocab_size']:,} words · "
                        f"trained on {manifest['data']['splits']['train']:,} images"

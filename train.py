@@ -28,8 +28,15 @@ import captioning  # noqa: F401  (sets TensorFlow's log level before it loads)
 from captioning.adapters import load_dataset
 from captioning.data import DataError, Flickr8k, download
 from captioning.decoding import parse_spec
-from captioning.encoders import (ENCODER_NAMES, MOBILENET_ALPHAS, EncoderWeightsError, find_weights, get_spec,
-                                 infer_alpha, weights_hint)
+from captioning.encoders import (
+    ENCODER_NAMES,
+    MOBILENET_ALPHAS,
+    EncoderWeightsError,
+    find_weights,
+    get_spec,
+    infer_alpha,
+    weights_hint,
+)
 from captioning.training import WorkerLost
 
 ROOT = Path(__file__).resolve().parent
@@ -58,8 +65,10 @@ def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--batch-size", type=int, default=d(64))
     p.add_argument("--learning-rate", type=float, default=d(None), help="Adam's rate (default: 1e-3; scst 2e-5)")
     p.add_argument("--embed-dim", type=int, default=d(256))
-    p.add_argument("--units", type=int, default=d(None), help="LSTM size (default: merge 256, attention and topdown 512)")
-    p.add_argument("--attention-dim", type=int, default=d(256), help="attention and topdown decoders: additive-attention size")
+    p.add_argument("--units", type=int, default=d(None),
+                   help="LSTM size (default: merge 256, attention and topdown 512)")
+    p.add_argument("--attention-dim", type=int, default=d(256),
+                   help="attention and topdown decoders: additive-attention size")
     p.add_argument("--alpha-c", type=float, default=d(1.0), help="attention decoder: doubly stochastic weight")
     p.add_argument("--dropout", type=float, default=d(0.5))
     p.add_argument("--label-smoothing", type=float, default=d(0.0),
@@ -186,8 +195,9 @@ def invalid_options(args: argparse.Namespace) -> list[str]:
                 problems.append(f"--weights: {exc}")
             else:
                 if found is None:
+                    example = get_spec(args.encoder, args.alpha).weights_file
                     problems.append(f"--weights {args.weights} holds no MobileNetV2 weights (pass the file of "
-                                    f"--encoder {args.encoder}, e.g. {get_spec(args.encoder, args.alpha).weights_file})")
+                                    f"--encoder {args.encoder}, e.g. {example})")
                 elif args.alpha is None:
                     args.alpha = found
                 elif args.alpha != found:
@@ -250,6 +260,7 @@ def features_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> dict:
 
 
 def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: dict | None = None) -> Path:
+    import keras
     import numpy as np
 
     from captioning.bundle import save_bundle
@@ -257,10 +268,15 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
     from captioning.features import FeatureCache
     from captioning.models import build_decoder
     from captioning.text import Vocabulary, tokenize
-    import keras
-
-    from captioning.training import (TrainConfig, encode_captions, fit, make_dataset, make_strategy, worker_role,
-                                     worker_run_dir)
+    from captioning.training import (
+        TrainConfig,
+        encode_captions,
+        fit,
+        make_dataset,
+        make_strategy,
+        worker_role,
+        worker_run_dir,
+    )
 
     spec = get_spec(args.encoder, args.alpha)
     cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
@@ -314,8 +330,8 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
         if embedding_matrix is not None:
             decoder.init_embeddings(embedding_matrix)
     run_dir = train_run_dir(args)
-    fingerprint = hashlib.sha256(json.dumps([config.fingerprint_dict(), spec.key, args.decoder, extra, len(vocab), args.limit],
-                                            sort_keys=True).encode()).hexdigest()[:16]
+    fingerprint_of = [config.fingerprint_dict(), spec.key, args.decoder, extra, len(vocab), args.limit]
+    fingerprint = hashlib.sha256(json.dumps(fingerprint_of, sort_keys=True).encode()).hexdigest()[:16]
     stale = (run_dir / "fingerprint").is_file() and (run_dir / "fingerprint").read_text() != fingerprint
     if chief:
         if stale:
@@ -354,15 +370,20 @@ def train_step(args, ds: Flickr8k, names: dict[str, list[str]], feature_stats: d
         "data": {"dataset": ds.name, "limit": args.limit,
                  "splits": {k: len(v) for k, v in names.items()}, "train_captions": len(train_caps)},
         "training": {"config": config.to_dict(), "strategy": args.strategy,
-                     "replicas": strategy.num_replicas_in_sync, "epochs_run": len(epochs), "best_epoch": state["best_epoch"],
+                     "replicas": strategy.num_replicas_in_sync, "epochs_run": len(epochs),
+                     "best_epoch": state["best_epoch"],
                      "best_val_loss": state["best_val_loss"], "epochs": epochs,
                      "feature_seconds": round(feature_stats.get("seconds", 0.0), 1),
                      "feature_images": feature_stats.get("images", 0),
                      "peak_rss_mb": peak_rss_mb()},
     }
     path = save_bundle(args.out, decoder, vocab, manifest)
+    if final_out(args) == args.out:
+        when = ""
+    else:
+        when = " (replaces the old one once evaluated)" if Path(final_out(args)).exists() else " (once evaluated)"
     print(f"train: best epoch {state['best_epoch']} (val loss {state['best_val_loss']:.4f}); bundle {final_out(args)}"
-          f"{'' if final_out(args) == args.out else ' (replaces the old one once evaluated)' if Path(final_out(args)).exists() else ' (once evaluated)'}")
+          f"{when}")
     return path
 
 
@@ -385,8 +406,8 @@ def evaluate_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> list[dict]
     from captioning.bundle import BundleError, load_bundle, read_metrics, update_results
     from captioning.decoding import DecodeConfig
     from captioning.evaluation import evaluate, implementations
-    from captioning.human import metric_human_agreement
     from captioning.features import FeatureCache
+    from captioning.human import metric_human_agreement
 
     bundle = load_bundle(args.out, load_results=False)
     enc = bundle.encoder
@@ -416,7 +437,7 @@ def evaluate_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> list[dict]
         old = {}
     metrics = {key: old[key] for key in ("sweep", "human_agreement") if key in old}
     if "human_agreement" not in metrics and final_out(args) != args.out:
-        try:                                  # the bundle being replaced: its agreement is the dataset's, not its model's
+        try:                    # the bundle being replaced: its agreement is the dataset's, not its model's
             previous = read_metrics(final_out(args)) or {}
         except BundleError:
             previous = {}
@@ -471,7 +492,8 @@ def sweep_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> list[dict]:
     update_results(args.out, metrics, bundle.predictions)
     print(f"\nsweep on dev ({len(dev)} images)\n{'beam':>4} {'lp':>4} {'BLEU-4':>7} {'CIDEr':>7} {'length':>6}")
     for r in rows:
-        print(f"{r['beam_width']:>4} {r['length_penalty']:>4} {r['bleu_4']:7.4f} {r['cider']:7.4f} {r['mean_length']:6.2f}")
+        print(f"{r['beam_width']:>4} {r['length_penalty']:>4} {r['bleu_4']:7.4f} {r['cider']:7.4f} "
+              f"{r['mean_length']:6.2f}")
     return rows
 
 
@@ -664,7 +686,6 @@ def index_step(args, ds: Flickr8k, names: dict[str, list[str]]) -> dict:
 def _evaluated(out: str, names: list[str], beam: int):
     """(per-image CIDEr-D, mean log-prob per token) of the bundle's evaluated beam captions for ``names``, from
     predictions.csv (what ``evaluate`` just scored, so not decoded twice), or None when it lacks them."""
-    import numpy as np
     import pandas as pd
 
     file = Path(out) / "predictions.csv"

@@ -81,7 +81,8 @@ def main() -> None:
     name = (Path(args.data_dir) / "Flickr_8k.testImages.txt").read_text().split()[0]
     photo = Path(args.data_dir).resolve() / "Images" / name
     runs = [one_run(args, photo) for _ in range(args.runs)]
-    print(f"app {args.app_dir} (via {args.via}): user arrives {args.arrive_after:g} s after `streamlit run`, uploads {name}")
+    print(f"app {args.app_dir} (via {args.via}): user arrives {args.arrive_after:g} s after `streamlit run`, "
+          f"uploads {name}")
     print(f"{'run':>4} {'healthy':>8} {'arrives':>8} {'upload':>8} {'caption':>8} {'waited':>8}   (s from launch)")
     for i, r in enumerate(runs, 1):
         print(f"{i:>4} {r['healthy_s']:8.2f} {r['user_arrives_s']:8.2f} {r['upload_s']:8.2f} "

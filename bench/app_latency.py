@@ -34,7 +34,8 @@ def main() -> None:
 
     names_file = Path(args.data_dir) / "Flickr_8k.testImages.txt"
     if not names_file.is_file():
-        sys.exit(f"error: no Flickr8k at {args.data_dir} (Flickr_8k.testImages.txt); pass --data-dir or set FLICKR8K_DIR")
+        sys.exit(f"error: no Flickr8k at {args.data_dir} (Flickr_8k.testImages.txt); "
+                 "pass --data-dir or set FLICKR8K_DIR")
     names = names_file.read_text().split()
     uploads = [(Path(args.data_dir) / "Images" / n).read_bytes() for n in names[: 2 * args.images + 1]]
     try:
@@ -53,7 +54,8 @@ def main() -> None:
             start = time.perf_counter()
             captioner.caption(data, beam_width=width)
             times.append(time.perf_counter() - start)
-        out[label] = {"median_s": round(statistics.median(times), 3), "p90_s": round(sorted(times)[int(0.9 * len(times)) - 1], 3),
+        p90 = sorted(times)[int(0.9 * len(times)) - 1]
+        out[label] = {"median_s": round(statistics.median(times), 3), "p90_s": round(p90, 3),
                       "mean_s": round(statistics.mean(times), 3), "n": len(times)}
     print(f"bundle {args.bundle} ({out['encoder']})")
     print(f"cold start to first caption: {out['cold_start_to_first_caption_s']:.2f} s")

@@ -55,7 +55,7 @@ def start_api(bundle: str, weights: str | None) -> tuple[subprocess.Popen, str]:
             return proc, url
         except OSError:
             if proc.poll() is not None:
-                raise SystemExit(f"error: the API exited with {proc.returncode}")
+                raise SystemExit(f"error: the API exited with {proc.returncode}") from None
             time.sleep(0.5)
     proc.terminate()
     raise SystemExit("error: the API did not start within 5 minutes")

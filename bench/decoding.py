@@ -6,7 +6,8 @@ The seed way re-runs the whole model on the padded prefix for every word, one im
 (``model.predict([photo, sequence])`` in a loop), and its beam search does that for every beam. Both decoders
 (merge and attention) take that full-sequence call, so the comparison holds for either.
 
-    python bench/decoding.py [--bundle artifacts/xception-attention] [--images 1000] [--seed-images 50] [--json out.json]
+    python bench/decoding.py [--bundle artifacts/xception-attention] [--images 1000] [--seed-images 50]
+                             [--json out.json]
     python bench/decoding.py --quick        # works on a fresh clone: trains a small MobileNetV2-0.35 merge bundle
                                             # (120 images, 3 epochs) in a temporary folder, then 100 images ours,
                                             # 10 seed-style
@@ -134,7 +135,8 @@ def main() -> None:
     args = parser.parse_args()
     names_file = Path(args.data_dir) / "Flickr_8k.testImages.txt"
     if not names_file.is_file():
-        sys.exit(f"error: no Flickr8k at {args.data_dir} (Flickr_8k.testImages.txt); pass --data-dir or set FLICKR8K_DIR")
+        sys.exit(f"error: no Flickr8k at {args.data_dir} (Flickr_8k.testImages.txt); "
+                 "pass --data-dir or set FLICKR8K_DIR")
     work = tempfile.TemporaryDirectory()
     if args.quick:
         args.images, args.seed_images = 100, 10
@@ -203,7 +205,8 @@ def main() -> None:
         seed = (f"{r['seed_ms_per_image']:12.1f} {r['seed_total_s_extrapolated']:11.1f}s {r['speedup']:8.1f}x"
                 if "speedup" in r else f"{'-':>12} {'-':>12} {'-':>9}")
         print(f"{r['decoding']:<15} {r['ours_total_s']:10.2f}s {r['ours_ms_per_image']:12.2f} "
-              f"{r['decoder_rows_per_image']:9.1f} {r['decoder_rows_per_image'] / greedy['decoder_rows_per_image']:14.2f} "
+              f"{r['decoder_rows_per_image']:9.1f} "
+              f"{r['decoder_rows_per_image'] / greedy['decoder_rows_per_image']:14.2f} "
               f"{r['ours_total_s'] / greedy['ours_total_s']:14.2f} {seed}")
     print(f"* seed-style extrapolated from {args.seed_images} images (sampling: 5 captions at temperature 0.7); "
           f"rows/img = decoder rows computed per image over all steps")

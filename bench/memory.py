@@ -82,7 +82,8 @@ def main() -> None:
                                       *common])
         finally:
             shutil.rmtree(cache_dir / "runs" / name, ignore_errors=True)
-        rows.append({"decoder": decoder, "epochs": args.epochs, "seconds": round(seconds, 1), "peak_rss_mb": round(peak)})
+        rows.append({"decoder": decoder, "epochs": args.epochs, "seconds": round(seconds, 1),
+                     "peak_rss_mb": round(peak)})
 
     print(f"train.py train, {args.encoder}{' (quick: ' + str(args.limit) + ' images)' if args.quick else ''}")
     print(f"{'decoder':<12} {'epochs':>6} {'wall s':>8} {'peak RSS MB':>12}")

@@ -8,22 +8,27 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # keep TensorFlow's C++ start-up chatter out of the UI
 
 from .data import DataError, Flickr8k, resolve_data_dir  # noqa: E402
-from .images import InvalidImageError, load_image  # noqa: E402
+from .images import MAX_BYTES, SUPPORTED_TYPES, InvalidImageError, load_image  # noqa: E402
 from .text import Vocabulary, tokenize  # noqa: E402
 
-__all__ = ["DataError", "Flickr8k", "resolve_data_dir", "InvalidImageError", "load_image", "Vocabulary",
-           "tokenize", "Captioner", "load_bundle", "BundleError", "DecodeConfig", "Caption"]
+# The facade: what the app's pages (and other callers) need, by name; heavy modules load on first use.
+_LAZY = {
+    "Captioner": "captioner",
+    "load_bundle": "bundle", "BundleError": "bundle",
+    "DecodeConfig": "decoding", "Caption": "decoding",
+    "caption_uploads": "batch", "expand_uploads": "batch", "records_text": "batch", "to_record": "batch",
+    "reference_agreement": "metrics", "word_usage": "metrics",
+    "CiderD": "scst",
+}
+
+__all__ = ["DataError", "Flickr8k", "resolve_data_dir", "MAX_BYTES", "SUPPORTED_TYPES", "InvalidImageError",
+           "load_image", "Vocabulary", "tokenize", *_LAZY]
 
 
 def __getattr__(name):
     # Lazy exports so `import captioning` does not import TensorFlow.
-    if name == "Captioner":
-        from .captioner import Captioner
-        return Captioner
-    if name in ("load_bundle", "BundleError"):
-        from . import bundle
-        return getattr(bundle, name)
-    if name in ("DecodeConfig", "Caption"):
-        from . import decoding
-        return getattr(decoding, name)
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'captioning' has no attribute {name!r}")

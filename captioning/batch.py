@@ -17,10 +17,10 @@ import json
 import os
 import tempfile
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -347,6 +347,7 @@ def photos_from_zip(name: str, data: bytes, max_members: int = MAX_ZIP_MEMBERS,
     Sizes are enforced on the bytes actually inflated, not only on what the zip declares.
     """
     import zipfile
+
     from .images import MAX_BYTES
 
     try:

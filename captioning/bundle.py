@@ -100,9 +100,9 @@ class Bundle:
     vocab: Vocabulary
     decoder: object                     # a keras.Model with the step API
     metrics: dict | None
-    predictions: "object | None"        # pandas.DataFrame
+    predictions: object | None        # pandas.DataFrame
     members: tuple = ()                 # an ensemble's further decoders, beside ``decoder``
-    index: "object | None" = None       # retrieval.RetrievalIndex over the training photos (optional files)
+    index: object | None = None       # retrieval.RetrievalIndex over the training photos (optional files)
 
     @property
     def name(self) -> str:
@@ -382,7 +382,6 @@ def _manifest_problem(manifest: dict) -> str | None:
 def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool = True) -> Bundle:
     """Load and cross-check a bundle: file hashes, vocabulary vs model, encoder vs model."""
     import keras
-    import pandas as pd
 
     from . import models  # noqa: F401  (registers the decoder classes for deserialisation)
     from .encoders import get_spec

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,7 +39,7 @@ class Captioner:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_bundle(cls, path: str | os.PathLike, weights: str | os.PathLike | None = None) -> "Captioner":
+    def from_bundle(cls, path: str | os.PathLike, weights: str | os.PathLike | None = None) -> Captioner:
         return cls(load_bundle(path), weights)
 
     @property
@@ -107,7 +108,7 @@ class Captioner:
         return self.bundle.index.assess(features, log_probs, neighbours)
 
     def caption_many(self, images: Iterable[ImageSource], config: DecodeConfig | None = None,
-                     batch_size: int = 16, names: Sequence[str] | None = None, **overrides) -> Iterator["BatchResult"]:
+                     batch_size: int = 16, names: Sequence[str] | None = None, **overrides) -> Iterator[BatchResult]:
         """Caption many images (paths, bytes, file objects, PIL images) ``batch_size`` at a time; yields one
         :class:`~captioning.batch.BatchResult` per image, in order, as each batch is ready. A bad file gets an
         error result and never stops the others."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -61,7 +60,7 @@ class Flickr8k:
     name: str = "flickr8k"
 
     @classmethod
-    def load(cls, data_dir: str | os.PathLike | None = None, check_images: bool = True) -> "Flickr8k":
+    def load(cls, data_dir: str | os.PathLike | None = None, check_images: bool = True) -> Flickr8k:
         root = resolve_data_dir(data_dir)
         captions, skipped = _read_captions(root)
         images_dir = _find_images_dir(root)
@@ -92,7 +91,8 @@ class Flickr8k:
                     absent.append(n)
             if absent:
                 raise DataError(f"{len(absent)} images listed in the split files are missing from {self.images_dir} "
-                                f"(first: {absent[0]}). Re-download with: python train.py download --data-dir {self.root}")
+                                f"(first: {absent[0]}). Re-download with: "
+                                f"python train.py download --data-dir {self.root}")
 
     def image_path(self, name: str) -> Path:
         if self.image_dirs and name in self.image_dirs:
@@ -220,7 +220,7 @@ def download(data_dir: str | os.PathLike, timeout: float = 15.0, progress: bool 
                         while chunk := resp.read(1 << 20):
                             out.write(chunk)
                             bar.update(len(chunk))
-            except (urllib.error.URLError, socket.timeout, OSError) as exc:
+            except (TimeoutError, urllib.error.URLError, OSError) as exc:
                 tmp.unlink(missing_ok=True)
                 raise DataError(f"Could not download {url} ({exc}). Check the internet connection, or copy "
                                 f"Flickr8k into {root} by hand (captions.txt or Flickr8k.token.txt, the "

@@ -8,8 +8,8 @@ summed log-probability ``L`` scores ``L / n ** length_penalty``; 0 ranks by raw 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import numpy as np
 
@@ -112,7 +112,7 @@ class DecodeConfig:
             raise ValueError(f"greedy decoding keeps one beam; use strategy 'beam' for beam_width "
                              f"{self.beam_width}, or set beam_width=1")
         if kind in ("greedy", "sample") and self.num_groups > 1:
-            raise ValueError(f"num_groups only applies to diverse beam search; use strategy 'diverse'")
+            raise ValueError("num_groups only applies to diverse beam search; use strategy 'diverse'")
         if kind in ("greedy", "beam") and self.num_groups > 1:
             raise ValueError("num_groups > 1 is diverse beam search; use strategy 'diverse'")
         if kind in ("beam", "diverse", "greedy") and self.num_return_sequences > self.beam_width:
@@ -216,10 +216,12 @@ def parse_spec(spec: str, **base) -> DecodeConfig:
             if name in ("beam", "diverse") and key.isdigit() and "beam_width" not in fields:
                 key, value = "width", key
             else:
-                raise ValueError(f"decoding spec {spec!r}: {part!r} should be KEY=VALUE (keys: {', '.join(sorted(SPEC_KEYS))})")
+                raise ValueError(f"decoding spec {spec!r}: {part!r} should be KEY=VALUE "
+                                 f"(keys: {', '.join(sorted(SPEC_KEYS))})")
         field_name = SPEC_KEYS.get(key.strip().lower())
         if field_name is None:
-            raise ValueError(f"decoding spec {spec!r}: unknown option {key!r}; use one of {', '.join(sorted(SPEC_KEYS))}")
+            raise ValueError(f"decoding spec {spec!r}: unknown option {key!r}; "
+                             f"use one of {', '.join(sorted(SPEC_KEYS))}")
         value = value.strip()
         if field_name == "banned_words":
             fields[field_name] = tuple(w for w in value.replace("+", " ").split() if w)
@@ -586,7 +588,8 @@ def beam_search(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
         rows = (running[:, None] * k + beams).ravel()                             # global rows, (R*k,)
         if t == 0:
             log_probs, step_state, extras = decoder.step(context, tokens[::width], state)            # (B, V)
-            log_probs, step_state = np.repeat(log_probs, width, axis=0), [np.repeat(s, width, axis=0) for s in step_state]
+            log_probs, step_state = np.repeat(log_probs, width, axis=0), [np.repeat(s, width,
+                                                                                    axis=0) for s in step_state]
             extras = None if extras is None else np.repeat(extras, width, axis=0)
             context, state = _repeat(decoder, context, width), [np.repeat(s, width, axis=0) for s in state]
         else:

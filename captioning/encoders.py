@@ -22,9 +22,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS_DIR_ENV = "CAPTIONING_WEIGHTS_DIR"

@@ -2,13 +2,20 @@
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from .decoding import DecodeConfig, StepDecoder, decode
-from .metrics import (BLEU_WEIGHTS, IMPLEMENTATION, cider_each, coco_scores, corpus_bleu_scores, diversity_scores,
-                      sentence_bleu_scores)
+from .metrics import (
+    BLEU_WEIGHTS,
+    IMPLEMENTATION,
+    cider_each,
+    coco_scores,
+    corpus_bleu_scores,
+    diversity_scores,
+    sentence_bleu_scores,
+)
 from .text import Vocabulary
 
 

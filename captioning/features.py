@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -95,7 +95,7 @@ class FeatureCache:
             atomic_save_npy(stem.with_suffix(".spatial.npy"), spatial.astype(np.float16))
         atomic_write_text(stem.with_suffix(".json"), json.dumps({"names": names}))
 
-    def rows(self, names: Sequence[str], spatial: bool = False) -> "FeatureRows":
+    def rows(self, names: Sequence[str], spatial: bool = False) -> FeatureRows:
         """Features for ``names`` in that order as a table read from disk a batch at a time."""
         index = self.index(spatial)
         absent = [n for n in names if n not in index]

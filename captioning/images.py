@@ -25,7 +25,7 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -52,7 +52,7 @@ _WEBP_BYTES_PER_PIXEL = 16
 _DECODE_SLOTS = threading.BoundedSemaphore(DECODE_CONCURRENCY)
 Image.init()                                                    # registers the WebP opener
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Image.Image]
+ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image
 
 
 class InvalidImageError(ValueError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
 

@@ -12,9 +12,8 @@ top-down ones.
 """
 from __future__ import annotations
 
-import numpy as np
-
 import keras
+import numpy as np
 from keras import layers, ops
 
 

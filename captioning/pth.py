@@ -153,7 +153,7 @@ def _read_zip(path: Path):
     return tree, buffers
 
 
-def load_state_dict(path: str | os.PathLike) -> "collections.OrderedDict[str, np.ndarray]":
+def load_state_dict(path: str | os.PathLike) -> collections.OrderedDict[str, np.ndarray]:
     """A ``.pth`` state dict as {name: numpy array} in the file's order (raises UnsafePickleError / PthFormatError)."""
     path = Path(path)
     try:

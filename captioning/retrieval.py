@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -35,7 +35,8 @@ COMBINE_MIN_GAIN = 0.02         # a log-prob share is kept only if it raises dev
 COMBINE_MIN_IMAGES = 100        # ... on at least this many dev photos (fewer cannot tell a gain from noise)
 RULE = (f"score = mean cosine similarity of the {K} nearest training photos (+ a share of the caption's mean "
         f"log-probability when that raises the dev Spearman correlation with per-image CIDEr-D by "
-        f"≥ {COMBINE_MIN_GAIN} on ≥ {COMBINE_MIN_IMAGES} photos); unfamiliar below the dev split's {UNFAMILIAR_QUANTILE:.0%} quantile, familiar "
+        f"≥ {COMBINE_MIN_GAIN} on ≥ {COMBINE_MIN_IMAGES} photos); unfamiliar below the dev split's "
+        f"{UNFAMILIAR_QUANTILE:.0%} quantile, familiar "
         f"from its {FAMILIAR_QUANTILE:.0%} quantile, unusual between")
 
 LEVELS = ("familiar", "unusual", "unfamiliar")
@@ -100,7 +101,7 @@ class Calibration:
                 "report": self.report}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Calibration":
+    def from_json(cls, data: dict) -> Calibration:
         try:
             low, high = float(data["unfamiliar_below"]), float(data["familiar_from"])
             weight, centre = float(data.get("logprob_weight", 0.0)), float(data.get("logprob_centre", 0.0))
@@ -205,7 +206,7 @@ class RetrievalIndex:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, encoder: str | None = None,
-             feature_dim: int | None = None) -> "RetrievalIndex":
+             feature_dim: int | None = None) -> RetrievalIndex:
         """Read and validate an index; ``encoder``/``feature_dim`` must match the bundle's when given."""
         folder = Path(folder)
         for name in INDEX_FILES:

@@ -24,10 +24,10 @@ import json
 import math
 import os
 import time
-from collections import Counter, defaultdict
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -87,7 +87,8 @@ class CiderD:
                 total[k] += dot * penalty
         return float(total.mean() / max(len(references), 1) * 10.0)
 
-    def corpus_score(self, hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> tuple[float, list[float]]:
+    def corpus_score(self, hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> tuple[float,
+                                                                                                          list[float]]:
         each = [self.score(h, r) for h, r in zip(hypotheses, references)]
         return float(np.mean(each)) if each else 0.0, each
 
@@ -117,7 +118,8 @@ class SCSTConfig:
 
     def __post_init__(self):
         if self.samples < 2:
-            raise ValueError(f"--samples must be at least 2 (the baseline is the other samples' mean), got {self.samples}")
+            raise ValueError(f"--samples must be at least 2 (the baseline is the other samples' mean), "
+                             f"got {self.samples}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning rate must be > 0, got {self.learning_rate}")
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 2 or self.select_beam < 1:
@@ -258,7 +260,8 @@ def finetune(decoder, vocab: Vocabulary, train_features, train_references: Seque
         if epoch - (state["best_epoch"] or 0) > config.patience:
             state["stopped_early"] = True
             save_state()
-            log(f"scst: stopped, {config.patience} epochs without a better dev CIDEr-D than epoch {state['best_epoch']}")
+            log(f"scst: stopped, {config.patience} epochs without a better dev CIDEr-D than epoch "
+                f"{state['best_epoch']}")
             break
         t0 = time.perf_counter()
         rewards, losses = [], []

@@ -133,8 +133,10 @@ def create_app(captioner: Captioner, max_concurrent: int = DEFAULT_CONCURRENCY):
     async def captions(
         images: Annotated[list[UploadFile], File(description="one or more photos (JPEG, PNG, WebP, BMP or GIF)")],
         beam_width: Annotated[int, Form(ge=1, le=MAX_BEAM_WIDTH, description="1 = greedy; 5 = the app's default")] = 5,
-        length_penalty: Annotated[float, Form(ge=0.0, le=2.0, description="score = sum log p / length ** penalty")] = 1.0,
-        no_repeat_ngram_size: Annotated[int, Form(ge=0, le=4, description="0 = off; 2 forbids a repeated word pair")] = 0,
+        length_penalty: Annotated[float, Form(ge=0.0, le=2.0,
+                                              description="score = sum log p / length ** penalty")] = 1.0,
+        no_repeat_ngram_size: Annotated[int, Form(ge=0, le=4,
+                                                  description="0 = off; 2 forbids a repeated word pair")] = 0,
         n_best: Annotated[int, Form(ge=1, le=MAX_BEAM_WIDTH, description="captions per image (<= beam_width)")] = 1,
         attention: Annotated[bool, Form(description="include each word's attention weights over the "
                                                     "encoder's grid (attention decoders)")] = False,

@@ -4,9 +4,9 @@ from __future__ import annotations
 import collections
 import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 PAD, UNK, START, END = "<pad>", "<unk>", "<start>", "<end>"
 SPECIALS = (PAD, UNK, START, END)
@@ -54,7 +54,7 @@ class Vocabulary:
     pad_id, unk_id, start_id, end_id = 0, 1, 2, 3
 
     @classmethod
-    def build(cls, captions: Iterable[Sequence[str]], min_count: int = 5) -> "Vocabulary":
+    def build(cls, captions: Iterable[Sequence[str]], min_count: int = 5) -> Vocabulary:
         """Build from tokenised captions, keeping words seen at least ``min_count`` times."""
         if min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {min_count}")
@@ -100,7 +100,7 @@ class Vocabulary:
                 "counts": {w: self.counts.get(w, 0) for w in self.itos}}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Vocabulary":
+    def from_json(cls, data: dict) -> Vocabulary:
         if not isinstance(data, dict) or data.get("format") != "captioning.vocab/1":
             raise ValueError("not a captioning vocabulary (expected format 'captioning.vocab/1')")
         itos = data.get("itos")
@@ -121,5 +121,5 @@ class Vocabulary:
         Path(path).write_text(json.dumps(self.to_json(), ensure_ascii=False), encoding="utf-8")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Vocabulary":
+    def load(cls, path: str | Path) -> Vocabulary:
         return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -219,8 +219,8 @@ def make_strategy(name: str = "default", peer_timeout: float = PEER_TIMEOUT):
 def _configure_coordination(peer_timeout: float) -> None:
     """Start TensorFlow's coordination service with a heartbeat timeout (what MWMS does, plus the timeout)."""
     from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
-    from tensorflow.python.distribute.cluster_resolver import TFConfigClusterResolver
     from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.distribute.cluster_resolver import TFConfigClusterResolver
     from tensorflow.python.eager import context
 
     resolver = TFConfigClusterResolver()
@@ -275,7 +275,8 @@ def fit(decoder, train_ds, val_ds, config: TrainConfig, run_dir: str | os.PathLi
         finish: bool = False) -> dict:
     """Train with early stopping on validation loss; resumable from ``run_dir``. Returns the state.
 
-    Call it inside the strategy's scope that built ``decoder``. ``finish`` trains no further and takes the best checkpoint so far (after an interrupted run).
+    Call it inside the strategy's scope that built ``decoder``. ``finish`` trains no further and takes the best
+    checkpoint so far (after an interrupted run).
     """
     import keras
 

@@ -6,10 +6,17 @@ import time
 
 import pandas as pd
 import streamlit as st
-from PIL import Image
 
-from captioning.batch import caption_uploads, expand_uploads, records_text, to_record
-from captioning.images import MAX_BYTES, SUPPORTED_TYPES, InvalidImageError, load_image
+from captioning import (
+    MAX_BYTES,
+    SUPPORTED_TYPES,
+    InvalidImageError,
+    caption_uploads,
+    expand_uploads,
+    load_image,
+    records_text,
+    to_record,
+)
 from ui.shell import require_shell
 from ui.state import get_captioner
 from ui.widgets import decoding_controls

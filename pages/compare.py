@@ -3,8 +3,15 @@ quality and diversity over the test split (read from the bundle's metrics.json, 
 import streamlit as st
 
 from ui.charts import word_probabilities
-from ui.lab import (PRESETS, choose_shared_photo, quality_diversity_chart, results_frame, show_captions,
-                    strategy_picker, strategy_table)
+from ui.lab import (
+    PRESETS,
+    choose_shared_photo,
+    quality_diversity_chart,
+    results_frame,
+    show_captions,
+    strategy_picker,
+    strategy_table,
+)
 from ui.labels import literal
 from ui.shell import require_shell
 from ui.state import current_results, get_captioner, get_dataset
@@ -16,7 +23,7 @@ DEFAULTS = ["Beam 5", "Sample: T 0.7, top-p 0.9, 5 captions", "Diverse: 6 beams,
 @st.cache_resource(show_spinner="Counting n-grams of the training captions…")
 def cider_scorer(root: str):
     """CIDEr-D with the training split's document frequencies (what SCST optimises), for one photo at a time."""
-    from captioning.scst import CiderD
+    from captioning import CiderD
 
     ds = get_dataset()
     return CiderD(ds.references(ds.splits["train"]))

@@ -5,7 +5,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from captioning.text import Vocabulary
+from captioning import Vocabulary
 from ui.charts import top_words
 from ui.labels import literal
 from ui.shell import require_shell

@@ -4,12 +4,21 @@ import math
 import pandas as pd
 import streamlit as st
 
-from captioning.metrics import reference_agreement, word_usage
+from captioning import reference_agreement, word_usage
 from ui.charts import bundle_bars, grouped_bleu, histogram, history, line, mean_by, signed_bars
 from ui.labels import human_columns, label, literal, sentence
 from ui.shell import require_shell
-from ui.state import (EVALUATE_HINT, bundle_paths, bundle_results, current_manifest, current_results, get_dataset,
-                      no_bundle_message, references_for, selected_bundle)
+from ui.state import (
+    EVALUATE_HINT,
+    bundle_paths,
+    bundle_results,
+    current_manifest,
+    current_results,
+    get_dataset,
+    no_bundle_message,
+    references_for,
+    selected_bundle,
+)
 from ui.trust import calibration_section
 
 require_shell()

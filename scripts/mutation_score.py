@@ -9,7 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-KILLED = {1, 3, 36, 24, -24, 152, 255}      # a failing test, pytest's internal error, or a timeout (mutmut counts these)
+KILLED = {1, 3, 36, 24, -24, 152,
+          255}      # a failing test, pytest's internal error, or a timeout (mutmut counts these)
 SURVIVED = {0}
 NO_TESTS = {5, 33}
 

@@ -77,7 +77,8 @@ def tiny_run(tmp_path_factory, flickr_dir, mobilenet_weights):
                        "--weights", str(mobilenet_weights), "--limit", "60", "--epochs", "2", "--decoder", "attention",
                        "--units", "64", "--embed-dim", "64", "--label-smoothing", "0.1", "--lr-decay", "0.5",
                        "--out", str(artifacts / "tiny-attention"),
-                       "--cache-dir", str(cache), "--quiet", "--beam-widths", "3", "--no-human", "--no-meteor", "--no-sweep"])
+                       "--cache-dir", str(cache), "--quiet", "--beam-widths", "3", "--no-human", "--no-meteor",
+                       "--no-sweep"])
     assert code == 0
     return artifacts, cache
 

@@ -2,11 +2,10 @@
 import io
 
 import pytest
+from conftest import ROOT
 from PIL import Image
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest, app_test
-
-from conftest import ROOT
 
 APP = str(ROOT / "streamlit_app.py")
 TIMEOUT = 420          # a first run loads the model; generous for a busy shared machine

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from captioning.__main__ import main
-from captioning.batch import caption_stream, gather_images, read_records, records_csv, to_record, BatchResult
+from captioning.batch import BatchResult, caption_stream, gather_images, read_records, records_csv, to_record
 from captioning.bundle import load_bundle
 from captioning.captioner import Captioner
 from captioning.decoding import Caption
@@ -50,7 +50,7 @@ def test_folders_are_walked_recursively_for_image_files_only(photo_folder, tmp_p
     lone.write_text("x")
     found = gather_images([photo_folder, lone, tmp_path / "missing.jpg", photo_folder / "a.jpg"])
     assert found == [str(photo_folder / "a.jpg"), str(photo_folder / "broken.jpg"), str(photo_folder / "sub" / "b.PNG"),
-                     str(lone), str(tmp_path / "missing.jpg")]   # explicit files kept (the loader judges), no duplicates
+                     str(lone), str(tmp_path / "missing.jpg")]   # explicit files kept (the loader judges), no repeats
 
 
 def test_many_images_go_through_the_encoder_in_batches_and_match_one_at_a_time(captioner, flickr_dir):
@@ -228,7 +228,8 @@ def test_a_zip_gives_its_photos_and_refuses_unsafe_or_oversized_members(flickr_d
     assert by_name["holiday.zip/trip/a.jpg"].data == photo and by_name["holiday.zip/b.JPG"].data == photo
     assert by_name["holiday.zip/../escape.jpg"].error.startswith("Unsafe path")
     assert by_name["holiday.zip//etc/abs.png"].error.startswith("Unsafe path")
-    assert "20 MB limit" in by_name["holiday.zip/trip/huge.png"].error and by_name["holiday.zip/trip/huge.png"].data is None
+    huge = by_name["holiday.zip/trip/huge.png"]
+    assert "20 MB limit" in huge.error and huge.data is None
     assert sorted(skipped) == ["holiday.zip/__MACOSX/trip/._a.jpg", "holiday.zip/trip/.hidden.jpg",
                                "holiday.zip/trip/readme.txt"]
 
@@ -275,7 +276,8 @@ def test_batch_page_captions_photos_lists_a_bad_one_and_offers_downloads(batch_p
     assert list(table["File"]) == [photos[0][0], "notes.jpg", photos[1][0]]
     assert list(table["Status"])[0] == "captioned" and table["Status"][1].startswith("failed: The file is not an image")
     assert table["Caption"][0] and table["Caption"][2] and table["Photo"][0].startswith("data:image/jpeg;base64,")
-    assert {m.label: m.value for m in at.metric if m.label in ("Captioned", "Failed")} == {"Captioned": "2", "Failed": "1"}
+    assert {m.label: m.value for m in at.metric if m.label in ("Captioned", "Failed")} == {"Captioned": "2",
+                                                                                           "Failed": "1"}
     assert any(e.value.startswith("**notes.jpg**: The file is not an image") for e in at.error)
     assert len(at.get("download_button")) == 2
 

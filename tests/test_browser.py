@@ -13,9 +13,8 @@ import time
 import urllib.request
 
 import pytest
-from PIL import Image
-
 from conftest import ROOT
+from PIL import Image
 
 OUT = ROOT / "test-output" / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -190,7 +189,8 @@ def settle(seconds: float = 3.0) -> None:
     time.sleep(seconds)
 
 
-@pytest.mark.parametrize("path, done", [("compare", "Word by word: probabilities and attention"), ("evaluation", "All predictions"),
+@pytest.mark.parametrize("path, done", [("compare", "Word by word: probabilities and attention"),
+                                        ("evaluation", "All predictions"),
                                         ("dataset", "Caption statistics")])
 def test_every_page_renders(server, browser, path, done):
     from selenium.webdriver.common.by import By

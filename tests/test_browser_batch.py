@@ -1,7 +1,6 @@
 """The Batch page in a real browser: three photos dropped at once, one of them not a photo."""
 import pytest
 from PIL import Image
-
 from test_browser import OUT, new_driver, running_app, settle, wait_for_text
 
 

@@ -133,7 +133,7 @@ def test_an_ensembles_error_never_echoes_the_manifests_command(tiny_bundle, tmp_
         with pytest.raises(BundleError) as err:
             load_bundle(path)
         assert "curl" not in str(err.value) and "sudo" not in str(err.value)
-        assert f"python train.py ensemble --members " in str(err.value)
+        assert "python train.py ensemble --members " in str(err.value)
 
 
 def rewrite_json(path, file, change):
@@ -174,7 +174,8 @@ def test_files_outside_the_bundle_are_never_read(copy, monkeypatch):
     assert outside not in read and all(p.parent == copy for p in read)
 
 
-@pytest.mark.parametrize("text", ["image,decoding\n\"unclosed,1\n", "a,b\n1,2\n", "image,decoding,beam_width,caption\nx,greedy,wide,a dog\n"])
+@pytest.mark.parametrize("text", ["image,decoding\n\"unclosed,1\n", "a,b\n1,2\n",
+                                  "image,decoding,beam_width,caption\nx,greedy,wide,a dog\n"])
 def test_a_malformed_predictions_file_names_the_bundle_and_the_file(copy, text):
     (copy / "predictions.csv").write_text(text)
     with pytest.raises(BundleError, match=rf"Bundle {copy}: predictions.csv .*python train.py evaluate --out"):

@@ -10,8 +10,18 @@ import pandas as pd
 import pytest
 
 from captioning import bundle as bundle_module
-from captioning.bundle import (ARTIFACTS_ENV, FORMAT_VERSION, BundleError, artifacts_dir, list_bundles, load_bundle,
-                               read_manifest, read_metrics, save_bundle, update_results)
+from captioning.bundle import (
+    ARTIFACTS_ENV,
+    FORMAT_VERSION,
+    BundleError,
+    artifacts_dir,
+    list_bundles,
+    load_bundle,
+    read_manifest,
+    read_metrics,
+    save_bundle,
+    update_results,
+)
 from captioning.models import build_decoder
 from captioning.text import Vocabulary
 

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import MOBILENET, ROOT
 
 import train
-from conftest import MOBILENET, ROOT
 
 
 def sha(folder):
@@ -238,5 +238,6 @@ def test_setup_waits_for_the_package_managers_lock():
     import re
 
     calls = [line for f in (ROOT / "scripts" / "setup.sh", ROOT / "Makefile")
-             for line in f.read_text().splitlines() if re.search(r"\bapt-get\b", line) and not line.lstrip().startswith("#")]
+             for line in f.read_text().splitlines()
+             if re.search(r"\bapt-get\b", line) and not line.lstrip().startswith("#")]
     assert calls and all("-o DPkg::Lock::Timeout=600" in line for line in calls)

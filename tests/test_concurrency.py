@@ -15,7 +15,8 @@ def test_eight_threads_times_fifty_captions_match_serial(tiny_bundle, flickr_dir
         data, beam = job
         return captioner.caption(data, beam_width=beam)[0].text
 
-    serial = {(i % len(images), b): caption((images[i % len(images)], b)) for i in range(len(images)) for b in (1, 2, 3)}
+    serial = {(i % len(images), b): caption((images[i % len(images)], b)) for i in range(len(images)) for b in (1, 2,
+                                                                                                                3)}
     with ThreadPoolExecutor(max_workers=8) as pool:
         parallel = list(pool.map(caption, jobs))
     expected = [serial[(images.index(data), beam)] for data, beam in jobs]

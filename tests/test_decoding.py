@@ -4,7 +4,8 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from captioning.decoding import DecodeConfig, EnsembleStepDecoder, beam_search, decode, greedy_search
 from captioning.text import Vocabulary
@@ -171,7 +172,8 @@ def test_special_tokens_never_emitted_and_min_length():
     model.table[:, :, [vocab.unk_id, vocab.pad_id, vocab.start_id]] = 20   # the model loves specials
     model.table[:, :, vocab.end_id] = 10
     for beam in (1, 3):
-        caps = decode(model, np.zeros((2, len(vocab))), vocab, DecodeConfig(beam_width=beam, max_length=5, min_length=2))
+        caps = decode(model, np.zeros((2, len(vocab))), vocab, DecodeConfig(beam_width=beam, max_length=5,
+                                                                            min_length=2))
         for (c, *_) in caps:
             assert len(c.words) >= 2 and all(w.startswith("w") for w in c.words)
 
@@ -244,7 +246,7 @@ def test_any_valid_config_decodes_without_error_and_stops_within_max_length(
 
 
 # --- the strategy menu: sampling, diverse beam search, constraints every strategy honours ---------------
-from captioning.decoding import parse_spec, sample_search, sampling_distribution  # noqa: E402
+from captioning.decoding import parse_spec, sampling_distribution  # noqa: E402
 
 
 def _rows_counter(model):

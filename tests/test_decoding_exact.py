@@ -4,11 +4,12 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_decoding import MarkovDecoder
 
 from captioning.decoding import DecodeConfig, beam_search, decode, greedy_search
 from captioning.text import Vocabulary
-from test_decoding import MarkovDecoder
 
 
 def reference_beam_search(model, feature, vocab, cfg):

@@ -1,6 +1,5 @@
 """Pretrained word vectors: the GloVe text reader, the offline wheel converter, and train.py --embeddings."""
 import io
-import json
 import sys
 import zipfile
 from pathlib import Path
@@ -95,7 +94,8 @@ def test_train_py_starts_the_embedding_from_the_vectors(tiny_run, flickr_dir, mo
     glove = _write(tmp_path / "vectors.txt", [w + " " + " ".join(map(str, v)) for w, v in vectors.items()])
     out = tmp_path / "glove-bundle"
     code = train.main(["train", "--data-dir", str(flickr_dir), "--encoder", "mobilenetv2", "--alpha", "0.35",
-                       "--weights", str(mobilenet_weights), "--limit", "60", "--epochs", "1", "--embeddings", str(glove),
+                       "--weights", str(mobilenet_weights), "--limit", "60", "--epochs", "1",
+                       "--embeddings", str(glove),
                        "--out", str(out), "--cache-dir", str(cache), "--quiet"])
     assert code == 0
     bundle = load_bundle(out, load_results=False)

@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 import train
 from captioning.features import FeatureCache, shard_slice
 
@@ -48,7 +48,8 @@ def test_writers_name_their_files_apart_and_clean_only_their_own_temporaries(tmp
 
 @pytest.mark.parametrize("argv, message", [
     (["features", "--num-shards", "0"], "--num-shards must be at least 1, got 0"),
-    (["features", "--num-shards", "2", "--shard-index", "2"], "--shard-index must be in 0..1 for --num-shards 2, got 2"),
+    (["features", "--num-shards", "2", "--shard-index", "2"],
+     "--shard-index must be in 0..1 for --num-shards 2, got 2"),
     (["features", "--num-shards", "2", "--shard-index", "-1"], "--shard-index must be in 0..1"),
     (["train", "--num-shards", "2"], "split `train.py features` across machines"),
 ])

@@ -2,8 +2,9 @@
 import json
 import shutil
 
-from captioning.bundle import update_results
 from test_app import jpeg_bytes, navigation_like_the_server, start, texts  # noqa: F401  (the autouse fixture)
+
+from captioning.bundle import update_results
 
 
 def _lab_with_test_photo(at):

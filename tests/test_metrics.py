@@ -37,8 +37,10 @@ def test_coco_metrics_rank_good_above_bad_and_report_per_image():
     refs = [[["a", "dog", "runs", "on", "the", "grass"], ["a", "brown", "dog", "running", "outside"]],
             [["two", "men", "play", "chess"], ["men", "playing", "a", "board", "game"]],
             [["a", "girl", "on", "a", "swing"], ["a", "child", "swinging", "in", "a", "park"]]]
-    good = [["a", "dog", "runs", "on", "the", "grass"], ["two", "men", "play", "chess"], ["a", "girl", "on", "a", "swing"]]
-    bad = [["a", "girl", "on", "a", "swing"], ["a", "dog", "runs", "on", "the", "grass"], ["two", "men", "play", "chess"]]
+    good = [["a", "dog", "runs", "on", "the", "grass"], ["two", "men", "play", "chess"], ["a", "girl", "on", "a",
+                                                                                          "swing"]]
+    bad = [["a", "girl", "on", "a", "swing"], ["a", "dog", "runs", "on", "the", "grass"], ["two", "men", "play",
+                                                                                           "chess"]]
     g, g_each, _ = coco_scores(refs, good, meteor=False)
     b, b_each, note = coco_scores(refs, bad, meteor=False)
     assert g["cider"] > b["cider"] and g["coco_bleu_4"] > b["coco_bleu_4"] and g["rouge_l"] > b["rouge_l"]
@@ -71,8 +73,17 @@ def test_metric_human_agreement_on_a_small_judged_set(tmp_path):
 
 
 # --- diversity ---------------------------------------------------------------------------------------------
-from captioning.metrics import (coco_scores, distinct_captions, distinct_n, diversity_scores,  # noqa: E402
-                                mean_length, novel_fraction, oracle_cider, self_bleu_4, vocab_used)
+from captioning.metrics import (  # noqa: E402
+    coco_scores,
+    distinct_captions,
+    distinct_n,
+    diversity_scores,
+    mean_length,
+    novel_fraction,
+    oracle_cider,
+    self_bleu_4,
+    vocab_used,
+)
 
 DOG, CAT, RUN = (["a", "dog", "runs"], ["a", "cat", "sleeps", "on", "a", "bed"], ["a", "dog", "runs", "fast"])
 

@@ -5,8 +5,15 @@ import math
 import pytest
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
 
-from captioning.metrics import (BLEU_WEIGHTS, coco_scores, corpus_bleu_scores, kendall_tau, reference_agreement,
-                                sentence_bleu_scores, word_usage)
+from captioning.metrics import (
+    BLEU_WEIGHTS,
+    coco_scores,
+    corpus_bleu_scores,
+    kendall_tau,
+    reference_agreement,
+    sentence_bleu_scores,
+    word_usage,
+)
 
 REFS = [
     ["a dog runs across the green grass".split(), "a brown dog is running on grass".split(),

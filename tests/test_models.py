@@ -95,7 +95,8 @@ def test_attention_beam_width_one_equals_greedy_and_returns_weights(attention_mo
 def test_select_keeps_the_context_of_the_given_rows(model, attention_model):
     maps = np.random.default_rng(8).normal(size=(5, 9, 16)).astype("float32")
     rows = np.array([4, 1, 2])
-    for steps in (StepDecoder(attention_model), EnsembleStepDecoder([StepDecoder(model), StepDecoder(attention_model)])):
+    for steps in (StepDecoder(attention_model), EnsembleStepDecoder([StepDecoder(model),
+                                                                     StepDecoder(attention_model)])):
         context, _ = steps.start(maps)
         picked = steps.select(context, rows)
         fulls, parts = (context, picked) if isinstance(context, list) else ([context], [picked])

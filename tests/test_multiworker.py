@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
 
 PEER_TIMEOUT = 60          # seconds; above the longest a healthy worker waits for (or goes unscheduled) on 2 busy cores

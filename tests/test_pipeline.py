@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT
 
 from captioning.bundle import load_bundle
 from captioning.captioner import Captioner
 from captioning.features import FeatureCache
-from conftest import ROOT
 
 
 def test_bundle_has_every_artifact_and_metric(tiny_bundle):

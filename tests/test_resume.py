@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from captioning.bundle import load_bundle
 from captioning.features import FeatureCache
-from conftest import ROOT
 
 
 def train_cmd(flickr_dir, weights, work, *extra):

@@ -9,12 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from PIL import Image, ImageDraw
 
 from captioning import retrieval
-from captioning.retrieval import (FAMILIAR_QUANTILE, UNFAMILIAR_QUANTILE, Calibration, IndexFileError, RetrievalIndex,
-                                  build_index, calibrate, calibration_bins, level_table)
-from conftest import ROOT
+from captioning.retrieval import (
+    FAMILIAR_QUANTILE,
+    UNFAMILIAR_QUANTILE,
+    Calibration,
+    IndexFileError,
+    RetrievalIndex,
+    build_index,
+    calibrate,
+    calibration_bins,
+    level_table,
+)
 
 
 def random_index(n=200, d=32, seed=0) -> tuple[RetrievalIndex, np.ndarray]:

@@ -5,8 +5,15 @@ import numpy as np
 import pytest
 
 from captioning.bundle import load_bundle
-from captioning.scst import (CiderD, SCSTConfig, Sampler, captions_from_ids, leave_one_out_advantage,
-                             make_train_step, teacher_inputs)
+from captioning.scst import (
+    CiderD,
+    Sampler,
+    SCSTConfig,
+    captions_from_ids,
+    leave_one_out_advantage,
+    make_train_step,
+    teacher_inputs,
+)
 from captioning.text import Vocabulary
 
 REFS = [
@@ -198,7 +205,8 @@ def test_train_py_scst_refuses_ensembles_and_overwriting(tiny_run, flickr_dir, t
     common = ["--data-dir", str(flickr_dir), "--limit", "60", "--cache-dir", str(cache), "--quiet"]
     ens = tmp_path / "ens"
     assert train.main(["ensemble", "--members", str(artifacts / "tiny"), str(artifacts / "tiny-attention"),
-                       "--out", str(ens), "--no-sweep", "--no-human", "--no-meteor", "--beam-widths", "3", *common]) == 0
+                       "--out", str(ens), "--no-sweep", "--no-human", "--no-meteor", "--beam-widths", "3",
+                       *common]) == 0
     capsys.readouterr()
     assert train.main(["scst", "--from", str(ens), "--out", str(tmp_path / "x"), *common]) == 2
     assert "fine-tune each member" in capsys.readouterr().err

@@ -12,13 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from conftest import ROOT
 from PIL import Image
 
 from captioning.bundle import load_bundle
 from captioning.captioner import Captioner
 from captioning.images import MAX_BYTES, InvalidImageError, load_image
 from captioning.serve import MAX_REQUEST_BYTES, caption_json
-from conftest import ROOT
 
 
 def free_port() -> int:

@@ -29,7 +29,7 @@ def test_json_keeps_threshold_and_counts_and_writes_utf8_words(tmp_path):
     vocab.min_count = 3
     vocab.save(tmp_path / "v.json")
     raw = (tmp_path / "v.json").read_bytes()
-    assert "café".encode("utf-8") in raw and b"\\u00e9" not in raw        # readable JSON, not escapes
+    assert "café".encode() in raw and b"\\u00e9" not in raw        # readable JSON, not escapes
     again = Vocabulary.load(tmp_path / "v.json")
     assert again.itos == vocab.itos and again.min_count == 3 and again.counts["café"] == 2
     del data["min_count"]

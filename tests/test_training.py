@@ -60,7 +60,8 @@ def test_learning_rate_decays_after_each_epoch_without_a_better_dev_loss_and_res
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(2.5e-4)
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["best_epoch"] == 2 and state["learning_rate"] == pytest.approx(2.5e-4)
-    assert "next_learning_rate" not in state["epochs"]["2"] and state["epochs"]["3"]["next_learning_rate"] == pytest.approx(5e-4)
+    assert "next_learning_rate" not in state["epochs"]["2"]
+    assert state["epochs"]["3"]["next_learning_rate"] == pytest.approx(5e-4)
     assert not model.stop_training                        # 2 epochs since the best, patience 3
 
     resumed = _tiny_model(1e-3)                           # a rerun starts at the configured rate ...

@@ -4,7 +4,6 @@ import io
 
 import pytest
 from streamlit.testing.v1 import AppTest, app_test
-
 from test_app import APP, NavigationPagesManager, texts
 from test_retrieval import synthetic_photos
 

@@ -43,7 +43,8 @@ def grouped_bleu(results: pd.DataFrame) -> alt.Chart:
                         var_name="metric", value_name="score")
     order = run_order(long["run"])
     return (alt.Chart(long).mark_bar()
-            .encode(x=alt.X("metric:N", title=None, sort=None, axis=alt.Axis(labelAngle=0, **BAND_AXIS)), xOffset=alt.XOffset("run:N", sort=order),
+            .encode(x=alt.X("metric:N", title=None, sort=None, axis=alt.Axis(labelAngle=0, **BAND_AXIS)),
+                    xOffset=alt.XOffset("run:N", sort=order),
                     y=alt.Y("score:Q", title="corpus score"),
                     color=alt.Color("run:N", title="decoding", sort=order),
                     tooltip=[alt.Tooltip("run", title="decoding"), alt.Tooltip("metric", title="metric"),

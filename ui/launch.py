@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(ROOT))
-    import captioning  # noqa: F401  (quiet TensorFlow logs before anything loads it)
     from streamlit.web import cli
 
+    import captioning  # noqa: F401  (quiet TensorFlow logs before anything loads it)
     from ui.state import warm_in_background
 
     warm_in_background()

@@ -32,7 +32,8 @@ def choose_image(key: str) -> ChosenImage | None:
     if mode == "Upload a photo":
         limit = f"{MAX_BYTES / 2**20:g} MB"
         upload = st.file_uploader(f"Drag and drop a photo (up to {limit})", type=list(SUPPORTED_TYPES),
-                                  key=f"{key}_upload", help=f"JPEG, PNG, WebP, BMP or GIF (first frame), up to {limit}.")
+                                  key=f"{key}_upload",
+                                  help=f"JPEG, PNG, WebP, BMP or GIF (first frame), up to {limit}.")
         if upload is None:
             st.caption("…or switch to *Sample from the test split* to try a Flickr8k photo."
                        if ds else "Flickr8k samples appear here once the dataset is available.")
