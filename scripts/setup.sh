@@ -13,11 +13,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 req=requirements.txt
 [ "$mode" = test ] && req=requirements-dev.txt
-stamp=".venv/.installed-$(sha256sum requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)-$mode"
+stamp=".venv/.installed-$(sha256sum requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -c1-16)-$mode"
 if [ ! -f "$stamp" ]; then
   echo "setup: installing $req"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r "$req"
+  # the project itself, editable: `import captioning` from anywhere and the `captioning` console script
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   touch "$stamp"
 fi
 
