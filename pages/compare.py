@@ -70,9 +70,12 @@ if chosen is not None:
 
 st.divider()
 st.header("Across the test split")
-metrics, _ = current_results()
+metrics, _, problem = current_results()
 frame = results_frame(metrics)
-if frame.empty or "distinct_captions" not in frame:
+if problem:
+    st.warning(f"This bundle's evaluation could not be read ({problem}). Re-evaluate it with "
+               f"`python train.py evaluate --out {captioner.bundle.path}`.", icon=":material/report:")
+elif frame.empty or "distinct_captions" not in frame:
     bundle = captioner.bundle.path
     st.info("This bundle's evaluation has no diversity scores yet. Score strategies with "
             f"`python train.py evaluate --out {bundle} --decode greedy beam:5 sample:temperature=0.7,top_p=0.9,n=5 "
