@@ -216,7 +216,10 @@ def test_no_weights_offline_names_the_file_to_pass(tiny_bundle, tmp_path, photo)
     bundle = tmp_path / "b"
     shutil.copytree(tiny_bundle, bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["encoder"]["weights_file"]["sha256"] = "f" * 64            # no file with this checksum anywhere
+    # Width 0.5 (same 1280-d features): its standard file is nowhere here, and the remembered file's checksum
+    # matches no file either, so only the (offline) Keras download is left.
+    manifest["encoder"]["alpha"], manifest["encoder"]["key"] = 0.5, "mobilenetv2-a0.5-224"
+    manifest["encoder"]["weights_file"]["sha256"] = "f" * 64
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     empty = tmp_path / "none"
     empty.mkdir()
