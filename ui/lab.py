@@ -110,6 +110,8 @@ def show_captions(captions, scorer=None, references=None) -> None:
             row["CIDEr-D"] = round(scorer.score(cap.words, references), 3)
         rows.append(row)
     st.markdown(f"**“{sentence(captions[0].text)}”**")
+    if len(captions) > 1:                              # the table's column is narrow: every caption in full first
+        st.markdown("\n".join(f"{rank}. {sentence(cap.text)}" for rank, cap in enumerate(captions[1:], 2)))
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                  column_config={"Caption": st.column_config.TextColumn(width="large")})
 
