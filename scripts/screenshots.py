@@ -38,6 +38,8 @@ def main() -> None:
 
     from PIL import Image
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
     from test_browser import click_label, free_port, new_driver, wait_for_text
 
     out = Path(args.out)
@@ -64,7 +66,8 @@ def main() -> None:
             driver.get(f"{url}/{path}")
             if isinstance(option, Path):          # upload a photo instead of picking a sample
                 wait_for_text(driver, "Caption a photo", timeout=180)
-                driver.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys(str(option.resolve()))
+                WebDriverWait(driver, 180).until(EC.presence_of_element_located(
+                    (By.CSS_SELECTOR, 'input[type="file"]'))).send_keys(str(option.resolve()))
             elif option:
                 click_label(driver, option, timeout=180)
             wait_for_text(driver, done, timeout=300)
