@@ -77,7 +77,12 @@ def main() -> None:
     if args.quick:
         args.images, args.rounds = 96, 10
 
+    import builtins
+    import functools
+
     import requests
+
+    print = functools.partial(builtins.print, flush=True)    # noqa: A001  (a long run shows each table at once)
 
     from captioning.captioner import Captioner
     from captioning.images import load_image, to_canonical
