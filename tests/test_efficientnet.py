@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from captioning import efficientnet_lite as lite
+from captioning import encoders
 from captioning.encoders import EncoderWeightsError, build_encoder, find_weights, get_spec
 from captioning.pth import LEGACY_MAGIC, PthFormatError, UnsafePickleError, load_state_dict
 
@@ -224,6 +225,7 @@ def test_registry_entry(tmp_path, monkeypatch):
     np.testing.assert_allclose(spec.preprocess()(x), [-127 / 128, 0.0, 1.0])
     monkeypatch.setenv("CAPTIONING_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.delenv(spec.weights_env(), raising=False)
+    monkeypatch.setattr(encoders, "weights_dirs", lambda: [tmp_path])   # ./weights may hold the real file
     with pytest.raises(EncoderWeightsError, match="setup-weights"):
         build_encoder(spec)
 

@@ -96,4 +96,5 @@ def test_mid_size_image_is_refused_by_the_projects_own_limit():
 
 
 def test_images_well_under_the_limit_still_load():
-    assert load_image(png(Image.new("1", (3000, 2000)))).size == (3000, 2000)
+    assert load_image(png(Image.new("1", (3000, 2000)))).size == (2048, 1365)   # reduced to 2048 px, same shape
+    assert load_image(png(Image.new("1", (2000, 1500)))).size == (2000, 1500)   # at most 2048 px: as it is
