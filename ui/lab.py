@@ -103,17 +103,18 @@ def show_captions(captions, scorer=None, references=None) -> None:
 
     rows = []
     for rank, cap in enumerate(captions, 1):
-        row = {"#": rank, "Caption": sentence(cap.text), "Score": round(cap.score, 3),
-               "Mean log p": round(cap.normalized_log_prob, 3), "Words": len(cap.words)}
+        row = {"#": rank}                              # scores first: the column is narrow, captions are above
         if references is not None:
             row["BLEU-4"] = round(sentence_bleu_scores(references, cap.words)["bleu_4"], 3)
             row["CIDEr-D"] = round(scorer.score(cap.words, references), 3)
+        row.update({"Score": round(cap.score, 3), "Mean log p": round(cap.normalized_log_prob, 3),
+                    "Words": len(cap.words), "Caption": sentence(cap.text)})
         rows.append(row)
     st.markdown(f"**“{sentence(captions[0].text)}”**")
     if len(captions) > 1:                              # the table's column is narrow: every caption in full first
         st.markdown("\n".join(f"{rank}. {sentence(cap.text)}" for rank, cap in enumerate(captions[1:], 2)))
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-                 column_config={"Caption": st.column_config.TextColumn(width="large")})
+                 column_config={"#": st.column_config.NumberColumn(width="small")})
 
 
 def results_frame(metrics: dict | None) -> pd.DataFrame:
