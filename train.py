@@ -26,6 +26,7 @@ from pathlib import Path
 
 import captioning  # noqa: F401  (sets TensorFlow's log level before it loads)
 from captioning.adapters import load_dataset
+from captioning.bundle import replace_folder
 from captioning.data import DataError, Flickr8k, download
 from captioning.decoding import parse_spec
 from captioning.encoders import (
@@ -754,17 +755,6 @@ def _saved_since(args, since: float) -> bool:
     return any(f.is_file() and f.stat().st_mtime >= since for f in files)
 
 
-def _promote(staged: Path, target: Path) -> None:
-    """Swap a finished bundle into place (the old one is replaced only now, when the new one is complete)."""
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(target, old)
-    os.replace(staged, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     start, wall_start = time.perf_counter(), time.time()
@@ -803,7 +793,7 @@ def main(argv=None) -> int:
         if args.command == "index" or (args.command in ("all", "ensemble", "scst") and not args.no_index):
             index_step(args, ds, names)
         if staging is not None:
-            _promote(Path(args.out), Path(args.final_out))
+            replace_folder(Path(args.out), Path(args.final_out))   # the old bundle goes only now
             print(f"bundle {args.final_out} is complete (trained and evaluated)")
     except (DataError, EncoderWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -133,6 +133,17 @@ class Bundle:
         return steps[0] if len(steps) == 1 else EnsembleStepDecoder(steps)
 
 
+def replace_folder(new: Path, target: Path) -> None:
+    """Put the finished folder ``new`` at ``target``; an old ``target`` is moved aside only now, then removed."""
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _write_dir_atomically(target: Path, fill) -> None:
     """Create ``target`` by filling a temporary sibling folder and renaming it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -140,13 +151,7 @@ def _write_dir_atomically(target: Path, fill) -> None:
     tmp.mkdir()
     try:
         fill(tmp)
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
