@@ -19,6 +19,7 @@ from captioning import (
 )
 from ui.shell import require_shell
 from ui.state import get_captioner
+from ui.trust import STYLE
 from ui.widgets import decoding_controls
 
 RESULTS_KEY = "batch_results"
@@ -38,6 +39,13 @@ def thumbnail(data: bytes, size: int = 96) -> str | None:
     buf = io.BytesIO()
     image.save(buf, "JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def trust_label(assessment) -> str:
+    """The caption's in-domain level as the Caption page words it ("Familiar photo"), or a dash without one."""
+    if assessment is None or assessment.level is None:
+        return "–"
+    return f"{STYLE[assessment.level][2]} ({assessment.in_domain:.2f})"
 
 
 require_shell()
@@ -75,6 +83,7 @@ if not done or done["key"] != key:                       # new photos or options
         rows.append({"Photo": thumbnail(upload.data) if result.ok else NO_PHOTO, "File": result.name,
                      "Caption": result.best.text if result.ok else "",
                      "Mean log p": f"{record['mean_log_prob']:.2f}" if result.ok else "",
+                     "Trust": trust_label(result.trust) if result.ok else "",
                      "Status": "captioned" if result.ok else f"failed: {result.error}"})
         if not result.ok:
             problems.error(f"**{result.name}**: {result.error}", icon=":material/block:")
@@ -93,12 +102,18 @@ m3.metric("Failed", len(failed))
 m4.metric("Time", f"{done['seconds']:.1f} s", help="loading, encoder and decoder for the whole batch")
 for r in failed:
     st.error(f"**{r['File']}**: {r['Status'].removeprefix('failed: ')}", icon=":material/block:")
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", row_height=64,
-             height=min(64 * len(rows) + 40, 720), column_config={      # every row visible up to ~10, then scroll
+table = pd.DataFrame(rows)
+if not any(r.get("Trust", "–") not in ("", "–") for r in rows):      # a bundle without a calibrated index
+    table = table.drop(columns="Trust")
+st.dataframe(table, hide_index=True, width="stretch", row_height=64,
+             height=min(64 * len(rows) + 48, 760), column_config={      # every row visible up to ~10, then scroll
     "Photo": st.column_config.ImageColumn("Photo", width="small"),
     "File": st.column_config.TextColumn("File", width="medium"),
     "Caption": st.column_config.TextColumn("Caption", width="large"),
     "Mean log p": st.column_config.TextColumn("Mean log p", help="per emitted token; closer to 0 = surer"),
+    "Trust": st.column_config.TextColumn("Trust", help="how alike the photo is to the training photos (in-domain "
+                                         "score in brackets): familiar photos get the model's best captions, "
+                                         "unfamiliar ones may well be wrong; see the Caption page"),
     "Status": st.column_config.TextColumn("Status", width="medium"),
 })
 d1, d2, _ = st.columns([1, 1, 3])

@@ -2,6 +2,7 @@
 on folders with --out (CSV, JSONL, JSON), resume and exit codes."""
 import csv
 import json
+import re
 import shutil
 
 import numpy as np
@@ -272,7 +273,10 @@ def test_batch_page_captions_photos_lists_a_bad_one_and_offers_downloads(batch_p
                                                     photos[1]]).run()
     assert not at.exception, at.exception
     table = at.dataframe[0].value
-    assert list(table.columns) == ["Photo", "File", "Caption", "Mean log p", "Status"]       # human labels
+    assert list(table.columns) == ["Photo", "File", "Caption", "Mean log p", "Trust", "Status"]   # human labels
+    # the in-domain level, worded as on the Caption page, with the score it comes from; none for the bad file
+    assert all(re.fullmatch(r"(Familiar|Unusual|Unfamiliar) photo \(-?\d\.\d\d\)", table["Trust"][i]) for i in (0, 2))
+    assert table["Trust"][1] == ""
     assert list(table["File"]) == [photos[0][0], "notes.jpg", photos[1][0]]
     assert list(table["Status"])[0] == "captioned" and table["Status"][1].startswith("failed: The file is not an image")
     assert table["Caption"][0] and table["Caption"][2] and table["Photo"][0].startswith("data:image/jpeg;base64,")
