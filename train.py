@@ -25,9 +25,9 @@ import uuid
 from pathlib import Path
 
 import captioning  # noqa: F401  (sets TensorFlow's log level before it loads)
-from captioning.adapters import load_dataset
 from captioning.bundle import replace_folder
 from captioning.data import DataError, Flickr8k, download
+from captioning.datasets import load_dataset
 from captioning.decoding import parse_spec
 from captioning.encoders import (
     ENCODER_NAMES,

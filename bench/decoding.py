@@ -147,8 +147,9 @@ def main() -> None:
     print(f"bundle {args.bundle}")
 
     from captioning.bundle import BundleError, load_bundle
-    from captioning.decoding import DecodeConfig, StepDecoder, decode
+    from captioning.decoding import DecodeConfig, decode
     from captioning.features import FeatureCache
+    from captioning.stepper import StepDecoder
 
     try:
         bundle = load_bundle(args.bundle)

@@ -18,7 +18,7 @@ _LAZY = {
     "DecodeConfig": "decoding", "Caption": "decoding",
     "caption_uploads": "batch", "expand_uploads": "batch", "records_text": "batch", "to_record": "batch",
     "reference_agreement": "metrics", "word_usage": "metrics",
-    "CiderD": "scst",
+    "CiderD": "metrics",
 }
 
 __all__ = ["DataError", "Flickr8k", "resolve_data_dir", "MAX_BYTES", "SUPPORTED_TYPES", "InvalidImageError",

@@ -127,7 +127,7 @@ class Bundle:
 
     def step_decoder(self):
         """What decoding runs: the decoder's compiled step API, or the ensemble of all the bundle's decoders."""
-        from .decoding import EnsembleStepDecoder, StepDecoder
+        from .stepper import EnsembleStepDecoder, StepDecoder
 
         steps = [StepDecoder(d) for d in self.decoders]
         return steps[0] if len(steps) == 1 else EnsembleStepDecoder(steps)

@@ -35,10 +35,11 @@ def main() -> None:
 
     from captioning.bundle import load_bundle
     from captioning.data import Flickr8k
-    from captioning.decoding import DecodeConfig, EnsembleStepDecoder, StepDecoder
+    from captioning.decoding import DecodeConfig
     from captioning.encoders import get_spec
     from captioning.evaluation import evaluate
     from captioning.features import FeatureCache
+    from captioning.stepper import EnsembleStepDecoder, StepDecoder
 
     bundles = [load_bundle(b, load_results=False) for b in args.bundles]
     first = bundles[0]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_MODULES = ("data", "adapters", "text", "images")
+DATA_MODULES = ("data", "datasets", "files", "text", "images")
 MODEL_SIDE = ("captioning.models", "captioning.training", "captioning.scst", "captioning.decoding",
               "captioning.captioner", "tensorflow", "keras")
 PAGE_ALLOWED = ("captioning", "captioning.captioner", "ui", "streamlit", "pandas", "altair", "numpy", "PIL")
