@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SHARED_MOBILENET = ROOT.parent / "shared" / "weights" / "mobilenet_v2_0.35_224_imagenet_notop.weights.h5"
 
 

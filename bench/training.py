@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SHARED_MOBILENET = Path(__file__).resolve().parents[2] / "shared" / "weights" / \
     "mobilenet_v2_0.35_224_imagenet_notop.weights.h5"
 

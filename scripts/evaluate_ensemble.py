@@ -16,8 +16,6 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 COLUMNS = ["bleu_1", "bleu_4", "cider", "rouge_l", "mean_length", "decode_seconds"]
 
 
