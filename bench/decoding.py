@@ -158,12 +158,12 @@ def main() -> None:
         sys.exit(f"{args.bundle} is an ensemble of {len(bundle.decoders)} decoders; the seed-style side re-runs one "
                  f"model, so give one of its member bundles (e.g. artifacts/xception-attention)")
     names = names_file.read_text().split()[: args.images]
-    cache = FeatureCache(Path(args.cache_dir) / "features", bundle.encoder["key"])
+    cache = FeatureCache(Path(args.cache_dir) / "features", bundle.encoder.key)
     missing = cache.missing(names, bundle.decoder.uses_spatial)
     if missing:
         enc = bundle.encoder
-        sys.exit(f"error: {len(missing)} of {len(names)} test images have no cached {enc['key']} features in "
-                 f"{args.cache_dir}; run: python train.py features --encoder {enc['name']}"
+        sys.exit(f"error: {len(missing)} of {len(names)} test images have no cached {enc.key} features in "
+                 f"{args.cache_dir}; run: python train.py features --encoder {enc.name}"
                  f"{' --spatial' if bundle.decoder.uses_spatial else ''} (or use --quick, which needs no cache)")
     feats = cache.load(names, spatial=bundle.decoder.uses_spatial).astype(np.float32)
     steps, vocab, max_len = StepDecoder(bundle.decoder), bundle.vocab, bundle.max_length

@@ -44,11 +44,11 @@ def main() -> None:
     for path, b in zip(args.bundles[1:], bundles[1:]):
         if b.vocab.itos != first.vocab.itos:
             sys.exit(f"{path} has another vocabulary than {args.bundles[0]}; an ensemble needs one vocabulary")
-        if b.encoder["key"] != first.encoder["key"]:
-            sys.exit(f"{path} uses encoder {b.encoder['key']}, {args.bundles[0]} uses {first.encoder['key']}")
+        if b.encoder.key != first.encoder.key:
+            sys.exit(f"{path} uses encoder {b.encoder.key}, {args.bundles[0]} uses {first.encoder.key}")
     ds = Flickr8k.load(args.data_dir, check_images=False)
     names = ds.splits[args.split]
-    spec = get_spec(first.encoder["name"], first.encoder.get("alpha"))
+    spec = get_spec(first.encoder.name, first.encoder.alpha)
     cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
     spatial = any(b.uses_spatial for b in bundles)   # merge members pool the map
     missing = cache.missing(names, spatial)
@@ -73,7 +73,7 @@ def main() -> None:
         results, _, _ = evaluate(steps, first.vocab, feats, names, refs, configs, split=args.split, meteor=False)
         for r in results:
             rows.append({"model": label, **r})
-            print(f"{label:<44} {'greedy' if r['beam_width'] == 1 else 'beam ' + str(r['beam_width']):<7} "
+            print(f"{label:<44} {r['label']:<7} "
                   + " ".join(f"{c} {r[c]:.4f}" for c in COLUMNS), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"split": args.split, "rows": rows}, indent=2))
