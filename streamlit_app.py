@@ -24,18 +24,17 @@ with st.sidebar:
                      help="Every bundle under artifacts/ (train more with python train.py --out artifacts/NAME)")
         path = bundles[[str(p) for p in bundles].index(st.session_state["bundle_path"])]
         manifest = bundle_manifest(str(path), (path / "manifest.json").stat().st_mtime)
-        if manifest:
-            enc, decoders = manifest["encoder"], [manifest["decoder"], *manifest.get("members", [])]
+        if manifest is not None:
+            enc, decoders = manifest.encoder, manifest.decoders
             if len(decoders) == 1:
-                lstm = f"**{decoders[0]['kind']}** LSTM ({decoders[0]['config'].get('units', '?')} units)"
+                lstm = f"**{decoders[0].kind}** LSTM ({decoders[0].units or '?'} units)"
             else:
-                kinds = Counter(d["kind"] for d in decoders)
+                kinds = Counter(d.kind for d in decoders)
                 lstm = f"ensemble of {len(decoders)} LSTMs (" + " + ".join(f"{n} **{k}**" for k,
                                                                            n in kinds.items()) + ")"
-            tuned = manifest.get("scst") or any(m.get("scst") for m in manifest.get("ensemble_of", []))
-            st.caption(f"**{enc['name']}** ({enc['input_size']}px) → {lstm} · {manifest['vocab_size']:,} words · "
-                       f"trained on {manifest['data']['splits']['train']:,} images"
-                       + (" · fine-tuned on CIDEr-D (self-critical)" if tuned else ""))
+            st.caption(f"**{enc.name}** ({enc.input_size}px) → {lstm} · {manifest.vocab_size:,} words · "
+                       f"trained on {manifest.train_images or 0:,} images"
+                       + (" · fine-tuned on CIDEr-D (self-critical)" if manifest.fine_tuned else ""))
             knows = model_knows(manifest)
             if knows:
                 st.caption(f":material/info: {knows}")

@@ -22,14 +22,14 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def one_run(args, photo: Path) -> dict:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
-    from test_browser import free_port, new_driver
+
+    from ui.browser import free_port, new_driver
 
     port = free_port()
     driver = new_driver(1200, 1000)                     # the browser is ready before the clock starts

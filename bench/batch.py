@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def raw_encoder_rate(captioner, arrays: np.ndarray, batch_size: int) -> float:

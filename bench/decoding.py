@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SHARED_MOBILENET = ROOT.parent / "shared" / "weights" / "mobilenet_v2_0.35_224_imagenet_notop.weights.h5"
 
 
@@ -147,8 +146,9 @@ def main() -> None:
     print(f"bundle {args.bundle}")
 
     from captioning.bundle import BundleError, load_bundle
-    from captioning.decoding import DecodeConfig, StepDecoder, decode
+    from captioning.decoding import DecodeConfig, decode
     from captioning.features import FeatureCache
+    from captioning.stepper import StepDecoder
 
     try:
         bundle = load_bundle(args.bundle)
@@ -158,12 +158,12 @@ def main() -> None:
         sys.exit(f"{args.bundle} is an ensemble of {len(bundle.decoders)} decoders; the seed-style side re-runs one "
                  f"model, so give one of its member bundles (e.g. artifacts/xception-attention)")
     names = names_file.read_text().split()[: args.images]
-    cache = FeatureCache(Path(args.cache_dir) / "features", bundle.encoder["key"])
+    cache = FeatureCache(Path(args.cache_dir) / "features", bundle.encoder.key)
     missing = cache.missing(names, bundle.decoder.uses_spatial)
     if missing:
         enc = bundle.encoder
-        sys.exit(f"error: {len(missing)} of {len(names)} test images have no cached {enc['key']} features in "
-                 f"{args.cache_dir}; run: python train.py features --encoder {enc['name']}"
+        sys.exit(f"error: {len(missing)} of {len(names)} test images have no cached {enc.key} features in "
+                 f"{args.cache_dir}; run: python train.py features --encoder {enc.name}"
                  f"{' --spatial' if bundle.decoder.uses_spatial else ''} (or use --quick, which needs no cache)")
     feats = cache.load(names, spatial=bundle.decoder.uses_spatial).astype(np.float32)
     steps, vocab, max_len = StepDecoder(bundle.decoder), bundle.vocab, bundle.max_length

@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SHARED_MOBILENET = Path(__file__).resolve().parents[2] / "shared" / "weights" / \
     "mobilenet_v2_0.35_224_imagenet_notop.weights.h5"
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
 
 
@@ -35,11 +34,12 @@ def main(argv=None) -> int:
     import keras
 
     from captioning.data import Flickr8k
-    from captioning.decoding import DecodeConfig, StepDecoder, decode
+    from captioning.decoding import DecodeConfig, decode
     from captioning.encoders import build_encoder, get_spec
     from captioning.features import FeatureCache, extract_features
     from captioning.models import build_decoder
     from captioning.scst import SCSTConfig, finetune
+    from captioning.stepper import StepDecoder
     from captioning.text import Vocabulary, tokenize
     from captioning.training import TrainConfig, encode_captions, fit, make_dataset
 

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SHARED_MOBILENET = Path(__file__).resolve().parents[2] / "shared" / "weights" / \
     "mobilenet_v2_0.35_224_imagenet_notop.weights.h5"
 
@@ -134,11 +133,12 @@ def main() -> None:
     import keras
 
     from captioning.data import Flickr8k
-    from captioning.decoding import DecodeConfig, StepDecoder, decode
+    from captioning.decoding import DecodeConfig, decode
     from captioning.encoders import build_encoder, get_spec
     from captioning.features import FeatureCache, extract_features
     from captioning.metrics import corpus_bleu_scores
     from captioning.models import build_decoder
+    from captioning.stepper import StepDecoder
     from captioning.text import Vocabulary, tokenize
     from captioning.training import TrainConfig, encode_captions, fit, make_dataset
 

@@ -14,11 +14,11 @@ from .text import Vocabulary, tokenize  # noqa: E402
 # The facade: what the app's pages (and other callers) need, by name; heavy modules load on first use.
 _LAZY = {
     "Captioner": "captioner",
-    "load_bundle": "bundle", "BundleError": "bundle",
+    "load_bundle": "bundle", "BundleError": "bundle", "Manifest": "manifest", "EvaluationReport": "manifest",
     "DecodeConfig": "decoding", "Caption": "decoding",
     "caption_uploads": "batch", "expand_uploads": "batch", "records_text": "batch", "to_record": "batch",
     "reference_agreement": "metrics", "word_usage": "metrics",
-    "CiderD": "scst",
+    "CiderD": "metrics",
 }
 
 __all__ = ["DataError", "Flickr8k", "resolve_data_dir", "MAX_BYTES", "SUPPORTED_TYPES", "InvalidImageError",

@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .decoding import Caption, DecodeConfig
+from .files import atomic_write
 from .images import SUPPORTED_TYPES, ImageSource, InvalidImageError, load_image, to_canonical
 
 IMAGE_SUFFIXES = frozenset(f".{t}" for t in SUPPORTED_TYPES)
@@ -243,19 +243,6 @@ def _record_from_csv(row: dict) -> dict:
     return record
 
 
-def write_atomically(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @dataclass
 class RunSummary:
     captioned: int = 0
@@ -299,10 +286,10 @@ def caption_files(captioner, paths: Sequence[str], config: DecodeConfig, out: st
             bar.update(1)
             pending += 1
             if out is not None and (pending == batch_size or result.index == len(todo) - 1):
-                write_atomically(out, records_text(records, suffix))
+                atomic_write(out, records_text(records, suffix), newline="")
                 pending = 0
     if out is not None and not todo:
-        write_atomically(out, records_text(records, suffix))
+        atomic_write(out, records_text(records, suffix), newline="")
     return summary
 
 

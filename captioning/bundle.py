@@ -22,26 +22,32 @@ import hashlib
 import json
 import os
 import platform
-import re
-import shlex
 import shutil
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .manifest import (  # noqa: F401  (re-exported: the bundle's readers live beside their types)
+    FORMAT_VERSION,
+    PREDICTION_COLUMNS,
+    REQUIRED_FILES,
+    BundleError,
+    EncoderInfo,
+    EvaluationReport,
+    Manifest,
+    _rebuild_hint,
+    read_manifest,
+    read_metrics,
+    read_predictions,
+)
 from .text import Vocabulary
 
-FORMAT_VERSION = 1
-REQUIRED_FILES = ("manifest.json", "decoder.keras", "vocab.json")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS_ENV = "CAPTIONING_ARTIFACTS"
-
-
-class BundleError(RuntimeError):
-    """A bundle is missing, damaged or inconsistent; the message names it and the rebuild command."""
 
 
 def artifacts_dir() -> Path:
@@ -55,27 +61,6 @@ def list_bundles(root: str | os.PathLike | None = None) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "manifest.json").is_file()]
     return sorted(found, key=lambda p: (p.name != "default", p.name))
-
-
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def _rebuild_hint(path: Path, manifest: dict | None = None) -> str:
-    """The command that rebuilds a bundle, built by the project from validated fields only.
-
-    A manifest's own ``command`` is never echoed: it is free text anyone can edit (``curl ... | sh``).
-    """
-    out = shlex.quote(str(path))
-    if isinstance(manifest, dict) and manifest.get("ensemble_of"):
-        parts = manifest["ensemble_of"] if isinstance(manifest["ensemble_of"], list) else []
-        names = list(dict.fromkeys(p.get("bundle") for p in parts if isinstance(p, dict)))
-        if names and all(isinstance(n, str) and _PLAIN_NAME.fullmatch(n) for n in names):
-            members = " ".join(shlex.quote(str(path.parent / n)) for n in names)
-        else:
-            members = "BUNDLE BUNDLE ..."
-        return f"Rebuild it with: python train.py ensemble --members {members} --out {out}"
-    return f"Rebuild it with: python train.py --out {out}"
 
 
 def _sha256(path: Path) -> str:
@@ -96,7 +81,7 @@ def library_versions() -> dict[str, str]:
 @dataclass
 class Bundle:
     path: Path
-    manifest: dict
+    manifest: Manifest
     vocab: Vocabulary
     decoder: object                     # a keras.Model with the step API
     metrics: dict | None
@@ -109,12 +94,19 @@ class Bundle:
         return self.path.name
 
     @property
-    def encoder(self) -> dict:
-        return self.manifest["encoder"]
+    def encoder(self) -> EncoderInfo:
+        return self.manifest.encoder
 
     @property
     def max_length(self) -> int:
-        return int(self.manifest.get("max_length", 30))
+        return self.manifest.max_length
+
+    @property
+    def report(self) -> EvaluationReport | None:
+        """metrics.json and predictions.csv as one typed report (None when not loaded or not evaluated)."""
+        if self.metrics is None and self.predictions is None:
+            return None
+        return EvaluationReport.from_dict(self.metrics or {}, self.predictions)
 
     @property
     def decoders(self) -> list:
@@ -127,7 +119,7 @@ class Bundle:
 
     def step_decoder(self):
         """What decoding runs: the decoder's compiled step API, or the ensemble of all the bundle's decoders."""
-        from .decoding import EnsembleStepDecoder, StepDecoder
+        from .stepper import EnsembleStepDecoder, StepDecoder
 
         steps = [StepDecoder(d) for d in self.decoders]
         return steps[0] if len(steps) == 1 else EnsembleStepDecoder(steps)
@@ -201,7 +193,7 @@ def _member_file(i: int) -> str:
     return f"member-{i}.keras"
 
 
-def save_bundle(path: str | os.PathLike, decoder, vocab: Vocabulary, manifest: dict,
+def save_bundle(path: str | os.PathLike, decoder, vocab: Vocabulary, manifest: Mapping,
                 metrics: dict | None = None, predictions=None, members=()) -> Path:
     """Write a complete bundle atomically; returns its path. ``members``: further decoders of an ensemble."""
     target = Path(path)
@@ -283,107 +275,6 @@ def _write_results(folder: Path, metrics: dict | None, predictions) -> None:
         predictions.to_csv(folder / "predictions.csv", index=False)
 
 
-def read_metrics(path: str | os.PathLike) -> dict | None:
-    """A bundle's metrics.json (None when it has none yet); no model is loaded."""
-    file = Path(path) / "metrics.json"
-    if not file.is_file():
-        return None
-    try:
-        metrics = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"Bundle {path}: metrics.json is not valid JSON ({exc}). "
-                          f"Re-evaluate with: python train.py evaluate --out {path}") from None
-    if not isinstance(metrics, dict):
-        raise BundleError(f"Bundle {path}: metrics.json holds no metrics object. "
-                          f"Re-evaluate with: python train.py evaluate --out {path}")
-    return metrics
-
-
-PREDICTION_COLUMNS = ("image", "decoding", "beam_width", "caption")
-
-
-def read_predictions(path: str | os.PathLike):
-    """A bundle's predictions.csv as a DataFrame (None when it has none); errors name the bundle and the file."""
-    import pandas as pd
-
-    file = Path(path) / "predictions.csv"
-    if not file.is_file():
-        return None
-    fix = f"Re-evaluate with: python train.py evaluate --out {shlex.quote(str(path))}"
-    try:
-        table = pd.read_csv(file, keep_default_na=False)
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        reason = " ".join(str(exc).split())[:120]
-        raise BundleError(f"Bundle {path}: predictions.csv is not a valid table ({reason}). {fix}") from None
-    missing = [c for c in PREDICTION_COLUMNS if c not in table.columns]
-    if missing:
-        raise BundleError(f"Bundle {path}: predictions.csv lacks the column(s) {', '.join(missing)}. {fix}")
-    if not pd.api.types.is_integer_dtype(table["beam_width"]):
-        raise BundleError(f"Bundle {path}: predictions.csv has non-numeric beam widths. {fix}")
-    return table
-
-
-def read_manifest(path: str | os.PathLike) -> dict:
-    """The validated manifest of a bundle (cheap: no model is loaded)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise BundleError(f"No bundle at {path}. Train one with: python train.py --out {path}")
-    for name in REQUIRED_FILES:
-        if not (path / name).is_file():
-            raise BundleError(f"Bundle {path} is incomplete: {name} is missing. {_rebuild_hint(path)}")
-    try:
-        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"Bundle {path}: manifest.json is not valid JSON ({exc}). {_rebuild_hint(path)}") from exc
-    version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version != FORMAT_VERSION:
-        raise BundleError(f"Bundle {path} has format version {version!r}; this code reads version "
-                          f"{FORMAT_VERSION}. {_rebuild_hint(path)}")
-    for key in ("encoder", "decoder", "vocab_size", "files"):
-        if key not in manifest:
-            raise BundleError(f"Bundle {path}: manifest.json lacks '{key}'. {_rebuild_hint(path)}")
-    problem = _manifest_problem(manifest)
-    if problem:
-        raise BundleError(f"Bundle {path}: manifest.json {problem}. {_rebuild_hint(path, manifest)}")
-    return manifest
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _manifest_problem(manifest: dict) -> str | None:
-    """What is wrong with a parsed manifest's schema (None when nothing is)."""
-    enc = manifest["encoder"]
-    if not isinstance(enc, dict) or not isinstance(enc.get("name"), str) or not isinstance(enc.get("key", ""), str):
-        return "has a malformed 'encoder' (expected an object with a 'name')"
-    if enc.get("alpha") is not None and (isinstance(enc["alpha"], bool) or not isinstance(enc["alpha"], (int, float))):
-        return "has a malformed 'encoder.alpha' (expected a number or null)"
-    if not isinstance(manifest["decoder"], dict):
-        return "has a malformed 'decoder' (expected an object)"
-    if not _is_int(manifest["vocab_size"]) or manifest["vocab_size"] < 5:
-        return "has a malformed 'vocab_size' (expected a whole number above 4)"
-    if "max_length" in manifest and not (_is_int(manifest["max_length"]) and 1 <= manifest["max_length"] <= 1000):
-        return "has a malformed 'max_length' (expected a whole number from 1 to 1000)"
-    files = manifest["files"]
-    if not isinstance(files, dict) or not files:
-        return "has a malformed 'files' (expected an object of file name -> SHA-256)"
-    for name, digest in files.items():
-        if not _PLAIN_NAME.fullmatch(name) or name in ("manifest.json",):
-            return (f"lists {name!r} in 'files': only plain file names inside the bundle folder are allowed "
-                    f"(no folders, '..' or absolute paths)")
-        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
-            return f"has a malformed checksum for {name} in 'files' (expected 64 hex digits)"
-    for name in ("decoder.keras", "vocab.json"):
-        if name not in files:
-            return f"does not list {name} in 'files'"
-    members = manifest.get("members", [])
-    if not isinstance(members, list) or not all(isinstance(m, dict) and isinstance(m.get("file"), str)
-                                                and _PLAIN_NAME.fullmatch(m["file"]) for m in members):
-        return "has a malformed 'members' list"
-    return None
-
-
 def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool = True) -> Bundle:
     """Load and cross-check a bundle: file hashes, vocabulary vs model, encoder vs model."""
     import keras
@@ -444,7 +335,8 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool
     if load_results and (path / "predictions.csv").is_file():
         predictions = read_predictions(path)
     index = _load_index(path, manifest, spec)
-    return Bundle(path, manifest, vocab, decoders[0], metrics, predictions, tuple(decoders[1:]), index)
+    return Bundle(path, Manifest.from_dict(manifest), vocab, decoders[0], metrics, predictions, tuple(decoders[1:]),
+                  index)
 
 
 def _load_index(path: Path, manifest: dict, spec):

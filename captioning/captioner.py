@@ -29,8 +29,7 @@ class Captioner:
 
     def __init__(self, bundle: Bundle, weights: str | os.PathLike | None = None):
         self.bundle = bundle
-        enc = bundle.encoder
-        self.spec = get_spec(enc["name"], enc.get("alpha"))
+        self.spec = get_spec(bundle.encoder.name, bundle.encoder.alpha)
         self.weights = weights
         self.steps = bundle.step_decoder()
         self.spatial = bundle.uses_spatial          # attention decoders read the map (merge members pool it)
@@ -52,7 +51,7 @@ class Captioner:
                 import tensorflow as tf
 
                 model, _ = build_encoder(self.spec, self.weights, spatial=self.spatial,
-                                         hint=self.bundle.encoder.get("weights_file"))
+                                         hint=self.bundle.encoder.weights_file)
                 to_input = image_pipeline(self.spec)
                 spatial = self.spatial
 

@@ -19,6 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import atomic_path
 from .text import tokenize
 
 ENV_VAR = "FLICKR8K_DIR"
@@ -212,20 +213,18 @@ def download(data_dir: str | os.PathLike, timeout: float = 15.0, progress: bool 
     for filename, url in DOWNLOAD_URLS.items():
         target = root / filename
         if not target.exists():
-            tmp = target.with_suffix(".part")
             try:
-                with urllib.request.urlopen(url, timeout=timeout) as resp, tmp.open("wb") as out:
+                with atomic_path(target) as tmp, urllib.request.urlopen(url, timeout=timeout) as resp, \
+                        tmp.open("wb") as out:
                     total = int(resp.headers.get("Content-Length") or 0) or None
                     with tqdm(total=total, unit="B", unit_scale=True, desc=filename, disable=not progress) as bar:
                         while chunk := resp.read(1 << 20):
                             out.write(chunk)
                             bar.update(len(chunk))
             except (TimeoutError, urllib.error.URLError, OSError) as exc:
-                tmp.unlink(missing_ok=True)
                 raise DataError(f"Could not download {url} ({exc}). Check the internet connection, or copy "
                                 f"Flickr8k into {root} by hand (captions.txt or Flickr8k.token.txt, the "
                                 f"Flickr_8k.*Images.txt split files and an Images/ folder).") from exc
-            tmp.replace(target)
         with zipfile.ZipFile(target) as zf, tempfile.TemporaryDirectory(dir=root) as tmpdir:
             zf.extractall(tmpdir)
             for path in Path(tmpdir).rglob("*"):

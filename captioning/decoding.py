@@ -1,5 +1,6 @@
 """Every decoding strategy (greedy, beam, sampling, diverse beam) over a decoder's step function, batched over
-images and beams or samples, through the same compiled step.
+images and beams or samples, through the same compiled step (:mod:`captioning.stepper`); :class:`Sampler` draws
+the captions self-critical training learns from (:mod:`captioning.scst`).
 
 Scores follow Hugging Face's convention: a hypothesis of ``n`` tokens (its words plus ``<end>``) with
 summed log-probability ``L`` scores ``L / n ** length_penalty``; 0 ranks by raw log-probability,
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .stepper import StepDecoder, repeat_rows, select_rows
 from .text import Vocabulary
 
 NEG_INF = -np.inf
@@ -280,89 +282,6 @@ class Caption:
         return self.token_probs[: len(self.words)]
 
 
-class StepDecoder:
-    """Wraps a Keras decoder's ``start``/``step`` in compiled tf.functions that speak numpy."""
-
-    def __init__(self, model):
-        import tensorflow as tf
-
-        self.model = model
-        self._start = tf.function(model.start, reduce_retracing=True)
-        self._step = tf.function(model.step, reduce_retracing=True)
-
-    def start(self, features: np.ndarray, repeat: int = 1):
-        """Context (kept as a tensor: it never changes between steps) and numpy state, each row repeated."""
-        import tensorflow as tf
-
-        features = np.asarray(features, np.float32)
-        if features.ndim == 3 and not getattr(self.model, "uses_spatial", False):
-            features = features.mean(axis=1)        # (B, P, D) -> (B, D): the encoder's own global average pool
-        context, state = self._start(features)
-        return tf.repeat(context, repeat, axis=0), [np.repeat(s.numpy(), repeat, axis=0) for s in state]
-
-    def select(self, context, rows: np.ndarray):
-        """The context of some rows only (decoding drops the rows of finished images)."""
-        import tensorflow as tf
-
-        return tf.gather(context, np.asarray(rows, np.int32))
-
-    def repeat(self, context, times: int):
-        """Each row's context ``times`` times in a row (beam search widens one row per image to K)."""
-        import tensorflow as tf
-
-        return tf.repeat(context, times, axis=0)
-
-    def step(self, context, tokens, state):
-        log_probs, state, extras = self._step(context, np.asarray(tokens, np.int32), state)
-        return (log_probs.numpy(), [s.numpy() for s in state],
-                None if extras is None else extras.numpy())
-
-
-class EnsembleStepDecoder:
-    """Several step decoders over one vocabulary as one: each step's next-word distribution is the mean of
-    the members' probabilities (log of the averaged softmax), the usual way captioning ensembles decode.
-
-    Members may differ in architecture but must share the vocabulary and the encoder: give them the spatial
-    map when any member attends (merge members pool it, as the encoder does), else the pooled features.
-    The attention weights are the mean over the members that attend (None when none does).
-    """
-
-    def __init__(self, members: list[StepDecoder]):
-        if not members:
-            raise ValueError("an ensemble needs at least one decoder")
-        self.members = list(members)
-
-    def start(self, features: np.ndarray, repeat: int = 1):
-        contexts, states = [], []
-        for m in self.members:
-            context, state = m.start(features, repeat)
-            contexts.append(context)
-            states.append(state)
-        self._sizes = [len(s) for s in states]
-        return contexts, [s for state in states for s in state]
-
-    def select(self, contexts, rows: np.ndarray):
-        return [_select(m, c, rows) for m, c in zip(self.members, contexts)]
-
-    def repeat(self, contexts, times: int):
-        return [_repeat(m, c, times) for m, c in zip(self.members, contexts)]
-
-    def step(self, contexts, tokens, state):
-        log_probs, new_state, extras, at = [], [], [], 0
-        for m, context, size in zip(self.members, contexts, self._sizes):
-            lp, st, ex = m.step(context, tokens, state[at: at + size])
-            at += size
-            log_probs.append(lp)
-            new_state.extend(st)
-            extras.append(ex)
-        stacked = np.stack(log_probs)                                             # (M, B, V)
-        top = stacked.max(axis=0)
-        mean = top + np.log(np.mean(np.exp(stacked - top), axis=0))              # log of the mean probability
-        maps = [e for e in extras if e is not None]
-        attention = np.mean(maps, axis=0) if maps and len({e.shape for e in maps}) == 1 else None
-        return mean, new_state, attention
-
-
 def _score(log_prob: float, n_tokens: int, length_penalty: float) -> float:
     return log_prob / (max(n_tokens, 1) ** length_penalty)
 
@@ -440,16 +359,6 @@ def sampling_distribution(log_probs: np.ndarray, temperature: float = 1.0, top_k
 COMPACT_BELOW = 0.8   # drop finished images' rows from the decoder's batch once under 80% are still running
 
 
-def _select(decoder, context, rows: np.ndarray):
-    select = getattr(decoder, "select", None)
-    return select(context, rows) if select else context[rows]
-
-
-def _repeat(decoder, context, times: int):
-    repeat = getattr(decoder, "repeat", None)
-    return repeat(context, times) if repeat else np.repeat(context, times, axis=0)
-
-
 def _make_caption(tokens, logps, attn, finished, config, vocab) -> Caption:
     tokens, logps = list(tokens), [float(x) for x in logps]
     words = vocab.decode(tokens)
@@ -509,13 +418,13 @@ def _rowwise_search(decoder, features: np.ndarray, vocab: Vocabulary, config: De
     for t in range(config.max_length):
         if alive.sum() < COMPACT_BELOW * len(running):
             keep = alive[running]
-            context, state, running = _select(decoder, context, np.flatnonzero(keep)), \
+            context, state, running = select_rows(decoder, context, np.flatnonzero(keep)), \
                 [s[keep] for s in state], running[keep]
         if t == 0 and n > 1:
             step_lp, state, extras = decoder.step(context, tokens[::n], state)       # (B/n, V)
             step_lp, state = np.repeat(step_lp, n, axis=0), [np.repeat(s, n, axis=0) for s in state]
             extras = None if extras is None else np.repeat(extras, n, axis=0)
-            context = _repeat(decoder, context, n)
+            context = repeat_rows(decoder, context, n)
         else:
             step_lp, state, extras = decoder.step(context, tokens[running], state)   # (R, V)
         _ban(step_lp, history[running], t, config, vocab, banned)
@@ -583,7 +492,7 @@ def beam_search(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
     for t in range(config.max_length):
         live = ~done[running]
         if live.sum() < COMPACT_BELOW * len(running):
-            context = _select(decoder, context, (np.flatnonzero(live)[:, None] * k + beams).ravel())
+            context = select_rows(decoder, context, (np.flatnonzero(live)[:, None] * k + beams).ravel())
             running = running[live]
         rows = (running[:, None] * k + beams).ravel()                             # global rows, (R*k,)
         if t == 0:
@@ -591,7 +500,7 @@ def beam_search(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
             log_probs, step_state = np.repeat(log_probs, width, axis=0), [np.repeat(s, width,
                                                                                     axis=0) for s in step_state]
             extras = None if extras is None else np.repeat(extras, width, axis=0)
-            context, state = _repeat(decoder, context, width), [np.repeat(s, width, axis=0) for s in state]
+            context, state = repeat_rows(decoder, context, width), [np.repeat(s, width, axis=0) for s in state]
         else:
             log_probs, step_state, extras = decoder.step(context, tokens[rows], [s[rows] for s in state])  # (R*k, V)
         _ban(log_probs, history[rows], t, config, vocab, banned)
@@ -715,6 +624,27 @@ def decode_one(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
     return decode(decoder, np.asarray(features)[None], vocab, config)[0]
 
 
-__all__ = ["DecodeConfig", "Caption", "StepDecoder", "EnsembleStepDecoder", "STRATEGIES", "parse_spec",
-           "sampling_distribution", "greedy_search", "sample_search", "beam_search", "decode", "decode_one",
-           "with_beam"]
+__all__ = ["DecodeConfig", "Caption", "STRATEGIES", "parse_spec", "sampling_distribution", "greedy_search",
+           "sample_search", "beam_search", "decode", "decode_one", "with_beam", "Sampler"]
+
+
+class Sampler:
+    """Draws captions for REINFORCE through :func:`sample_search`:
+    one compiled step per word for the whole batch, plain sampling (temperature 1, no truncation), specials
+    never emitted, ``<end>`` allowed from the first step. Every call draws fresh captions; the same seed
+    replays the same sequence of calls."""
+
+    def __init__(self, decoder, vocab: Vocabulary, seed: int):
+        self.steps, self.vocab, self.seed, self.calls = StepDecoder(decoder), vocab, int(seed), 0
+
+    def sample(self, features: np.ndarray, samples: int, max_length: int) -> np.ndarray:
+        """(B, ...) features -> int32 (B*samples, max_length) token ids, rows grouped per image, 0 after <end>."""
+        config = DecodeConfig(strategy="sample", num_return_sequences=samples, max_length=max_length, min_length=0)
+        nbest = sample_search(self.steps, np.asarray(features, np.float32), self.vocab, config,
+                              seed=(self.seed, self.calls))
+        self.calls += 1
+        out = np.zeros((len(features) * samples, max_length), np.int32)
+        for row, caption in enumerate(c for caps in nbest for c in caps):
+            ids = [self.vocab.stoi[w] for w in caption.words] + ([self.vocab.end_id] if caption.finished else [])
+            out[row, :len(ids)] = ids
+        return out

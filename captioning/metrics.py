@@ -1,5 +1,6 @@
 """Caption metrics: corpus BLEU-1..4 and smoothed per-image BLEU (nltk), the coco-caption toolkit's metrics,
-diversity metrics, plus breakdown helpers.
+CIDEr-D with fixed document frequencies (:class:`CiderD`, the self-critical reward), diversity metrics, plus
+breakdown helpers.
 
 Hypotheses and references are token lists cleaned by :func:`captioning.text.tokenize`, without
 ``<start>``/``<end>``; every image is scored against all of its references.
@@ -7,9 +8,12 @@ Hypotheses and references are token lists cleaned by :func:`captioning.text.toke
 from __future__ import annotations
 
 import collections
+import math
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
 
 BLEU_WEIGHTS = {
@@ -259,3 +263,60 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     from scipy.stats import kendalltau
 
     return float(kendalltau(x, y).statistic)
+
+
+class CiderD:
+    """CIDEr-D with document frequencies from ``corpus`` (one list of reference captions per image)."""
+
+    def __init__(self, corpus: Sequence[Sequence[Tokens]], n: int = 4, sigma: float = 6.0):
+        self.n, self.sigma = n, float(sigma)
+        df: Counter = Counter()
+        for refs in corpus:
+            df.update({g for ref in refs for g in self._counts(ref)})
+        self.ref_len = math.log(float(len(corpus)))
+        self._idf = {g: self.ref_len - math.log(max(1.0, c)) for g, c in df.items()}
+        self._ref_cache: dict[tuple, list] = {}
+
+    def _counts(self, words: Tokens) -> Counter:
+        words = list(words)
+        return Counter(tuple(words[i:i + k]) for k in range(1, self.n + 1) for i in range(len(words) - k + 1))
+
+    def _vector(self, words: Tokens):
+        """tf-idf vectors per n-gram order, their norms, and the toolkit's length (its bigram count)."""
+        vec = [dict() for _ in range(self.n)]
+        norm = [0.0] * self.n
+        length = 0
+        for gram, tf in self._counts(words).items():
+            k = len(gram) - 1
+            value = float(tf) * self._idf.get(gram, self.ref_len)       # unseen n-grams: df 1 -> idf ref_len
+            vec[k][gram] = value
+            norm[k] += value * value
+            if k == 1:
+                length += tf
+        return vec, [math.sqrt(x) for x in norm], length
+
+    def _refs(self, references: Sequence[Tokens]) -> list:
+        key = tuple(tuple(r) for r in references)
+        cached = self._ref_cache.get(key)
+        if cached is None:
+            cached = self._ref_cache[key] = [self._vector(r) for r in references]
+        return cached
+
+    def score(self, hypothesis: Tokens, references: Sequence[Tokens]) -> float:
+        """CIDEr-D of one caption against its references (same scale as the toolkit: 0..~10)."""
+        vec, norm, length = self._vector(hypothesis)
+        total = np.zeros(self.n)
+        for rvec, rnorm, rlength in self._refs(references):
+            penalty = math.exp(-((length - rlength) ** 2) / (2 * self.sigma ** 2))
+            for k in range(self.n):
+                ref_k = rvec[k]
+                dot = sum(min(v, ref_k[g]) * ref_k[g] for g, v in vec[k].items() if g in ref_k)
+                if norm[k] and rnorm[k]:
+                    dot /= norm[k] * rnorm[k]
+                total[k] += dot * penalty
+        return float(total.mean() / max(len(references), 1) * 10.0)
+
+    def corpus_score(self, hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> tuple[float,
+                                                                                                          list[float]]:
+        each = [self.score(h, r) for h, r in zip(hypotheses, references)]
+        return float(np.mean(each)) if each else 0.0, each

@@ -196,13 +196,11 @@ class RetrievalIndex:
 
     def save(self, folder: str | os.PathLike) -> None:
         """Write index.npy and index.json into ``folder`` (each through a temporary file + rename)."""
+        from .files import atomic_save_npy, atomic_write
+
         folder = Path(folder)
-        tmp = folder / (VECTORS_FILE + ".tmp.npy")
-        np.save(tmp, self.vectors, allow_pickle=False)
-        os.replace(tmp, folder / VECTORS_FILE)
-        tmp = folder / (META_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.meta(), ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, folder / META_FILE)
+        atomic_save_npy(folder / VECTORS_FILE, self.vectors)
+        atomic_write(folder / META_FILE, json.dumps(self.meta(), ensure_ascii=False))
 
     @classmethod
     def load(cls, folder: str | os.PathLike, encoder: str | None = None,

@@ -13,84 +13,27 @@ of Self-Critical Sequence Training"), which needs no extra greedy pass.
         advantage a_ik        = r_ik - mean_{j != k} r_ij
         loss                  = - sum a_ik * log p(token) / number of tokens
 
-:class:`CiderD` is the coco-caption toolkit's CIDEr-D (pycocoevalcap ``CiderScorer``: tf-idf n-gram vectors,
-clipped, Gaussian length penalty with sigma 6, x10) with the document frequencies fixed once from a corpus
-of reference sets, as SCST needs; with the evaluation's references as that corpus it reproduces the
-toolkit's scores (tests/test_scst.py).
+The reward, :class:`captioning.metrics.CiderD`, is the coco-caption toolkit's CIDEr-D (pycocoevalcap
+``CiderScorer``: tf-idf n-gram vectors, clipped, Gaussian length penalty with sigma 6, x10) with the document
+frequencies fixed once from a corpus of reference sets, as SCST needs; with the evaluation's references as that
+corpus it reproduces the toolkit's scores (tests/test_scst.py).
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .decoding import Sampler
+from .metrics import CiderD
+from .runs import RunDir
 from .text import Vocabulary
 
 Tokens = Sequence[str]
-
-
-class CiderD:
-    """CIDEr-D with document frequencies from ``corpus`` (one list of reference captions per image)."""
-
-    def __init__(self, corpus: Sequence[Sequence[Tokens]], n: int = 4, sigma: float = 6.0):
-        self.n, self.sigma = n, float(sigma)
-        df: Counter = Counter()
-        for refs in corpus:
-            df.update({g for ref in refs for g in self._counts(ref)})
-        self.ref_len = math.log(float(len(corpus)))
-        self._idf = {g: self.ref_len - math.log(max(1.0, c)) for g, c in df.items()}
-        self._ref_cache: dict[tuple, list] = {}
-
-    def _counts(self, words: Tokens) -> Counter:
-        words = list(words)
-        return Counter(tuple(words[i:i + k]) for k in range(1, self.n + 1) for i in range(len(words) - k + 1))
-
-    def _vector(self, words: Tokens):
-        """tf-idf vectors per n-gram order, their norms, and the toolkit's length (its bigram count)."""
-        vec = [dict() for _ in range(self.n)]
-        norm = [0.0] * self.n
-        length = 0
-        for gram, tf in self._counts(words).items():
-            k = len(gram) - 1
-            value = float(tf) * self._idf.get(gram, self.ref_len)       # unseen n-grams: df 1 -> idf ref_len
-            vec[k][gram] = value
-            norm[k] += value * value
-            if k == 1:
-                length += tf
-        return vec, [math.sqrt(x) for x in norm], length
-
-    def _refs(self, references: Sequence[Tokens]) -> list:
-        key = tuple(tuple(r) for r in references)
-        cached = self._ref_cache.get(key)
-        if cached is None:
-            cached = self._ref_cache[key] = [self._vector(r) for r in references]
-        return cached
-
-    def score(self, hypothesis: Tokens, references: Sequence[Tokens]) -> float:
-        """CIDEr-D of one caption against its references (same scale as the toolkit: 0..~10)."""
-        vec, norm, length = self._vector(hypothesis)
-        total = np.zeros(self.n)
-        for rvec, rnorm, rlength in self._refs(references):
-            penalty = math.exp(-((length - rlength) ** 2) / (2 * self.sigma ** 2))
-            for k in range(self.n):
-                ref_k = rvec[k]
-                dot = sum(min(v, ref_k[g]) * ref_k[g] for g, v in vec[k].items() if g in ref_k)
-                if norm[k] and rnorm[k]:
-                    dot /= norm[k] * rnorm[k]
-                total[k] += dot * penalty
-        return float(total.mean() / max(len(references), 1) * 10.0)
-
-    def corpus_score(self, hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> tuple[float,
-                                                                                                          list[float]]:
-        each = [self.score(h, r) for h, r in zip(hypotheses, references)]
-        return float(np.mean(each)) if each else 0.0, each
 
 
 def leave_one_out_advantage(rewards: np.ndarray) -> np.ndarray:
@@ -118,7 +61,7 @@ class SCSTConfig:
 
     def __post_init__(self):
         if self.samples < 2:
-            raise ValueError(f"--samples must be at least 2 (the baseline is the other samples' mean), "
+            raise ValueError(f"samples must be at least 2 (the baseline is the other samples' mean), "
                              f"got {self.samples}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning rate must be > 0, got {self.learning_rate}")
@@ -127,32 +70,6 @@ class SCSTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class Sampler:
-    """Draws captions for REINFORCE through the decoding engine's sampling (:func:`captioning.decoding.sample_search`):
-    one compiled step per word for the whole batch, plain sampling (temperature 1, no truncation), specials
-    never emitted, ``<end>`` allowed from the first step. Every call draws fresh captions; the same seed
-    replays the same sequence of calls."""
-
-    def __init__(self, decoder, vocab: Vocabulary, seed: int):
-        from .decoding import StepDecoder
-
-        self.steps, self.vocab, self.seed, self.calls = StepDecoder(decoder), vocab, int(seed), 0
-
-    def sample(self, features: np.ndarray, samples: int, max_length: int) -> np.ndarray:
-        """(B, ...) features -> int32 (B*samples, max_length) token ids, rows grouped per image, 0 after <end>."""
-        from .decoding import DecodeConfig, sample_search
-
-        config = DecodeConfig(strategy="sample", num_return_sequences=samples, max_length=max_length, min_length=0)
-        nbest = sample_search(self.steps, np.asarray(features, np.float32), self.vocab, config,
-                              seed=(self.seed, self.calls))
-        self.calls += 1
-        out = np.zeros((len(features) * samples, max_length), np.int32)
-        for row, caption in enumerate(c for caps in nbest for c in caps):
-            ids = [self.vocab.stoi[w] for w in caption.words] + ([self.vocab.end_id] if caption.finished else [])
-            out[row, :len(ids)] = ids
-        return out
 
 
 def captions_from_ids(ids: np.ndarray, vocab: Vocabulary) -> list[list[str]]:
@@ -220,21 +137,16 @@ def finetune(decoder, vocab: Vocabulary, train_features, train_references: Seque
     """
     import keras
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state_path, best_path, last_path = run_dir / "state.json", run_dir / "best.weights.h5", run_dir / "last.weights.h5"
-    state = json.loads(state_path.read_text()) if state_path.is_file() else {"epochs": {}, "best_epoch": None,
-                                                                              "best_dev_cider": None}
+    run = RunDir(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    best_path, last_path = run.best_path, run.last_path
+    state = run.load_state({"epochs": {}, "best_epoch": None, "best_dev_cider": None})
 
     def save_state():
-        tmp = state_path.with_name("state.json.tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        os.replace(tmp, state_path)
+        run.save_state(state)
 
     def save_weights(path: Path):
-        tmp = path.with_name(path.name.replace(".weights.h5", ".tmp.weights.h5"))
-        decoder.save_weights(tmp)
-        os.replace(tmp, path)
+        run.save_weights(decoder, path)
 
     if state["best_epoch"] is None:                      # epoch 0: the starting point, so SCST can only improve it
         dev = evaluate_dev(decoder)

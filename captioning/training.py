@@ -6,7 +6,6 @@ in one pass with a masked sparse cross-entropy (padding ignored), instead of the
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .runs import RunDir
 from .text import Vocabulary
 
 MAX_TOKENS = 40   # <start> + words + <end>; longer Flickr8k captions (a handful) are cut
@@ -130,18 +130,17 @@ class Checkpointer:
     """Keeps the best weights and the training history on disk, surviving interruption.
 
     State lives in ``run_dir/state.json`` (written atomically), best weights in
-    ``run_dir/best.weights.h5``; Keras's BackupAndRestore restores the last epoch's model and
-    optimizer, so a rerun continues where the killed one stopped.
+    ``run_dir/best.weights.h5`` (a :class:`~captioning.runs.RunDir`); Keras's BackupAndRestore restores the
+    last epoch's model and optimizer, so a rerun continues where the killed one stopped.
     """
 
     def __init__(self, run_dir: Path, patience: int, lr_decay: float = 1.0):
         import keras
 
-        self.run_dir, self.patience, self.lr_decay = Path(run_dir), patience, float(lr_decay)
-        self.state_path = self.run_dir / "state.json"
-        self.best_path = self.run_dir / "best.weights.h5"
-        self.state = json.loads(self.state_path.read_text()) if self.state_path.is_file() else \
-            {"best_val_loss": None, "best_epoch": None, "epochs": {}}
+        self.run = RunDir(run_dir)
+        self.run_dir, self.patience, self.lr_decay = self.run.path, patience, float(lr_decay)
+        self.state_path, self.best_path = self.run.state_path, self.run.best_path
+        self.state = self.run.load_state({"best_val_loss": None, "best_epoch": None, "epochs": {}})
         outer = self
 
         class _Callback(keras.callbacks.Callback):
@@ -164,9 +163,7 @@ class Checkpointer:
                                                 "seconds": round(seconds, 2)}
         best = self.state["best_val_loss"]
         if best is None or val < best:
-            tmp = self.best_path.with_name("best.tmp.weights.h5")
-            model.save_weights(tmp)
-            os.replace(tmp, self.best_path)
+            self.run.save_weights(model, self.best_path)
             self.state.update(best_val_loss=val, best_epoch=epoch + 1)
         elif self.lr_decay < 1.0:
             lr = float(model.optimizer.learning_rate.numpy()) * self.lr_decay
@@ -176,9 +173,7 @@ class Checkpointer:
         if epoch + 1 - (self.state["best_epoch"] or 0) >= self.patience:
             model.stop_training = True
             self.state["stopped_early"] = True
-        tmp = self.state_path.with_name("state.json.tmp")
-        tmp.write_text(json.dumps(self.state, indent=1))
-        os.replace(tmp, self.state_path)
+        self.run.save_state(self.state)
         print(f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}  val_loss {val:.4f}  "
               f"({seconds:.1f}s){'  *best' if self.state['best_epoch'] == epoch + 1 else ''}", flush=True)
 
@@ -288,7 +283,7 @@ def fit(decoder, train_ds, val_ds, config: TrainConfig, run_dir: str | os.PathLi
     _keras_multi_worker_fixes(decoder)
     ckpt = Checkpointer(run_dir, config.patience, config.lr_decay)
     if finish and not ckpt.best_path.is_file():
-        raise RuntimeError(f"--finish: no checkpoint in {run_dir} yet; train at least one epoch first")
+        raise RuntimeError(f"finish: no checkpoint in {run_dir} yet; train at least one epoch first")
     if not finish and not ckpt.finished(config.epochs):
         backup = keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True)
         import tensorflow as tf

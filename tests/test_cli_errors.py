@@ -11,6 +11,7 @@ import pytest
 from conftest import MOBILENET, ROOT
 
 import train
+from captioning import recipes
 
 
 def sha(folder):
@@ -61,8 +62,8 @@ def test_argparse_own_errors_are_one_line_too(capsys):
 
 
 def test_alpha_is_read_from_the_mobilenet_weights_file(mobilenet_weights):
-    args = train.parse_args(["--encoder", "mobilenetv2", "--weights", str(mobilenet_weights)])
-    assert args.alpha == 0.35 and args.out.endswith("mobilenetv2-a0.35-224-merge")
+    config = train.parse_args(["--encoder", "mobilenetv2", "--weights", str(mobilenet_weights)])
+    assert config.features.alpha == 0.35 and config.workspace.out.endswith("mobilenetv2-a0.35-224-merge")
 
 
 def test_parameter_counts_match_keras_applications():
@@ -121,7 +122,7 @@ def test_a_failed_run_never_replaces_the_bundle_at_out(tiny_run, flickr_dir, mob
 
     def evaluation_fails(*a, **k):                                    # trained, but the evaluation breaks
         raise train.DataError("evaluation failed")
-    monkeypatch.setattr(train, "evaluate_step", evaluation_fails)
+    monkeypatch.setattr(recipes, "evaluate_bundle", evaluation_fails)
     assert train.main(["--epochs", "1", "--seed", "5", *common]) == 2
     assert sha(out) == before                                         # the old bundle is untouched
     assert [p.name for p in out.parent.iterdir()] == ["tiny"]         # and no staging folder is left
@@ -136,7 +137,7 @@ def test_a_failed_run_never_replaces_the_bundle_at_out(tiny_run, flickr_dir, mob
 def test_interrupt_says_work_is_saved_only_when_it_is(flickr_dir, tmp_path, monkeypatch, capsys):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(train, "features_step", interrupted)
+    monkeypatch.setattr(recipes, "ensure_features", interrupted)
     argv = ["--data-dir", str(flickr_dir), *MOBILE, "--limit", "60", "--cache-dir", str(tmp_path), "--quiet"]
     assert train.main(argv) == 130
     err = capsys.readouterr().err
@@ -147,7 +148,7 @@ def test_interrupt_says_work_is_saved_only_when_it_is(flickr_dir, tmp_path, monk
         shard.parent.mkdir(parents=True)
         shard.write_text('{"names": []}')
         raise KeyboardInterrupt
-    monkeypatch.setattr(train, "features_step", one_shard_then_interrupted)
+    monkeypatch.setattr(recipes, "ensure_features", one_shard_then_interrupted)
     assert train.main(argv) == 130
     assert "finished work is saved" in capsys.readouterr().err
 

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from captioning.decoding import DecodeConfig, EnsembleStepDecoder, beam_search, decode, greedy_search
+from captioning.decoding import DecodeConfig, beam_search, decode, greedy_search
+from captioning.stepper import EnsembleStepDecoder
 from captioning.text import Vocabulary
 
 

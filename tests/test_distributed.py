@@ -9,7 +9,6 @@ SCRIPT = """
 import sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-sys.path.insert(0, {root!r})
 import train
 sys.exit(train.main(sys.argv[1:]))
 """

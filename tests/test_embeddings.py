@@ -1,6 +1,6 @@
 """Pretrained word vectors: the GloVe text reader, the offline wheel converter, and train.py --embeddings."""
+import importlib.util
 import io
-import sys
 import zipfile
 from pathlib import Path
 
@@ -64,8 +64,9 @@ def test_decoders_start_from_the_matrix(kind):
 def test_wheel_converter_writes_glove_text(tmp_path, vocab):
     import pandas as pd
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import glove_from_wheel
+    script = importlib.util.spec_from_file_location("glove_from_wheel", ROOT / "scripts" / "glove_from_wheel.py")
+    glove_from_wheel = importlib.util.module_from_spec(script)                  # a script, not a package module
+    script.loader.exec_module(glove_from_wheel)
 
     vectors = np.array([[0.418, 0.24968], [1.5, -2.0], [3.0, 4.0]], np.float32)
     buf_v, buf_i = io.BytesIO(), io.BytesIO()

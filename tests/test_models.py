@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from captioning.decoding import DecodeConfig, EnsembleStepDecoder, StepDecoder, beam_search, greedy_search
+from captioning.decoding import DecodeConfig, beam_search, greedy_search
 from captioning.models import MergeDecoder, build_decoder
+from captioning.stepper import EnsembleStepDecoder, StepDecoder
 from captioning.text import Vocabulary
 
 

@@ -5,15 +5,9 @@ import numpy as np
 import pytest
 
 from captioning.bundle import load_bundle
-from captioning.scst import (
-    CiderD,
-    Sampler,
-    SCSTConfig,
-    captions_from_ids,
-    leave_one_out_advantage,
-    make_train_step,
-    teacher_inputs,
-)
+from captioning.decoding import Sampler
+from captioning.metrics import CiderD
+from captioning.scst import SCSTConfig, captions_from_ids, leave_one_out_advantage, make_train_step, teacher_inputs
 from captioning.text import Vocabulary
 
 REFS = [
@@ -102,7 +96,8 @@ def test_sampler_draws_words_then_pads_after_end(kind):
 def test_sampler_is_the_decoding_engines_sampling():
     """One implementation: SCST's samples are sample_search's (temperature 1, no truncation, <end> allowed at
     once), call k drawing from the stream (seed, k); every call draws fresh captions."""
-    from captioning.decoding import DecodeConfig, StepDecoder, sample_search
+    from captioning.decoding import DecodeConfig, sample_search
+    from captioning.stepper import StepDecoder
 
     vocab = _vocab()
     decoder = _decoder(vocab)

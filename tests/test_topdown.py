@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from captioning.bundle import load_bundle, save_bundle
-from captioning.decoding import DecodeConfig, EnsembleStepDecoder, StepDecoder, beam_search, greedy_search
+from captioning.decoding import DecodeConfig, beam_search, greedy_search
 from captioning.models import TopDownDecoder, build_decoder
+from captioning.stepper import EnsembleStepDecoder, StepDecoder
 from captioning.text import Vocabulary
 
 SIZES = dict(vocab_size=12, feature_dim=16, embed_dim=8, units=8, attention_dim=6, feature_proj=10, dropout=0.5)

@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from captioning.decoding import DecodeConfig
+from captioning.manifest import EvaluationReport
 from ui.labels import sentence
 
 SHARED_PHOTO = "chosen_photo"      # the last photo chosen on the Caption or Compare page (a ChosenImage)
@@ -117,14 +118,14 @@ def show_captions(captions, scorer=None, references=None) -> None:
                  column_config={"#": st.column_config.NumberColumn(width="small")})
 
 
-def results_frame(metrics: dict | None) -> pd.DataFrame:
-    """metrics.json's decoding runs with a label each (older entries: greedy / beam K)."""
-    if not metrics or not metrics.get("results"):
+def results_frame(report: EvaluationReport | None) -> pd.DataFrame:
+    """The evaluation's decoding runs with a label each (older entries: greedy / beam K)."""
+    if report is None or not report.runs:
         return pd.DataFrame()
-    frame = pd.DataFrame(metrics["results"])
+    frame = pd.DataFrame(report.runs)
     if "label" not in frame:
         frame["label"] = None
-    fallback = ["greedy" if int(w) == 1 else f"beam {int(w)}" for w in frame["beam_width"]]
+    fallback = [DecodeConfig(beam_width=int(w)).describe() for w in frame["beam_width"]]
     frame["label"] = [lab if isinstance(lab, str) and lab else fb for lab, fb in zip(frame["label"], fallback)]
     return frame
 

@@ -9,6 +9,8 @@ import re
 
 import pandas as pd
 
+from captioning.manifest import Manifest
+
 LABELS = {
     # corpus and per-image metrics
     **{f"bleu_{n}": f"BLEU-{n}" for n in range(1, 5)},
@@ -62,16 +64,17 @@ DATASET_SCENES = {
 DATASET_NAMES = {"flickr8k": "Flickr8k", "flickr30k": "Flickr30k", "coco": "COCO"}
 
 
-def model_knows(manifest: dict) -> str | None:
+def model_knows(manifest: Manifest | None) -> str | None:
     """One sentence on what a bundle's model has seen, from its manifest (None when the manifest does not say)."""
-    data = manifest.get("data") or {}
-    train = (data.get("splits") or {}).get("train")
-    dataset = str(data.get("dataset") or "")
+    if manifest is None:
+        return None
+    train = manifest.train_images
+    dataset = str(manifest.data.get("dataset") or "")
     if not isinstance(train, int):
         return None
     name = DATASET_NAMES.get(dataset.lower(), dataset or "its training set")
     scenes = DATASET_SCENES.get(dataset.lower())
-    words = manifest.get("vocab_size")
+    words = manifest.vocab_size
     return (f"Trained on {train:,} {name} photos" + (f" ({scenes})" if scenes else "")
             + (f" and a vocabulary of {words:,} words" if isinstance(words, int) else "")
             + ": it describes photos like those best; anything else gets its closest guess in those terms.")

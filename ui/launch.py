@@ -13,7 +13,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.path.insert(0, str(ROOT))
     from streamlit.web import cli
 
     import captioning  # noqa: F401  (quiet TensorFlow logs before anything loads it)

@@ -10,7 +10,6 @@ loader) hands its result over, so the first person to upload a photo gets the al
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 from concurrent.futures import Future
@@ -19,9 +18,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from captioning.bundle import BundleError, list_bundles, read_manifest
+from captioning.bundle import BundleError, list_bundles
 from captioning.data import ENV_VAR, DataError, Flickr8k, resolve_data_dir
 from captioning.encoders import EncoderWeightsError
+from captioning.manifest import EvaluationReport, Manifest
 from captioning.text import tokenize
 
 TRAIN_HINT = "python train.py --out artifacts/default"
@@ -126,16 +126,14 @@ def get_captioner():
 
 
 @st.cache_data(show_spinner=False)
-def bundle_manifest(path: str, mtime: float) -> dict | None:
+def bundle_manifest(path: str, mtime: float) -> Manifest | None:
     try:
-        return read_manifest(path)
+        return Manifest.load(path)
     except BundleError:
         return None
 
 
 EVALUATE_HINT = "python train.py evaluate --out {path}"
-PREDICTION_COLUMNS = {"image", "decoding", "beam_width", "caption"}
-RESULT_KEYS = {"decoding", "beam_width", "split", "n_images"}
 
 
 def _results_mtime(folder: Path) -> float:
@@ -144,49 +142,38 @@ def _results_mtime(folder: Path) -> float:
                if (folder / n).is_file())
 
 
+def _problem(exc: BundleError, path: str) -> str:
+    """The damaged file and what is wrong with it, without the bundle's name and the fix (the pages add both)."""
+    text = str(exc).removeprefix(f"Bundle {path}: ")
+    return text.split(" Re-evaluate with:")[0].rstrip(".")
+
+
 @st.cache_data(show_spinner="Reading evaluation results…")
-def _bundle_results(path: str, mtime: float) -> tuple[dict | None, pd.DataFrame | None, str | None]:
-    """(metrics, predictions, problem): what a bundle's evaluation files hold; ``problem`` names a damaged file."""
-    folder = Path(path)
-    metrics = preds = None
-    file = folder / "metrics.json"
-    if file.is_file():
-        try:
-            metrics = json.loads(file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return None, None, "metrics.json is not valid JSON"
-        runs = metrics.get("results") if isinstance(metrics, dict) else None
-        if not isinstance(runs, list) or not all(isinstance(r, dict) and RESULT_KEYS <= set(r) for r in runs):
-            return None, None, "metrics.json holds no list of results"
-    file = folder / "predictions.csv"
-    if file.is_file():
-        try:
-            preds = pd.read_csv(file, keep_default_na=False)
-        except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError):
-            return metrics, None, "predictions.csv is not a readable CSV table"
-        if not PREDICTION_COLUMNS <= set(preds.columns) or \
-                not pd.api.types.is_numeric_dtype(preds["beam_width"]):
-            return metrics, None, "predictions.csv lacks the columns " + ", ".join(sorted(PREDICTION_COLUMNS))
-    return metrics, preds, None
+def _bundle_results(path: str, mtime: float) -> tuple[EvaluationReport | None, str | None]:
+    """(report, problem): the bundle's evaluation (checked by the core's loader); ``problem`` names a damaged file."""
+    try:
+        return EvaluationReport.load(path), None
+    except BundleError as exc:
+        return None, _problem(exc, path)
 
 
-def bundle_results(path: str | os.PathLike) -> tuple[dict | None, pd.DataFrame | None, str | None]:
-    """A bundle's evaluation: (metrics or None, predictions or None, a one-line problem or None)."""
+def bundle_results(path: str | os.PathLike) -> tuple[EvaluationReport | None, str | None]:
+    """A bundle's evaluation: (the report or None when not evaluated, a one-line problem or None)."""
     folder = Path(path)
     try:
         return _bundle_results(str(folder), _results_mtime(folder))
     except (OSError, ValueError):
-        return None, None, "its files could not be read"
+        return None, "its files could not be read"
 
 
-def current_results():
+def current_results() -> tuple[EvaluationReport | None, str | None]:
     path = selected_bundle()
     if path is None:
-        return None, None, None
+        return None, None
     return bundle_results(path)
 
 
-def current_manifest() -> dict | None:
+def current_manifest() -> Manifest | None:
     path = selected_bundle()
     return bundle_manifest(str(path), (path / "manifest.json").stat().st_mtime) if path else None
 

@@ -4,8 +4,8 @@ import json
 import pytest
 from PIL import Image
 
-from captioning.adapters import load_coco, load_dataset, load_flickr30k
 from captioning.data import DataError
+from captioning.datasets import load_coco, load_dataset, load_flickr30k
 
 WORDS = ["dog", "cat", "man", "woman", "child", "bike", "ball", "beach"]
 
@@ -61,7 +61,7 @@ def test_coco_format_json_with_images_in_their_part_folders(tmp_path):
     assert len(ds.captions[name]) == 5
 
 
-def test_adapters_report_missing_files_clearly(tmp_path):
+def test_datasets_report_missing_files_clearly(tmp_path):
     with pytest.raises(DataError, match="results_20130124.token"):
         load_flickr30k(tmp_path)
     with pytest.raises(DataError, match="captions_<part>.json"):

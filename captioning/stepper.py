@@ -1,0 +1,104 @@
+"""The protocol decoding speaks to: a decoder's compiled ``start``/``step`` functions, one or an ensemble.
+
+A step decoder turns features into a context and a state (``start``), and a batch of previous tokens into
+next-token log-probabilities (``step``), numpy in and out; :mod:`captioning.decoding`'s strategies need
+nothing else. TensorFlow is imported on first use.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class StepDecoder:
+    """Wraps a Keras decoder's ``start``/``step`` in compiled tf.functions that speak numpy."""
+
+    def __init__(self, model):
+        import tensorflow as tf
+
+        self.model = model
+        self._start = tf.function(model.start, reduce_retracing=True)
+        self._step = tf.function(model.step, reduce_retracing=True)
+
+    def start(self, features: np.ndarray, repeat: int = 1):
+        """Context (kept as a tensor: it never changes between steps) and numpy state, each row repeated."""
+        import tensorflow as tf
+
+        features = np.asarray(features, np.float32)
+        if features.ndim == 3 and not getattr(self.model, "uses_spatial", False):
+            features = features.mean(axis=1)        # (B, P, D) -> (B, D): the encoder's own global average pool
+        context, state = self._start(features)
+        return tf.repeat(context, repeat, axis=0), [np.repeat(s.numpy(), repeat, axis=0) for s in state]
+
+    def select(self, context, rows: np.ndarray):
+        """The context of some rows only (decoding drops the rows of finished images)."""
+        import tensorflow as tf
+
+        return tf.gather(context, np.asarray(rows, np.int32))
+
+    def repeat(self, context, times: int):
+        """Each row's context ``times`` times in a row (beam search widens one row per image to K)."""
+        import tensorflow as tf
+
+        return tf.repeat(context, times, axis=0)
+
+    def step(self, context, tokens, state):
+        log_probs, state, extras = self._step(context, np.asarray(tokens, np.int32), state)
+        return (log_probs.numpy(), [s.numpy() for s in state],
+                None if extras is None else extras.numpy())
+
+
+class EnsembleStepDecoder:
+    """Several step decoders over one vocabulary as one: each step's next-word distribution is the mean of
+    the members' probabilities (log of the averaged softmax), the usual way captioning ensembles decode.
+
+    Members may differ in architecture but must share the vocabulary and the encoder: give them the spatial
+    map when any member attends (merge members pool it, as the encoder does), else the pooled features.
+    The attention weights are the mean over the members that attend (None when none does).
+    """
+
+    def __init__(self, members: list[StepDecoder]):
+        if not members:
+            raise ValueError("an ensemble needs at least one decoder")
+        self.members = list(members)
+
+    def start(self, features: np.ndarray, repeat: int = 1):
+        contexts, states = [], []
+        for m in self.members:
+            context, state = m.start(features, repeat)
+            contexts.append(context)
+            states.append(state)
+        self._sizes = [len(s) for s in states]
+        return contexts, [s for state in states for s in state]
+
+    def select(self, contexts, rows: np.ndarray):
+        return [select_rows(m, c, rows) for m, c in zip(self.members, contexts)]
+
+    def repeat(self, contexts, times: int):
+        return [repeat_rows(m, c, times) for m, c in zip(self.members, contexts)]
+
+    def step(self, contexts, tokens, state):
+        log_probs, new_state, extras, at = [], [], [], 0
+        for m, context, size in zip(self.members, contexts, self._sizes):
+            lp, st, ex = m.step(context, tokens, state[at: at + size])
+            at += size
+            log_probs.append(lp)
+            new_state.extend(st)
+            extras.append(ex)
+        stacked = np.stack(log_probs)                                             # (M, B, V)
+        top = stacked.max(axis=0)
+        mean = top + np.log(np.mean(np.exp(stacked - top), axis=0))              # log of the mean probability
+        maps = [e for e in extras if e is not None]
+        attention = np.mean(maps, axis=0) if maps and len({e.shape for e in maps}) == 1 else None
+        return mean, new_state, attention
+
+
+def select_rows(decoder, context, rows: np.ndarray):
+    """``context`` of some rows only, through the decoder's ``select`` when it has one (tensors stay tensors)."""
+    select = getattr(decoder, "select", None)
+    return select(context, rows) if select else context[rows]
+
+
+def repeat_rows(decoder, context, times: int):
+    """Each row of ``context`` ``times`` times in a row, through the decoder's ``repeat`` when it has one."""
+    repeat = getattr(decoder, "repeat", None)
+    return repeat(context, times) if repeat else np.repeat(context, times, axis=0)
