@@ -19,7 +19,7 @@ import os
 import sys
 import time
 
-import captioning  # noqa: F401  (sets TensorFlow's log level before it loads)
+import captioning  # (sets TensorFlow's log level before it loads)
 from captioning import recipes
 from captioning.config import COMMANDS, SECTIONS, OptionError, RunConfig, settle
 from captioning.data import DataError
@@ -84,6 +84,8 @@ def parse_args(argv=None) -> RunConfig:
 
 def main(argv=None) -> int:
     config = parse_args(argv)
+    if config.command != "download":
+        captioning.import_tensorflow_quietly()
     start, wall_start = time.perf_counter(), time.time()
     try:
         if recipes.run(config) is None:

@@ -8,6 +8,8 @@ import json
 import sys
 import time
 
+from . import import_tensorflow_quietly
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m captioning", description=__doc__)
@@ -41,6 +43,7 @@ def main(argv=None) -> int:
     setup.add_argument("--alpha", type=float, default=None)
     args = parser.parse_args(argv)
 
+    import_tensorflow_quietly()
     from .bundle import BundleError, artifacts_dir
     from .encoders import EncoderWeightsError, setup_weights
 
