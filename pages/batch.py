@@ -108,13 +108,13 @@ if not any(r.get("Trust", "–") not in ("", "–") for r in rows):      # a bun
 st.dataframe(table, hide_index=True, width="stretch", row_height=64,
              height=min(64 * len(rows) + 48, 760), column_config={      # every row visible up to ~10, then scroll
     "Photo": st.column_config.ImageColumn("Photo", width="small"),
-    "File": st.column_config.TextColumn("File", width="medium"),
-    "Caption": st.column_config.TextColumn("Caption", width="large"),
-    "Mean log p": st.column_config.TextColumn("Mean log p", help="per emitted token; closer to 0 = surer"),
-    "Trust": st.column_config.TextColumn("Trust", help="how alike the photo is to the training photos (in-domain "
-                                         "score in brackets): familiar photos get the model's best captions, "
-                                         "unfamiliar ones may well be wrong; see the Caption page"),
-    "Status": st.column_config.TextColumn("Status", width="medium"),
+    "File": st.column_config.TextColumn("File", width=190),
+    "Caption": st.column_config.TextColumn("Caption", width=320),
+    "Mean log p": st.column_config.TextColumn("Mean log p", width=85, help="per emitted token; closer to 0 = surer"),
+    "Trust": st.column_config.TextColumn(
+        "Trust", width=150, help="how alike the photo is to the training photos (in-domain score in brackets): "
+                                 "familiar photos get the model's best captions, unfamiliar ones may well be wrong"),
+    "Status": st.column_config.TextColumn("Status", width=120),
 })
 d1, d2, _ = st.columns([1, 1, 3])
 d1.download_button(":material/download: CSV", records_text(records, ".csv"), "captions.csv", "text/csv",
