@@ -114,8 +114,9 @@ def show_captions(captions, scorer=None, references=None) -> None:
     st.markdown(f"**“{sentence(captions[0].text)}”**")
     if len(captions) > 1:                              # the table's column is narrow: every caption in full first
         st.markdown("\n".join(f"{rank}. {sentence(cap.text)}" for rank, cap in enumerate(captions[1:], 2)))
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-                 column_config={"#": st.column_config.NumberColumn(width="small")})
+    widths = {"#": 32, "BLEU-4": 58, "CIDEr-D": 62, "Score": 58, "Mean log p": 78, "Words": 52}   # px: the scores
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",     # fit a third of the page side by side
+                 column_config={name: st.column_config.NumberColumn(name, width=w) for name, w in widths.items()})
 
 
 def results_frame(report: EvaluationReport | None) -> pd.DataFrame:
