@@ -288,10 +288,16 @@ def fit(decoder, train_ds, val_ds, config: TrainConfig, run_dir: str | os.PathLi
         backup = keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True)
         import tensorflow as tf
 
+        steps = {}
+        if _multi_worker():
+            # Every epoch the same known number of batches from a repeating dataset, so no worker ever reaches
+            # the end of its data: at the end of a finite distributed dataset the workers agree on "no more
+            # batches" through a collective that each epoch waited out the whole peer timeout (tensorflow#36153).
+            steps = {"steps_per_epoch": _batches(train_ds), "validation_steps": _batches(val_ds)}
+            train_ds, val_ds = train_ds.repeat(), val_ds.repeat()
         try:
             decoder.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=[backup, ckpt.callback],
-                        shuffle=False,
-                        verbose=verbose)
+                        shuffle=False, verbose=verbose, **steps)
         except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
                 tf.errors.AbortedError, tf.errors.InternalError) as exc:
             if not _multi_worker():
@@ -301,6 +307,14 @@ def fit(decoder, train_ds, val_ds, config: TrainConfig, run_dir: str | os.PathLi
     if ckpt.best_path.is_file():
         decoder.load_weights(ckpt.best_path)
     return ckpt.state
+
+
+def _batches(ds) -> int:
+    """The number of batches of a finite tf.data dataset (known without reading it: slices, batch, map)."""
+    n = int(ds.cardinality())
+    if n < 0:
+        raise ValueError("a multi-worker run needs datasets of known length")
+    return n
 
 
 def _multi_worker() -> bool:
@@ -357,7 +371,7 @@ def _lost_peer_reason(exc: Exception) -> str:
     if "stopped sending heartbeats" in text or "unhealthy" in text:
         return "a training worker stopped sending heartbeats (killed, crashed or unreachable)"
     if isinstance(exc, tf.errors.DeadlineExceededError):
-        return "a training worker did not join a gradient exchange within --peer-timeout"
+        return "a training worker did not join a gradient exchange within the peer timeout"
     if any(k in text for k in ("Socket closed", "Connection reset", "failed to connect", "Connection refused")):
         return "the connection to a training worker was lost"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "Graph execution error" not in ln]

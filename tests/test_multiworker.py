@@ -168,3 +168,28 @@ def test_two_workers_train_survive_a_killed_peer_resume_and_match_one_process(
               f"({abs(a['loss'] - b['loss']) / b['loss']:.2%})")
     np.testing.assert_allclose([e["loss"] for e in mw_epochs], [e["loss"] for e in ref_epochs], rtol=0.01)
     print(f"multi-worker test wall time {time.monotonic() - t_start:.0f}s")
+
+
+def test_killing_the_chief_makes_the_other_worker_fail_fast_with_one_line_and_no_bundle(
+        shared_cache, flickr_dir, mobilenet_weights, tmp_path):
+    """The other direction: the chief (worker 0, which writes the bundle) dies after epoch 1. Worker 1 must not
+    hang on it: it exits 3 with the one-line error within a bounded time, and no bundle appears at --out."""
+    out = tmp_path / "chiefless" / "mw"
+    args = ["train", "--data-dir", str(flickr_dir), "--weights", str(mobilenet_weights),
+            "--cache-dir", str(shared_cache), *COMMON, "--epochs", "3", "--strategy", "multiworker",
+            "--peer-timeout", str(PEER_TIMEOUT), "--out", str(out)]
+    chief, worker = start_workers(args, tmp_path)
+    chief.wait_for_line("epoch 1:", timeout=1500)
+    chief.p.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    code = worker.finish(timeout=PEER_TIMEOUT + 300)
+    failed_after = time.monotonic() - killed_at
+    chief.finish()
+    errors = [ln for ln in worker.lines if ln.startswith("error:")]
+    print(f"\n--- worker 1 after the chief was killed (exit {code}, {failed_after:.0f}s after the kill) ---\n"
+          + "\n".join(worker.lines[-3:]))
+    assert code == 3, worker.log()[-3000:]
+    assert failed_after < PEER_TIMEOUT + 90
+    assert len(errors) == 1 and "restart every worker with the same command to resume" in errors[0]
+    assert "Traceback" not in worker.log()
+    assert not out.exists()
