@@ -143,8 +143,9 @@ def _shrink(image: Image.Image) -> Image.Image:
     if image.mode == "P":                          # palette indices cannot be averaged
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        target = _fit(image.size)
-        return image.resize(target, Image.Resampling.BOX, reducing_gap=2.0)
+        # One box resize: Pillow cannot ``reduce`` 16-bit images, so no ``reducing_gap`` (with it, anything 4x or
+        # more above MAX_SIDE, e.g. a valid 8200x6000 16-bit PNG, failed with "image has wrong mode")
+        return image.resize(_fit(image.size), Image.Resampling.BOX)
     factor = longest // MAX_SIDE                   # the largest whole factor that keeps at least MAX_SIDE
     if factor > 1:
         image = image.reduce(factor)
