@@ -214,7 +214,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = Image.fromarray(((arr - arr.min()) / span * 255).astype(np.uint8), "L")
     if image.mode == "P":
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode in ("RGB", "L") and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode in ("RGB", "L", "1") and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

@@ -302,6 +302,16 @@ def test_a_transparent_colour_in_rgb_and_grey_becomes_white():
     grey_image.putpixel((1, 0), 80)
     grey_image.info["transparency"] = 0
     assert rgb(grey_image).tolist() == [[[255, 255, 255], [80, 80, 80]]]
+    # a 1-bit PNG with a transparent colour opens as mode "1"; its transparent pixels are white too (were black)
+    bits = Image.new("1", (2, 1))
+    bits.putpixel((1, 0), 1)
+    opened = Image.open(io.BytesIO(encoded(bits, transparency=1)))
+    assert opened.mode == "1" and "transparency" in opened.info
+    assert rgb(opened).tolist() == [[[0, 0, 0], [255, 255, 255]]]
+    opened = Image.open(io.BytesIO(encoded(bits, transparency=0)))
+    assert rgb(opened).tolist() == [[[255, 255, 255], [255, 255, 255]]]
+    opaque = Image.open(io.BytesIO(encoded(bits)))
+    assert rgb(opaque).tolist() == [[[0, 0, 0], [255, 255, 255]]]
 
 
 def test_other_modes_are_converted_by_pillow():
