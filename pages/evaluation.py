@@ -95,12 +95,15 @@ elif any(c.startswith("coco_bleu") for c in score_cols):
     st.caption(f"nltk BLEU and the coco-caption toolkit's BLEU differ by up to {gap:.4f} here; papers report the "
                "coco-caption numbers and CIDEr-D. Hover a column for its implementation.")
 extra = [c for c in ("mean_length", "vocabulary_used", "decode_seconds") if c in results]
-config = {label(c): st.column_config.NumberColumn(label(c), help=implementations.get(c, ""), format="%.3f")
+# Pixel widths so that the longest run label ("diverse 6 beams / 3 groups, penalty 0.5") and every column fit.
+config = {label(c): st.column_config.NumberColumn(label(c), help=implementations.get(c, ""), format="%.3f", width=62)
           for c in score_cols}
-config[label("mean_length")] = st.column_config.NumberColumn(label("mean_length"), format="%.2f",
+config[label("mean_length")] = st.column_config.NumberColumn(label("mean_length"), format="%.2f", width=82,
                                                              help="mean words per caption")
-config[label("decode_seconds")] = st.column_config.NumberColumn(label("decode_seconds"), format="%.1f",
+config[label("vocabulary_used")] = st.column_config.NumberColumn(label("vocabulary_used"), width=80)
+config[label("decode_seconds")] = st.column_config.NumberColumn("Time (s)", format="%.1f", width=80,
                                                                 help=f"decoding all {n_images:,} images")
+config[label("run")] = st.column_config.TextColumn(label("run"), width=234)
 st.dataframe(human_columns(results[["run"] + score_cols + extra]), hide_index=True, width="stretch",
              column_config=config)
 chart_cols = st.multiselect("Chart", score_cols, default=[c for c in ("bleu_4", "coco_bleu_4", "cider", "rouge_l",

@@ -151,6 +151,10 @@ def test_decoding_runs_chart_in_reading_order():
     from ui.charts import run_order
 
     assert run_order(["beam 10", "beam 3", "greedy", "beam 5", "beam 3"]) == ["greedy", "beam 3", "beam 5", "beam 10"]
+    # sampling labels end in a number too ("n 5"): they follow every beam, then diverse beam search
+    shipped = ["greedy", "beam 3", "beam 5", "beam 10", "sample T 0.7, top-p 0.9, n 5", "sample T 1, n 5",
+               "diverse 6 beams / 3 groups, penalty 0.5"]
+    assert run_order(shipped[::-1]) == shipped
 
 
 def test_an_scst_bundle_shows_its_fine_tuning(monkeypatch, tiny_run, flickr_dir, mobilenet_weights, tmp_path):

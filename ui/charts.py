@@ -30,10 +30,15 @@ def word_probabilities(caption: Caption, title: str = "") -> alt.Chart:
 
 
 def run_order(runs) -> list[str]:
-    """Decoding-run labels in reading order: greedy, then beams by width ("beam 10" after "beam 5")."""
+    """Decoding-run labels in reading order: greedy, beams by width ("beam 10" after "beam 5"), then sampling and
+    diverse beam search ("sample T 0.7, n 5" ends in a number too, but is not a beam)."""
     def key(run: str):
-        last = run.split()[-1]
-        return (0, 0, run) if run == "greedy" else (1, int(last), run) if last.isdigit() else (2, 0, run)
+        words = run.split()
+        if run == "greedy":
+            return (0, 0, run)
+        if len(words) == 2 and words[0] == "beam" and words[1].isdigit():
+            return (1, int(words[1]), run)
+        return (2 if words[0] == "sample" else 3, 0, run)
     return sorted(set(runs), key=key)
 
 
@@ -46,7 +51,8 @@ def grouped_bleu(results: pd.DataFrame) -> alt.Chart:
             .encode(x=alt.X("metric:N", title=None, sort=None, axis=alt.Axis(labelAngle=0, **BAND_AXIS)),
                     xOffset=alt.XOffset("run:N", sort=order),
                     y=alt.Y("score:Q", title="corpus score"),
-                    color=alt.Color("run:N", title="decoding", sort=order),
+                    color=alt.Color("run:N", title="decoding", sort=order,
+                                    legend=alt.Legend(labelLimit=0)),          # long run labels in full
                     tooltip=[alt.Tooltip("run", title="decoding"), alt.Tooltip("metric", title="metric"),
                              alt.Tooltip("score:Q", format=".4f", title="score")])
             .properties(height=280))
