@@ -62,6 +62,24 @@ class Proc:
         return "\n".join(self.lines)
 
 
+def kill_after_epoch_1(chief: Proc, victim: Proc, survivor: Proc, who: str) -> None:
+    """Once the chief has logged epoch 1, kill ``victim``: ``survivor`` must exit 3 with the one-line error that
+    says to restart every worker, within a bounded time (no hang on the dead peer) and without a traceback."""
+    chief.wait_for_line("epoch 1:", timeout=1500)
+    victim.p.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    code = survivor.finish(timeout=PEER_TIMEOUT + 300)
+    failed_after = time.monotonic() - killed_at
+    victim.finish()
+    errors = [ln for ln in survivor.lines if ln.startswith("error:")]
+    print(f"\n--- {who} was killed (exit {code}, {failed_after:.0f}s after the kill) ---\n"
+          + "\n".join(survivor.lines[-4:]))
+    assert code == 3, survivor.log()[-3000:]
+    assert failed_after < PEER_TIMEOUT + 90                       # bounded: no hang on the dead peer
+    assert len(errors) == 1 and "restart every worker with the same command to resume" in errors[0]
+    assert "Traceback" not in survivor.log()
+
+
 @pytest.fixture(scope="module")
 def shared_cache(tmp_path_factory, flickr_dir, mobilenet_weights):
     """Features of the 60 images, extracted once by two processes (2 slices) into the cache both workers read."""
@@ -107,19 +125,7 @@ def test_two_workers_train_survive_a_killed_peer_resume_and_match_one_process(
     ref = Proc(ref_args, ENV)
 
     # 1. Train epoch 1 on two workers, then kill worker 1.
-    chief.wait_for_line("epoch 1:", timeout=1500)
-    worker.p.send_signal(signal.SIGKILL)
-    killed_at = time.monotonic()
-    code = chief.finish(timeout=PEER_TIMEOUT + 300)
-    failed_after = time.monotonic() - killed_at
-    worker.finish()
-    errors = [ln for ln in chief.lines if ln.startswith("error:")]
-    print(f"\n--- chief after worker 1 was killed (exit {code}, {failed_after:.0f}s after the kill) ---\n"
-          + "\n".join(chief.lines[-4:]))
-    assert code == 3, chief.log()[-3000:]
-    assert failed_after < PEER_TIMEOUT + 90                       # bounded: no hang on the dead peer
-    assert len(errors) == 1 and "restart every worker with the same command to resume" in errors[0]
-    assert "Traceback" not in chief.log()
+    kill_after_epoch_1(chief, victim=worker, survivor=chief, who="chief after worker 1")
     assert not out.exists()                                       # nothing half-written
 
     # 2. Restart both with the same command: they resume after epoch 1 and finish. The error tells a user to
@@ -179,17 +185,5 @@ def test_killing_the_chief_makes_the_other_worker_fail_fast_with_one_line_and_no
             "--cache-dir", str(shared_cache), *COMMON, "--epochs", "3", "--strategy", "multiworker",
             "--peer-timeout", str(PEER_TIMEOUT), "--out", str(out)]
     chief, worker = start_workers(args, tmp_path)
-    chief.wait_for_line("epoch 1:", timeout=1500)
-    chief.p.send_signal(signal.SIGKILL)
-    killed_at = time.monotonic()
-    code = worker.finish(timeout=PEER_TIMEOUT + 300)
-    failed_after = time.monotonic() - killed_at
-    chief.finish()
-    errors = [ln for ln in worker.lines if ln.startswith("error:")]
-    print(f"\n--- worker 1 after the chief was killed (exit {code}, {failed_after:.0f}s after the kill) ---\n"
-          + "\n".join(worker.lines[-3:]))
-    assert code == 3, worker.log()[-3000:]
-    assert failed_after < PEER_TIMEOUT + 90
-    assert len(errors) == 1 and "restart every worker with the same command to resume" in errors[0]
-    assert "Traceback" not in worker.log()
+    kill_after_epoch_1(chief, victim=chief, survivor=worker, who="worker 1 after the chief")
     assert not out.exists()
