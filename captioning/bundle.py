@@ -185,6 +185,7 @@ def _save_half(model, file: Path) -> None:
                     src.visititems(copy)
                     dst.attrs.update(src.attrs)
                 data = out.getvalue()
+            item.compress_type = zipfile.ZIP_DEFLATED     # writestr(ZipInfo) uses the entry's own setting, not zout's
             zout.writestr(item, data)
     full.unlink()
 

