@@ -657,3 +657,25 @@ def test_a_value_without_a_key_names_every_key():
             "min_length, n, n_best, no_repeat_ngram, no_repeat_ngram_size, no_repeat_word, penalty, "
             "repetition_penalty, seed, t, temperature, top_k, top_p, width")
     assert str(err.value) == f"decoding spec 'sample:5': '5' should be KEY=VALUE (keys: {keys})"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nucleus_ties_split_at_the_boundary_equal_the_reference(seed):
+    """Words in groups of equal probability: where top-p cuts through a group, the lower ids stay (a stable sort)."""
+    rng = np.random.default_rng(seed)
+    weights = rng.integers(1, 5, size=(4, 60)).astype(float)
+    log_probs = np.log(weights / weights.sum(axis=1, keepdims=True))
+    for top_p in (0.3, 0.5, 0.71):
+        got = sampling_distribution(log_probs.copy(), top_p=top_p)
+        np.testing.assert_allclose(got, _reference_sampling(log_probs, 1.0, 0, top_p), rtol=1e-12, atol=0)
+
+
+def test_a_row_whose_constraints_forbid_every_word_may_still_end():
+    from captioning.decoding import _ban
+
+    vocab = Vocabulary(["a"])                                             # one word, id 4
+    log_probs = np.log(np.array([[0.1, 0.1, 0.1, 0.3, 0.4], [0.1, 0.1, 0.1, 0.3, 0.4]]))
+    history = np.array([[4], [3]])                                        # "a" just emitted; a finished row
+    _ban(log_probs, history, 1, DecodeConfig(no_repeat_word=True), vocab)
+    assert log_probs[0].tolist() == [-np.inf, -np.inf, -np.inf, pytest.approx(np.log(0.3)), -np.inf]
+    assert log_probs[1, 4] == pytest.approx(np.log(0.4)) and log_probs[1, 3] == pytest.approx(np.log(0.3))
