@@ -562,3 +562,89 @@ def test_evaluation_reports(tmp_path):
     (tmp_path / "predictions.csv").write_text("image,decoding,beam_width,caption\nx.jpg,beam,5,a dog\n")
     only = EvaluationReport.load(tmp_path)
     assert only.runs == [] and only.predictions["caption"].tolist() == ["a dog"] and not only.evaluated
+
+
+def test_load_bundle_refuses_unsafe_or_foreign_model_files_with_the_bundles_message(copy):
+    import keras
+
+    lam = keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda x: x * 2)])   # runs code when loaded
+    lam.save(copy / "member-1.keras")
+    with pytest.raises(BundleError) as err:
+        load_bundle(copy, verify=False)
+    assert str(err.value).startswith(f"Bundle {copy}: member-1.keras could not be loaded (ValueError: Requested the "
+                                     f"deserialization of a `Lambda` layer")
+    assert str(err.value).endswith(f"). Rebuild it with: python train.py --out {copy}")
+    assert len(str(err.value).split("(ValueError: ")[1].split("). Rebuild")[0]) == 200     # the reason, cut short
+    plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])              # a model, but not a decoder
+    plain.save(copy / "member-1.keras")
+    with pytest.raises(BundleError) as err:
+        load_bundle(copy, verify=False)
+    assert str(err.value) == (f"Bundle {copy}: ensemble member member-1.keras predicts ? words but vocab.json has 9; "
+                              f"the vocabulary does not belong to this model. Rebuild it with: python train.py "
+                              f"--out {copy}")
+    decoder(kind="merge").save(copy / "member-1.keras")
+    other = build_decoder("merge", vocab_size=11, feature_dim=1280, embed_dim=4, units=5)
+    other.save(copy / "member-1.keras")
+    with pytest.raises(BundleError) as err:
+        load_bundle(copy, verify=False)
+    assert str(err.value).startswith(f"Bundle {copy}: ensemble member member-1.keras predicts 11 words but vocab.json "
+                                     f"has 9")
+
+
+def test_every_listed_file_is_checked_even_when_results_are_skipped_or_missing(copy):
+    good = (copy / "vocab.json").read_text()
+    (copy / "vocab.json").write_text(good.replace("grass", "grasz"))
+    with pytest.raises(BundleError, match="vocab.json is damaged"):
+        load_bundle(copy, load_results=False)                             # metrics.json skipped, vocab.json not
+    (copy / "predictions.csv").unlink()
+    with pytest.raises(BundleError, match="vocab.json is damaged"):
+        load_bundle(copy)                                                  # predictions.csv missing, vocab.json not
+    (copy / "vocab.json").write_text(good)
+    (copy / "member-1.keras").unlink()
+    with pytest.raises(BundleError) as err:
+        load_bundle(copy)
+    assert str(err.value) == (f"Bundle {copy} is incomplete: member-1.keras is missing. Rebuild it with: python "
+                              f"train.py --out {copy}")
+
+
+def test_an_index_from_another_encoder_or_size_is_refused(copy):
+    from captioning.retrieval import build_index
+
+    rng = np.random.default_rng(1)
+    names, captions = [f"p{i}.jpg" for i in range(4)], [["a dog"]] * 4
+    bundle_module.save_index(copy, build_index(names, rng.normal(size=(4, 1280)), captions, "xception-299", k=2))
+    with pytest.raises(BundleError) as err:
+        load_bundle(copy)
+    assert str(err.value) == (f"Bundle {copy}: its retrieval index is invalid (the index was built with encoder "
+                              f"'xception-299', the bundle uses 'mobilenetv2-a0.35-224'). Rebuild it with: python "
+                              f"train.py index --out {copy}")
+    bundle_module.save_index(copy, build_index(names, rng.normal(size=(4, 64)), captions, "mobilenetv2-a0.35-224",
+                                               k=2))
+    with pytest.raises(BundleError, match=r"its retrieval index is invalid \(.*64.*1280|1280.*64"):
+        load_bundle(copy)
+
+
+def test_results_files_are_written_as_indented_json_and_a_plain_table(copy):
+    metrics = {"results": [{"decoding": "greedy", "beam_width": 1, "split": "dev", "n_images": 1, "b": "é"}]}
+    table = pd.DataFrame({"image": ["x.jpg"], "decoding": ["greedy"], "beam_width": [1], "caption": ["a dog"]})
+    update_results(copy, metrics, table)
+    assert (copy / "metrics.json").read_text(encoding="utf-8") == json.dumps(metrics, indent=2)
+    assert (copy / "predictions.csv").read_text().splitlines() == ["image,decoding,beam_width,caption",
+                                                                   "x.jpg,greedy,1,a dog"]
+
+
+def test_stray_index_files_are_not_adopted_and_missing_results_do_not_stop_an_index(copy):
+    from captioning.retrieval import INDEX_FILES, build_index
+
+    (copy / "predictions.csv").unlink()                                    # listed, but gone (captioning allows it)
+    index = build_index(["p.jpg", "q.jpg"], np.ones((2, 1280)), [["a"], ["b"]], "mobilenetv2-a0.35-224", k=1)
+    bundle_module.save_index(copy, index)
+    files = json.loads((copy / "manifest.json").read_text())["files"]
+    assert "predictions.csv" not in files and set(INDEX_FILES) <= set(files)
+    assert len(load_bundle(copy).index) == 2
+    stray = copy.parent / "stray"
+    shutil.copytree(copy, stray)
+    edit_manifest(stray, files={k: v for k, v in files.items() if k not in INDEX_FILES})    # on disk, not listed
+    update_results(stray, METRICS)
+    assert not set(INDEX_FILES) & set(json.loads((stray / "manifest.json").read_text())["files"])
+    assert load_bundle(stray).index is None

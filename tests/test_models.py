@@ -266,3 +266,39 @@ def test_embeddings_and_output_bias_start_from_the_given_numbers_even_before_bui
     counts = np.array([0, 0, 0, 5, 1, 2, 3], dtype=float)
     fresh.init_output_bias(counts)
     np.testing.assert_allclose(fresh.classifier.bias.numpy(), np.log((counts + 1) / (counts + 1).sum()), rtol=1e-6)
+
+
+def _layer_signature(layer):
+    config = layer.get_config()
+    keys = ("units", "activation", "rate", "input_dim", "output_dim", "mask_zero", "return_sequences")
+    return layer.name, type(layer).__name__, {k: config[k] for k in keys if k in config}
+
+
+R, T, L = {"activation": "relu"}, {"activation": "tanh"}, {"activation": "linear"}
+LAYERS = {   # the sublayers' names are the weight paths inside every saved bundle: renaming one breaks loading
+    "merge": [("image_dropout", "Dropout", {"rate": 0.25}), ("image_proj", "Dense", {"units": 5, **R}),
+              ("embedding", "Embedding", {"input_dim": 12, "output_dim": 8, "mask_zero": False}),
+              ("word_dropout", "Dropout", {"rate": 0.25}),
+              ("lstm", "LSTM", {"units": 5, **T, "return_sequences": True}),
+              ("merge_proj", "Dense", {"units": 5, **R}), ("classifier", "Dense", {"units": 12, **L})],
+    "attention": [("feature_proj", "Dense", {"units": 10, **R}), ("init_h", "Dense", {"units": 5, **T}),
+                  ("init_c", "Dense", {"units": 5, **T}), ("att_keys", "Dense", {"units": 6, **L}),
+                  ("att_query", "Dense", {"units": 6, **L}), ("att_score", "Dense", {"units": 1, **L}),
+                  ("gate", "Dense", {"units": 10, "activation": "sigmoid"}),
+                  ("embedding", "Embedding", {"input_dim": 12, "output_dim": 8, "mask_zero": False}),
+                  ("lstm_cell", "LSTMCell", {"units": 5, **T}), ("dropout", "Dropout", {"rate": 0.25}),
+                  ("classifier", "Dense", {"units": 12, **L})],
+    "topdown": [("feature_proj", "Dense", {"units": 10, **R}), ("att_keys", "Dense", {"units": 6, **L}),
+                ("att_query", "Dense", {"units": 6, **L}), ("att_score", "Dense", {"units": 1, **L}),
+                ("embedding", "Embedding", {"input_dim": 12, "output_dim": 8, "mask_zero": False}),
+                ("attention_lstm", "LSTMCell", {"units": 5, **T}), ("language_lstm", "LSTMCell", {"units": 5, **T}),
+                ("dropout", "Dropout", {"rate": 0.25}), ("classifier", "Dense", {"units": 12, **L})],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_each_decoder_is_built_from_exactly_these_layers(kind):
+    extra = {} if kind == "merge" else {"attention_dim": 6, "feature_proj": 10}
+    m = build_decoder(kind, vocab_size=12, feature_dim=16, embed_dim=8, units=5, dropout=0.25, **extra)
+    assert [_layer_signature(layer) for layer in m.layers] == LAYERS[kind]
+    assert m.built
