@@ -648,3 +648,44 @@ def test_stray_index_files_are_not_adopted_and_missing_results_do_not_stop_an_in
     update_results(stray, METRICS)
     assert not set(INDEX_FILES) & set(json.loads((stray / "manifest.json").read_text())["files"])
     assert load_bundle(stray).index is None
+
+
+def test_manifest_errors_name_this_bundles_rebuild_command_exactly(tmp_path):
+    for name in ("decoder.keras", "vocab.json"):
+        (tmp_path / name).write_text("x")
+    hint = f"Rebuild it with: python train.py --out {tmp_path}"
+    (tmp_path / "manifest.json").write_text("{")
+    with pytest.raises(BundleError) as err:
+        read_manifest(tmp_path)
+    assert str(err.value) == (f"Bundle {tmp_path}: manifest.json is not valid JSON (Expecting property name enclosed "
+                              f"in double quotes: line 1 column 2 (char 1)). {hint}")
+    manifest = good_manifest()
+    del manifest["files"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError) as err:
+        read_manifest(tmp_path)
+    assert str(err.value) == f"Bundle {tmp_path}: manifest.json lacks 'files'. {hint}"
+    (tmp_path / "manifest.json").write_text(json.dumps(good_manifest(vocab_size=2, ensemble_of=[{"bundle": "m1"}])))
+    with pytest.raises(BundleError) as err:
+        read_manifest(tmp_path)
+    assert str(err.value) == (f"Bundle {tmp_path}: manifest.json has a malformed 'vocab_size' (expected a whole number "
+                              f"above 4). Rebuild it with: python train.py ensemble --members {tmp_path.parent / 'm1'} "
+                              f"--out {tmp_path}")
+
+
+def test_an_unreadable_predictions_table_gives_the_parsers_reason_on_one_line(tmp_path):
+    (tmp_path / "predictions.csv").write_text("image,decoding,beam_width,caption\nx.jpg,greedy,1,a dog\n"
+                                              "y.jpg,greedy,1,a,cat,too many\n")
+    with pytest.raises(BundleError) as err:
+        read_predictions(tmp_path)
+    assert str(err.value) == (f"Bundle {tmp_path}: predictions.csv is not a valid table (Error tokenizing data. C "
+                              f"error: Expected 4 fields in line 3, saw 6). Re-evaluate with: python train.py evaluate "
+                              f"--out {tmp_path}")
+
+
+def test_typed_records_keep_what_they_were_read_from():
+    raw = {"kind": "merge", "config": {"units": 5}, "file": "member-1.keras"}
+    dec = DecoderInfo.from_dict(raw)
+    assert dec.raw is raw and dec["file"] == "member-1.keras" and dict(dec) == raw
+    m = Manifest.from_dict(good_manifest())
+    assert m.files == {"decoder.keras": DIGEST, "vocab.json": DIGEST} and m.decoder.raw == {}
