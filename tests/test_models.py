@@ -302,3 +302,28 @@ def test_each_decoder_is_built_from_exactly_these_layers(kind):
     m = build_decoder(kind, vocab_size=12, feature_dim=16, embed_dim=8, units=5, dropout=0.25, **extra)
     assert [_layer_signature(layer) for layer in m.layers] == LAYERS[kind]
     assert m.built
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_a_call_without_a_training_flag_is_inference(kind):
+    extra = {} if kind == "merge" else {"attention_dim": 6, "feature_proj": 10}
+    m = build_decoder(kind, vocab_size=12, feature_dim=16, embed_dim=8, units=5, dropout=0.5, **extra)
+    rng = np.random.default_rng(7)
+    feats = rng.normal(size=(2, 16) if kind == "merge" else (2, 4, 16)).astype("float32")
+    tokens = rng.integers(4, 12, size=(2, 5)).astype("int32")
+    plain = m((feats, tokens)).numpy()
+    np.testing.assert_array_equal(plain, m((feats, tokens), training=False).numpy())
+    assert not np.allclose(m((feats, tokens), training=True).numpy(), plain)      # dropout 0.5 does act in training
+
+
+def test_merge_masks_only_padding_so_an_unknown_word_is_read_like_any_word(model):
+    """Teacher forcing masks id 0 (<pad>); <unk> (id 1) mid-caption is an input like any other, as in the step API."""
+    feats = np.random.default_rng(8).normal(size=(1, 16)).astype("float32")
+    tokens = np.array([[Vocabulary.start_id, 5, Vocabulary.unk_id, 7, 0, 0]], "int32")
+    full = model((feats, tokens), training=False).numpy()
+    full = full - np.log(np.exp(full).sum(-1, keepdims=True))
+    steps = StepDecoder(model)
+    context, state = steps.start(feats)
+    for t in range(4):                                                   # up to the padding
+        logp, state, _ = steps.step(context, tokens[:, t], state)
+        np.testing.assert_allclose(logp, full[:, t], atol=1e-4)
