@@ -160,7 +160,7 @@ def test_meteor_is_on_by_default_and_skipped_with_a_note_without_java(monkeypatc
 # --- CIDEr-D as the SCST reward computes it -------------------------------------------------------------------
 from captioning.metrics import CiderD  # noqa: E402
 
-REFS = [
+CIDER_REFS = [
     [["a", "dog", "runs", "on", "the", "grass"], ["a", "brown", "dog", "is", "running"],
      ["the", "dog", "plays", "in", "a", "field"]],
     [["two", "children", "play", "in", "the", "water"], ["kids", "splash", "in", "a", "pool"],
@@ -169,7 +169,7 @@ REFS = [
     [["a", "woman", "in", "a", "red", "coat"], ["a", "lady", "walks", "down", "the", "street"],
      ["a", "woman", "walking", "in", "the", "city"]],
 ]
-HYPS = [["a", "dog", "is", "running", "on", "the", "grass"], ["two", "kids", "play", "in", "the", "pool"],
+CIDER_HYPS = [["a", "dog", "is", "running", "on", "the", "grass"], ["two", "kids", "play", "in", "the", "pool"],
         ["a", "man", "on", "a", "bike"], ["a", "dog", "in", "the", "street"]]
 
 
@@ -179,8 +179,8 @@ def test_cider_d_reproduces_the_coco_caption_toolkit(n, sigma):
     CIDEr-D (n-gram orders and length-penalty width passed through), image by image."""
     from pycocoevalcap.cider.cider import Cider
 
-    hyps = HYPS + [["a", "zebra", "dances"], []]                 # unseen n-grams; an empty caption
-    refs = REFS + [REFS[0], REFS[1]]
+    hyps = CIDER_HYPS + [["a", "zebra", "dances"], []]                 # unseen n-grams; an empty caption
+    refs = CIDER_REFS + [CIDER_REFS[0], CIDER_REFS[1]]
     gts = {i: [" ".join(r) for r in rs] for i, rs in enumerate(refs)}
     res = {i: [" ".join(h) if h else "<empty>"] for i, h in enumerate(hyps)}
     theirs, theirs_each = Cider(n=n, sigma=sigma).compute_score(gts, res)
@@ -189,13 +189,14 @@ def test_cider_d_reproduces_the_coco_caption_toolkit(n, sigma):
     assert ours == pytest.approx(theirs, rel=1e-9)
     assert ours_each == pytest.approx(list(theirs_each), rel=1e-9)
     assert max(ours_each) > 0.5 and min(ours_each) >= 0.0
-    assert scorer.score(HYPS[0], REFS[0]) == ours_each[0]                  # cached references score the same
+    assert scorer.score(CIDER_HYPS[0], CIDER_REFS[0]) == ours_each[0]          # cached references score the same
     assert CiderD(refs).corpus_score([], []) == (0.0, [])
 
 
 def test_cider_d_rewards_the_better_caption_and_penalises_length():
-    scorer = CiderD(REFS)
-    good, bad = scorer.score(["a", "man", "rides", "a", "bike"], REFS[2]), scorer.score(["two", "kids"], REFS[2])
+    scorer = CiderD(CIDER_REFS)
+    good = scorer.score(["a", "man", "rides", "a", "bike"], CIDER_REFS[2])
+    bad = scorer.score(["two", "kids"], CIDER_REFS[2])
     assert good > bad
     rambling = ["a", "man", "rides", "a", "bike"] * 4          # the Gaussian length penalty (sigma 6)
-    assert scorer.score(rambling, REFS[2]) < good / 2
+    assert scorer.score(rambling, CIDER_REFS[2]) < good / 2
