@@ -179,8 +179,9 @@ def test_cider_d_reproduces_the_coco_caption_toolkit(n, sigma):
     CIDEr-D (n-gram orders and length-penalty width passed through), image by image."""
     from pycocoevalcap.cider.cider import Cider
 
-    hyps = CIDER_HYPS + [["a", "zebra", "dances"], []]                 # unseen n-grams; an empty caption
-    refs = CIDER_REFS + [CIDER_REFS[0], CIDER_REFS[1]]
+    # unseen n-grams; one word (its length, in the toolkit's bigram count, is 0); one reference; an empty caption
+    hyps = CIDER_HYPS + [["a", "zebra", "dances"], ["dog"], ["a", "man", "on", "a", "bike"], []]
+    refs = CIDER_REFS + [CIDER_REFS[0], CIDER_REFS[0], [["a", "man", "rides", "a", "bike"]], CIDER_REFS[1]]
     gts = {i: [" ".join(r) for r in rs] for i, rs in enumerate(refs)}
     res = {i: [" ".join(h) if h else "<empty>"] for i, h in enumerate(hyps)}
     theirs, theirs_each = Cider(n=n, sigma=sigma).compute_score(gts, res)
@@ -191,6 +192,9 @@ def test_cider_d_reproduces_the_coco_caption_toolkit(n, sigma):
     assert max(ours_each) > 0.5 and min(ours_each) >= 0.0
     assert scorer.score(CIDER_HYPS[0], CIDER_REFS[0]) == ours_each[0]          # cached references score the same
     assert CiderD(refs).corpus_score([], []) == (0.0, [])
+    assert ours_each[5] > 0 and ours_each[6] > 0                              # the one-word and one-reference cases
+    if (n, sigma) == (4, 6.0):                                               # the defaults are the toolkit's
+        assert CiderD(refs).corpus_score(hyps[:-1], refs[:-1])[1] == ours_each[:-1]
 
 
 def test_cider_d_rewards_the_better_caption_and_penalises_length():
@@ -200,3 +204,66 @@ def test_cider_d_rewards_the_better_caption_and_penalises_length():
     assert good > bad
     rambling = ["a", "man", "rides", "a", "bike"] * 4          # the Gaussian length penalty (sigma 6)
     assert scorer.score(rambling, CIDER_REFS[2]) < good / 2
+
+
+# --- diversity metrics, exactly -------------------------------------------------------------------------------
+from captioning.metrics import (  # noqa: E402
+    cider_each,
+    distinct_captions,
+    distinct_n,
+    diversity_scores,
+    mean_length,
+    novel_fraction,
+    oracle_cider,
+    self_bleu_4,
+)
+
+SETS = [  # three images, two captions each (best first)
+    ["a dog runs on the grass".split(), "a dog is running".split()],
+    ["two kids play in the water".split(), "a dog runs on the grass".split()],
+    ["a man rides a bike".split(), "a man on a bike".split()],
+]
+TRAINING = ["a dog is running".split(), "a man rides a bike".split()]
+
+
+def test_diversity_scores_are_exact():
+    assert sum(len(s[0]) for s in SETS) == 17 and len({w for s in SETS for w in s[0]}) == 14      # first captions
+    everything = [c for s in SETS for c in s]
+    grams2 = [tuple(c[i:i + 2]) for c in everything for i in range(len(c) - 1)]
+    self_refs = [[list(c) for j, c in enumerate(s) if j != i] for s in SETS for i in range(2)]
+    self_bleu = corpus_bleu(self_refs, everything, weights=WEIGHTS[4])
+    gts = {k: [" ".join(r) for r in REFS[k // 2]] for k in range(6)}
+    res = {k: [" ".join(SETS[k // 2][k % 2])] for k in range(6)}
+    from pycocoevalcap.cider.cider import Cider
+
+    each = Cider().compute_score(gts, res)[1]
+    oracle = sum(max(each[2 * i], each[2 * i + 1]) for i in range(3)) / 3
+    got = diversity_scores(SETS, training_captions=TRAINING, references=REFS)
+    assert got == {
+        "distinct_captions": 1.0, "vocab_used": 14, "distinct_1": round(14 / 17, 6), "distinct_2": 1.0,
+        "mean_length": 17 / 3, "novel_fraction": round(2 / 3, 6), "captions_per_image": 2,
+        "self_bleu_4": round(self_bleu, 6), "distinct_2_all": round(len(set(grams2)) / len(grams2), 6),
+        "oracle_cider": round(oracle, 6)}
+    assert list(got) == ["distinct_captions", "vocab_used", "distinct_1", "distinct_2", "mean_length",
+                         "novel_fraction", "captions_per_image", "self_bleu_4", "distinct_2_all", "oracle_cider"]
+    assert diversity_scores([s[:1] for s in SETS]) == {k: got[k] for k in ("distinct_captions", "vocab_used",
+                                                                           "distinct_1", "distinct_2", "mean_length")}
+    assert distinct_n(everything, 2) == len(set(grams2)) / len(grams2) and distinct_n([["a"]], 2) == 0.0
+    assert distinct_n([["a", "b", "a", "b"]], 2) == 2 / 3 and distinct_n([["a", "b", "c"]], 3) == 1.0
+    assert distinct_captions(everything) == 4 / 6                         # "a dog runs on the grass" twice
+    assert novel_fraction(everything, TRAINING) == 4 / 6 and mean_length(everything) == 32 / 6
+    assert self_bleu_4(SETS) == self_bleu and oracle_cider(REFS, SETS) == pytest.approx(oracle, abs=1e-12)
+
+
+def test_diversity_errors_are_exact():
+    for fn in (distinct_captions, mean_length, lambda h: novel_fraction(h, TRAINING)):
+        with pytest.raises(ValueError) as err:
+            fn([])
+        assert str(err.value) == "no captions to measure"
+    with pytest.raises(ValueError) as err:
+        self_bleu_4([SETS[0], SETS[1][:1]])
+    assert str(err.value) == "self-BLEU needs at least 2 captions per image; decode with n > 1"
+    for refs, sets in ((REFS, SETS[:2]), ([], [])):
+        with pytest.raises(ValueError) as err:
+            cider_each(refs, sets)
+        assert str(err.value) == f"{len(refs)} reference sets for {len(sets)} caption sets"
