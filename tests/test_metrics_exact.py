@@ -218,41 +218,45 @@ from captioning.metrics import (  # noqa: E402
     self_bleu_4,
 )
 
-SETS = [  # three images, two captions each (best first)
-    ["a dog runs on the grass".split(), "a dog is running".split()],
-    ["two kids play in the water".split(), "a dog runs on the grass".split()],
-    ["a man rides a bike".split(), "a man on a bike".split()],
+SETS = [  # three images, two captions each (best first); the first two share their best caption
+    ["a dog runs on grass".split(), "a dog runs on the grass".split()],
+    ["a dog runs on grass".split(), "a man rides a bike".split()],
+    ["two kids play in the blue water".split(), "two kids play in a pool".split()],
 ]
-TRAINING = ["a dog is running".split(), "a man rides a bike".split()]
+SET_REFS = [REFS[0], REFS[2], REFS[1]]
+TRAINING = ["a dog runs on grass".split(), "a man rides a bike".split()]
 
 
 def test_diversity_scores_are_exact():
-    assert sum(len(s[0]) for s in SETS) == 17 and len({w for s in SETS for w in s[0]}) == 14      # first captions
+    """Values chosen to need all six decimals, so a changed rounding, order or key shows."""
     everything = [c for s in SETS for c in s]
     grams2 = [tuple(c[i:i + 2]) for c in everything for i in range(len(c) - 1)]
     self_refs = [[list(c) for j, c in enumerate(s) if j != i] for s in SETS for i in range(2)]
     self_bleu = corpus_bleu(self_refs, everything, weights=WEIGHTS[4])
-    gts = {k: [" ".join(r) for r in REFS[k // 2]] for k in range(6)}
+    gts = {k: [" ".join(r) for r in SET_REFS[k // 2]] for k in range(6)}
     res = {k: [" ".join(SETS[k // 2][k % 2])] for k in range(6)}
     from pycocoevalcap.cider.cider import Cider
 
     each = Cider().compute_score(gts, res)[1]
     oracle = sum(max(each[2 * i], each[2 * i + 1]) for i in range(3)) / 3
-    got = diversity_scores(SETS, training_captions=TRAINING, references=REFS)
+    assert 0.01 < self_bleu < 0.99 and oracle > 0
+    got = diversity_scores(SETS, training_captions=TRAINING, references=SET_REFS)
+    # first captions: 5 + 5 + 7 = 17 words, 12 distinct; bigrams 4 + 4 + 6 = 14, 10 distinct; trigrams 11, 8 distinct
     assert got == {
-        "distinct_captions": 1.0, "vocab_used": 14, "distinct_1": round(14 / 17, 6), "distinct_2": 1.0,
-        "mean_length": 17 / 3, "novel_fraction": round(2 / 3, 6), "captions_per_image": 2,
-        "self_bleu_4": round(self_bleu, 6), "distinct_2_all": round(len(set(grams2)) / len(grams2), 6),
-        "oracle_cider": round(oracle, 6)}
+        "distinct_captions": round(1 / 3, 6), "vocab_used": 12, "distinct_1": round(12 / 17, 6),
+        "distinct_2": round(10 / 14, 6), "mean_length": 17 / 3, "novel_fraction": round(1 / 3, 6),
+        "captions_per_image": 2, "self_bleu_4": round(self_bleu, 6),
+        "distinct_2_all": round(len(set(grams2)) / len(grams2), 6), "oracle_cider": round(oracle, 6)}
     assert list(got) == ["distinct_captions", "vocab_used", "distinct_1", "distinct_2", "mean_length",
                          "novel_fraction", "captions_per_image", "self_bleu_4", "distinct_2_all", "oracle_cider"]
     assert diversity_scores([s[:1] for s in SETS]) == {k: got[k] for k in ("distinct_captions", "vocab_used",
                                                                            "distinct_1", "distinct_2", "mean_length")}
+    assert distinct_n([s[0] for s in SETS], 3) == 8 / 11
     assert distinct_n(everything, 2) == len(set(grams2)) / len(grams2) and distinct_n([["a"]], 2) == 0.0
     assert distinct_n([["a", "b", "a", "b"]], 2) == 2 / 3 and distinct_n([["a", "b", "c"]], 3) == 1.0
-    assert distinct_captions(everything) == 4 / 6                         # "a dog runs on the grass" twice
-    assert novel_fraction(everything, TRAINING) == 4 / 6 and mean_length(everything) == 32 / 6
-    assert self_bleu_4(SETS) == self_bleu and oracle_cider(REFS, SETS) == pytest.approx(oracle, abs=1e-12)
+    assert distinct_captions(everything) == 4 / 6                         # "a dog runs on grass" twice
+    assert novel_fraction(everything, TRAINING) == 3 / 6 and mean_length(everything) == 34 / 6
+    assert self_bleu_4(SETS) == self_bleu and oracle_cider(SET_REFS, SETS) == pytest.approx(oracle, abs=1e-12)
 
 
 def test_diversity_errors_are_exact():
