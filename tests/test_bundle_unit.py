@@ -441,6 +441,8 @@ def test_read_manifest_names_the_problem_and_the_rebuild_command(tmp_path):
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps(good_manifest()))
     assert read_manifest(tmp_path) == good_manifest()
+    loaded = Manifest.load(tmp_path)
+    assert loaded.raw == good_manifest() and loaded.encoder.name == "mobilenetv2" and loaded.vocab_size == 9
 
 
 def test_rebuild_hints_quote_the_path_and_name_an_ensembles_members(tmp_path):
