@@ -52,3 +52,21 @@ def test_encode_keeps_a_caption_that_exactly_fits_and_coverage_of_nothing_is_zer
     assert vocab.coverage([]) == 0.0 and vocab.coverage([[]]) == 0.0
     assert vocab.coverage([["a", "cat"]]) == 0.5
     assert json.loads(json.dumps(vocab.to_json()))["format"] == "captioning.vocab/1"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"itos": ["<pad>", "<unk>", "<start>", "<end>", ""]}, "every entry of 'itos' must be a non-empty word (a string)"),
+    ({"itos": ["<pad>", "<unk>", "<start>", "<end>", 7]}, "every entry of 'itos' must be a non-empty word (a string)"),
+    ({"counts": ["dog", 3]}, "'counts' must map words to whole numbers"),
+    ({"counts": {"dog": -1}}, "'counts' must map words to whole numbers"),
+    ({"counts": {"dog": True}}, "'counts' must map words to whole numbers"),
+    ({"counts": {"dog": 2.0}}, "'counts' must map words to whole numbers"),
+])
+def test_a_vocabulary_file_with_bad_entries_is_refused_exactly(change, message):
+    data = {"format": "captioning.vocab/1", "itos": ["<pad>", "<unk>", "<start>", "<end>", "dog"],
+            "counts": {"dog": 3}, "min_count": 1, **change}
+    with pytest.raises(ValueError) as err:
+        Vocabulary.from_json(data)
+    assert str(err.value) == message
+    ok = {"format": "captioning.vocab/1", "itos": ["<pad>", "<unk>", "<start>", "<end>", "dog"], "counts": {"dog": 0}}
+    assert Vocabulary.from_json(ok).counts == {"dog": 0}
