@@ -61,6 +61,9 @@ def test_encode_keeps_a_caption_that_exactly_fits_and_coverage_of_nothing_is_zer
     ({"counts": {"dog": -1}}, "'counts' must map words to whole numbers"),
     ({"counts": {"dog": True}}, "'counts' must map words to whole numbers"),
     ({"counts": {"dog": 2.0}}, "'counts' must map words to whole numbers"),
+    ({"min_count": 0}, "'min_count' must be a whole number of at least 1"),
+    ({"min_count": True}, "'min_count' must be a whole number of at least 1"),
+    ({"min_count": "2"}, "'min_count' must be a whole number of at least 1"),
 ])
 def test_a_vocabulary_file_with_bad_entries_is_refused_exactly(change, message):
     data = {"format": "captioning.vocab/1", "itos": ["<pad>", "<unk>", "<start>", "<end>", "dog"],
