@@ -489,11 +489,11 @@ def test_unk_is_emitted_when_not_suppressed_and_banning_unknown_words_is_harmles
 def test_a_caption_of_only_end_scores_its_log_probability():
     vocab = big_vocab(3)
     model = MarkovDecoder(len(vocab), 0)
-    model.table[:, :, vocab.end_id] += 40
+    model.table[:, :, vocab.end_id] += 9                                   # likeliest, yet clearly below 1
     for cfg in (DecodeConfig(min_length=0, max_length=4, length_penalty=1.0),
                 DecodeConfig(min_length=0, max_length=4, beam_width=2, length_penalty=1.0)):
         cap = decode(model, np.zeros((1, len(vocab))), vocab, cfg)[0][0]
-        assert cap.words == [] and cap.num_tokens == 1 and cap.score == cap.log_prob
+        assert cap.words == [] and cap.num_tokens == 1 and cap.score == cap.log_prob < -1e-6
 
 
 @pytest.mark.parametrize("config", [DecodeConfig(max_length=6), DecodeConfig(beam_width=3, max_length=6),
@@ -676,6 +676,7 @@ def test_a_row_whose_constraints_forbid_every_word_may_still_end():
     vocab = Vocabulary(["a"])                                             # one word, id 4
     log_probs = np.log(np.array([[0.1, 0.1, 0.1, 0.3, 0.4], [0.1, 0.1, 0.1, 0.3, 0.4]]))
     history = np.array([[4], [3]])                                        # "a" just emitted; a finished row
-    _ban(log_probs, history, 1, DecodeConfig(no_repeat_word=True), vocab)
+    _ban(log_probs, history, 1, DecodeConfig(no_repeat_word=True, min_length=2), vocab)
+    # row 0: "a" may not repeat and <end> is too early: nothing is left, so <end> keeps its probability
     assert log_probs[0].tolist() == [-np.inf, -np.inf, -np.inf, pytest.approx(np.log(0.3)), -np.inf]
-    assert log_probs[1, 4] == pytest.approx(np.log(0.4)) and log_probs[1, 3] == pytest.approx(np.log(0.3))
+    assert log_probs[1].tolist() == [-np.inf, -np.inf, -np.inf, -np.inf, pytest.approx(np.log(0.4))]
