@@ -22,6 +22,10 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--rejudge"]:
         for module in argv[1:]:
             meta = root / f"{module}.py.meta"
+            if not meta.is_file():
+                print(f"error: no mutmut results for captioning/{module}.py; run `make mutation MODULES={module}`",
+                      file=sys.stderr)
+                return 2
             data = json.loads(meta.read_text())
             codes = data["exit_code_by_key"]
             again = [k for k, c in codes.items() if c in SURVIVED or c in NO_TESTS]
