@@ -25,14 +25,16 @@ with st.sidebar:
         path = bundles[[str(p) for p in bundles].index(st.session_state["bundle_path"])]
         manifest = bundle_manifest(str(path), (path / "manifest.json").stat().st_mtime)
         if manifest is not None:
-            enc, decoders = manifest.encoder, manifest.decoders
+            decoders = manifest.decoders
             if len(decoders) == 1:
                 lstm = f"**{decoders[0].kind}** LSTM ({decoders[0].units or '?'} units)"
             else:
                 kinds = Counter(d.kind for d in decoders)
                 lstm = f"ensemble of {len(decoders)} LSTMs (" + " + ".join(f"{n} **{k}**" for k,
                                                                            n in kinds.items()) + ")"
-            st.caption(f"**{enc.name}** ({enc.input_size}px) → {lstm} · {manifest.vocab_size:,} words · "
+            encoders = " + ".join(f"**{e.label}**" + (f" ({e.input_size}px)" if e.input_size else "")
+                                  for e in manifest.encoders)
+            st.caption(f"{encoders} → {lstm} · {manifest.vocab_size:,} words · "
                        f"trained on {manifest.train_images or 0:,} images"
                        + (" · fine-tuned on CIDEr-D (self-critical)" if manifest.fine_tuned else ""))
             knows = model_knows(manifest)

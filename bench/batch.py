@@ -32,10 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def raw_encoder_rate(captioner, arrays: np.ndarray, batch_size: int) -> float:
     """Images per second of the compiled encoder alone on preloaded uint8 (N, 224, 224, 3) batches."""
-    encode = captioner._forward()
     start = time.perf_counter()
     for i in range(0, len(arrays), batch_size):
-        encode(arrays[i:i + batch_size]).numpy()
+        captioner.encode(arrays[i:i + batch_size])
     return len(arrays) / (time.perf_counter() - start)
 
 
@@ -93,9 +92,8 @@ def main() -> None:
     captioner.warm_up()
     config = captioner.config(beam_width=args.beam_width)
     arrays = np.stack([to_canonical(load_image(p)) for p in paths])              # (N, 224, 224, 3) uint8
-    encode = captioner._forward()
     for size in {args.batch_size, len(arrays) % args.batch_size or args.batch_size}:
-        encode(arrays[:size])                                                   # trace every batch shape once
+        captioner.encode(arrays[:size])                                                   # trace every batch shape once
     list(captioner.caption_many(paths[: args.batch_size * 2], config, args.batch_size))   # and the pipeline's
 
     out = {"bundle": args.bundle, "encoder": captioner.spec.key, "images": len(paths), "batch_size": args.batch_size,

@@ -64,12 +64,12 @@ def caption_stream(captioner, sources: Iterable[ImageSource], config: DecodeConf
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size must be a whole number >= 1, got {batch_size!r}")
-    encode = captioner._forward()
+    encode = captioner.encode
 
     def prepare(start: int, chunk: list):                 # runs in the encoder thread
         loaded = list(loaders.map(_load, chunk))          # [(uint8 (224, 224, 3) | None, error | None)]
         good = [i for i, (array, _) in enumerate(loaded) if array is not None]
-        features = encode(np.stack([loaded[i][0] for i in good])).numpy() if good else None   # (G, D) or (G, P, D)
+        features = encode(np.stack([loaded[i][0] for i in good])) if good else None   # (G, D), (G, P, D) or multi
         return start, chunk, [err for _, err in loaded], good, features
 
     def finish(job) -> Iterator[BatchResult]:              # runs in the caller's thread, overlapping the next encode

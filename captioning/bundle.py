@@ -5,8 +5,10 @@
     manifest.json     format version, encoder, decoder config, vocabulary size, splits, versions,
                       training stats and the SHA-256 of every other file
     decoder.keras     the trained decoder (Keras format, weights stored as float16, loaded with safe_mode=True)
-    member-N.keras    an ensemble's further decoders (same vocabulary and encoder), listed in the
-                      manifest's ``members``; decoding averages every decoder's next-word probabilities
+    member-N.keras    an ensemble's further decoders (same vocabulary), listed in the manifest's ``members``;
+                      decoding averages every decoder's next-word probabilities. A member that reads another
+                      encoder than the bundle's carries that encoder's block in its ``members`` entry (a
+                      cross-encoder ensemble: the captioner runs each encoder once per photo)
     vocab.json        the Vocabulary
     metrics.json      {"results": [{decoding, beam_width, split, n_images, bleu_1..bleu_4, ...}, ...]}
     predictions.csv   image,decoding,beam_width,caption (+ per-image scores)
@@ -40,6 +42,7 @@ from .manifest import (  # noqa: F401  (re-exported: the bundle's readers live b
     EvaluationReport,
     Manifest,
     _rebuild_hint,
+    encoder_key,
     read_manifest,
     read_metrics,
     read_predictions,
@@ -117,12 +120,33 @@ class Bundle:
         """Whether decoding wants the encoder's spatial map (any attention decoder) rather than pooled features."""
         return any(getattr(d, "uses_spatial", False) for d in self.decoders)
 
+    @property
+    def decoder_keys(self) -> list[str]:
+        """The feature-cache key of the encoder each decoder reads, in decoder order."""
+        return [encoder_key(e) for e in self.manifest.decoder_encoders]
+
+    @property
+    def encoders(self) -> list[EncoderInfo]:
+        """Every encoder the decoders read, the bundle's own first (more than one: a cross-encoder ensemble)."""
+        return self.manifest.encoders
+
+    @property
+    def multi_encoder(self) -> bool:
+        return len(self.encoders) > 1
+
+    def spatial_for(self, key: str) -> bool:
+        """Whether any decoder reading encoder ``key`` attends over its spatial map."""
+        return any(getattr(d, "uses_spatial", False) for d, k in zip(self.decoders, self.decoder_keys) if k == key)
+
     def step_decoder(self):
-        """What decoding runs: the decoder's compiled step API, or the ensemble of all the bundle's decoders."""
+        """What decoding runs: the decoder's compiled step API, or the ensemble of all the bundle's decoders
+        (which decodes :class:`~captioning.stepper.MultiFeatures` when its decoders read several encoders)."""
         from .stepper import EnsembleStepDecoder, StepDecoder
 
         steps = [StepDecoder(d) for d in self.decoders]
-        return steps[0] if len(steps) == 1 else EnsembleStepDecoder(steps)
+        if len(steps) == 1:
+            return steps[0]
+        return EnsembleStepDecoder(steps, self.decoder_keys if self.multi_encoder else None)
 
 
 def replace_folder(new: Path, target: Path) -> None:
@@ -195,16 +219,23 @@ def _member_file(i: int) -> str:
 
 
 def save_bundle(path: str | os.PathLike, decoder, vocab: Vocabulary, manifest: Mapping,
-                metrics: dict | None = None, predictions=None, members=()) -> Path:
-    """Write a complete bundle atomically; returns its path. ``members``: further decoders of an ensemble."""
+                metrics: dict | None = None, predictions=None, members=(),
+                member_encoders: list[dict | None] | None = None) -> Path:
+    """Write a complete bundle atomically; returns its path. ``members``: further decoders of an ensemble;
+    ``member_encoders``: for each member, the encoder block of the encoder it reads when that is not the
+    bundle's own (None for those that read the bundle's)."""
     target = Path(path)
     manifest = {**manifest, "name": target.name, "vocab_size": len(vocab),
                 "decoder": {"kind": decoder.kind, "config": decoder.get_config()},
                 "created": manifest.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "versions": manifest.get("versions") or library_versions(), "weights_dtype": "float16"}
+    if member_encoders is not None and len(member_encoders) != len(members):
+        raise ValueError(f"{len(members)} members but {len(member_encoders)} member encoders")
     if members:
-        manifest["members"] = [{"file": _member_file(i), "kind": m.kind, "config": m.get_config()}
-                               for i, m in enumerate(members, 1)]
+        encoders = member_encoders or [None] * len(members)
+        manifest["members"] = [{"file": _member_file(i), "kind": m.kind, "config": m.get_config(),
+                                **({"encoder": dict(enc)} if enc else {})}
+                               for i, (m, enc) in enumerate(zip(members, encoders), 1)]
 
     def fill(tmp: Path):
         _save_half(_without_optimizer(decoder), tmp / "decoder.keras")
@@ -313,8 +344,18 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool
     except (ValueError, KeyError) as exc:
         raise BundleError(f"Bundle {path}: unknown encoder in manifest ({exc}). {hint}") from exc
     members = manifest.get("members", [])
+    specs = [spec]
+    for m in members:
+        if "encoder" not in m:
+            specs.append(spec)
+            continue
+        try:
+            specs.append(get_spec(m["encoder"]["name"], m["encoder"].get("alpha")))
+        except ValueError as exc:
+            raise BundleError(f"Bundle {path}: unknown encoder for ensemble member {m['file']} ({exc}). "
+                              f"{hint}") from exc
     decoders = []
-    for name in ["decoder.keras", *(m["file"] for m in members)]:
+    for name, own in zip(["decoder.keras", *(m["file"] for m in members)], specs):
         if not (path / name).is_file():
             raise BundleError(f"Bundle {path} is incomplete: {name} is missing. {hint}")
         try:
@@ -327,8 +368,8 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool
             raise BundleError(f"Bundle {path}: {who} predicts {getattr(model, 'vocab_size', '?')} words but "
                               f"vocab.json has {len(vocab)}; the vocabulary does not belong to this model. "
                               f"{hint}")
-        if spec.feature_dim != model.feature_dim:
-            raise BundleError(f"Bundle {path}: encoder {spec.key} gives {spec.feature_dim}-d features but "
+        if own.feature_dim != model.feature_dim:
+            raise BundleError(f"Bundle {path}: encoder {own.key} gives {own.feature_dim}-d features but "
                               f"{who} expects {model.feature_dim}. {hint}")
         decoders.append(model)
     metrics = read_metrics(path) if load_results else None

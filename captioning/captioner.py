@@ -14,6 +14,7 @@ from .decoding import Caption, DecodeConfig, decode
 from .encoders import build_encoder, get_spec
 from .features import image_pipeline
 from .images import ImageSource, load_image, to_canonical
+from .stepper import MultiFeatures, as_float32
 
 if TYPE_CHECKING:
     from .batch import BatchResult
@@ -29,12 +30,14 @@ class Captioner:
 
     def __init__(self, bundle: Bundle, weights: str | os.PathLike | None = None):
         self.bundle = bundle
-        self.spec = get_spec(bundle.encoder.name, bundle.encoder.alpha)
-        self.weights = weights
+        self.spec = get_spec(bundle.encoder.name, bundle.encoder.alpha)      # the bundle's own encoder
+        self.weights = weights                      # that encoder's weights file (others: found as usual)
         self.steps = bundle.step_decoder()
         self.spatial = bundle.uses_spatial          # attention decoders read the map (merge members pool it)
         self.default_config = DecodeConfig(max_length=bundle.max_length)
-        self._encoder = None
+        # A cross-encoder ensemble runs each of its encoders once per photo; most bundles have one.
+        self.encoders = {get_spec(e.name, e.alpha).key: e for e in bundle.encoders}
+        self._encoders: dict[str, object] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -45,22 +48,33 @@ class Captioner:
     def vocab(self):
         return self.bundle.vocab
 
-    def _forward(self):
+    def _forward(self, key: str | None = None):
+        """The compiled encoder ``key`` (default: the bundle's own): uint8 (N, 224, 224, 3) -> tensor features."""
+        key = key or self.spec.key
         with self._lock:                     # build once, even when several sessions ask at once
-            if self._encoder is None:
+            if key not in self._encoders:
                 import tensorflow as tf
 
-                model, _ = build_encoder(self.spec, self.weights, spatial=self.spatial,
-                                         hint=self.bundle.encoder.weights_file)
-                to_input = image_pipeline(self.spec)
-                spatial = self.spatial
+                info = self.encoders[key]
+                spec = get_spec(info.name, info.alpha)
+                spatial = self.bundle.spatial_for(key)
+                weights = self.weights if key == self.spec.key else None
+                model, _ = build_encoder(spec, weights, spatial=spatial, hint=info.weights_file)
+                to_input = image_pipeline(spec)
 
                 def encode(images):                     # uint8 (N, 224, 224, 3) -> features
                     out = model(to_input(images), training=False)
                     return out[1] if spatial else out
 
-                self._encoder = tf.function(encode, reduce_retracing=True)
-            return self._encoder
+                self._encoders[key] = tf.function(encode, reduce_retracing=True)
+            return self._encoders[key]
+
+    def encode(self, arrays: np.ndarray) -> np.ndarray | MultiFeatures:
+        """Features of canonical uint8 (N, 224, 224, 3) photos: (N, D) or (N, P, D), or for a cross-encoder
+        ensemble :class:`~captioning.stepper.MultiFeatures` (each encoder run once per photo)."""
+        if len(self.encoders) == 1:
+            return self._forward()(arrays).numpy()
+        return MultiFeatures({key: self._forward(key)(arrays).numpy() for key in self.encoders})
 
     def warm_up(self) -> None:
         """Build the encoder and trace every compiled function once, so the first user waits less.
@@ -72,19 +86,20 @@ class Captioner:
         for width in (1, 5, 3):
             self.caption(image, beam_width=width)
 
-    def features(self, images: Sequence[ImageSource] | ImageSource) -> np.ndarray:
-        """Features (N, D), or spatial maps (N, P, D) for attention decoders, through the training-image path."""
+    def features(self, images: Sequence[ImageSource] | ImageSource) -> np.ndarray | MultiFeatures:
+        """Features (N, D), or spatial maps (N, P, D) for attention decoders, through the training-image path
+        (:class:`~captioning.stepper.MultiFeatures` for a cross-encoder ensemble)."""
         batch = images if isinstance(images, (list, tuple)) else [images]
         arrays = np.stack([to_canonical(load_image(_as_source(img))) for img in batch])   # (N, 224, 224, 3)
-        return self._forward()(arrays).numpy()                                  # (N, D) or (N, P, D)
+        return self.encode(arrays)
 
     def config(self, config: DecodeConfig | None = None, **overrides) -> DecodeConfig:
         base = config or self.default_config
         return replace(base, **overrides) if overrides else base
 
     def decode(self, features: np.ndarray, config: DecodeConfig | None = None, **overrides) -> list[list[Caption]]:
-        """n-best lists for precomputed features (N, D)."""
-        return decode(self.steps, np.asarray(features, np.float32), self.vocab, self.config(config, **overrides))
+        """n-best lists for precomputed features (N, D), (N, P, D) or MultiFeatures."""
+        return decode(self.steps, as_float32(features), self.vocab, self.config(config, **overrides))
 
     def caption(self, image: ImageSource, config: DecodeConfig | None = None, **overrides) -> list[Caption]:
         """The n-best list (best first) for one image; ``overrides`` are DecodeConfig fields."""
@@ -104,6 +119,8 @@ class Captioner:
             raise RuntimeError(f"Bundle {self.bundle.path} has no retrieval index. Add one with: "
                                f"python train.py index --out {self.bundle.path}")
         log_probs = [c.normalized_log_prob for c in captions] if captions is not None else None
+        if isinstance(features, MultiFeatures):          # the index holds the bundle's own encoder's features
+            features = features.of(self.spec.key)
         return self.bundle.index.assess(features, log_probs, neighbours)
 
     def caption_many(self, images: Iterable[ImageSource], config: DecodeConfig | None = None,

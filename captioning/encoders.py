@@ -72,6 +72,12 @@ class EncoderSpec:
         return f"{self.name}{alpha}-{self.input_size}"
 
     @property
+    def cli_args(self) -> str:
+        """How train.py names it: ``--encoder efficientnet-lite0``, ``--encoder mobilenetv2 --alpha 0.35``."""
+        name = next((n for n in ENCODER_NAMES if n.replace("-", "") == self.name), self.name)
+        return f"--encoder {name}" + (f" --alpha {self.alpha:g}" if self.alpha is not None else "")
+
+    @property
     def spatial_grid(self) -> int:
         return {299: 10, 224: 7}[self.input_size]
 

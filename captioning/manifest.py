@@ -114,11 +114,9 @@ def _is_int(value) -> bool:
 
 def _manifest_problem(manifest: dict) -> str | None:
     """What is wrong with a parsed manifest's schema (None when nothing is)."""
-    enc = manifest["encoder"]
-    if not isinstance(enc, dict) or not isinstance(enc.get("name"), str) or not isinstance(enc.get("key", ""), str):
-        return "has a malformed 'encoder' (expected an object with a 'name')"
-    if enc.get("alpha") is not None and (isinstance(enc["alpha"], bool) or not isinstance(enc["alpha"], (int, float))):
-        return "has a malformed 'encoder.alpha' (expected a number or null)"
+    problem = _encoder_problem(manifest["encoder"], "encoder")
+    if problem:
+        return problem
     if not isinstance(manifest["decoder"], dict):
         return "has a malformed 'decoder' (expected an object)"
     if not _is_int(manifest["vocab_size"]) or manifest["vocab_size"] < 5:
@@ -141,6 +139,20 @@ def _manifest_problem(manifest: dict) -> str | None:
     if not isinstance(members, list) or not all(isinstance(m, dict) and isinstance(m.get("file"), str)
                                                 and _PLAIN_NAME.fullmatch(m["file"]) for m in members):
         return "has a malformed 'members' list"
+    for i, member in enumerate(members, 1):
+        if "encoder" in member:
+            problem = _encoder_problem(member["encoder"], f"members[{i}].encoder")
+            if problem:
+                return problem
+    return None
+
+
+def _encoder_problem(enc, where: str) -> str | None:
+    """What is wrong with an encoder block (the bundle's, or an ensemble member's own), None when nothing is."""
+    if not isinstance(enc, dict) or not isinstance(enc.get("name"), str) or not isinstance(enc.get("key", ""), str):
+        return f"has a malformed '{where}' (expected an object with a 'name')"
+    if enc.get("alpha") is not None and (isinstance(enc["alpha"], bool) or not isinstance(enc["alpha"], (int, float))):
+        return f"has a malformed '{where}.alpha' (expected a number or null)"
     return None
 
 
@@ -159,6 +171,10 @@ class _Record(Mapping):
         return len(self.raw)
 
 
+ENCODER_LABELS = {"xception": "Xception", "inceptionv3": "InceptionV3", "resnet50": "ResNet50",
+                  "mobilenetv2": "MobileNetV2", "efficientnetlite0": "EfficientNet-Lite0"}
+
+
 @dataclass(frozen=True, eq=False)
 class EncoderInfo(_Record):
     """The image encoder a bundle's decoders were trained on."""
@@ -173,6 +189,13 @@ class EncoderInfo(_Record):
     weights_file: dict | None = None                # a hint, verified by checksum, to find the same weights
     raw: dict = field(default_factory=dict, repr=False)
 
+    @property
+    def label(self) -> str:
+        """The name people know it by: ``Xception``, ``EfficientNet-Lite0``, ``MobileNetV2 x0.35``."""
+        plain = self.name.lower().replace("_", "").replace("-", "")
+        alpha = f" x{self.alpha:g}" if isinstance(self.alpha, (int, float)) else ""
+        return ENCODER_LABELS.get(plain, self.name) + alpha
+
     @classmethod
     def from_dict(cls, d: dict) -> EncoderInfo:
         hint = d.get("weights_file")
@@ -184,18 +207,21 @@ class EncoderInfo(_Record):
 
 @dataclass(frozen=True, eq=False)
 class DecoderInfo(_Record):
-    """One decoder of a bundle: its kind (merge, attention, topdown), Keras config and file."""
+    """One decoder of a bundle: its kind (merge, attention, topdown), Keras config and file, and for an ensemble
+    member that reads another encoder than the bundle's, that encoder (None: the bundle's own)."""
 
     kind: str
     config: dict
     file: str = "decoder.keras"
+    encoder: EncoderInfo | None = None
     raw: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_dict(cls, d: dict, file: str = "decoder.keras") -> DecoderInfo:
         config = d.get("config")
+        encoder = EncoderInfo.from_dict(d["encoder"]) if isinstance(d.get("encoder"), dict) else None
         return cls(kind=str(d.get("kind", "?")), config=config if isinstance(config, dict) else {},
-                   file=d.get("file", file), raw=d)
+                   file=d.get("file", file), encoder=encoder, raw=d)
 
     @property
     def units(self) -> int | None:
@@ -246,6 +272,19 @@ class Manifest(_Record):
         return [self.decoder, *self.members]
 
     @property
+    def decoder_encoders(self) -> list[EncoderInfo]:
+        """The encoder each decoder reads, in decoder order (a member without its own block reads the bundle's)."""
+        return [d.encoder or self.encoder for d in self.decoders]
+
+    @property
+    def encoders(self) -> list[EncoderInfo]:
+        """Every encoder the bundle's decoders read, once each, the bundle's own first."""
+        seen: dict[str, EncoderInfo] = {}
+        for enc in self.decoder_encoders:
+            seen.setdefault(encoder_key(enc), enc)
+        return list(seen.values())
+
+    @property
     def fine_tuned(self) -> bool:
         """Whether self-critical fine-tuning made it (or one of its ensemble members)."""
         return bool(self.scst) or any(p.get("scst") for p in self.ensemble_of)
@@ -262,6 +301,14 @@ class Manifest(_Record):
     @property
     def has_training_history(self) -> bool:
         return bool(self.ensemble_of or self.training.get("epochs") or self.scst)
+
+
+def encoder_key(encoder: EncoderInfo) -> str:
+    """The encoder's feature-cache key (``xception-299``), always from its spec (name and alpha), never from the
+    manifest's free ``key`` field. Raises ValueError for an unknown encoder."""
+    from .encoders import get_spec
+
+    return get_spec(encoder.name, encoder.alpha).key
 
 
 def previous_encoder(path: str | os.PathLike) -> dict:

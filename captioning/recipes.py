@@ -84,18 +84,39 @@ def ensure_features(ws: Workspace, settings: FeatureSettings, ds: Flickr8k, name
 def bundle_features(ws: Workspace, settings: FeatureSettings, bundle, ds: Flickr8k, names: Splits,
                     pooled: Splits | None = None):
     """The feature cache of a bundle's encoder, holding what its decoders read for ``names`` (spatial maps for
-    attention) and pooled vectors for ``pooled``; missing ones are extracted first."""
+    attention) and pooled vectors for ``pooled``; missing ones are extracted first. A cross-encoder ensemble's
+    other encoders get their features for ``names`` too (read them with :func:`decoder_inputs`); the cache
+    returned is the bundle's own encoder's (the retrieval index reads it)."""
     from .features import FeatureCache
 
-    spec = get_spec(bundle.encoder.name, bundle.encoder.alpha)
-    spatial = bundle.uses_spatial
-    cache = FeatureCache(Path(ws.cache_dir) / "features", spec.key)
-    wanted = [n for split in names.values() for n in split]
-    plain = [n for split in (pooled or {}).values() for n in split]
-    if cache.missing(plain) or cache.missing(wanted, spatial):
-        own = dataclasses.replace(settings, encoder=spec.name, alpha=spec.alpha, spatial=settings.spatial or spatial)
-        ensure_features(ws, own, ds, {**(pooled or {}), **names})
-    return cache, spec
+    first = None
+    for i, enc in enumerate(bundle.encoders):
+        spec = get_spec(enc.name, enc.alpha)
+        spatial = bundle.spatial_for(spec.key)
+        cache = FeatureCache(Path(ws.cache_dir) / "features", spec.key)
+        wanted = [n for split in names.values() for n in split]
+        extra = (pooled or {}) if i == 0 else {}
+        plain = [n for split in extra.values() for n in split]
+        if cache.missing(plain) or cache.missing(wanted, spatial):
+            own = dataclasses.replace(settings, encoder=spec.name, alpha=spec.alpha,
+                                      spatial=settings.spatial or spatial)
+            ensure_features(ws, own, ds, {**extra, **names})
+        first = first or (cache, spec)
+    return first
+
+
+def decoder_inputs(ws: Workspace, bundle, names: list[str]):
+    """What the bundle's decoders read for ``names`` from the feature cache: one array (spatial maps when any
+    decoder attends), or :class:`~captioning.stepper.MultiFeatures` for a cross-encoder ensemble. Call
+    :func:`bundle_features` first: it extracts what is missing."""
+    from .features import FeatureCache
+    from .stepper import MultiFeatures
+
+    root = Path(ws.cache_dir) / "features"
+    keys = list(dict.fromkeys(bundle.decoder_keys))
+    if len(keys) == 1:
+        return FeatureCache(root, keys[0]).load(names, bundle.uses_spatial)
+    return MultiFeatures({key: FeatureCache(root, key).load(names, bundle.spatial_for(key)) for key in keys})
 
 
 def _load_bundle(path: str, **kwargs):
@@ -271,8 +292,12 @@ def _previous_encoder(out: str) -> dict:
 
 # --- ensemble and SCST ------------------------------------------------------------------------------------
 def build_ensemble(ws: Workspace, members: list[str] | None) -> Path:
-    """One bundle whose decoding averages the next-word probabilities of every member bundle's decoders."""
+    """One bundle whose decoding averages the next-word probabilities of every member bundle's decoders.
+
+    Members may read different encoders (a cross-encoder ensemble): the first member's encoder is the bundle's,
+    every decoder that reads another keeps that encoder's block in the manifest."""
     from .bundle import save_bundle
+    from .manifest import encoder_key
 
     if not members or len(members) < 2:
         raise OptionError("ensemble needs {members} with at least two trained bundles, e.g. "
@@ -283,20 +308,24 @@ def build_ensemble(ws: Workspace, members: list[str] | None) -> Path:
         if b.vocab.itos != first.vocab.itos:
             raise OptionError(f"{path} has another vocabulary than {members[0]}: retrain it with the same "
                               f"{{min_count}} on the same training split")
-        if b.encoder.key != first.encoder.key:
-            raise DataError(f"{path} uses encoder {b.encoder.key}, {members[0]} uses {first.encoder.key}")
     decoders = [d for b in bundles for d in b.decoders]
+    encoders = [e for b in bundles for e in b.manifest.decoder_encoders]
+    primary = encoder_key(first.encoder)
+    member_encoders = [None if encoder_key(e) == primary else dict(e.raw) for e in encoders[1:]]
     manifest = {k: v for k, v in first.manifest.raw.items()
                 if k not in ("files", "members", "name", "created", "versions")}
     manifest["max_length"] = max(b.max_length for b in bundles)
-    manifest["ensemble_of"] = [{"bundle": b.manifest.trained_as or b.name, "kind": d.kind,
+    manifest["ensemble_of"] = [{"bundle": b.manifest.trained_as or b.name, "kind": d.kind, "encoder": key,
                                 "training": b.manifest.training_config,
                                 **({"scst": _scst_summary(b.manifest.scst)} if b.manifest.scst else {})}
-                               for b in bundles for d in b.decoders]
+                               for b in bundles for d, key in zip(b.decoders, b.decoder_keys)]
     manifest["command"] = "python train.py ensemble --members " + " ".join(members) + f" --out {ws.bundle}"
-    path = save_bundle(ws.out, decoders[0], first.vocab, manifest, members=decoders[1:])
+    path = save_bundle(ws.out, decoders[0], first.vocab, manifest, members=decoders[1:],
+                       member_encoders=member_encoders)
     kinds = ", ".join(d.kind for d in decoders)
-    print(f"ensemble: {len(decoders)} decoders ({kinds}); bundle {ws.bundle} (once evaluated)")
+    keys = list(dict.fromkeys(encoder_key(e) for e in encoders))
+    across = f" over {len(keys)} encoders ({', '.join(keys)})" if len(keys) > 1 else ""
+    print(f"ensemble: {len(decoders)} decoders ({kinds}){across}; bundle {ws.bundle} (once evaluated)")
     return path
 
 
@@ -389,8 +418,8 @@ def evaluate_bundle(ws: Workspace, settings: EvaluateSettings, features: Feature
     bundle = _load_bundle(ws.out, load_results=False)
     split = settings.split
     test_names = names[split]
-    cache, _ = bundle_features(ws, features, bundle, ds, {split: test_names})
-    feats = cache.load(test_names, bundle.uses_spatial)
+    bundle_features(ws, features, bundle, ds, {split: test_names})
+    feats = decoder_inputs(ws, bundle, test_names)
     if settings.decode:
         configs = [parse_spec(spec, max_length=bundle.max_length) for spec in settings.decode]
     else:
@@ -450,8 +479,8 @@ def sweep_bundle(ws: Workspace, features: FeatureSettings, ds: Flickr8k, names: 
 
     bundle = _load_bundle(ws.out)
     dev = names["dev"]
-    cache, _ = bundle_features(ws, features, bundle, ds, {"dev": dev})
-    rows = decoding_sweep(bundle.step_decoder(), bundle.vocab, cache.load(dev, bundle.uses_spatial),
+    bundle_features(ws, features, bundle, ds, {"dev": dev})
+    rows = decoding_sweep(bundle.step_decoder(), bundle.vocab, decoder_inputs(ws, bundle, dev),
                           ds.references(dev), DecodeConfig(max_length=bundle.max_length), progress=not ws.quiet)
     metrics = bundle.metrics or {"results": []}
     metrics["sweep"] = rows
@@ -475,7 +504,6 @@ def build_retrieval_index(ws: Workspace, features: FeatureSettings, ds: Flickr8k
     from .retrieval import LEVELS, build_index, calibrate, level_table, spearman
 
     bundle = _load_bundle(ws.out, load_results=False)
-    spatial = bundle.uses_spatial
     cache, spec = bundle_features(ws, features, bundle, ds, {"dev": names["dev"], "test": names["test"]},
                                   pooled={"train": names["train"]})
     index = build_index(names["train"], cache.load(names["train"]), [ds.captions[n] for n in names["train"]],
@@ -486,7 +514,7 @@ def build_retrieval_index(ws: Workspace, features: FeatureSettings, ds: Flickr8k
         pooled_feats = cache.load(names[split])
         known = evaluated_scores(ws.out, names[split], CALIBRATION_BEAM) if split == "test" else None
         if known is None:
-            nbest = decode(bundle.step_decoder(), cache.load(names[split], spatial), bundle.vocab, config)
+            nbest = decode(bundle.step_decoder(), decoder_inputs(ws, bundle, names[split]), bundle.vocab, config)
             _, each, _ = coco_scores(ds.references(names[split]), [n[0].words for n in nbest], meteor=False)
             known = np.array(each["cider"]), np.array([n[0].normalized_log_prob for n in nbest])
         return (index.similarity(pooled_feats), *known, pooled_feats)

@@ -86,15 +86,18 @@ def caption_json(caption: Caption, attention: bool = False) -> dict:
 def model_summary(captioner: Captioner) -> dict:
     """The bundle's manifest, in short: what it is, what it was trained on, how it scores on the test split."""
     m = captioner.bundle.manifest
-    decoders = [m["decoder"], *m.get("members", [])]
     metrics = captioner.bundle.metrics or {}
     test = [{k: r[k] for k in ("decoding", "beam_width", "bleu_1", "bleu_4", "cider", "meteor", "rouge_l") if k in r}
             for r in metrics.get("results", []) if r.get("split") == "test"]
     return {
         "name": captioner.bundle.name,
         "encoder": {k: m["encoder"].get(k) for k in ("name", "alpha", "input_size", "feature_dim")},
-        "decoders": [{"kind": d.get("kind"), "units": d.get("config", {}).get("units")} for d in decoders],
-        "uses_attention": captioner.spatial and any(d.get("kind") == "attention" for d in decoders),
+        "encoders": [{k: e.get(k) for k in ("name", "alpha", "input_size", "feature_dim")}
+                     for e in captioner.bundle.encoders],          # more than one: a cross-encoder ensemble
+        "decoders": [{"kind": d.kind, "units": d.units, "encoder": key}
+                     for d, key in zip(captioner.bundle.manifest.decoders, captioner.bundle.decoder_keys)],
+        "uses_attention": captioner.spatial and any(d.kind in ("attention", "topdown")
+                                                    for d in captioner.bundle.manifest.decoders),
         "vocab_size": m["vocab_size"],
         "max_length": captioner.bundle.max_length,
         "trained_on": m.get("data", {}),

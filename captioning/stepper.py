@@ -47,24 +47,78 @@ class StepDecoder:
                 None if extras is None else extras.numpy())
 
 
+class MultiFeatures:
+    """The same images' features from several encoders, keyed by encoder key (e.g. ``xception-299``).
+
+    Rows index and slice together, as one array's would (``features[lo:hi]``, ``len(features)``), so decoding
+    batches them unchanged; :class:`EnsembleStepDecoder` hands each member its own encoder's rows.
+    """
+
+    def __init__(self, groups: dict[str, np.ndarray]):
+        if not groups:
+            raise ValueError("MultiFeatures needs the features of at least one encoder")
+        self.groups = {key: np.asarray(value) for key, value in groups.items()}
+        sizes = {key: len(value) for key, value in self.groups.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"every encoder needs features for the same images; rows per encoder: {sizes}")
+
+    def __len__(self) -> int:
+        return len(next(iter(self.groups.values())))
+
+    def __getitem__(self, rows) -> MultiFeatures:
+        return MultiFeatures({key: value[rows] for key, value in self.groups.items()})
+
+    def of(self, key: str) -> np.ndarray:
+        """One encoder's features; a KeyError names the encoders there are."""
+        if key not in self.groups:
+            raise KeyError(f"no features from encoder {key!r}; there are: {', '.join(self.groups)}")
+        return self.groups[key]
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.groups)
+
+
+def as_float32(features):
+    """``features`` as float32: an array, or MultiFeatures with every encoder's part converted."""
+    if isinstance(features, MultiFeatures):
+        return MultiFeatures({key: np.asarray(value, np.float32) for key, value in features.groups.items()})
+    return np.asarray(features, np.float32)
+
+
+def features_for(features, key: str | None):
+    """The rows a decoder of encoder ``key`` reads: one encoder's part of :class:`MultiFeatures`, or a plain
+    array as it is (a single-encoder bundle's features)."""
+    if isinstance(features, MultiFeatures):
+        if key is None:
+            raise ValueError("features from several encoders need each decoder's encoder key")
+        return features.of(key)
+    return features
+
+
 class EnsembleStepDecoder:
     """Several step decoders over one vocabulary as one: each step's next-word distribution is the mean of
     the members' probabilities (log of the averaged softmax), the usual way captioning ensembles decode.
 
-    Members may differ in architecture but must share the vocabulary and the encoder: give them the spatial
-    map when any member attends (merge members pool it, as the encoder does), else the pooled features.
-    The attention weights are the mean over the members that attend (None when none does).
+    Members may differ in architecture but must share the vocabulary. With one encoder, give them the spatial
+    map when any member attends (merge members pool it, as the encoder does), else the pooled features. Members
+    may also read different encoders: give ``encoders`` (each member's encoder key) and decode
+    :class:`MultiFeatures`. The attention weights are the mean over the members that attend, when their maps
+    have one shape (None otherwise).
     """
 
-    def __init__(self, members: list[StepDecoder]):
+    def __init__(self, members: list[StepDecoder], encoders: list[str] | None = None):
         if not members:
             raise ValueError("an ensemble needs at least one decoder")
+        if encoders is not None and len(encoders) != len(members):
+            raise ValueError(f"{len(members)} decoders but {len(encoders)} encoder keys")
         self.members = list(members)
+        self.encoders = list(encoders) if encoders is not None else [None] * len(self.members)
 
-    def start(self, features: np.ndarray, repeat: int = 1):
+    def start(self, features, repeat: int = 1):
         contexts, states = [], []
-        for m in self.members:
-            context, state = m.start(features, repeat)
+        for m, key in zip(self.members, self.encoders):
+            context, state = m.start(features_for(features, key), repeat)
             contexts.append(context)
             states.append(state)
         self._sizes = [len(s) for s in states]

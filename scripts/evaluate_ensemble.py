@@ -4,9 +4,10 @@
     python scripts/evaluate_ensemble.py artifacts/default artifacts/xception-attention-seed7 ... \
         [--split dev] [--beam-widths 1,3,5] [--json out.json]
 
-The bundles must share a vocabulary and an encoder (e.g. the same recipe trained with different seeds);
-features come from the cache ``train.py features`` filled. Prints one row per bundle and per decoding, then the
-ensemble's rows: the evidence for whether an ensemble is worth its decoding time.
+The bundles must share a vocabulary; they may read different encoders (a cross-encoder ensemble: each
+decoder gets its own encoder's features). Features come from the cache ``train.py features`` filled.
+Prints one row per bundle and per decoding, then the ensemble's rows: the evidence for whether an ensemble
+is worth its decoding time.
 """
 from __future__ import annotations
 
@@ -37,25 +38,33 @@ def main() -> None:
     from captioning.encoders import get_spec
     from captioning.evaluation import evaluate
     from captioning.features import FeatureCache
-    from captioning.stepper import EnsembleStepDecoder, StepDecoder
+    from captioning.stepper import EnsembleStepDecoder, MultiFeatures, StepDecoder
 
     bundles = [load_bundle(b, load_results=False) for b in args.bundles]
     first = bundles[0]
     for path, b in zip(args.bundles[1:], bundles[1:]):
         if b.vocab.itos != first.vocab.itos:
             sys.exit(f"{path} has another vocabulary than {args.bundles[0]}; an ensemble needs one vocabulary")
-        if b.encoder.key != first.encoder.key:
-            sys.exit(f"{path} uses encoder {b.encoder.key}, {args.bundles[0]} uses {first.encoder.key}")
     ds = Flickr8k.load(args.data_dir, check_images=False)
     names = ds.splits[args.split]
-    spec = get_spec(first.encoder.name, first.encoder.alpha)
-    cache = FeatureCache(Path(args.cache_dir) / "features", spec.key)
-    spatial = any(b.uses_spatial for b in bundles)   # merge members pool the map
-    missing = cache.missing(names, spatial)
-    if missing:
-        sys.exit(f"{len(missing)} {args.split} images have no cached {spec.key} features; run: "
-                 f"python train.py features --encoder {spec.name}{' --spatial' if spatial else ''}")
-    feats = cache.load(names, spatial)
+    # Every encoder any decoder reads, each loaded once: spatial maps when a decoder of it attends (merge
+    # decoders pool the map, as the encoder would).
+    keys = list(dict.fromkeys(k for b in bundles for k in b.decoder_keys))
+    specs = {spec.key: spec for spec in (get_spec(e.name, e.alpha) for b in bundles for e in b.encoders)}
+    arrays = {}
+    for key in keys:
+        spatial = any(b.spatial_for(key) for b in bundles)
+        cache = FeatureCache(Path(args.cache_dir) / "features", key)
+        missing = cache.missing(names, spatial)
+        if missing:
+            sys.exit(f"{len(missing)} {args.split} images have no cached {key} features; run: "
+                     f"python train.py features {specs[key].cli_args}{' --spatial' if spatial else ''}")
+        arrays[key] = cache.load(names, spatial)
+
+    def inputs(wanted: list[str]):
+        wanted = list(dict.fromkeys(wanted))
+        return arrays[wanted[0]] if len(wanted) == 1 else MultiFeatures({k: arrays[k] for k in wanted})
+
     refs = ds.references(names)
     max_length = max(b.max_length for b in bundles)
     configs = [DecodeConfig(beam_width=int(w), max_length=max_length, length_penalty=args.length_penalty)
@@ -63,13 +72,18 @@ def main() -> None:
 
     rows = []
     # A bundle that is itself an ensemble scores as one; the ensemble row pools every decoder of every bundle.
-    candidates = [] if args.no_singles else [(p, b.step_decoder()) for p, b in zip(args.bundles, bundles)]
+    candidates = [] if args.no_singles else [(p, b.step_decoder(), inputs(b.decoder_keys))
+                                             for p, b in zip(args.bundles, bundles)]
     decoders = [d for b in bundles for d in b.decoders]
+    decoder_keys = [k for b in bundles for k in b.decoder_keys]
     if len(bundles) > 1:
-        candidates.append((f"ensemble of {len(decoders)}", EnsembleStepDecoder([StepDecoder(d) for d in decoders])))
+        across = len(set(decoder_keys)) > 1
+        label = f"ensemble of {len(decoders)}" + (f" over {len(set(decoder_keys))} encoders" if across else "")
+        candidates.append((label, EnsembleStepDecoder([StepDecoder(d) for d in decoders],
+                                                      decoder_keys if across else None), inputs(decoder_keys)))
     if not candidates:
         sys.exit("--no-singles with one bundle leaves nothing to score: give two or more bundles")
-    for label, steps in candidates:
+    for label, steps, feats in candidates:
         results, _, _ = evaluate(steps, first.vocab, feats, names, refs, configs, split=args.split, meteor=False)
         for r in results:
             rows.append({"model": label, **r})

@@ -87,6 +87,8 @@ def test_health_model_and_docs(api, tiny_bundle):
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     assert model["name"] == "tiny" and model["encoder"]["name"] == "mobilenetv2"
     assert model["vocab_size"] == manifest["vocab_size"] and model["decoders"][0]["kind"] == "merge"
+    assert model["encoders"] == [model["encoder"]] and model["encoder"]["alpha"] == 0.35
+    assert model["decoders"][0]["encoder"] == "mobilenetv2-a0.35-224" and not model["uses_attention"]
     assert model["limits"]["max_bytes_per_image"] == MAX_BYTES
     assert {r["decoding"] for r in model["test_scores"]} >= {"greedy", "beam"}
     assert "/v1/captions" in requests.get(f"{url}/openapi.json", timeout=10).json()["paths"]
