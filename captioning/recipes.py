@@ -315,10 +315,7 @@ def build_ensemble(ws: Workspace, members: list[str] | None) -> Path:
     manifest = {k: v for k, v in first.manifest.raw.items()
                 if k not in ("files", "members", "name", "created", "versions")}
     manifest["max_length"] = max(b.max_length for b in bundles)
-    manifest["ensemble_of"] = [{"bundle": b.manifest.trained_as or b.name, "kind": d.kind, "encoder": key,
-                                "training": b.manifest.training_config,
-                                **({"scst": _scst_summary(b.manifest.scst)} if b.manifest.scst else {})}
-                               for b in bundles for d, key in zip(b.decoders, b.decoder_keys)]
+    manifest["ensemble_of"] = [part for b in bundles for part in _ensemble_parts(b)]
     manifest["command"] = "python train.py ensemble --members " + " ".join(members) + f" --out {ws.bundle}"
     path = save_bundle(ws.out, decoders[0], first.vocab, manifest, members=decoders[1:],
                        member_encoders=member_encoders)
@@ -327,6 +324,19 @@ def build_ensemble(ws: Workspace, members: list[str] | None) -> Path:
     across = f" over {len(keys)} encoders ({', '.join(keys)})" if len(keys) > 1 else ""
     print(f"ensemble: {len(decoders)} decoders ({kinds}){across}; bundle {ws.bundle} (once evaluated)")
     return path
+
+
+def _ensemble_parts(bundle) -> list[dict]:
+    """Where each of a member bundle's decoders came from; a member that is itself an ensemble passes on its
+    own parts (so an ensemble of ``default`` and a new decoder still names the bundles behind ``default``)."""
+    keys = bundle.decoder_keys
+    parts = bundle.manifest.ensemble_of
+    if parts and len(parts) == len(keys):
+        return [{**part, "encoder": key} for part, key in zip(parts, keys)]
+    return [{"bundle": bundle.manifest.trained_as or bundle.name, "kind": d.kind, "encoder": key,
+             "training": bundle.manifest.training_config,
+             **({"scst": _scst_summary(bundle.manifest.scst)} if bundle.manifest.scst else {})}
+            for d, key in zip(bundle.decoders, keys)]
 
 
 def _scst_summary(scst: dict) -> dict:

@@ -278,3 +278,20 @@ def test_encoders_have_the_names_people_know():
     assert EncoderInfo.from_dict({"name": "xception", "alpha": None}).label == "Xception"
     assert EncoderInfo.from_dict({"name": "mobilenetv2", "alpha": 0.35}).label == "MobileNetV2 x0.35"
     assert EncoderInfo.from_dict({"name": "future-net"}).label == "future-net"
+
+
+def test_an_ensemble_of_an_ensemble_keeps_each_decoders_encoder_and_origin(cross_run, tiny_run, flickr_dir,
+                                                                           tmp_path):
+    import train
+
+    out, _, _ = cross_run
+    artifacts, cache = tiny_run
+    nested = tmp_path / "nested"
+    assert train.main(["ensemble", "--members", str(out), str(artifacts / "tiny"), "--out", str(nested),
+                       "--data-dir", str(flickr_dir), "--limit", "60", "--cache-dir", str(cache), "--quiet",
+                       "--beam-widths", "2", "--no-human", "--no-meteor", "--no-sweep"]) == 0
+    bundle = load_bundle(nested)
+    assert bundle.decoder_keys == ["mobilenetv2-a0.35-224", "efficientnetlite0-224", "mobilenetv2-a0.35-224"]
+    assert [p["bundle"] for p in bundle.manifest["ensemble_of"]] == ["tiny-attention", "tiny-lite0", "tiny"]
+    assert ["encoder" in m for m in bundle.manifest["members"]] == [True, False]
+    assert [r["beam_width"] for r in bundle.metrics["results"]] == [1, 2]
