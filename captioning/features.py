@@ -28,6 +28,7 @@ from .files import atomic_save_npy, atomic_write
 from .images import CANONICAL_SIZE
 
 SHARD_SIZE = 512
+FLIP_SUFFIX = "-flip"          # the cache of mirrored photos' features: .cache/features/xception-299-flip/
 
 
 def shard_slice(names: Sequence[str], num_shards: int, index: int, block: int) -> list[str]:
@@ -228,8 +229,11 @@ def _read_canonical(path):
 
 def extract_features(encoder, spec: EncoderSpec, paths: dict[str, Path], cache: FeatureCache,
                      batch_size: int = 32, spatial: bool = False, progress: bool = True,
-                     shard_size: int = SHARD_SIZE) -> dict:
+                     shard_size: int = SHARD_SIZE, flip: bool = False) -> dict:
     """Extract and cache features for every image in ``paths`` (name -> file) not cached yet.
+
+    ``flip``: of the mirrored photos (left and right swapped), for test-time augmentation; keep them in a cache
+    of their own (:data:`FLIP_SUFFIX` after the encoder key).
 
     Returns timing stats: images done, seconds, images per second (overall, and after the first batch, which
     also traces the encoder call).
@@ -246,6 +250,7 @@ def extract_features(encoder, spec: EncoderSpec, paths: dict[str, Path], cache: 
     files = [str(paths[n]) for n in todo]
     ds = (tf.data.Dataset.from_tensor_slices(files)
           .map(_read_canonical, num_parallel_calls=tf.data.AUTOTUNE)
+          .map(tf.image.flip_left_right if flip else (lambda img: img))
           .batch(batch_size)
           .map(to_input, num_parallel_calls=tf.data.AUTOTUNE)
           .prefetch(2))

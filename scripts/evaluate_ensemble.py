@@ -2,7 +2,7 @@
 """Score bundles alone and together as an ensemble (mean of their next-word probabilities) on a split.
 
     python scripts/evaluate_ensemble.py artifacts/default artifacts/xception-attention-seed7 ... \
-        [--split dev] [--beam-widths 1,3,5] [--json out.json]
+        [--split dev] [--beam-widths 1,3,5] [--flip] [--json out.json]
 
 The bundles must share a vocabulary; they may read different encoders (a cross-encoder ensemble: each
 decoder gets its own encoder's features). Features come from the cache ``train.py features`` filled.
@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=".cache")
     parser.add_argument("--data-dir", default=os.environ.get("FLICKR8K_DIR", "../shared/flickr8k"))
     parser.add_argument("--no-singles", action="store_true", help="score only the ensemble")
+    parser.add_argument("--flip", action="store_true",
+                        help="test-time flip: every decoder also reads the mirrored photos' features (cached by "
+                             "scripts/flip_features.py) and decoding averages the two")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -37,7 +40,7 @@ def main() -> None:
     from captioning.decoding import DecodeConfig
     from captioning.encoders import get_spec
     from captioning.evaluation import evaluate
-    from captioning.features import FeatureCache
+    from captioning.features import FLIP_SUFFIX, FeatureCache
     from captioning.stepper import EnsembleStepDecoder, MultiFeatures, StepDecoder
 
     bundles = [load_bundle(b, load_results=False) for b in args.bundles]
@@ -70,17 +73,38 @@ def main() -> None:
     configs = [DecodeConfig(beam_width=int(w), max_length=max_length, length_penalty=args.length_penalty)
                for w in args.beam_widths.split(",")]
 
+    if args.flip:                                    # every decoder also reads the mirrored photo's features
+        for key in keys:
+            cache = FeatureCache(Path(args.cache_dir) / "features", key + FLIP_SUFFIX)
+            spatial = any(b.spatial_for(key) for b in bundles)
+            missing = cache.missing(names, spatial)
+            if missing:
+                sys.exit(f"{len(missing)} {args.split} images have no mirrored {key} features; run: python "
+                         f"scripts/flip_features.py {specs[key].cli_args} --splits {args.split}"
+                         f"{' --spatial' if spatial else ''}")
+            arrays[key + FLIP_SUFFIX] = cache.load(names, spatial)
+
+    def steps_for(models: list, model_keys: list[str]):
+        """The step decoder and its features: one decoder alone, or the mean of several (each on its encoder's
+        features; with --flip each decoder twice, on the photo and on its mirror image)."""
+        if args.flip:
+            models, model_keys = models * 2, model_keys + [k + FLIP_SUFFIX for k in model_keys]
+        if len(models) == 1:
+            return StepDecoder(models[0]), arrays[model_keys[0]]
+        across = len(set(model_keys)) > 1
+        return (EnsembleStepDecoder([StepDecoder(m) for m in models], model_keys if across else None),
+                inputs(model_keys))
+
     rows = []
     # A bundle that is itself an ensemble scores as one; the ensemble row pools every decoder of every bundle.
-    candidates = [] if args.no_singles else [(p, b.step_decoder(), inputs(b.decoder_keys))
+    candidates = [] if args.no_singles else [(p, *steps_for(b.decoders, b.decoder_keys))
                                              for p, b in zip(args.bundles, bundles)]
     decoders = [d for b in bundles for d in b.decoders]
     decoder_keys = [k for b in bundles for k in b.decoder_keys]
     if len(bundles) > 1:
         across = len(set(decoder_keys)) > 1
         label = f"ensemble of {len(decoders)}" + (f" over {len(set(decoder_keys))} encoders" if across else "")
-        candidates.append((label, EnsembleStepDecoder([StepDecoder(d) for d in decoders],
-                                                      decoder_keys if across else None), inputs(decoder_keys)))
+        candidates.append((label, *steps_for(decoders, decoder_keys)))
     if not candidates:
         sys.exit("--no-singles with one bundle leaves nothing to score: give two or more bundles")
     for label, steps, feats in candidates:

@@ -104,3 +104,33 @@ def test_two_shard_processes_fill_one_cache_byte_identical_to_one_process(tmp_pa
 
     # Nothing is missing: train.py (which asks the cache the same question) would extract nothing and train.
     assert ours.missing(names) == []
+
+
+def test_flipped_features_are_the_mirrored_photos_features(tmp_path, flickr_dir, mobilenet_weights):
+    """extract_features(flip=True), the test-time flip's cache, equals extracting mirrored copies of the photos."""
+    import tensorflow as tf
+    from PIL import Image
+
+    from captioning.encoders import build_encoder, get_spec
+    from captioning.features import FLIP_SUFFIX, extract_features
+
+    spec = get_spec("mobilenetv2", 0.35)
+    encoder, _ = build_encoder(spec, mobilenet_weights, spatial=True)
+    names = sorted(p.name for p in (flickr_dir / "Images").glob("*.jpg"))[:3]
+    mirrored = {}
+    for name in names:                 # decoded as the pipeline decodes (PIL's JPEG decoder rounds otherwise)
+        pixels = tf.io.decode_image(tf.io.read_file(str(flickr_dir / "Images" / name)), channels=3).numpy()
+        file = tmp_path / f"{name}.png"                           # lossless: the same pixels, mirrored
+        Image.fromarray(pixels[:, ::-1]).save(file)
+        mirrored[name] = file
+    flipped = FeatureCache(tmp_path / "features", spec.key + FLIP_SUFFIX)
+    extract_features(encoder, spec, {n: flickr_dir / "Images" / n for n in names}, flipped, spatial=True,
+                     progress=False, flip=True)
+    by_file = FeatureCache(tmp_path / "features", "by-file")
+    extract_features(encoder, spec, mirrored, by_file, spatial=True, progress=False)
+    plain = FeatureCache(tmp_path / "features", spec.key)
+    extract_features(encoder, spec, {n: flickr_dir / "Images" / n for n in names}, plain, progress=False)
+    assert flipped.dir.name == "mobilenetv2-a0.35-224-flip"
+    np.testing.assert_allclose(flipped.load(names, spatial=True).astype(np.float32),
+                               by_file.load(names, spatial=True).astype(np.float32), atol=2e-3)
+    assert not np.allclose(flipped.load(names).astype(np.float32), plain.load(names).astype(np.float32), atol=0.05)
