@@ -24,8 +24,14 @@ if [ ! -f "$stamp" ]; then
 fi
 
 if [ "$mode" = app ]; then
-  encoder=$(.venv/bin/python -c "import json;print(json.load(open('artifacts/default/manifest.json'))['encoder']['name'])" 2>/dev/null || echo xception)
-  .venv/bin/python -m captioning setup-weights --encoder "$encoder"
+  # every encoder the default bundle reads (a cross-encoder ensemble's members name their own)
+  encoders=$(.venv/bin/python -c "
+import json; m = json.load(open('artifacts/default/manifest.json'))
+names = [m['encoder']['name']] + [e['encoder']['name'] for e in m.get('members', []) if 'encoder' in e]
+print(' '.join(dict.fromkeys(n.replace('efficientnetlite', 'efficientnet-lite') for n in names)))" 2>/dev/null || echo xception)
+  for encoder in $encoders; do
+    .venv/bin/python -m captioning setup-weights --encoder "$encoder"
+  done
 fi
 
 if [ "$mode" = test ]; then
