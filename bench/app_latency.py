@@ -43,7 +43,8 @@ def main() -> None:
         sys.exit(f"error: {exc} (make setup puts the default bundle's encoder weights in weights/)")
     cold = time.perf_counter() - t0
 
-    out = {"bundle": args.bundle, "encoder": captioner.spec.key, "cold_start_to_first_caption_s": round(cold, 2),
+    out = {"bundle": args.bundle, "encoder": " + ".join(captioner.encoders),
+           "cold_start_to_first_caption_s": round(cold, 2),
            "first_caption": first}
     for label, width, batch in (("greedy", 1, uploads[1: args.images + 1]),
                                 ("beam 5", 5, uploads[args.images + 1: 2 * args.images + 1])):

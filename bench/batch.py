@@ -96,7 +96,8 @@ def main() -> None:
         captioner.encode(arrays[:size])                                                   # trace every batch shape once
     list(captioner.caption_many(paths[: args.batch_size * 2], config, args.batch_size))   # and the pipeline's
 
-    out = {"bundle": args.bundle, "encoder": captioner.spec.key, "images": len(paths), "batch_size": args.batch_size,
+    out = {"bundle": args.bundle, "encoder": " + ".join(captioner.encoders), "images": len(paths),
+           "batch_size": args.batch_size,
            "decoding": config.describe(), "cpu_count": os.cpu_count(), "load_average_1min": os.getloadavg()[0]}
     raw_before = raw_encoder_rate(captioner, arrays, args.batch_size)
     start = time.perf_counter()
@@ -108,7 +109,7 @@ def main() -> None:
     out["throughput"] = {"raw_encoder_img_s": round(raw, 2), "raw_before": round(raw_before, 2),
                          "raw_after": round(raw_after, 2), "caption_many_img_s": round(pipeline, 2),
                          "fraction_of_raw": round(pipeline / raw, 3)}
-    print(f"{args.bundle} ({captioner.spec.key}), {len(paths)} test images, batch {args.batch_size}, "
+    print(f"{args.bundle} ({' + '.join(captioner.encoders)}), {len(paths)} test images, batch {args.batch_size}, "
           f"{config.describe()}; load average {out['load_average_1min']:.1f} on {os.cpu_count()} CPUs")
     print(f"{'throughput':<52} {'img/s':>8} {'% of raw':>9}")
     print(f"{'raw batched encoder, preloaded tensors (limit)':<52} {raw:8.1f} {100:8.0f}%"
