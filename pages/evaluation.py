@@ -171,11 +171,13 @@ def training_section(manifest: Manifest | None) -> None:
     st.subheader("How it was trained", anchor="training")
     if members:
         shipped = {p.name for p in bundle_paths()}
+        encoders = manifest.decoder_encoders
         rows = []
-        for m in members:
+        for i, m in enumerate(members):
             config, tuned = m.get("training") or {}, m.get("scst")
             rows.append({"Member": m.get("bundle"),
                          "In this app": "yes: pick it in the sidebar" if m.get("bundle") in shipped else "not shipped",
+                         "Encoder": encoders[i].label if len(encoders) == len(members) else "?",
                          "Decoder": m.get("kind"), "Seed": config.get("seed"),
                          "LSTM units": config.get("units"), "Label smoothing": config.get("label_smoothing", 0.0),
                          "SCST (dev CIDEr-D)": (f"{tuned['start_dev_cider']:.3f} → {tuned['best_dev_cider']:.3f}"

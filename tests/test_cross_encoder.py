@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 import pytest
 from conftest import missing
+from test_app import navigation_like_the_server, start, texts  # noqa: F401  (the app's page-navigation fixture)
 
 from captioning.bundle import BundleError, load_bundle, read_manifest, save_bundle
 from captioning.decoding import DecodeConfig, decode
@@ -295,3 +296,21 @@ def test_an_ensemble_of_an_ensemble_keeps_each_decoders_encoder_and_origin(cross
     assert [p["bundle"] for p in bundle.manifest["ensemble_of"]] == ["tiny-attention", "tiny-lite0", "tiny"]
     assert ["encoder" in m for m in bundle.manifest["members"]] == [True, False]
     assert [r["beam_width"] for r in bundle.metrics["results"]] == [1, 2]
+
+
+@pytest.mark.usefixtures("navigation_like_the_server")
+def test_the_app_names_both_encoders_and_each_members_encoder(cross_run, flickr_dir, mobilenet_weights, monkeypatch):
+
+    out, _, _ = cross_run
+    monkeypatch.setenv("CAPTIONING_ARTIFACTS", str(out.parent))
+    monkeypatch.setenv("FLICKR8K_DIR", str(flickr_dir))
+    monkeypatch.setenv("CAPTIONING_WEIGHTS_DIR", str(mobilenet_weights.parent))
+    at = start()
+    at.sidebar.selectbox[0].select(str(out)).run()
+    sidebar = " ".join(c.value for c in at.sidebar.caption)
+    assert "**MobileNetV2 x0.35** (224px) + **EfficientNet-Lite0** (224px)" in sidebar, sidebar
+    at.switch_page("pages/evaluation.py").run()
+    assert not at.exception, at.exception
+    members = next(d.value for d in at.dataframe if "Member" in d.value.columns)
+    assert list(members["Encoder"]) == ["MobileNetV2 x0.35", "EfficientNet-Lite0"]
+    assert "How it was trained" in texts(at)
