@@ -122,5 +122,11 @@ def calibration_chart(scores, cider, calibration, bins: int = 10) -> alt.Chart:
     marks = pd.DataFrame({"score": [calibration.unfamiliar_below, calibration.familiar_from],
                           "what": ["unfamiliar below (dev)", "familiar from (dev)"]})
     rules = alt.Chart(marks).mark_rule(strokeDash=[5, 3], color="black").encode(x="score:Q", tooltip=["what", "score"])
-    names = rules.mark_text(align="left", dx=4, dy=-120, angle=0, color="black").encode(text="what:N")
+    # The two labels point away from each other (left of the lower threshold, right of the upper), so close
+    # thresholds never print one label over the other.
+    lower = (alt.Chart(marks.iloc[[0]]).mark_text(align="right", dx=-4, dy=-120, color="black")
+             .encode(x="score:Q", text="what:N"))
+    upper = (alt.Chart(marks.iloc[[1]]).mark_text(align="left", dx=4, dy=-120, color="black")
+             .encode(x="score:Q", text="what:N"))
+    names = lower + upper
     return (bars + text + rules + names).properties(height=300, title="Test split: mean CIDEr-D by in-domain score")
