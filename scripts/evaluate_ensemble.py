@@ -2,7 +2,7 @@
 """Score bundles alone and together as an ensemble (mean of their next-word probabilities) on a split.
 
     python scripts/evaluate_ensemble.py artifacts/default artifacts/xception-attention-seed7 ... \
-        [--split dev] [--beam-widths 1,3,5] [--flip] [--json out.json]
+        [--split dev] [--beam-widths 1,3,5] [--flip] [--max-length 16] [--json out.json]
 
 The bundles must share a vocabulary; they may read different encoders (a cross-encoder ensemble: each
 decoder gets its own encoder's features). Features come from the cache ``train.py features`` filled.
@@ -26,8 +26,12 @@ def main() -> None:
     parser.add_argument("--split", default="dev", choices=["dev", "test"])
     parser.add_argument("--beam-widths", default="1,3,5")
     parser.add_argument("--length-penalty", type=float, default=1.0)
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="most tokens per caption (words + <end>; default: the bundles' longest training caption)")
     parser.add_argument("--cache-dir", default=".cache")
     parser.add_argument("--data-dir", default=os.environ.get("FLICKR8K_DIR", "../shared/flickr8k"))
+    parser.add_argument("--limit", type=int, default=None,
+                        help="bundles trained with train.py --limit N: score the same N-image cut's split")
     parser.add_argument("--no-singles", action="store_true", help="score only the ensemble")
     parser.add_argument("--flip", action="store_true",
                         help="test-time flip: every decoder also reads the mirrored photos' features (cached by "
@@ -41,6 +45,7 @@ def main() -> None:
     from captioning.encoders import get_spec
     from captioning.evaluation import evaluate
     from captioning.features import FLIP_SUFFIX, FeatureCache
+    from captioning.recipes import split_names
     from captioning.stepper import EnsembleStepDecoder, MultiFeatures, StepDecoder
 
     bundles = [load_bundle(b, load_results=False) for b in args.bundles]
@@ -49,7 +54,7 @@ def main() -> None:
         if b.vocab.itos != first.vocab.itos:
             sys.exit(f"{path} has another vocabulary than {args.bundles[0]}; an ensemble needs one vocabulary")
     ds = Flickr8k.load(args.data_dir, check_images=False)
-    names = ds.splits[args.split]
+    names = split_names(ds, args.limit)[args.split]
     # Every encoder any decoder reads, each loaded once: spatial maps when a decoder of it attends (merge
     # decoders pool the map, as the encoder would).
     keys = list(dict.fromkeys(k for b in bundles for k in b.decoder_keys))
@@ -69,7 +74,9 @@ def main() -> None:
         return arrays[wanted[0]] if len(wanted) == 1 else MultiFeatures({k: arrays[k] for k in wanted})
 
     refs = ds.references(names)
-    max_length = max(b.max_length for b in bundles)
+    max_length = args.max_length or max(b.max_length for b in bundles)
+    if max_length < 2:
+        sys.exit("--max-length must be at least 2 (one word and <end>)")
     configs = [DecodeConfig(beam_width=int(w), max_length=max_length, length_penalty=args.length_penalty)
                for w in args.beam_widths.split(",")]
 
