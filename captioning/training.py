@@ -36,6 +36,7 @@ class TrainConfig:
     label_smoothing: float = 0.0   # share of each target's probability spread over the vocabulary
     lr_decay: float = 1.0          # learning rate x this after an epoch without a better dev loss (1 = off)
     embeddings: str | None = None  # pretrained word vectors the embedding started from (file name)
+    max_words: int | None = None   # training captions cut to this many words (None = whole, up to MAX_TOKENS)
 
     def __post_init__(self):
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -50,7 +51,7 @@ class TrainConfig:
         """The settings that identify a run; options left at their off value are omitted, so runs
         checkpointed before those options existed still resume."""
         d = self.to_dict()
-        for key, off in (("label_smoothing", 0.0), ("lr_decay", 1.0), ("embeddings", None)):
+        for key, off in (("label_smoothing", 0.0), ("lr_decay", 1.0), ("embeddings", None), ("max_words", None)):
             if d[key] == off:
                 del d[key]
         return d

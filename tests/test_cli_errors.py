@@ -3,6 +3,7 @@ work is done; no typo or failure replaces a trained bundle; encoder weights are 
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,7 @@ MOBILE = ["--encoder", "mobilenetv2", "--alpha", "0.35"]
     (["--limit", "3"], ["--limit 3", "at least 10"]),
     (["evaluate", "--epochs", "0"], ["--epochs 0"]),
     (["scst", "--from", "x", "--samples", "1"], ["--samples 1", "at least 2"]),
+    (["--max-words", "0"], ["--max-words 0", "from 1 to 38, e.g. 16"]),
 ])
 def test_bad_options_are_one_line_errors_before_any_work(argv, needles, capsys):
     if str(MOBILENET) in argv and not MOBILENET.is_file():
@@ -132,6 +134,25 @@ def test_a_failed_run_never_replaces_the_bundle_at_out(tiny_run, flickr_dir, mob
     after = json.loads((out / "manifest.json").read_text())
     assert after["training"]["config"]["seed"] == 5 and (out / "metrics.json").is_file()
     assert [p.name for p in out.parent.iterdir()] == ["tiny"]
+
+
+def test_max_words_cuts_the_training_captions_and_what_the_bundle_writes(tiny_run, flickr_dir, mobilenet_weights,
+                                                                         tmp_path, capsys):
+    _, shared_cache = tiny_run
+    cache, out = tmp_path / "cache", tmp_path / "short"
+    shutil.copytree(shared_cache / "features", cache / "features")
+    assert train.main(["--data-dir", str(flickr_dir), *MOBILE, "--weights", str(mobilenet_weights), "--limit", "60",
+                       "--cache-dir", str(cache), "--out", str(out), "--epochs", "2", "--max-words", "4",
+                       "--beam-widths", "2", "--quiet", "--no-human", "--no-meteor", "--no-sweep", "--no-index"]) == 0
+    said = capsys.readouterr().out
+    cut = re.search(r"train: (\d+) of (\d+) training captions cut to 4 words", said)
+    assert cut and 0 < int(cut[1]) < int(cut[2]), said[-1500:]       # most Flickr8k captions are longer than 4
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["config"]["max_words"] == 4
+    assert manifest["max_length"] == 5                                # four words and <end>
+    results = json.loads((out / "metrics.json").read_text())["results"]
+    assert {r["label"] for r in results} == {"greedy", "beam 2"}
+    assert all(r["mean_length"] <= 4 for r in results)
 
 
 def test_interrupt_says_work_is_saved_only_when_it_is(flickr_dir, tmp_path, monkeypatch, capsys):

@@ -41,6 +41,8 @@ def test_config_rejects_nonsense_and_keeps_old_fingerprints():
     with pytest.raises(ValueError, match="decay"):
         TrainConfig(lr_decay=0.0)
     assert "lr_decay" not in TrainConfig().fingerprint_dict()
+    assert "max_words" not in TrainConfig().fingerprint_dict()            # runs from before --max-words resume
+    assert TrainConfig(max_words=16).fingerprint_dict()["max_words"] == 16
     assert TrainConfig(lr_decay=0.5, label_smoothing=0.1).fingerprint_dict()["lr_decay"] == 0.5
 
 
