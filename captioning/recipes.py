@@ -174,8 +174,16 @@ def train_decoder(ws: Workspace, settings: TrainSettings, features: FeatureSetti
     from .features import FeatureCache
     from .models import build_decoder
     from .text import Vocabulary, tokenize
-    from .training import (MAX_TOKENS, TrainConfig, encode_captions, fit, make_dataset, make_strategy, worker_role,
-                           worker_run_dir)
+    from .training import (
+        MAX_TOKENS,
+        TrainConfig,
+        encode_captions,
+        fit,
+        make_dataset,
+        make_strategy,
+        worker_role,
+        worker_run_dir,
+    )
 
     spec = get_spec(features.encoder, features.alpha)
     cache = FeatureCache(Path(ws.cache_dir) / "features", spec.key)
