@@ -139,8 +139,9 @@ class EvaluateSettings:
 class PipelineSettings:
     """Which bundle-building steps run, and their inputs (ensemble members, the bundle SCST starts from)."""
 
-    members: list[str] | None = option(None, "ensemble: trained bundles to combine (same vocabulary and encoder, "
-                                              "e.g. other seeds)", nargs="+", metavar="BUNDLE")
+    members: list[str] | None = option(None, "ensemble: trained bundles to combine (one vocabulary; BUNDLE@1,3 "
+                                              "takes decoders 1 and 3 of an ensemble bundle)", nargs="+",
+                                       metavar="BUNDLE")
     source: str | None = option(None, "scst: the trained bundle to fine-tune (a single decoder)", metavar="BUNDLE",
                                 flag="--from")
     samples: int = option(5, "scst: captions sampled per image (each one's baseline is the mean reward of the "

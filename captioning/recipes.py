@@ -311,26 +311,40 @@ def build_ensemble(ws: Workspace, members: list[str] | None) -> Path:
 
     Members may read different encoders (a cross-encoder ensemble): the first member's encoder is the bundle's,
     every decoder that reads another keeps that encoder's block in the manifest."""
-    from .bundle import save_bundle
+    from .bundle import check_pick, save_bundle, split_pick
     from .manifest import encoder_key
 
-    if not members or len(members) < 2:
-        raise OptionError("ensemble needs {members} with at least two trained bundles, e.g. "
-                          "{members} artifacts/default artifacts/xception-merge")
-    bundles = [_load_bundle(m, load_results=False) for m in members]
+    too_few = OptionError("ensemble needs {members} with at least two trained bundles, e.g. {members} "
+                          "artifacts/default artifacts/xception-merge (or decoders of one: artifacts/default@1,3)")
+    if not members:
+        raise too_few
+    bundles, picks = [], []
+    for m in members:           # BUNDLE or BUNDLE@1,3 (some decoders of an ensemble bundle)
+        try:
+            path, indices = split_pick(m)
+            bundle = _load_bundle(path, load_results=False)
+            picks.append(check_pick(m, indices, len(bundle.decoders)))
+        except ValueError as exc:
+            raise OptionError(f"{{members}} {exc}") from None
+        bundles.append(bundle)
     first = bundles[0]
+    if picks[0][0] != 0:
+        raise OptionError(f"{{members}} {members[0]}: the first member's first decoder must come first (the "
+                          f"bundle takes its encoder and training record), e.g. {split_pick(members[0])[0]}@1,...")
     for path, b in zip(members[1:], bundles[1:]):
         if b.vocab.itos != first.vocab.itos:
             raise OptionError(f"{path} has another vocabulary than {members[0]}: retrain it with the same "
                               f"{{min_count}} on the same training split")
-    decoders = [d for b in bundles for d in b.decoders]
-    encoders = [e for b in bundles for e in b.manifest.decoder_encoders]
+    if len(sum(picks, [])) < 2:
+        raise too_few
+    decoders = [b.decoders[i] for b, pick in zip(bundles, picks) for i in pick]
+    encoders = [b.manifest.decoder_encoders[i] for b, pick in zip(bundles, picks) for i in pick]
     primary = encoder_key(first.encoder)
     member_encoders = [None if encoder_key(e) == primary else dict(e.raw) for e in encoders[1:]]
     manifest = {k: v for k, v in first.manifest.raw.items()
                 if k not in ("files", "members", "name", "created", "versions")}
     manifest["max_length"] = max(b.max_length for b in bundles)
-    manifest["ensemble_of"] = [part for b in bundles for part in _ensemble_parts(b)]
+    manifest["ensemble_of"] = [_ensemble_parts(b)[i] for b, pick in zip(bundles, picks) for i in pick]
     manifest["command"] = "python train.py ensemble --members " + " ".join(members) + f" --out {ws.bundle}"
     path = save_bundle(ws.out, decoders[0], first.vocab, manifest, members=decoders[1:],
                        member_encoders=member_encoders)

@@ -3,6 +3,10 @@
 
     python scripts/evaluate_ensemble.py artifacts/default artifacts/xception-attention-seed7 ... \
         [--split dev] [--beam-widths 1,3,5] [--flip] [--max-length 16] [--json out.json]
+    python scripts/evaluate_ensemble.py artifacts/default@1,3,5 ...     # some decoders of an ensemble bundle
+
+``BUNDLE@1,3`` takes only those decoders of an ensemble bundle (numbered from 1 in the order of its manifest's
+``ensemble_of``), so disjoint sub-ensembles of one bundle score without splitting it into folders.
 
 The bundles must share a vocabulary; they may read different encoders (a cross-encoder ensemble: each
 decoder gets its own encoder's features). Features come from the cache ``train.py features`` filled.
@@ -48,7 +52,8 @@ def main() -> None:
     from captioning.recipes import split_names
     from captioning.stepper import EnsembleStepDecoder, MultiFeatures, StepDecoder
 
-    bundles = [load_bundle(b, load_results=False) for b in args.bundles]
+    selections = [pick_decoders(arg, load_bundle) for arg in args.bundles]
+    bundles = [b for b, _, _ in selections]
     first = bundles[0]
     for path, b in zip(args.bundles[1:], bundles[1:]):
         if b.vocab.itos != first.vocab.itos:
@@ -57,11 +62,17 @@ def main() -> None:
     names = split_names(ds, args.limit)[args.split]
     # Every encoder any decoder reads, each loaded once: spatial maps when a decoder of it attends (merge
     # decoders pool the map, as the encoder would).
-    keys = list(dict.fromkeys(k for b in bundles for k in b.decoder_keys))
+    decoders = [d for _, ds, _ in selections for d in ds]
+    decoder_keys = [k for _, _, ks in selections for k in ks]
+
+    def spatial_for(key: str) -> bool:
+        return any(getattr(d, "uses_spatial", False) for d, k in zip(decoders, decoder_keys) if k == key)
+
+    keys = list(dict.fromkeys(decoder_keys))
     specs = {spec.key: spec for spec in (get_spec(e.name, e.alpha) for b in bundles for e in b.encoders)}
     arrays = {}
     for key in keys:
-        spatial = any(b.spatial_for(key) for b in bundles)
+        spatial = spatial_for(key)
         cache = FeatureCache(Path(args.cache_dir) / "features", key)
         missing = cache.missing(names, spatial)
         if missing:
@@ -83,7 +94,7 @@ def main() -> None:
     if args.flip:                                    # every decoder also reads the mirrored photo's features
         for key in keys:
             cache = FeatureCache(Path(args.cache_dir) / "features", key + FLIP_SUFFIX)
-            spatial = any(b.spatial_for(key) for b in bundles)
+            spatial = spatial_for(key)
             missing = cache.missing(names, spatial)
             if missing:
                 sys.exit(f"{len(missing)} {args.split} images have no mirrored {key} features; run: python "
@@ -104,10 +115,8 @@ def main() -> None:
 
     rows = []
     # A bundle that is itself an ensemble scores as one; the ensemble row pools every decoder of every bundle.
-    candidates = [] if args.no_singles else [(p, *steps_for(b.decoders, b.decoder_keys))
-                                             for p, b in zip(args.bundles, bundles)]
-    decoders = [d for b in bundles for d in b.decoders]
-    decoder_keys = [k for b in bundles for k in b.decoder_keys]
+    candidates = [] if args.no_singles else [(p, *steps_for(ds, ks))
+                                             for p, (_, ds, ks) in zip(args.bundles, selections)]
     if len(bundles) > 1:
         across = len(set(decoder_keys)) > 1
         label = f"ensemble of {len(decoders)}" + (f" over {len(set(decoder_keys))} encoders" if across else "")
@@ -122,6 +131,19 @@ def main() -> None:
                   + " ".join(f"{c} {r[c]:.4f}" for c in COLUMNS), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"split": args.split, "rows": rows}, indent=2))
+
+
+def pick_decoders(arg: str, load_bundle):
+    """``PATH`` or ``PATH@1,3``: (the bundle, the chosen decoders, the encoder key each reads)."""
+    from captioning.bundle import check_pick, split_pick
+
+    try:
+        path, indices = split_pick(arg)
+        bundle = load_bundle(path, load_results=False)
+        indices = check_pick(arg, indices, len(bundle.decoders))
+    except ValueError as exc:
+        sys.exit(str(exc))
+    return bundle, [bundle.decoders[i] for i in indices], [bundle.decoder_keys[i] for i in indices]
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from captioning.bundle import load_bundle
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -64,3 +66,84 @@ def test_evaluate_ensemble_says_how_to_fill_missing_features(tiny_run, flickr_di
     bad = evaluate_ensemble(tiny_run, flickr_dir, tmp_path, str(artifacts / "tiny"), "--limit", "60",
                             "--max-length", "1")
     assert bad.returncode != 0 and "--max-length must be at least 2" in bad.stderr
+
+
+def test_evaluate_ensemble_scores_chosen_decoders_of_an_ensemble_bundle(tiny_run, flickr_dir, tmp_path, capsys):
+    """BUNDLE@N scores exactly as the bundle decoder N came from; BUNDLE@1,2 as the whole ensemble; and
+    train.py ensemble builds from chosen decoders too."""
+    import train
+
+    artifacts, cache = tiny_run
+    common = ["--data-dir", str(flickr_dir), "--limit", "60", "--cache-dir", str(cache), "--quiet",
+              "--beam-widths", "2", "--no-human", "--no-meteor", "--no-sweep", "--no-index"]
+    ens = tmp_path / "ens"
+    assert train.main(["ensemble", "--members", str(artifacts / "tiny"), str(artifacts / "tiny-attention"),
+                       "--out", str(ens), *common]) == 0
+    # the same two decoders, one picked out of the ensemble bundle: the same bundle, decoding as it does
+    again = tmp_path / "again"
+    assert train.main(["ensemble", "--members", f"{ens}@1", str(artifacts / "tiny-attention"),
+                       "--out", str(again), *common]) == 0
+    first, second = (load_bundle(p) for p in (ens, again))
+    assert first.manifest.ensemble_of == second.manifest.ensemble_of
+    assert [r["cider"] for r in first.metrics["results"]] == [r["cider"] for r in second.metrics["results"]]
+    for members, said in (([f"{ens}@1"], "at least two"), ([f"{ens}@2,1"], "first decoder must come first"),
+                          ([f"{ens}@1,3"], "has decoders 1 to 2"), ([f"{ens}@0,1"], "start at 1"),
+                          ([f"{ens}@1,x"], "decoder numbers separated by commas")):
+        capsys.readouterr()
+        assert train.main(["ensemble", "--members", *members, "--out", str(tmp_path / "bad"), *common]) == 2
+        assert said in capsys.readouterr().err, members
+    merge, attention = str(artifacts / "tiny"), str(artifacts / "tiny-attention")
+    done = evaluate_ensemble(tiny_run, flickr_dir, tmp_path, f"{ens}@1", merge, f"{ens}@2", attention,
+                             f"{ens}@1,2", str(ens),
+                             "--split", "dev", "--limit", "60", "--beam-widths", "2", "--json", "out.json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = rows_of(tmp_path / "out.json")
+    metrics = ("bleu_1", "bleu_4", "cider", "rouge_l", "mean_length")
+    for picked, whole in ((f"{ens}@1", merge), (f"{ens}@2", attention), (f"{ens}@1,2", str(ens))):
+        for metric in metrics:
+            assert rows[(picked, "beam 2")][metric] == rows[(whole, "beam 2")][metric], (picked, metric)
+    # the two decoders caption differently, so the numbers did tell which one was chosen
+    assert any(rows[(merge, "beam 2")][m] != rows[(attention, "beam 2")][m] for m in metrics)
+    for pick, said in (("3", "has decoders 1 to 2"), ("1,1", "picked at most once"), ("x", "decoder numbers")):
+        bad = evaluate_ensemble(tiny_run, flickr_dir, tmp_path, f"{ens}@{pick}", "--limit", "60")
+        assert bad.returncode != 0 and said in bad.stderr, (pick, bad.stderr[-500:])
+
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mbr_reranking_picks_the_consensus_caption_unless_told_to_trust_the_model():
+    from captioning.metrics import CiderD
+
+    mbr = _script("rerank_mbr")
+    corpus = [[["a", "dog", "runs", "on", "grass"], ["a", "cat", "sits", "on", "a", "mat"]],
+              [["two", "children", "play", "in", "the", "sand"], ["a", "man", "rides", "a", "bike"]]]
+    cider = CiderD(corpus)
+    hyps = [["a", "cat", "sits", "on", "a", "mat"], ["a", "dog", "runs", "on", "grass"]]
+    evidence = [hyps[1]] * 3 + [hyps[0]]             # the model sampled the dog three times in four
+    expected = mbr.expected_cider(cider, hyps, evidence)
+    assert expected[1] > expected[0] > 0
+    assert mbr.choose(expected, [-0.5, -1.5], 0.0) == 1      # consensus wins without the model's score
+    assert mbr.choose(expected, [-0.5, -1.5], 100.0) == 0    # a heavy log-probability weight flips it
+    assert mbr.choose([1.0, 1.0], [0.0, 0.0], 0.0) == 0      # ties keep the earlier (beam) caption
+
+
+def test_rerank_mbr_runs_on_a_bundle(tiny_run, flickr_dir, tmp_path):
+    artifacts, cache = tiny_run
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "rerank_mbr.py"), str(artifacts / "tiny"),
+                           "--limit", "60", "--beam", "3", "--samples", "4", "--weights", "0,2", "--json", "out.json",
+                           "--cache-dir", str(cache), "--data-dir", str(flickr_dir)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "out.json").read_text())["rows"]
+    assert [r["label"] for r in rows] == ["beam 3, top caption", "MBR, log-prob weight 0", "MBR, log-prob weight 2"]
+    assert all(0 <= r["cider"] <= 10 and 0 <= r["bleu_1"] <= 1 and r["mean_length"] > 0 for r in rows)
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "rerank_mbr.py"), str(artifacts / "tiny"),
+                          "--samples", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--samples at least 2" in bad.stderr
