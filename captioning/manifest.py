@@ -172,7 +172,8 @@ class _Record(Mapping):
 
 
 ENCODER_LABELS = {"xception": "Xception", "inceptionv3": "InceptionV3", "resnet50": "ResNet50",
-                  "mobilenetv2": "MobileNetV2", "efficientnetlite0": "EfficientNet-Lite0"}
+                  "mobilenetv2": "MobileNetV2", "efficientnetlite0": "EfficientNet-Lite0",
+                  "efficientnetlite1": "EfficientNet-Lite1", "efficientnetlite2": "EfficientNet-Lite2"}
 
 
 @dataclass(frozen=True, eq=False)

