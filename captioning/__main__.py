@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from . import import_tensorflow_quietly
 
@@ -18,9 +19,13 @@ def main(argv=None) -> int:
     cap.add_argument("images", nargs="+", help="image files or folders (searched recursively for jpg, png, webp, "
                      "bmp, gif)")
     cap.add_argument("--out", default=None, help="write FILE.csv, .jsonl or .json (path, caption, log p, n-best, "
-                     "error); rerunning with the same file skips photos it already holds")
+                     "model, decoding, error); rerunning with the same file skips photos it already holds and keeps "
+                     "columns you added")
+    cap.add_argument("--recaption", action="store_true", help="caption again the photos --out holds from another "
+                     "model or decoding (without it such a rerun is refused)")
     cap.add_argument("--batch-size", type=int, default=16, help="images through the encoder at once (default 16)")
-    cap.add_argument("--bundle", default=None, help="artifact bundle folder (default: artifacts/default)")
+    cap.add_argument("--bundle", default=None, help="artifact bundle folder (default: artifacts/default, or "
+                     "$CAPTIONING_ARTIFACTS/default)")
     cap.add_argument("--beam-width", type=int, default=1, help="1 = greedy (default); e.g. 5 for beam search")
     cap.add_argument("--length-penalty", type=float, default=1.0)
     cap.add_argument("--no-repeat-ngram-size", type=int, default=0)
@@ -42,7 +47,16 @@ def main(argv=None) -> int:
     setup.add_argument("--encoder", default="xception")
     setup.add_argument("--alpha", type=float, default=None)
     args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:                   # caption_files saves and reports on its own once captioning runs
+        if args.command != "caption":
+            raise
+        print("interrupted before any photo was captioned; nothing was written", file=sys.stderr)
+        return 130
 
+
+def _dispatch(args) -> int:
     import_tensorflow_quietly()
     from .bundle import BundleError, artifacts_dir
     from .encoders import EncoderWeightsError, setup_weights
@@ -58,58 +72,87 @@ def main(argv=None) -> int:
                 raise ValueError("--port must be 1-65535 and --max-concurrent >= 1")
             serve(args.bundle or artifacts_dir() / "default", args.host, args.port, args.weights, args.max_concurrent)
             return 0
-        from .batch import output_format, read_records
-        from .captioner import Captioner
-
-        if args.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-        if args.out is not None:
-            output_format(args.out)
-            read_records(args.out)              # an unreadable earlier file is refused before the model loads
-
-        captioner = Captioner.from_bundle(args.bundle or artifacts_dir() / "default", args.weights)
-        config = captioner.config(beam_width=args.beam_width, length_penalty=args.length_penalty,
-                                  no_repeat_ngram_size=args.no_repeat_ngram_size, **strategy_overrides(args))
-        if args.neighbours < 0:
-            raise ValueError("--neighbours must be 0 or more")
+        return caption(args)
     except (BundleError, EncoderWeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def caption(args) -> int:
+    """The ``caption`` command: every check that can fail (options, photos, --out and what it holds) before the
+    model loads; then captions to the screen or into --out, resumable, Ctrl-C answered with exit code 130."""
+    from .batch import caption_files, check_output, gather_images, path_text, plan_resume, run_record, to_record
+    from .bundle import BundleError, artifacts_dir, read_manifest
+    from .captioner import Captioner
+    from .decoding import DecodeConfig
+    from .encoders import EncoderWeightsError
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.neighbours < 0:
+        raise ValueError("--neighbours must be 0 or more")
+    bundle = Path(args.bundle) if args.bundle else artifacts_dir() / "default"
+    manifest = read_manifest(bundle)                 # cheap; names the real folder when CAPTIONING_ARTIFACTS is set
+    config = DecodeConfig(max_length=manifest["max_length"], beam_width=args.beam_width,
+                          length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                          **strategy_overrides(args))
+    paths = gather_images(args.images)
+    if not paths:
+        raise ValueError(f"no image files (jpg, jpeg, png, webp, bmp, gif) in {' '.join(args.images)}")
+    run = run_record(bundle, manifest, config)
+    if args.out is not None:
+        check_output(args.out)                       # a folder, an unwritable path, a file it cannot read
+        plan_resume(args.out, paths, run, args.recaption)       # another model or decoding: refused now
+
+    captioner = Captioner.from_bundle(bundle, args.weights)
     if args.neighbours and not captioner.can_assess:
         print(f"error: bundle {captioner.bundle.path} has no retrieval index for --neighbours; add one with: "
               f"python train.py index --out {captioner.bundle.path}", file=sys.stderr)
         return 2
-    from .batch import caption_files, gather_images, to_record
-
-    paths = gather_images(args.images)
-    if not paths:
-        print(f"error: no image files (jpg, jpeg, png, webp, bmp, gif) in {' '.join(args.images)}", file=sys.stderr)
-        return 2
 
     def show(result) -> None:
+        name = path_text(result.name)                # one line per photo, whatever bytes its name holds
         if not result.ok:
-            print(f"{result.name}\terror: {result.error}", file=sys.stderr)
+            print(f"{name}\terror: {result.error}", file=sys.stderr)
         elif args.json:
-            print(json.dumps(to_record(result, config.num_return_sequences, args.neighbours), ensure_ascii=False),
-                  flush=True)
+            print(json.dumps(to_record(result, config.num_return_sequences, args.neighbours), ensure_ascii=False,
+                             allow_nan=False), flush=True)
         elif args.out is None:
             trust = result.trust
             level = f", {trust.level or 'uncalibrated'}: in-domain {trust.in_domain:.3f}" if trust else ""
             for rank, cap_ in enumerate(result.captions, 1):
-                prefix = f"{result.name}\t" if len(result.captions) == 1 else f"{result.name}\t#{rank}\t"
+                prefix = f"{name}\t" if len(result.captions) == 1 else f"{name}\t#{rank}\t"
                 print(f"{prefix}{cap_.text}\t(log p {cap_.log_prob:.2f}{level})", flush=True)
             if trust and trust.level == "unfamiliar":
-                print(f"{result.name}\twarning: {trust.explanation}")
+                print(f"{name}\twarning: {trust.explanation}")
             for n in trust.neighbours[: args.neighbours] if trust else []:
-                print(f"{result.name}\tnear {n.name} ({n.similarity:.3f}): {n.captions[0] if n.captions else ''}")
+                print(f"{name}\tnear {n.name} ({n.similarity:.3f}): {n.captions[0] if n.captions else ''}")
 
     start = time.perf_counter()
     try:
         summary = caption_files(captioner, paths, config, args.out, args.batch_size, on_result=show,
-                                progress=sys.stderr.isatty(), neighbours=args.neighbours)
-    except EncoderWeightsError as exc:                # the encoder is built with the first batch
+                                progress=sys.stderr.isatty(), neighbours=args.neighbours, run=run,
+                                recaption=args.recaption)
+    except (EncoderWeightsError, BundleError) as exc:     # the encoder is built with the first batch
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:                                # e.g. the disk filled up while writing --out
+        print(f"error: cannot write {args.out}: {exc.strerror or exc}; what was saved before is intact, rerun "
+              f"to go on", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:                             # a second Ctrl-C while saving
+        print(f"interrupted; {args.out or 'nothing'} holds what was saved; rerun the same command to go on",
+              file=sys.stderr)
+        return 130
+    if summary.interrupted:
+        if args.out is None:
+            said = f"interrupted: {summary.line()}"
+        elif summary.captioned or summary.failed:
+            said = f"interrupted: {summary.line(args.out)}; saved in {args.out}: rerun the same command to go on"
+        else:
+            said = f"interrupted before a photo was captioned; {args.out} is as it was: rerun the same command"
+        print(said, file=sys.stderr)
+        return 130
     print(f"{summary.line(args.out)} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
     return 1 if summary.failed else 0
 
