@@ -2,6 +2,7 @@
 on folders with --out (CSV, JSONL, JSON), resume and exit codes."""
 import csv
 import json
+import os
 import re
 import shutil
 
@@ -199,6 +200,112 @@ def test_cli_says_when_a_folder_has_no_photos(tiny_bundle, tmp_path, capsys, cli
     (tmp_path / "empty").mkdir()
     code, _, stderr = run_cli(capsys, tmp_path / "empty", "--bundle", tiny_bundle)
     assert code == 2 and stderr.startswith("error: no image files")
+
+
+# ---- hardening (issue 34): odd names, the user's columns, what made a caption, Ctrl-C, --out checks ---------
+
+def not_loaded(monkeypatch):
+    """Make loading a model fail the test: what is checked here must be refused before it."""
+    def refuse(*a, **k):
+        pytest.fail("the model was loaded before the refusal")
+    monkeypatch.setattr(Captioner, "from_bundle", refuse)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="file names are bytes only on POSIX")
+def test_cli_keeps_photos_whose_names_are_not_utf8_or_hold_a_newline(tiny_bundle, flickr_dir, tmp_path, capsys,
+                                                                    cli_env):
+    from captioning.batch import path_from_text
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    photo = (flickr_dir / "Images" / first_test_images(flickr_dir, 1)[0]).read_bytes()
+    for raw in (b"caf\xe9.jpg", b"new\nline.jpg", b"ok.jpg"):
+        with open(os.path.join(os.fsencode(folder), raw), "wb") as fh:
+            fh.write(photo)
+    code, stdout, stderr = run_cli(capsys, folder, "--bundle", tiny_bundle)
+    assert code == 0 and len(stdout.splitlines()) == 3, stdout                  # one tab-separated line each
+    assert f"{folder}/caf\\xe9.jpg\t" in stdout and f"{folder}/new\\nline.jpg\t" in stdout
+    for suffix in (".csv",):                                         # JSON files: test_batch_files.py
+        out = tmp_path / f"captions{suffix}"
+        code, _, stderr = run_cli(capsys, folder, "--bundle", tiny_bundle, "--out", out)
+        assert code == 0 and "captioned 3, failed 0" in stderr, stderr
+        records = read_records(out)
+        assert sorted(os.fsencode(os.path.basename(path_from_text(r["path"]))) for r in records) == \
+            [b"caf\xe9.jpg", b"new\nline.jpg", b"ok.jpg"] and all(r["caption"] for r in records)
+        code, _, stderr = run_cli(capsys, folder, "--bundle", tiny_bundle, "--out", out)
+        assert code == 0 and "captioned 0, failed 0, skipped 3" in stderr
+
+
+def test_cli_refuses_a_changed_decoding_or_model_before_loading_and_recaptions_when_asked(
+        tiny_bundle, tiny_attention_bundle, photo_folder, tmp_path, capsys, cli_env, monkeypatch):
+    out = tmp_path / "captions.csv"
+    a, b = photo_folder / "a.jpg", photo_folder / "sub" / "b.PNG"
+    code, _, _ = run_cli(capsys, a, b, "--bundle", tiny_bundle, "--out", out)
+    rows = list(csv.DictReader(out.open()))
+    assert code == 0 and rows[0]["model"].startswith("tiny sha256:") and rows[0]["decoding"].startswith("greedy:")
+    text = out.read_text().splitlines()                              # the user reviews the captions
+    out.write_text("\n".join([text[0] + ",note", text[1] + ",checked", text[2] + ","]) + "\n")
+
+    with monkeypatch.context() as m:
+        not_loaded(m)
+        for other, needle in ((["--beam-width", "3"], "decoding 'greedy: "),
+                              (["--bundle", tiny_attention_bundle], "model tiny sha256:")):
+            code, _, stderr = run_cli(capsys, a, b, "--bundle", tiny_bundle, "--out", out, *other)
+            assert code == 2 and stderr.startswith("error: ") and len(stderr.strip().splitlines()) == 1, stderr
+            assert needle in stderr and "--recaption" in stderr
+    code, _, stderr = run_cli(capsys, a, b, "--bundle", tiny_bundle, "--out", out, "--beam-width", "3",
+                              "--recaption")
+    assert code == 0 and "captioned 2, failed 0" in stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["path"], r["note"]) for r in rows] == [(str(a), "checked"), (str(b), "")]      # replaced, kept
+    assert all(r["decoding"].startswith("beam: ") and "beam_width=3" in r["decoding"] for r in rows)
+
+    monkeypatch.chdir(photo_folder / "sub")                          # the same photos by other spellings
+    code, _, stderr = run_cli(capsys, "../a.jpg", "b.PNG", photo_folder, "--bundle", tiny_bundle, "--out", out,
+                              "--beam-width", "3")
+    assert "skipped 2" in stderr and len(list(csv.DictReader(out.open()))) == 3     # + broken.jpg, no duplicate
+
+
+def test_cli_ctrl_c_saves_what_is_done_exits_130_and_a_rerun_goes_on(tiny_bundle, photo_folder, tmp_path, capsys,
+                                                                     cli_env, monkeypatch):
+    from captioning import batch
+
+    real = batch.caption_stream
+
+    def interrupted_after_one(*args, **kwargs):
+        for i, result in enumerate(real(*args, **kwargs)):
+            if i == 1:
+                raise KeyboardInterrupt
+            yield result
+    monkeypatch.setattr(batch, "caption_stream", interrupted_after_one)
+    out = tmp_path / "captions.jsonl"
+    code, _, stderr = run_cli(capsys, photo_folder / "a.jpg", photo_folder / "sub", "--bundle", tiny_bundle,
+                              "--out", out, "--batch-size", "1")
+    assert code == 130 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == f"interrupted: captioned 1, failed 0; saved in {out}: rerun the same " \
+                                              f"command to go on"
+    assert [r["path"] for r in read_records(out)] == [str(photo_folder / "a.jpg")]
+    monkeypatch.setattr(batch, "caption_stream", real)
+    code, _, stderr = run_cli(capsys, photo_folder / "a.jpg", photo_folder / "sub", "--bundle", tiny_bundle,
+                              "--out", out)
+    assert code == 0 and "captioned 1, failed 0, skipped 1" in stderr
+
+
+@pytest.mark.parametrize("where", ["a folder", "under a file"])
+def test_cli_refuses_an_output_it_cannot_write_before_loading(where, tiny_bundle, photo_folder, tmp_path, capsys,
+                                                              cli_env, monkeypatch):
+    (tmp_path / "taken.csv").mkdir()
+    (tmp_path / "notes").write_text("x")
+    out = {"a folder": tmp_path / "taken.csv", "under a file": tmp_path / "notes" / "o.csv"}[where]
+    not_loaded(monkeypatch)
+    code, _, stderr = run_cli(capsys, photo_folder, "--bundle", tiny_bundle, "--out", out)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and stderr.startswith(f"error: --out {out}")
+
+
+def test_cli_names_the_artifacts_folder_it_looked_in(tmp_path, photo_folder, capsys, cli_env, monkeypatch):
+    monkeypatch.setenv("CAPTIONING_ARTIFACTS", str(tmp_path / "elsewhere"))
+    code, _, stderr = run_cli(capsys, photo_folder)
+    assert code == 2 and f"No bundle at {tmp_path / 'elsewhere' / 'default'}." in stderr
 
 
 # ---- zips of photos --------------------------------------------------------------------------------------
