@@ -7,7 +7,10 @@ encoder's large ones. A bad file becomes an error result; the rest of the batch 
 
 Result files (``.csv``, ``.jsonl``, ``.json``) are rewritten atomically after every batch, so an interrupted
 run leaves a valid file and rerunning with the same output skips what it already holds (files that failed
-are tried again).
+are tried again). A result file is the user's data once written: every row, and every column or key the user
+added, is kept through reruns; each caption records the model and decoding that made it, so a rerun with
+other settings is refused (or, asked to, captions again) instead of mixing them; any file name (bytes that are
+not UTF-8, newlines) is written in an escaped form that reads back to the same file; numbers are always finite.
 """
 from __future__ import annotations
 
