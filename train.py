@@ -10,6 +10,9 @@
     python train.py ensemble --members A B ... --out artifacts/NAME   # one bundle decoding with all of them
     python train.py scst --from artifacts/A --out artifacts/A-scst   # fine-tune on CIDEr-D (self-critical)
     python train.py index --out artifacts/NAME  # nearest-training-photo index + in-domain levels calibrated on dev
+    python train.py import-check --captions FILE --images DIR [--json]   # check your captioned photos
+    python train.py finetune --from artifacts/A --captions FILE --images DIR --out artifacts/B   # teach it your
+                                                # photos (new words included; see captioning/finetune.py)
 """
 from __future__ import annotations
 
@@ -84,7 +87,7 @@ def parse_args(argv=None) -> RunConfig:
 
 def main(argv=None) -> int:
     config = parse_args(argv)
-    if config.command != "download":
+    if config.command not in ("download", "import-check"):
         captioning.import_tensorflow_quietly()
     start, wall_start = time.perf_counter(), time.time()
     try:

@@ -17,9 +17,10 @@ from .encoders import ENCODER_NAMES
 from .training import MAX_TOKENS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("all", "download", "features", "train", "evaluate", "sweep", "ensemble", "scst", "index")
-DEFAULT_EPOCHS = {"scst": 5}
-DEFAULT_LEARNING_RATE = {"scst": 2e-5}
+COMMANDS = ("all", "download", "features", "train", "evaluate", "sweep", "ensemble", "scst", "index", "finetune",
+            "import-check")
+DEFAULT_EPOCHS = {"scst": 5, "finetune": 10}
+DEFAULT_LEARNING_RATE = {"scst": 2e-5, "finetune": 5e-4}
 
 
 def option(default, help: str, **argparse):
@@ -140,14 +141,35 @@ class PipelineSettings:
     """Which bundle-building steps run, and their inputs (ensemble members, the bundle SCST starts from)."""
 
     members: list[str] | None = option(None, "ensemble: trained bundles to combine (one vocabulary; BUNDLE@1,3 "
-                                              "takes decoders 1 and 3 of an ensemble bundle)", nargs="+",
-                                       metavar="BUNDLE")
-    source: str | None = option(None, "scst: the trained bundle to fine-tune (a single decoder)", metavar="BUNDLE",
-                                flag="--from")
+                                              "takes decoders 1 and 3 of an ensemble bundle); finetune: the base "
+                                              "bundle's decoders to fine-tune, e.g. 1,3 (default: all; the new "
+                                              "bundle holds those)", nargs="+", metavar="BUNDLE")
+    source: str | None = option(None, "scst, finetune: the trained bundle to fine-tune (scst: a single decoder)",
+                                metavar="BUNDLE", flag="--from")
     samples: int = option(5, "scst: captions sampled per image (each one's baseline is the mean reward of the "
                              "others)", type=int)
     no_sweep: bool = option(False, "skip the beam/length-penalty sweep on the dev split when running all steps")
     no_index: bool = option(False, "skip building the nearest-training-photo index and its dev calibration")
+
+
+@dataclass
+class UserDataSettings:
+    """A user's own captioned photos (finetune, import-check): where they are and how they are used."""
+
+    captions: str | None = option(None, "finetune, import-check: your captions file (CSV image,caption, JSON lines, "
+                                        "COCO captions JSON or a Flickr8k token.txt; told apart by content)",
+                                  metavar="FILE")
+    images: str | None = option(None, "finetune, import-check: the folder the captions file's image paths are "
+                                      "relative to", metavar="DIR")
+    split_file: str | None = option(None, "finetune: your own split, lines 'image,split' (train, dev or test; "
+                                          "default: 10%% dev and 10%% test by photo, seeded by {seed})",
+                                    metavar="FILE")
+    strict: bool = option(False, "finetune, import-check: any bad row is an error (default: reported and skipped)")
+    replay: float = option(0.5, "finetune: share of each batch drawn from Flickr8k's training captions so the model "
+                                "keeps its old domain (0 = your captions alone; needs {data_dir} or $FLICKR8K_DIR)",
+                           type=float)
+    json: bool = option(False, "import-check: print the import summary as JSON")
+    dry_run: bool = option(False, "finetune: check the import and the base bundle, print the summary, stop")
 
 
 @dataclass
@@ -160,9 +182,10 @@ class RunConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    user_data: UserDataSettings = field(default_factory=UserDataSettings)
 
 
-SECTIONS = (Workspace, FeatureSettings, TrainSettings, EvaluateSettings, PipelineSettings)
+SECTIONS = (Workspace, FeatureSettings, TrainSettings, EvaluateSettings, PipelineSettings, UserDataSettings)
 
 
 def setting_names() -> set[str]:
@@ -187,6 +210,11 @@ def settle(config: RunConfig) -> list[OptionError]:
     if config.command == "scst" and not pipe.source:
         return [OptionError("scst needs {source} BUNDLE (a trained single-decoder bundle) and {out} for the "
                             "fine-tuned one")]
+    user = config.user_data
+    if config.command in ("finetune", "import-check") and not (user.captions and user.images):
+        return [OptionError(f"{config.command} needs {{captions}} FILE and {{images}} DIR (your captioned photos)")]
+    if config.command == "finetune" and not pipe.source:
+        return [OptionError("finetune needs {source} BUNDLE (the bundle to start from) and {out} for the new one")]
     checks = [("epochs", tr.epochs, tr.epochs >= 1, "a whole number of at least 1"),
               ("batch_size", tr.batch_size, tr.batch_size >= 1, "a whole number of at least 1"),
               ("feature_batch_size", feats.feature_batch_size, feats.feature_batch_size >= 1, "at least 1"),
@@ -204,7 +232,9 @@ def settle(config: RunConfig) -> list[OptionError]:
               ("label_smoothing", tr.label_smoothing, 0 <= tr.label_smoothing < 1, "from 0 up to 1, e.g. 0.1"),
               ("lr_decay", tr.lr_decay, 0 < tr.lr_decay <= 1, "above 0 and at most 1 (1 = constant)"),
               ("learning_rate", tr.learning_rate, tr.learning_rate > 0, "above 0, e.g. 1e-3"),
-              ("alpha_c", tr.alpha_c, tr.alpha_c >= 0, "0 or more")]
+              ("alpha_c", tr.alpha_c, tr.alpha_c >= 0, "0 or more"),
+              ("replay", config.user_data.replay, 0 <= config.user_data.replay < 1, "from 0 up to (not including) 1, "
+               "e.g. 0.5")]
     problems = [OptionError(f"{{{name}}} {value:g} is out of range; use {valid}")
                 for name, value, ok, valid in checks if not ok]
     widths = [w.strip() for w in str(ev.beam_widths).split(",") if w.strip()]
@@ -266,6 +296,9 @@ def default_out(config: RunConfig) -> str:
     if config.command == "scst":
         source = Path(config.pipeline.source)
         return str(source.with_name(source.name + "-scst"))
+    if config.command == "finetune":
+        source = Path(config.pipeline.source)
+        return str(source.with_name(source.name + "-finetuned"))
     suffix = f"-limit{config.workspace.limit}" if config.workspace.limit else ""
     spec = get_spec(config.features.encoder, config.features.alpha)
     return str(PROJECT_ROOT / "artifacts" / f"{spec.key}-{config.train.decoder}{suffix}")

@@ -122,7 +122,7 @@ def read_token_file(path: Path) -> tuple[dict[str, list[str]], int]:
 def _read_token_lines(path: Path) -> tuple[dict[str, list[str]], int]:
     captions: dict[str, list[str]] = {}
     skipped = 0
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:     # a BOM (Windows editors) is not text
         for lineno, line in enumerate(fh, start=1):
             line = line.rstrip("\n")
             if not line.strip():
@@ -158,7 +158,7 @@ def _read_captions_utf8(root: Path) -> tuple[dict[str, list[str]], int]:
     captions: dict[str, list[str]] = {}
     skipped = 0
     if csv_path.is_file():
-        with csv_path.open(newline="", encoding="utf-8") as fh:
+        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
             if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
@@ -184,7 +184,7 @@ def _read_split(root: Path, split: str) -> list[str]:
         raise DataError(f"Missing split file {path}. The official splits come with Flickr8k_text.zip: "
                         f"python train.py download --data-dir {root}")
     try:
-        names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        names = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
     except UnicodeDecodeError as exc:
         raise _not_utf8(path, exc) from None
     if not names:

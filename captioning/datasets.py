@@ -26,7 +26,7 @@ def _bucket(name: str) -> int:
 def _karpathy_splits(path: Path) -> dict[str, list[str]] | None:
     if not path.is_file():
         return None
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = json.loads(path.read_text(encoding="utf-8-sig"))
     splits = {"train": [], "dev": [], "test": []}
     for img in data.get("images", []):
         split = {"train": "train", "restval": "train", "val": "dev", "test": "test"}.get(img.get("split"))
@@ -66,7 +66,7 @@ def load_coco(data_dir: str | os.PathLike, check_images: bool = True) -> Flickr8
     for path in files:
         part = path.stem.removeprefix("captions_")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
             names = {img["id"]: img["file_name"] for img in data["images"]}
             for ann in data["annotations"]:
                 captions.setdefault(names[ann["image_id"]], []).append(str(ann["caption"]).strip())

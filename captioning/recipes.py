@@ -620,6 +620,13 @@ def run(config: RunConfig) -> Path | None:
             raise OptionError("download needs {data_dir} DIR (where to put Flickr8k)")
         print(f"Flickr8k ready in {download(ws.data_dir, progress=not ws.quiet)}")
         return None
+    if command in ("finetune", "import-check"):            # a user's own photos: captioning.finetune
+        from .finetune import finetune, import_check
+
+        if command == "import-check":
+            import_check(config)
+            return None
+        return finetune(config)
     check_before_work(config, None, None)
     ds = load_dataset(ws.dataset, ws.data_dir)
     names = split_names(ds, ws.limit)

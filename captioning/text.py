@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +23,39 @@ def tokenize(caption: str) -> list[str]:
     any token that held a digit disappears, as in the seed tutorials. The article "a" is kept:
     dropping one-letter words (as some seeds do) makes every hypothesis ungrammatical and costs
     BLEU against references that are never cleaned that way.
+
+    Letters are Unicode letters (users caption in many languages): "Café in Zürich" -> ["café", "in",
+    "zürich"]. Text is NFC-normalised first, so a decomposed "e" + combining accent is the same word as "é";
+    combining marks (Unicode category M, e.g. Devanagari vowel signs) stay inside their word. Scripts written
+    without spaces (Chinese, Japanese) come out as one word per run of letters.
     """
+    if not caption.isascii():
+        return _tokenize_unicode(caption)
     words = []
     for raw in caption.lower().split():
         raw = _APOSTROPHES.sub("", raw)
         if any(ch.isdigit() for ch in raw):
             continue
         words.extend(w for w in _NON_LETTERS.split(raw) if w)
+    return words
+
+
+def _tokenize_unicode(caption: str) -> list[str]:
+    """:func:`tokenize` for text beyond ASCII (the ASCII path above is the fast, original one)."""
+    words = []
+    for raw in unicodedata.normalize("NFC", caption.lower()).split():
+        raw = _APOSTROPHES.sub("", raw)
+        if any(ch.isdigit() for ch in raw):
+            continue
+        word = []
+        for ch in raw:
+            if unicodedata.category(ch)[0] in "LM":
+                word.append(ch)
+            elif word:
+                words.append("".join(word))
+                word = []
+        if word:
+            words.append("".join(word))
     return words
 
 
@@ -122,4 +149,4 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:
-        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8-sig")))
