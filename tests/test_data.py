@@ -87,3 +87,16 @@ def test_real_flickr8k_splits(flickr_dir):
     ds = Flickr8k.load(flickr_dir, check_images=False)
     assert {k: len(v) for k, v in ds.splits.items()} == {"train": 6000, "dev": 1000, "test": 1000}
     assert all(len(ds.captions[n]) == 5 for n in ds.splits["test"])
+
+
+@pytest.mark.parametrize("layout", ["csv", "token"])
+def test_a_utf8_bom_in_captions_and_split_files_is_accepted(tmp_path, layout):
+    """Issue 34 item 12: Windows editors start files with a BOM; before, the header 'image,caption' was refused
+    and the first split name did not match ('Re-download with ...')."""
+    names = make_dataset(tmp_path, layout)
+    for path in [*tmp_path.glob("Flickr_8k.*Images.txt"), *tmp_path.glob("captions.txt"),
+                 *tmp_path.glob("Flickr8k.token.txt")]:
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    ds = Flickr8k.load(tmp_path)
+    assert ds.splits["train"] == names[:4] and ds.splits["dev"] == names[4:5]
+    assert names[0] in ds.captions

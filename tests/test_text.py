@@ -37,3 +37,21 @@ def test_encode_truncates_long_captions_but_keeps_end():
     vocab = Vocabulary.build([["w"] * 50], min_count=1)
     ids = vocab.encode(["w"] * 50, max_length=10)
     assert len(ids) == 10 and ids[-1] == vocab.end_id
+
+
+def test_tokenize_keeps_unicode_letters():
+    """Issue 34 item 12: before, 'café' -> 'caf' and 'Zürich' -> 'z', 'rich'."""
+    assert tokenize("Café in Zürich!") == ["café", "in", "zürich"]
+    assert tokenize("cafe\u0301 CAFÉ") == ["café", "café"]                 # decomposed accent = the same word
+    assert tokenize("Ein Hund läuft über die Straße, 3 Äpfel.") == ["ein", "hund", "läuft", "über", "die", "straße",
+                                                                     "äpfel"]
+    assert tokenize("Собака бежит") == ["собака", "бежит"]
+    assert tokenize("हिंदी भाषा") == ["हिंदी", "भाषा"]                      # vowel signs stay inside the word
+    assert tokenize("l\u2019été — «très» chaud") == ["lété", "très", "chaud"]
+    assert tokenize("¡¿…!?") == []
+
+
+def test_vocabulary_round_trips_unicode_words(tmp_path):
+    vocab = Vocabulary.build([["café", "zürich"], ["café"]], min_count=1)
+    vocab.save(tmp_path / "v.json")
+    assert Vocabulary.load(tmp_path / "v.json").itos == vocab.itos
