@@ -156,10 +156,11 @@ class PipelineSettings:
 class UserDataSettings:
     """A user's own captioned photos (finetune, import-check): where they are and how they are used."""
 
-    captions: str | None = option(None, "finetune, import-check: your captions file (CSV image,caption, JSON lines, "
-                                        "COCO captions JSON or a Flickr8k token.txt; told apart by content)",
+    captions: str | None = option(None, "finetune, import-check, train (from scratch): your captions file (CSV "
+                                        "image,caption, JSON lines, COCO captions JSON or a Flickr8k token.txt; told "
+                                        "apart by content)",
                                   metavar="FILE")
-    images: str | None = option(None, "finetune, import-check: the folder the captions file's image paths are "
+    images: str | None = option(None, "finetune, import-check, train: the folder the captions file's image paths are "
                                       "relative to", metavar="DIR")
     split_file: str | None = option(None, "finetune: your own split, lines 'image,split' (train, dev or test; "
                                           "default: 10%% dev and 10%% test by photo, seeded by {seed})",
@@ -213,6 +214,12 @@ def settle(config: RunConfig) -> list[OptionError]:
     user = config.user_data
     if config.command in ("finetune", "import-check") and not (user.captions and user.images):
         return [OptionError(f"{config.command} needs {{captions}} FILE and {{images}} DIR (your captioned photos)")]
+    if user.captions and config.command in ("download", "features", "ensemble", "scst"):
+        return [OptionError(f"{{captions}} does not apply to {config.command}; use it with train (from scratch), "
+                            f"finetune or import-check")]
+    if bool(user.captions) != bool(user.images):
+        return [OptionError("{captions} FILE and {images} DIR go together (the folder the file's image paths are "
+                            "relative to)")]
     if config.command == "finetune" and not pipe.source:
         return [OptionError("finetune needs {source} BUNDLE (the bundle to start from) and {out} for the new one")]
     checks = [("epochs", tr.epochs, tr.epochs >= 1, "a whole number of at least 1"),

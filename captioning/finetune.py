@@ -494,3 +494,28 @@ def _train_one(config: RunConfig, decoder, vocab: Vocabulary, data: UserDataset,
           + (f", {replay:.0%} of each batch replayed from {len(pool)} Flickr8k photos" if replay else "")
           + f"; dev {len(dev_caps)} captions")
     return fit(decoder, train_ds, dev_ds, cfg, run_dir, verbose=0 if ws.quiet else 2)
+
+
+# --- training from scratch on a user's photos ----------------------------------------------------------------
+def user_records(config: RunConfig) -> Flickr8k:
+    """The user's photos as dataset records for ``train.py [train] --captions FILE --images DIR`` (training from
+    scratch): imported and split as for finetune, their features cached first through the safe loader, records
+    named by the photos' content ids (the names the feature cache knows them by)."""
+    from .encoders import get_spec
+    from .features import FeatureCache
+
+    data = import_data(config)
+    print(data.describe())
+    ids = data.photo_ids
+    feats = config.features
+    spec = get_spec(feats.encoder, feats.alpha)
+    cache = FeatureCache(Path(config.workspace.cache_dir) / "features", spec.key)
+    photos = {ids[p]: data.path(p) for split in data.splits.values() for p in split}
+    extract_user_features(spec, feats.weights, photos, cache, feats.spatial or config.train.spatial,
+                          shard_size=feats.shard_size, progress=not config.workspace.quiet)
+    captions = {ids[p]: caps for p, caps in data.captions.items()}
+    splits = {s: [ids[p] for p in photos_] for s, photos_ in data.splits.items()}
+    if not splits.get("test"):
+        splits["test"] = list(splits["dev"])      # a split file without test photos: scores on dev
+    return Flickr8k(data.captions_file.parent, data.images_dir, captions, splits,
+                    name=f"user:{data.captions_file.name}")

@@ -628,8 +628,15 @@ def run(config: RunConfig) -> Path | None:
             return None
         return finetune(config)
     check_before_work(config, None, None)
-    ds = load_dataset(ws.dataset, ws.data_dir)
-    names = split_names(ds, ws.limit)
+    if config.user_data.captions:                       # training from scratch on a user's captioned photos
+        from .finetune import user_records
+
+        ds = user_records(config)
+        config.evaluate.no_human = True                 # the expert judgments are of Flickr8k's photos
+        names = {s: ds.split_records(s, None) for s in ("train", "dev", "test")}
+    else:
+        ds = load_dataset(ws.dataset, ws.data_dir)
+        names = split_names(ds, ws.limit)
     check_before_work(config, ds, names)
     staging = None
     try:
@@ -655,7 +662,10 @@ def run(config: RunConfig) -> Path | None:
         if command in ("all", "sweep", "ensemble", "scst") and not (command != "sweep" and pipe.no_sweep):
             sweep_bundle(ws, config.features, ds, names)
         if command == "index" or (command in ("all", "ensemble", "scst") and not pipe.no_index):
-            build_retrieval_index(ws, config.features, ds, names)
+            if len(names["dev"]) < 2:             # a small user dataset: nothing to calibrate the levels on
+                print(f"index: skipped (its levels are calibrated on the dev photos; there are {len(names['dev'])})")
+            else:
+                build_retrieval_index(ws, config.features, ds, names)
         if staging is not None:
             replace_folder(Path(ws.out), Path(ws.final_out))   # the old bundle goes only now
             print(f"bundle {ws.final_out} is complete (trained and evaluated)")

@@ -125,3 +125,28 @@ def test_tiny_finetune_end_to_end(tmp_path, flickr_dir, mobilenet_weights):
     assert json.loads((run / "progress.json").read_text())["phase"] == "done"
     assert len(json.loads((run / "decoder-1" / "state.json").read_text())["epochs"]) == 2
     assert not list(tmp_path.glob(".out.*"))                                      # no staging folder left
+
+
+def test_train_from_scratch_on_user_photos(tmp_path, flickr_dir, mobilenet_weights):
+    """``train.py train --captions FILE --images DIR``: a new bundle from a user's photos alone (JSON lines here)."""
+    import train
+    from captioning.bundle import load_bundle
+
+    lines = (flickr_dir / "captions.txt").read_text(encoding="utf-8").splitlines()[1:120]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rows = []
+    for line in lines:
+        name, caption = line.split(",", 1)
+        if not (photos / name).exists():
+            shutil.copy(flickr_dir / "Images" / name, photos / name)
+        rows.append(json.dumps({"image": name, "caption": caption}))
+    (tmp_path / "caps.jsonl").write_text("\n".join(rows))
+    out = tmp_path / "scratch"
+    code = train.main(["train", "--captions", str(tmp_path / "caps.jsonl"), "--images", str(photos),
+                       "--encoder", "mobilenetv2", "--weights", str(mobilenet_weights), "--cache-dir",
+                       str(tmp_path / "cache"), "--epochs", "1", "--min-count", "2", "--out", str(out), "--quiet"])
+    assert code == 0
+    bundle = load_bundle(out)
+    assert bundle.manifest.data["dataset"] == "user:caps.jsonl"
+    assert bundle.manifest.data["splits"]["dev"] >= 1 and len(bundle.vocab) > 20
