@@ -16,6 +16,7 @@ import csv
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -25,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 OLD, NEW = "beach", "strand"
 
 
@@ -61,14 +61,17 @@ def run_finetune(base: str, captions: Path, flickr: Path, out: Path, cache: Path
     cmd = [sys.executable, str(ROOT / "train.py"), "finetune", "--from", base, "--captions", str(captions),
            "--images", str(flickr / "Images"), "--out", str(out), "--cache-dir", str(cache), "--data-dir", str(flickr),
            "--replay", str(replay), "--quiet"]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = (used.ru_utime - cpu.ru_utime) + (used.ru_stime - cpu.ru_stime)
     if done.returncode:
         raise SystemExit(f"finetune failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     peak = re.search(r"peak memory (\d+) MB", done.stdout)
     print(done.stdout[-1500:])
-    return {"replay": replay, "seconds": round(seconds, 1), "peak_rss_mb": int(peak[1]) if peak else None,
+    return {"replay": replay, "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
+            "peak_rss_mb": int(peak[1]) if peak else None,
             "load_average": os.getloadavg()}
 
 

@@ -155,10 +155,10 @@ def grow_decoder(decoder, old_vocab: Vocabulary, new_vocab: Vocabulary, glove: d
 
 # --- features ------------------------------------------------------------------------------------------------
 def extract_user_features(spec, weights, photos: dict[str, Path], cache, spatial: bool, batch_size: int = 16,
-                          shard_size: int = 256, progress: bool = True) -> dict:
+                          shard_size: int = 128, progress: bool = True, on_batch=None) -> dict:
     """Cache the features of ``photos`` (cache id -> file) not cached yet, reading each through the safe loader
     (:func:`captioning.images.load_image`, so WebP and photos of any size work) at the canonical size. Shards
-    are written as they fill: Ctrl-C loses at most one shard."""
+    are written as they fill: Ctrl-C loses at most one shard. ``on_batch(done, total)`` after every batch."""
     import tensorflow as tf
     from tqdm.auto import tqdm
 
@@ -187,6 +187,8 @@ def extract_user_features(spec, weights, photos: dict[str, Path], cache, spatial
             if spatial:
                 maps.append(out[1].numpy().astype(np.float16))
             bar.update(len(batch))
+            if on_batch:
+                on_batch(lo + len(batch), len(todo))
             if len(names) >= shard_size or lo + batch_size >= len(todo):
                 cache.add_shard(names, np.concatenate(pooled), np.concatenate(maps) if spatial else None)
                 names, pooled, maps = [], [], []
@@ -332,8 +334,10 @@ def finetune(config: RunConfig) -> Path | None:
         spatial = base.spatial_for(key)
         cache = FeatureCache(Path(ws.cache_dir) / "features", spec.key)
         weights = config.features.weights if len(encoders) == 1 else None    # else each encoder's own file
-        feature_stats[key] = extract_user_features(spec, weights, all_photos, cache, spatial,
-                                                   shard_size=config.features.shard_size, progress=not ws.quiet)
+        feature_stats[key] = extract_user_features(
+            spec, weights, all_photos, cache, spatial, progress=not ws.quiet,
+            on_batch=lambda done, total, key=key: _progress(run, phase="features", encoder=key, photos_done=done,
+                                                            photos_todo=total))
         if pool and (cache.missing(pool, spatial)):
             from .recipes import ensure_features
 
@@ -493,7 +497,30 @@ def _train_one(config: RunConfig, decoder, vocab: Vocabulary, data: UserDataset,
     print(f"finetune: {decoder.kind} decoder on {len(user_caps)} captions of {len(train_photos)} photos"
           + (f", {replay:.0%} of each batch replayed from {len(pool)} Flickr8k photos" if replay else "")
           + f"; dev {len(dev_caps)} captions")
-    return fit(decoder, train_ds, dev_ds, cfg, run_dir, verbose=0 if ws.quiet else 2)
+    per_batch = max(1, tr.batch_size - int(round(tr.batch_size * replay))) if pool else tr.batch_size
+    steps = math.ceil(len(user_caps) / per_batch)               # one epoch: one pass over the user's captions
+    return fit(decoder, train_ds, dev_ds, cfg, run_dir, verbose=0 if ws.quiet else 2,
+               callbacks=[step_progress(run_dir.parent, steps)])
+
+
+def step_progress(run: Path, steps: int, every: float = 2.0):
+    """A Keras callback writing the step, the running loss and the epoch to ``progress.json`` (at most every
+    ``every`` seconds), for a live view between the per-epoch ``state.json`` records."""
+    import keras
+
+    class _StepProgress(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch, self.last = epoch + 1, 0.0
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.time()
+            if now - self.last >= every or batch + 1 == steps:
+                self.last = now
+                loss = (logs or {}).get("loss")
+                _progress(run, phase="training", epoch=self.epoch, step=batch + 1, steps=steps,
+                          loss=float(loss) if loss is not None else None)
+
+    return _StepProgress()
 
 
 # --- training from scratch on a user's photos ----------------------------------------------------------------
@@ -512,7 +539,7 @@ def user_records(config: RunConfig) -> Flickr8k:
     cache = FeatureCache(Path(config.workspace.cache_dir) / "features", spec.key)
     photos = {ids[p]: data.path(p) for split in data.splits.values() for p in split}
     extract_user_features(spec, feats.weights, photos, cache, feats.spatial or config.train.spatial,
-                          shard_size=feats.shard_size, progress=not config.workspace.quiet)
+                          progress=not config.workspace.quiet)
     captions = {ids[p]: caps for p, caps in data.captions.items()}
     splits = {s: [ids[p] for p in photos_] for s, photos_ in data.splits.items()}
     if not splits.get("test"):

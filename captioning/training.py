@@ -268,11 +268,11 @@ def worker_run_dir(run_dir: Path, chief: bool, index: int, seed: bool = True) ->
 
 
 def fit(decoder, train_ds, val_ds, config: TrainConfig, run_dir: str | os.PathLike, verbose: int = 1,
-        finish: bool = False) -> dict:
+        finish: bool = False, callbacks: Sequence = ()) -> dict:
     """Train with early stopping on validation loss; resumable from ``run_dir``. Returns the state.
 
     Call it inside the strategy's scope that built ``decoder``. ``finish`` trains no further and takes the best
-    checkpoint so far (after an interrupted run).
+    checkpoint so far (after an interrupted run). ``callbacks``: further Keras callbacks (e.g. step progress).
     """
     import keras
 
@@ -297,8 +297,8 @@ def fit(decoder, train_ds, val_ds, config: TrainConfig, run_dir: str | os.PathLi
             steps = {"steps_per_epoch": _batches(train_ds), "validation_steps": _batches(val_ds)}
             train_ds, val_ds = train_ds.repeat(), val_ds.repeat()
         try:
-            decoder.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=[backup, ckpt.callback],
-                        shuffle=False, verbose=verbose, **steps)
+            decoder.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
+                        callbacks=[backup, ckpt.callback, *callbacks], shuffle=False, verbose=verbose, **steps)
         except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
                 tf.errors.AbortedError, tf.errors.InternalError) as exc:
             if not _multi_worker():
