@@ -150,3 +150,12 @@ def test_import_check_command_prints_json(tmp_path, photos):
     out = subprocess.run([sys.executable, str(ROOT / "train.py"), "import-check", "--captions", str(path),
                           "--images", str(photos), "--strict"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stderr.startswith("error: ") and "line 9" in out.stderr
+
+
+def test_a_symbolic_link_out_of_the_image_folder_is_a_bad_path(tmp_path, photos):
+    outside = tmp_path / "elsewhere.jpg"
+    outside.write_bytes((photos / "a.jpg").read_bytes())
+    (photos / "link.jpg").symlink_to(outside)
+    rows = ["image,caption", *(f"{i},{c}" for i, c in GOOD), "link.jpg,a photo from elsewhere", "/etc/hosts,a file"]
+    ds = load_user_data(write(tmp_path, "c.csv", "\n".join(rows)), photos)
+    assert {(b.line, b.kind) for b in ds.bad} == {(9, "bad_path"), (10, "bad_path")}
