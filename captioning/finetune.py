@@ -268,8 +268,10 @@ def _pick_members(members: list[str] | None, n: int) -> list[int]:
     return sorted(picks)
 
 
-def score(steps, vocab: Vocabulary, feats, refs, new_words: set[str], max_length: int) -> dict:
-    """CIDEr-D and BLEU-4 of beam-3 captions, and the share of them using a new word (refs: the same share)."""
+def score(steps, vocab: Vocabulary, feats, refs, new_words: set[str], max_length: int,
+          photos: list[str] | None = None) -> dict:
+    """CIDEr-D and BLEU-4 of beam-3 captions, the share of them using a new word (refs: the same share), and each
+    photo's caption (the first 500, keyed by ``photos``: a page shows base and fine-tuned side by side)."""
     from .decoding import DecodeConfig, decode
     from .metrics import coco_scores
 
@@ -280,7 +282,8 @@ def score(steps, vocab: Vocabulary, feats, refs, new_words: set[str], max_length
     return {"photos": len(hyps), "cider": round(coco["cider"], 4), "bleu_4": round(coco["coco_bleu_4"], 4),
             "new_word_share": round(float(np.mean([uses(h) for h in hyps])), 4) if new_words else 0.0,
             "new_word_share_references": round(float(np.mean([any(uses(r) for r in rs) for rs in refs])), 4)
-            if new_words else 0.0, "examples": [" ".join(h) for h in hyps[:5]]}
+            if new_words else 0.0,
+            "captions": {p: " ".join(h) for p, h in zip((photos or [])[:500], hyps)}}
 
 
 def _progress(run: Path, **state) -> None:
@@ -288,6 +291,33 @@ def _progress(run: Path, **state) -> None:
     path = run / "progress.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
     atomic_write(path, json.dumps({**old, **state, "updated": time.time()}, indent=1))
+
+
+def _cache_features(config: RunConfig, base, data: UserDataset, pool: list[str], flickr, run: Path) -> dict:
+    """Cache the features of the user's photos for every encoder of the base bundle (through the safe loader),
+    and of the replay pool's Flickr8k photos; returns the extraction stats per encoder key."""
+    from .encoders import get_spec
+    from .features import FeatureCache
+    from .recipes import ensure_features
+
+    ws = config.workspace
+    encoders = dict(zip(base.decoder_keys, base.manifest.decoder_encoders))
+    photos = {data.photo_ids[p]: data.path(p) for split in data.splits.values() for p in split}
+    stats = {}
+    for key, enc in encoders.items():
+        spec = get_spec(enc.name, enc.alpha)
+        spatial = base.spatial_for(key)
+        cache = FeatureCache(Path(ws.cache_dir) / "features", spec.key)
+        weights = config.features.weights if len(encoders) == 1 else None    # else each encoder's own file
+        stats[key] = extract_user_features(
+            spec, weights, photos, cache, spatial, progress=not ws.quiet,
+            on_batch=lambda done, total, key=key: _progress(run, phase="features", encoder=key, photos_done=done,
+                                                            photos_todo=total))
+        if pool and cache.missing(pool, spatial):
+            own = dataclasses.replace(config.features, encoder=spec.name, alpha=spec.alpha, spatial=spatial,
+                                      weights=weights)
+            ensure_features(ws, own, flickr, {"train": pool})
+    return stats
 
 
 def finetune(config: RunConfig) -> Path | None:
@@ -320,30 +350,9 @@ def finetune(config: RunConfig) -> Path | None:
         print("replay: Flickr8k is not reachable (--data-dir or $FLICKR8K_DIR), so batches hold only your captions")
     pool = replay_pool(flickr, len(train_caps), replay, tr.seed) if flickr is not None else []
 
-    # 1. features of every encoder the chosen decoders read: the user's photos and the replay pool
-    from .encoders import get_spec
-    from .features import FeatureCache
-
-    keys = base.decoder_keys
-    encoders = {k: e for k, e in zip(keys, base.manifest.decoder_encoders)}
-    ids = data.photo_ids
-    all_photos = {ids[p]: data.path(p) for split in data.splits.values() for p in split}
-    feature_stats = {}
-    for key, enc in encoders.items():
-        spec = get_spec(enc.name, enc.alpha)
-        spatial = base.spatial_for(key)
-        cache = FeatureCache(Path(ws.cache_dir) / "features", spec.key)
-        weights = config.features.weights if len(encoders) == 1 else None    # else each encoder's own file
-        feature_stats[key] = extract_user_features(
-            spec, weights, all_photos, cache, spatial, progress=not ws.quiet,
-            on_batch=lambda done, total, key=key: _progress(run, phase="features", encoder=key, photos_done=done,
-                                                            photos_todo=total))
-        if pool and (cache.missing(pool, spatial)):
-            from .recipes import ensure_features
-
-            own = dataclasses.replace(config.features, encoder=spec.name, alpha=spec.alpha, spatial=spatial,
-                                      weights=weights)
-            ensure_features(ws, own, flickr, {"train": pool})
+    # 1. features of the user's photos and of the replay pool
+    ids, keys = data.photo_ids, base.decoder_keys
+    feature_stats = _cache_features(config, base, data, pool, flickr, run)
 
     # 2. scores of the base bundle on the user's dev and test photos
     from .recipes import decoder_inputs
@@ -354,7 +363,7 @@ def finetune(config: RunConfig) -> Path | None:
     max_length = base.max_length
     _progress(run, phase="scoring base")
     before = {split: score(base.step_decoder(), base.vocab, decoder_inputs(ws, base, pid),
-                           data.references(data.splits[split]), new_words, max_length)
+                           data.references(data.splits[split]), new_words, max_length, data.splits[split])
               for split, pid in (("dev", dev_ids), ("test", test_ids)) if pid}
     print(f"base on your test photos: CIDEr-D {before['test']['cider']:.3f}, BLEU-4 {before['test']['bleu_4']:.3f}"
           if "test" in before else "base scored")
@@ -382,40 +391,22 @@ def finetune(config: RunConfig) -> Path | None:
     staging = target.parent / f".{target.name}.building-{uuid.uuid4().hex[:8]}"
     try:
         _progress(run, phase="scoring fine-tuned")
-        from .bundle import encoder_key
-
-        chosen_enc = [base.manifest.decoder_encoders[i] for i in picks]
-        primary = chosen_enc[0]
-        member_encoders = [None if encoder_key(e) == encoder_key(primary) else dict(e.raw) for e in chosen_enc[1:]]
-        manifest = {k: v for k, v in base.manifest.raw.items()
-                    if k not in ("files", "members", "name", "created", "versions", "index", "decoder", "vocab_size",
-                                 "ensemble_of")}
-        manifest["encoder"] = dict(primary.raw)
         chosen_keys = [keys[i] for i in picks]
         steps = _step_decoder(trained, chosen_keys)
         after = {split: score(steps, vocab, _inputs(ws, trained, chosen_keys, pid),
-                              data.references(data.splits[split]), new_words, max_length)
+                              data.references(data.splits[split]), new_words, max_length, data.splits[split])
                  for split, pid in (("dev", dev_ids), ("test", test_ids)) if pid}
-        summary = data.summary(sample=0)
-        manifest["finetune"] = {
-            "base": {"name": source_path.name, "path": str(source_path),
-                     "manifest_sha256": hashlib.sha256((source_path / "manifest.json").read_bytes()).hexdigest(),
-                     "decoders": [i + 1 for i in picks]},
-            "dataset": {k: summary[k] for k in ("file", "images_dir", "format", "sha256", "rows", "captions",
-                                                 "photos", "bad_by_kind", "splits", "split_source")},
-            "skipped_rows": summary["bad_rows"][:1000],
-            "settings": {"min_count": tr.min_count, "replay": user.replay, "replay_used": replay,
-                         "replay_photos": len(pool), "epochs": tr.epochs, "patience": tr.patience,
-                         "learning_rate": tr.learning_rate, "batch_size": tr.batch_size, "seed": tr.seed,
-                         "strict": user.strict, "glove": glove_path.name if glove else None},
-            "vocabulary": {"base": len(base.vocab), "grown": len(vocab), "added": added, "init": inits},
-            "training": histories, "features": feature_stats,
-            "metrics": {"decoding": f"beam {SCORE_BEAM}", "before": before, "after": after},
-            "peak_rss_mb": peak_rss_mb()}
-        manifest["data"] = {"dataset": "user", "splits": summary["splits"], "train_captions": len(train_caps)}
-        manifest["trained_as"] = target.name
-        manifest["command"] = (f"python train.py finetune --from {source_path} --captions {user.captions} "
-                               f"--images {user.images} --out {target}")
+        record = {"base": {"name": source_path.name, "path": str(source_path), "decoders": [i + 1 for i in picks],
+                           "manifest_sha256": hashlib.sha256((source_path / "manifest.json").read_bytes()).hexdigest()},
+                  "settings": {"min_count": tr.min_count, "replay": user.replay, "replay_used": replay,
+                               "replay_photos": len(pool), "epochs": tr.epochs, "patience": tr.patience,
+                               "learning_rate": tr.learning_rate, "batch_size": tr.batch_size, "seed": tr.seed,
+                               "strict": user.strict, "glove": glove_path.name if glove else None},
+                  "vocabulary": {"base": len(base.vocab), "grown": len(vocab), "added": added, "init": inits},
+                  "training": histories, "features": feature_stats,
+                  "metrics": {"decoding": f"beam {SCORE_BEAM}", "before": before, "after": after},
+                  "peak_rss_mb": peak_rss_mb()}
+        manifest, member_encoders = _manifest(config, base, picks, data, record, len(train_caps))
         save_bundle(staging / target.name, trained[0], vocab, manifest, members=trained[1:],
                     member_encoders=member_encoders if len(trained) > 1 else None)
         replace_folder(staging / target.name, target)
@@ -432,6 +423,29 @@ def finetune(config: RunConfig) -> Path | None:
                                                               if new_words else ""))
     print(f"finetune: bundle {target} is complete")
     return target
+
+
+def _manifest(config: RunConfig, base, picks: list[int], data: UserDataset, record: dict,
+              train_captions: int) -> tuple[dict, list]:
+    """The fine-tuned bundle's manifest (the base's encoder and records, ``finetune``: base, dataset, skipped rows,
+    settings, vocabulary, training, scores) and the member encoder blocks of its decoders after the first."""
+    from .bundle import encoder_key
+
+    chosen = [base.manifest.decoder_encoders[i] for i in picks]
+    member_encoders = [None if encoder_key(e) == encoder_key(chosen[0]) else dict(e.raw) for e in chosen[1:]]
+    manifest = {k: v for k, v in base.manifest.raw.items()
+                if k not in ("files", "members", "name", "created", "versions", "index", "decoder", "vocab_size",
+                             "ensemble_of")}
+    summary = data.summary(sample=0)
+    dataset = {k: summary[k] for k in ("file", "images_dir", "format", "sha256", "rows", "captions", "photos",
+                                       "bad_by_kind", "splits", "split_source")}
+    target, user = Path(config.workspace.out), config.user_data
+    manifest.update(encoder=dict(chosen[0].raw), trained_as=target.name,
+                    data={"dataset": "user", "splits": summary["splits"], "train_captions": train_captions},
+                    finetune={**record, "dataset": dataset, "skipped_rows": summary["bad_rows"][:1000]},
+                    command=f"python train.py finetune --from {config.pipeline.source} --captions {user.captions} "
+                            f"--images {user.images} --out {target}")
+    return manifest, member_encoders
 
 
 def _step_decoder(decoders: list, keys: list[str]):

@@ -122,7 +122,10 @@ def test_tiny_finetune_end_to_end(tmp_path, flickr_dir, mobilenet_weights):
     assert ft["metrics"]["before"]["test"]["new_word_share"] == 0.0                 # the base cannot say it
     assert ft["metrics"]["after"]["test"]["new_word_share_references"] == 1.0
     run = cache / "runs" / "out"
-    assert json.loads((run / "progress.json").read_text())["phase"] == "done"
+    progress = json.loads((run / "progress.json").read_text())
+    assert progress["phase"] == "done" and progress["epoch"] == 2 and progress["step"] == progress["steps"] >= 1
+    assert progress["photos_done"] == progress["photos_todo"] == 16
+    assert ft["metrics"]["after"]["test"]["captions"].keys() == ft["metrics"]["before"]["test"]["captions"].keys()
     assert len(json.loads((run / "decoder-1" / "state.json").read_text())["epochs"]) == 2
     assert not list(tmp_path.glob(".out.*"))                                      # no staging folder left
 
