@@ -102,6 +102,9 @@ def test_tiny_finetune_end_to_end(tmp_path, flickr_dir, mobilenet_weights):
                                        "max_length": 20, "min_count": 5})
     before = {p.name: p.read_bytes() for p in base.iterdir()}
     out, cache = tmp_path / "out", tmp_path / "cache"
+    dry = train.main(["finetune", "--from", str(base), "--captions", str(captions), "--images", str(photos),
+                      "--out", str(out), "--cache-dir", str(cache), "--dry-run"])
+    assert dry == 0 and not out.exists() and not cache.exists()                     # checked, nothing written
     code = train.main(["finetune", "--from", str(base), "--captions", str(captions), "--images", str(photos),
                        "--out", str(out), "--weights", str(mobilenet_weights), "--cache-dir", str(cache),
                        "--data-dir", str(flickr_dir), "--epochs", "2", "--min-count", "3", "--batch-size", "16",

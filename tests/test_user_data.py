@@ -159,3 +159,19 @@ def test_a_symbolic_link_out_of_the_image_folder_is_a_bad_path(tmp_path, photos)
     rows = ["image,caption", *(f"{i},{c}" for i, c in GOOD), "link.jpg,a photo from elsewhere", "/etc/hosts,a file"]
     ds = load_user_data(write(tmp_path, "c.csv", "\n".join(rows)), photos)
     assert {(b.line, b.kind) for b in ds.bad} == {(9, "bad_path"), (10, "bad_path")}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["finetune", "--captions", "c.csv", "--images", "p"], "finetune needs --from BUNDLE"),
+    (["finetune", "--from", "b", "--captions", "c.csv"], "needs --captions FILE and --images DIR"),
+    (["train", "--captions", "c.csv"], "--captions FILE and --images DIR go together"),
+    (["finetune", "--from", "b", "--captions", "c.csv", "--images", "p", "--replay", "1"],
+     "--replay 1 is out of range"),
+    (["scst", "--from", "b", "--captions", "c.csv", "--images", "p"], "--captions does not apply to scst"),
+])
+def test_finetune_options_are_checked_before_any_work(capsys, args, message):
+    import train
+
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
