@@ -98,10 +98,14 @@ def held_out(bundles: dict[str, Path], flickr: Path, cache: Path, others: int = 
                                            DecodeConfig(beam_width=3, max_length=bundle.max_length))]
         coco, _, _ = coco_scores([refs_all[n] for n in names], hyps, meteor=False)
         k, r = hyps[:len(kind)], hyps[len(kind):]
+        # forgetting, apart from the word the kind's photos were taught to say: scores on the other photos only
+        rest_coco, _, _ = coco_scores([refs_all[n] for n in rest], r, meteor=False)
         results[label] = {"kind_new_word": round(float(np.mean([NEW in h for h in k])), 3),
                           "kind_old_word": round(float(np.mean([OLD in h for h in k])), 3),
                           "others_new_word": round(float(np.mean([NEW in h for h in r])), 3),
                           "test_cider": round(coco["cider"], 4), "test_bleu_4": round(coco["coco_bleu_4"], 4),
+                          "others_cider": round(rest_coco["cider"], 4),
+                          "others_bleu_4": round(rest_coco["coco_bleu_4"], 4),
                           "examples": [" ".join(h) for h in k[:3]]}
         print(label, json.dumps(results[label]))
     return {"kind_photos": len(kind), "other_photos": len(rest), "decoding": "beam 3", "bundles": results}
@@ -115,15 +119,20 @@ def main() -> None:
     p.add_argument("--photos", type=int, default=500)
     p.add_argument("--work", type=Path, default=ROOT / ".cache" / "finetune-experiment")
     p.add_argument("--replays", default="0.5,0")
+    p.add_argument("--evaluate-only", action="store_true", help="score the bundles an earlier run left in --work")
     args = p.parse_args()
-    captions, _ = build_dataset(args.flickr, args.work, args.photos)
     cache = args.work / "cache"
     runs = []
     bundles = {"base": Path(args.base)}
+    if not args.evaluate_only:
+        captions, _ = build_dataset(args.flickr, args.work, args.photos)
     for replay in [float(r) for r in args.replays.split(",")]:
         out = args.work / f"bundle-replay{replay:g}"
-        runs.append(run_finetune(args.base, captions, args.flickr, out, cache, replay))
+        if not args.evaluate_only:
+            runs.append(run_finetune(args.base, captions, args.flickr, out, cache, replay))
         bundles[f"replay {replay:g}"] = out
+    if args.evaluate_only and (args.work / "report.json").is_file():
+        runs = json.loads((args.work / "report.json").read_text())["runs"]
     report = {"runs": runs, "held_out": held_out(bundles, args.flickr, cache)}
     for label, path in bundles.items():
         if label != "base":
