@@ -64,9 +64,10 @@ def test_grown_decoder_keeps_every_old_weight_exactly(tmp_path, kind):
 
 
 def test_tiny_finetune_end_to_end(tmp_path, flickr_dir, mobilenet_weights):
-    """A real fine-tune of a small MobileNetV2 bundle on 16 Flickr8k photos re-captioned with a new word,
-    Flickr8k replay on: the bundle is complete, its vocabulary grew, the base is untouched, progress is in the
-    run directory, and the manifest records base, dataset, settings and before/after scores."""
+    """A real fine-tune of a small MobileNetV2 ensemble bundle (merge + attention) on 16 Flickr8k photos
+    re-captioned with a new word, Flickr8k replay on: the bundle is complete, its vocabulary grew, the base is
+    untouched, progress is in the run directory, and the manifest records base, dataset, settings and before/after
+    scores."""
     import keras
 
     import train
@@ -96,10 +97,12 @@ def test_tiny_finetune_end_to_end(tmp_path, flickr_dir, mobilenet_weights):
     vocab = Vocabulary.build([tokenize(ln.split(",", 1)[1]) for ln in lines[:2000]], 5)
     keras.utils.set_random_seed(0)
     decoder = build_decoder("merge", vocab_size=len(vocab), feature_dim=spec.feature_dim, embed_dim=16, units=16)
-    base = tmp_path / "base"
+    attention = build_decoder("attention", vocab_size=len(vocab), feature_dim=spec.feature_dim, embed_dim=8, units=8,
+                              attention_dim=8, feature_proj=8)
+    base = tmp_path / "base"        # an ensemble: a merge decoder (pooled features) and an attention one (maps)
     save_bundle(base, decoder, vocab, {"encoder": {"name": spec.name, "alpha": spec.alpha, "key": spec.key,
                                                    "input_size": spec.input_size, "feature_dim": spec.feature_dim},
-                                       "max_length": 20, "min_count": 5})
+                                       "max_length": 20, "min_count": 5}, members=[attention])
     before = {p.name: p.read_bytes() for p in base.iterdir()}
     out, cache = tmp_path / "out", tmp_path / "cache"
     dry = train.main(["finetune", "--from", str(base), "--captions", str(captions), "--images", str(photos),
@@ -112,6 +115,7 @@ def test_tiny_finetune_end_to_end(tmp_path, flickr_dir, mobilenet_weights):
     assert code == 0
     assert {p.name: p.read_bytes() for p in base.iterdir()} == before            # the base is never modified
     tuned = load_bundle(out)
+    assert [d.kind for d in tuned.decoders] == ["merge", "attention"]          # each decoder fine-tuned
     assert tuned.vocab.itos[:len(vocab)] == vocab.itos and "blorpfish" in tuned.vocab.stoi
     old_rows = load_bundle(base).decoder.embedding.embeddings.numpy()
     assert not np.array_equal(tuned.decoder.embedding.embeddings.numpy()[:len(vocab)], old_rows)   # it trained
@@ -129,7 +133,9 @@ def test_tiny_finetune_end_to_end(tmp_path, flickr_dir, mobilenet_weights):
     assert progress["phase"] == "done" and progress["epoch"] == 2 and progress["step"] == progress["steps"] >= 1
     assert progress["photos_done"] == progress["photos_todo"] == 16
     assert ft["metrics"]["after"]["test"]["captions"].keys() == ft["metrics"]["before"]["test"]["captions"].keys()
-    assert len(json.loads((run / "decoder-1" / "state.json").read_text())["epochs"]) == 2
+    for i in (1, 2):
+        assert len(json.loads((run / f"decoder-{i}" / "state.json").read_text())["epochs"]) == 2
+    assert [t["decoder"] for t in ft["training"]] == [1, 2]
     assert not list(tmp_path.glob(".out.*"))                                      # no staging folder left
 
 
@@ -156,3 +162,14 @@ def test_train_from_scratch_on_user_photos(tmp_path, flickr_dir, mobilenet_weigh
     bundle = load_bundle(out)
     assert bundle.manifest.data["dataset"] == "user:caps.jsonl"
     assert bundle.manifest.data["splits"]["dev"] >= 1 and len(bundle.vocab) > 20
+
+
+def test_members_pick_decoders_by_number():
+    from captioning.config import OptionError
+    from captioning.finetune import _pick_members
+
+    assert _pick_members(None, 3) == [0, 1, 2]
+    assert _pick_members(["3,1"], 3) == [0, 2] == _pick_members(["1", "3"], 3)
+    for bad in (["4"], ["0"], ["1,1"], ["one"]):
+        with pytest.raises(OptionError, match="members"):
+            _pick_members(bad, 3)
