@@ -175,3 +175,17 @@ def test_finetune_options_are_checked_before_any_work(capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
         train.parse_args(args)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_huge_captions_file_or_too_many_photos_is_refused_before_the_work(tmp_path, photos, monkeypatch):
+    from captioning import user_data
+
+    huge = tmp_path / "huge.csv"
+    with open(huge, "wb") as fh:                   # sparse: 2 GB on paper, no disk used
+        fh.truncate(2 * 1024 ** 3)
+    with pytest.raises(DataError, match=r"huge.csv is 2147 MB; the limit is 105 MB"):
+        load_user_data(huge, photos)
+    monkeypatch.setattr(user_data, "MAX_PHOTOS", 3)
+    path = write(tmp_path, "c.csv", "image,caption\n" + "\n".join(f'{i},"{c}"' for i, c in GOOD))
+    with pytest.raises(DataError, match="names more than 3 photos; import at most 3 at a time"):
+        load_user_data(path, photos)
