@@ -42,6 +42,8 @@ _LAZY = {
     "caption_uploads": "batch", "expand_uploads": "batch", "records_text": "batch", "to_record": "batch",
     "reference_agreement": "metrics", "word_usage": "metrics",
     "CiderD": "metrics",
+    "html_snippets": "alttext", "markdown_list": "alttext", "captions_zip": "exports", "zip_summary": "exports",
+    "SIDECAR_NAMES": "metadata", "EXIFTOOL_INSTALL_HINT": "metadata", "exiftool_available": "metadata",
 }
 
 __all__ = ["DataError", "Flickr8k", "resolve_data_dir", "MAX_BYTES", "SUPPORTED_TYPES", "InvalidImageError",

@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     cap.add_argument("--n-best", type=int, default=1, help="print this many captions per image")
     cap.add_argument("--weights", default=None, help="encoder ImageNet weights file")
     add_strategy_options(cap)
+    add_metadata_options(cap)
     cap.add_argument("--json", action="store_true",
                      help="one JSON object per image: path, caption, log_prob, in_domain, confidence (+ n_best)")
     cap.add_argument("--neighbours", type=int, default=0, metavar="K",
@@ -103,8 +104,15 @@ def caption(args) -> int:
     if args.out is not None:
         check_output(args.out)                       # a folder, an unwritable path, a file it cannot read
         plan_resume(args.out, paths, run, args.recaption)       # another model or decoding: refused now
+    writer = metadata_writer(args)                   # None without --write-metadata; a bad mix refused now
+    if writer is not None:
+        writer.remember(paths)                       # sizes and mtimes: a photo changed meanwhile is not overwritten
 
     captioner = Captioner.from_bundle(bundle, args.weights)
+    if writer is not None and args.skip_unfamiliar and not (captioner.can_assess
+                                                            and captioner.bundle.index.calibration is not None):
+        raise ValueError("--skip-unfamiliar needs a bundle with a calibrated retrieval index; add one with: "
+                         f"python train.py index --out {captioner.bundle.path}")
     if args.neighbours and not captioner.can_assess:
         print(f"error: bundle {captioner.bundle.path} has no retrieval index for --neighbours; add one with: "
               f"python train.py index --out {captioner.bundle.path}", file=sys.stderr)
@@ -130,7 +138,8 @@ def caption(args) -> int:
 
     start = time.perf_counter()
     try:
-        summary = caption_files(captioner, paths, config, args.out, args.batch_size, on_result=show,
+        summary = caption_files(captioner, paths, config, args.out, args.batch_size,
+                                on_result=show if writer is None else writer_callback(writer, show),
                                 progress=sys.stderr.isatty(), neighbours=args.neighbours, run=run,
                                 recaption=args.recaption)
     except (EncoderWeightsError, BundleError) as exc:     # the encoder is built with the first batch
@@ -144,6 +153,9 @@ def caption(args) -> int:
         print(f"interrupted; {args.out or 'nothing'} holds what was saved; rerun the same command to go on",
               file=sys.stderr)
         return 130
+    if writer is not None:                                # what went into the photos, interrupted or not
+        writer.close()
+        print(writer.line(), file=sys.stderr)
     if summary.interrupted:
         if args.out is None:
             said = f"interrupted: {summary.line()}"
@@ -154,7 +166,7 @@ def caption(args) -> int:
         print(said, file=sys.stderr)
         return 130
     print(f"{summary.line(args.out)} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or (writer is not None and writer.failed) else 0
 
 
 def add_strategy_options(cap: argparse.ArgumentParser) -> None:
@@ -173,6 +185,61 @@ def add_strategy_options(cap: argparse.ArgumentParser) -> None:
     g.add_argument("--no-repeat-word", action="store_true", help="never the same word twice in a row")
     g.add_argument("--ban", nargs="+", default=(), metavar="WORD", help="words never to emit")
     g.add_argument("--min-length", type=int, default=1, help="fewest words per caption")
+
+
+def add_metadata_options(cap: argparse.ArgumentParser) -> None:
+    """Captions into the photos' own metadata (XMP, IPTC, EXIF) as alt text: captioning/metadata.py."""
+    from .metadata import MODES, SIDECAR_NAMES
+
+    g = cap.add_argument_group("write captions into the photos (needs ExifTool)")
+    g.add_argument("--write-metadata", choices=MODES, default=None, metavar="MODE",
+                   help="sidecar: an XMP file beside each photo (merged into one that exists); copy: captioned "
+                        "copies under --out-dir; in-place: into the photos themselves, atomically")
+    g.add_argument("--out-dir", default=None, help="copy: where the captioned copies go (folders kept)")
+    g.add_argument("--sidecar-name", choices=SIDECAR_NAMES, default=SIDECAR_NAMES[0],
+                   help="sidecar naming: photo.jpg.xmp (darktable, digiKam, Immich; default) or photo.xmp "
+                        "(Lightroom, Bridge)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a description the photo already has (default: keep it, and count it)")
+    g.add_argument("--tag-keywords", action="store_true", help="also add the caption's nouns as dc:subject keywords")
+    g.add_argument("--skip-unfamiliar", action="store_true",
+                   help="leave photos the model finds unfamiliar undescribed (and list them): a wrong alt text "
+                        "is worse than none")
+
+
+def metadata_writer(args):
+    """The --write-metadata writer (None without it); ValueError with what to change on a bad mix."""
+    if args.write_metadata is None:
+        if args.out_dir or args.overwrite or args.tag_keywords or args.skip_unfamiliar:
+            raise ValueError("--out-dir, --overwrite, --tag-keywords and --skip-unfamiliar go with --write-metadata")
+        return None
+    from .metadata import MetadataError, MetadataWriter
+
+    try:
+        return MetadataWriter(args.write_metadata, args.out_dir, args.sidecar_name, args.overwrite,
+                              args.tag_keywords, args.skip_unfamiliar)
+    except MetadataError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def writer_callback(writer, show):
+    """on_result for caption_files: write the caption, show the result, and give the record its keys."""
+    def on_result(result) -> dict:
+        show(result)
+        if not result.ok:
+            return {}
+        from .alttext import alt_text
+        from .batch import path_text
+
+        outcome = writer.write(result.name, result.best.text, result.trust)
+        said = path_text(str(outcome))                   # a path in it may hold bytes that are not UTF-8
+        if outcome.status == "error":
+            print(f"{path_text(result.name)}\tmetadata error: {path_text(outcome.detail)}", file=sys.stderr)
+            return {"metadata": said, "error": f"metadata: {path_text(outcome.detail)}"}   # retried on a rerun
+
+        written = outcome.status == "written"
+        return {"alt_text": alt_text(result.best.text) if written else None, "metadata": said}
+    return on_result
 
 
 def strategy_overrides(args) -> dict:

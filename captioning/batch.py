@@ -271,7 +271,8 @@ def to_record(result: BatchResult, n_best: int = 1, neighbours: int = 0, run: di
 # The fields this module writes; any other key of a record (a column the user added to the CSV, a key added to
 # a JSON record) is the user's and is kept, on every row, through every rerun.
 OWN_FIELDS = frozenset({"path", "caption", "log_prob", "mean_log_prob", "error", "n_best", "in_domain",
-                        "confidence", "neighbours", "model", "decoding"})
+                        "confidence", "neighbours", "model", "decoding",
+                        "alt_text", "metadata"})          # --write-metadata (__main__.py): replaced on a rerun
 _NBEST_COLUMN = re.compile(r"(caption|log_prob)_\d+")
 
 
@@ -289,6 +290,7 @@ def records_csv(records: Sequence[dict], header: Sequence[str] | None = None) ->
     columns += [f"{field}_{k}" for k in range(2, extra + 1) for field in ("caption", "log_prob")]
     if any("model" in r for r in records):
         columns += ["model", "decoding"]
+    columns += [k for k in ("alt_text", "metadata") if any(k in r for r in records)]   # --write-metadata
     columns += ["error"]
     for r in records:
         columns += [k for k, v in r.items() if k not in columns and not _own(k) and not isinstance(v, (dict, list))]
@@ -400,7 +402,7 @@ def _record_from_csv(row: dict) -> dict:
     for field in ("log_prob", "mean_log_prob", "in_domain"):
         if field in row or field != "in_domain":
             record[field] = _number(row.get(field))
-    for field in ("confidence", "model", "decoding"):
+    for field in ("confidence", "model", "decoding", "alt_text", "metadata"):
         if field in row:
             record[field] = row[field] or None
     alts = [{"caption": row[f"caption_{k}"], "log_prob": _number(row.get(f"log_prob_{k}"))}
@@ -537,8 +539,9 @@ def caption_files(captioner, paths: Sequence[str], config: DecodeConfig, out: st
     records, rows = plan.records, plan.rows
     summary = RunSummary(skipped=plan.skipped)
 
-    def keep(result: BatchResult) -> None:
+    def keep(result: BatchResult, extra: dict | None = None) -> None:
         record = to_record(result, config.num_return_sequences, neighbours, run)
+        record.update(extra or {})                  # what on_result adds, e.g. where --write-metadata wrote
         key = same_file_key(result.name)
         if key in rows:
             records[rows[key]] = _merged(records[rows[key]], record)
@@ -561,9 +564,7 @@ def caption_files(captioner, paths: Sequence[str], config: DecodeConfig, out: st
                     summary.captioned += 1
                 else:
                     summary.failed += 1
-                keep(result)
-                if on_result is not None:
-                    on_result(result)
+                keep(result, on_result(result) if on_result is not None else None)
                 bar.update(1)
                 pending += 1
                 if pending == batch_size:

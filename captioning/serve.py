@@ -3,6 +3,9 @@
 Endpoints (OpenAPI page at ``/docs``):
     POST /v1/captions   one or several images (multipart field ``images``) + decoding options as form fields
                         -> the n-best captions of each, with scores and per-word probabilities (attention on request)
+    POST /v1/captions/photo   one image -> the same photo with its caption written into its metadata (XMP, IPTC,
+                        EXIF; pixels untouched), or ``return=xmp`` its XMP sidecar, or ``return=json`` caption, alt
+                        text and XMP packet (captioning/metadata.py; needs ExifTool for the photo)
     GET  /v1/health     liveness and the loaded model's name
     GET  /v1/model      the bundle's summary: encoder, decoders, vocabulary, training data, test scores, limits
 
@@ -12,10 +15,12 @@ oversized one, each with the loader's message. The model is loaded once per proc
 worker threads, at most ``max_concurrent`` at a time, so the event loop keeps answering health checks.
 """
 import time
+from pathlib import Path
 from typing import Annotated
 
 import anyio
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi.responses import JSONResponse
 from PIL import UnidentifiedImageError
 
 from .batch import caption_stream
@@ -185,7 +190,73 @@ def create_app(captioner: Captioner, max_concurrent: int = DEFAULT_CONCURRENCY):
                         for r in results],
         }
 
+    add_photo_route(app, captioner, limiter)
     return app
+
+
+def add_photo_route(app: FastAPI, captioner: Captioner, limiter) -> None:
+    """``POST /v1/captions/photo``: caption one photo and hand it back captioned (or its XMP, or JSON)."""
+    from typing import Literal
+    from urllib.parse import quote
+
+    from fastapi import Response
+
+    from .alttext import alt_text, keywords
+    from .metadata import INSTALL_HINT, KINDS, MetadataError, embed_bytes, exiftool_available, xmp_packet
+
+    @app.post("/v1/captions/photo", summary="Caption one photo and get it back with the caption in its metadata",
+              response_class=Response,
+              responses={200: {"content": {"image/jpeg": {}, "application/rdf+xml": {}, "application/json": {}},
+                               "description": "the captioned photo (return=photo), its XMP sidecar (return=xmp), "
+                                              "or caption, alt text and XMP packet (return=json)"},
+                         413: {"description": "The image is too large"},
+                         415: {"description": "Not an image, or a type that cannot hold XMP (ask for return=xmp)"},
+                         422: {"description": "A damaged image"},
+                         501: {"description": "ExifTool is not installed on the server (return=photo only)"}})
+    async def captioned_photo(
+        image: Annotated[UploadFile, File(description="one photo (JPEG, PNG, WebP or TIFF keep the caption inside)")],
+        beam_width: Annotated[int, Form(ge=1, le=MAX_BEAM_WIDTH, description="1 = greedy; 5 = the app's default")] = 5,
+        tag_keywords: Annotated[bool, Form(description="also write the caption's nouns as dc:subject")] = False,
+        return_: Annotated[Literal["photo", "xmp", "json"], Form(alias="return")] = "photo",
+    ) -> Response:
+        name = image.filename or "photo"
+        data = await image.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise HTTPException(413, f"{name}: {_too_big(image.size or len(data), MAX_BYTES)}")
+        if return_ == "photo" and not exiftool_available():
+            raise HTTPException(501, f"{INSTALL_HINT}; or ask for return=xmp (a sidecar needs no ExifTool)")
+        if return_ == "photo" and Path(name).suffix.lower() not in KINDS:
+            raise HTTPException(415, f"{name}: only JPEG, PNG, WebP and TIFF hold the caption inside; "
+                                     "ask for return=xmp for a sidecar")
+
+        def work():
+            try:
+                picture = load_image(data)
+            except InvalidImageError as exc:
+                return _image_error(name, exc)
+            best = captioner.caption(picture, captioner.config(beam_width=beam_width))[0]
+            text = alt_text(best.text)
+            subjects = keywords(best.text) if tag_keywords else []
+            if return_ != "photo":
+                return best, text, xmp_packet(text or "", subjects)
+            try:
+                return best, text, embed_bytes(data, name, best.text, subjects)
+            except MetadataError as exc:
+                return 422, f"{name}: {exc}"
+
+        outcome = await anyio.to_thread.run_sync(work, limiter=limiter)
+        if isinstance(outcome[0], int):
+            raise HTTPException(*outcome)
+        best, text, body = outcome
+        headers = {"X-Caption": quote(text or ""),                      # percent-encoded: headers are Latin-1
+                   "Content-Disposition": f"attachment; filename*=UTF-8''{quote(Path(name).name)}"
+                                          + (".xmp" if return_ == "xmp" else "")}
+        if return_ == "json":
+            return JSONResponse({"filename": name, "caption": best.text, "alt_text": text, "xmp": body})
+        if return_ == "xmp":
+            return Response(body, media_type="application/rdf+xml", headers=headers)
+        media = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "tiff": "image/tiff"}
+        return Response(body, media_type=media[KINDS[Path(name).suffix.lower()]], headers=headers)
 
 
 def serve(bundle, host: str = "127.0.0.1", port: int = 8000, weights=None,

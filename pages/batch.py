@@ -1,4 +1,5 @@
-"""Batch page: many photos (or zips of photos) in, a table of captions out, downloadable as CSV and JSON."""
+"""Batch page: many photos (or zips of photos) in, a table of captions out, downloadable as CSV and JSON, as alt
+text (HTML and Markdown), and written into the photos (a zip of captioned copies or XMP sidecars)."""
 import base64
 import hashlib
 import io
@@ -8,14 +9,21 @@ import pandas as pd
 import streamlit as st
 
 from captioning import (
+    EXIFTOOL_INSTALL_HINT,
     MAX_BYTES,
+    SIDECAR_NAMES,
     SUPPORTED_TYPES,
     InvalidImageError,
     caption_uploads,
+    captions_zip,
+    exiftool_available,
     expand_uploads,
+    html_snippets,
     load_image,
+    markdown_list,
     records_text,
     to_record,
+    zip_summary,
 )
 from ui.shell import require_shell
 from ui.state import get_captioner
@@ -23,6 +31,7 @@ from ui.trust import STYLE
 from ui.widgets import decoding_controls
 
 RESULTS_KEY = "batch_results"
+ZIP_KEY = "batch_metadata_zip"
 # A failed file's thumbnail: a plain grey square (a blank cell would read "None").
 NO_PHOTO = ("data:image/svg+xml;base64," + base64.b64encode(
     b'<svg xmlns="http://www.w3.org/2000/svg" width="96" height="96"><rect width="96" height="96" '
@@ -116,8 +125,51 @@ st.dataframe(table, hide_index=True, width="stretch", row_height=64,
                                  "familiar photos get the model's best captions, unfamiliar ones may well be wrong"),
     "Status": st.column_config.TextColumn("Status", width=120),
 })
-d1, d2, _ = st.columns([1, 1, 3])
+d1, d2, d3, d4, _ = st.columns([1, 1, 1.3, 1.5, 1])
 d1.download_button(":material/download: CSV", records_text(records, ".csv"), "captions.csv", "text/csv",
                    on_click="ignore", width="stretch")
 d2.download_button(":material/download: JSON", records_text(records, ".json"), "captions.json",
                    "application/json", on_click="ignore", width="stretch")
+d3.download_button(":material/download: Alt text HTML", html_snippets(records), "alt-text.html", "text/html",
+                   on_click="ignore", width="stretch", help='one <img src="photo.jpg" alt="…"> line per photo')
+d4.download_button(":material/download: Alt text Markdown", markdown_list(records), "alt-text.md", "text/markdown",
+                   on_click="ignore", width="stretch", help="a list: **photo.jpg**: the alt text")
+
+st.subheader("Write captions into the photos")
+st.caption("As alt text in the photos' own metadata (XMP description and IPTC alt text; in JPEG and TIFF also "
+           "IPTC Caption-Abstract and EXIF ImageDescription), where photo libraries and web tools read it. "
+           "The pixels are not re-encoded and every other field is kept.")
+w1, w2 = st.columns(2)
+kind = w1.radio("Download", ["Captioned copies of the photos", "XMP sidecar files"], key="batch_meta_kind",
+                help="copies: JPEG, PNG, WebP and TIFF hold the caption inside; sidecars work for every photo "
+                     "and are what darktable, digiKam and Lightroom read beside a photo")
+naming = w1.radio("Sidecar names", SIDECAR_NAMES, key="batch_meta_naming", horizontal=True,
+                  disabled=kind != "XMP sidecar files",
+                  help="photo.jpg.xmp: darktable, digiKam, Immich; photo.xmp: Lightroom, Bridge")
+overwrite = w2.checkbox("Replace descriptions the photos already have", key="batch_meta_overwrite",
+                        help="off: a photo with its own description keeps it (and is counted)")
+skip_unfamiliar = w2.checkbox("Leave unfamiliar photos undescribed", key="batch_meta_skip", value=True,
+                              help="a wrong alt text is worse than none: photos unlike the training photos "
+                                   "get no caption written, and are listed")
+tag_keywords = w2.checkbox("Add the caption's nouns as keywords (dc:subject)", key="batch_meta_keywords")
+copies = kind.startswith("Captioned copies")
+if copies and not exiftool_available():
+    st.info(f"Captioned copies need ExifTool. {EXIFTOOL_INSTALL_HINT}. XMP sidecars work without it.",
+            icon=":material/info:")
+else:
+    choice = (key, copies, naming, overwrite, skip_unfamiliar, tag_keywords)
+    made = st.session_state.get(ZIP_KEY)
+    if not made or made["choice"] != choice:
+        with st.spinner("Writing captions into the photos…"):
+            data, statuses = captions_zip(uploads, records, "copies" if copies else "sidecars", naming, overwrite,
+                                          skip_unfamiliar, tag_keywords)
+        made = st.session_state[ZIP_KEY] = {"choice": choice, "zip": data, "statuses": statuses}
+    st.download_button(":material/folder_zip: Captioned photos (zip)" if copies else
+                       ":material/folder_zip: XMP sidecars (zip)", made["zip"],
+                       "captioned-photos.zip" if copies else "xmp-sidecars.zip", "application/zip",
+                       on_click="ignore", key="batch_meta_download")
+    st.caption(zip_summary(made["statuses"]))
+    left_out = [s for s in made["statuses"] if s["status"] in ("skipped", "error")]
+    if left_out:
+        st.dataframe(pd.DataFrame(left_out).rename(columns={"path": "File", "status": "Status", "detail": "Why"}),
+                     hide_index=True, width="stretch")

@@ -2,6 +2,7 @@
 # Set up everything on a fresh machine: a virtualenv with the pinned requirements, and
 #   app   -> the ImageNet weights of the default bundle's encoder (downloaded, or extracted offline)
 #   test  -> the test requirements and Debian's chromium + chromium-driver for the browser test
+#   both  -> ExifTool (Debian's libimage-exiftool-perl), which writes captions into photos (--write-metadata)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-app}"
@@ -41,6 +42,14 @@ if [ "$mode" = test ]; then
     .venv/bin/python -m captioning setup-weights --encoder efficientnet-$variant \
       || echo "setup: EfficientNet-$variant weights not ported; its reference test will skip"
   done
+fi
+
+if ! command -v exiftool >/dev/null; then
+  echo "setup: installing Debian's ExifTool (libimage-exiftool-perl) to write captions into photos"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  { $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq &&
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq libimage-exiftool-perl \
+    >/dev/null; } || echo "setup: ExifTool not installed; --write-metadata and captioned copies will say how to add it"
 fi
 
 if [ "$mode" = test ] && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
