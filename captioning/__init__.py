@@ -43,7 +43,7 @@ _LAZY = {
     "reference_agreement": "metrics", "word_usage": "metrics",
     "CiderD": "metrics",
     "html_snippets": "alttext", "markdown_list": "alttext", "captions_zip": "exports", "zip_summary": "exports",
-    "SIDECAR_NAMES": "metadata", "EXIFTOOL_INSTALL_HINT": "metadata", "exiftool_available": "metadata",
+    "SIDECAR_NAMES": "metadata", "EXIFTOOL_INSTALL_HINT": "exiftool", "exiftool_available": "exiftool",
 }
 
 __all__ = ["DataError", "Flickr8k", "resolve_data_dir", "MAX_BYTES", "SUPPORTED_TYPES", "InvalidImageError",

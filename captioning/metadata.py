@@ -15,108 +15,31 @@ an original that changed since it was captioned (size, mtime or content) is not 
 """
 from __future__ import annotations
 
-import atexit
-import json
 import os
-import shutil
 import stat
-import subprocess
-import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 from .alttext import alt_text, is_unfamiliar, keywords
+from .exiftool import (  # noqa: F401  (re-exported: the facade and callers name them from here)
+    DESCRIPTION_TAGS,
+    EXIFTOOL_INSTALL_HINT,
+    INSTALL_HINT,
+    READ_ARGS,
+    ExifTool,
+    MetadataError,
+    exiftool_available,
+    json_answer,
+    shared_exiftool,
+)
 
 MODES = ("sidecar", "copy", "in-place")
 SIDECAR_NAMES = ("photo.jpg.xmp", "photo.xmp")      # darktable / digiKam default  |  Lightroom / Bridge style
 KINDS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff"}
-INSTALL_HINT = ("ExifTool is not installed; install it with: sudo apt-get install libimage-exiftool-perl "
-                "(or: bash scripts/setup.sh app)")
-EXIFTOOL_INSTALL_HINT = INSTALL_HINT            # the facade's name for it
-# ExifTool before 12.60 (Debian 12 ships 12.57) does not know IPTC's 2021 alt-text fields: declare them.
-CONFIG = Path(__file__).with_name("exiftool_config.pl")
-DESCRIPTION_TAGS = ("XMP-dc:Description", "IPTC:Caption-Abstract", "EXIF:ImageDescription")
-
-
-class MetadataError(Exception):
-    """A photo's caption could not be written (the message says why and what to do)."""
-
-
-class ExifTool:
-    """One ``exiftool -stay_open`` process; :meth:`run` sends one command (thread-safe, one at a time)."""
-
-    def __init__(self, executable: str | None = None):
-        exe = executable or shutil.which("exiftool")
-        if not exe:
-            raise MetadataError(INSTALL_HINT)
-        self._args = [exe, "-config", str(CONFIG), "-stay_open", "True", "-@", "-"]
-        self._proc: subprocess.Popen | None = None
-        self._lock = threading.Lock()
-
-    def run(self, *args: str | bytes | os.PathLike) -> tuple[str, str]:
-        """(stdout, stderr) of ``exiftool ARGS...``; file names go through as bytes (non-UTF-8 names work)."""
-        lines = []
-        for arg in args:
-            raw = os.fsencode(arg)                 # str (surrogate-escaped names too), bytes or a path
-            if b"\n" in raw or b"\r" in raw:
-                raise MetadataError("a file name or value with a line break cannot be passed to ExifTool; rename it")
-            lines.append(raw)
-        with self._lock:
-            if self._proc is None or self._proc.poll() is not None:
-                self._proc = subprocess.Popen(self._args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                              stderr=subprocess.PIPE)
-            proc = self._proc
-            proc.stdin.write(b"\n".join([*lines, b"-echo4", b"{ready}", b"-execute", b""]))
-            proc.stdin.flush()
-            return self._until_ready(proc.stdout), self._until_ready(proc.stderr)
-
-    def _until_ready(self, stream) -> str:
-        out = []
-        while True:
-            line = stream.readline()
-            if not line:
-                self.close()
-                raise MetadataError("ExifTool stopped unexpectedly; run again (a photo may be one it cannot read)")
-            if line.rstrip(b"\r\n") == b"{ready}":
-                return b"".join(out).decode("utf-8", "replace")
-            out.append(line)
-
-    def read(self, *paths) -> list[dict]:
-        """The description fields (and ExifTool's Error / Warning) of each file, as ExifTool's JSON."""
-        out, _ = self.run("-j", *(f"-{t}" for t in DESCRIPTION_TAGS),
-                          "-XMP-dc:Subject", "-Error", "-Warning", *paths)
-        try:
-            return json.loads(out) if out.strip() else []
-        except json.JSONDecodeError as exc:
-            raise MetadataError(f"ExifTool's answer could not be read ({exc})") from None
-
-    def close(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            try:
-                proc.stdin.write(b"-stay_open\nFalse\n")
-                proc.stdin.flush()
-                proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                proc.kill()
-
-
-_shared: ExifTool | None = None
-
-
-def shared_exiftool() -> ExifTool:
-    """The process-wide ExifTool (the app and the API share one), started on first use."""
-    global _shared
-    if _shared is None:
-        _shared = ExifTool()
-        atexit.register(_shared.close)
-    return _shared
-
-
-def exiftool_available() -> bool:
-    return bool(shutil.which("exiftool"))
+# ExifTool's -if: write only where no description field holds a non-blank value (Perl, evaluated per file)
+IF_UNDESCRIBED = "not grep { defined and /\\S/ } (" + ", ".join(f"${t}" for t in DESCRIPTION_TAGS) + ")"
 
 
 # ---- what is written --------------------------------------------------------------------------------------
@@ -297,7 +220,7 @@ class MetadataWriter:
         existing = target if self.mode == "sidecar" and target.exists() else None
         if self.mode == "copy" and target.exists() and not self.overwrite:
             return Outcome("kept", str(target), "the copy already exists (--overwrite replaces it)")
-        if not self.overwrite:
+        if self.mode == "sidecar" and not self.overwrite:     # the photo's own description counts too
             infos = self.tool.read(src, *([existing] if existing else []))
             if infos and infos[0].get("Error"):
                 raise MetadataError(f"ExifTool cannot read this photo's metadata ({infos[0]['Error']})")
@@ -311,9 +234,11 @@ class MetadataWriter:
                 tmp.write_text(xmp_packet(text, subjects), encoding="utf-8")
             else:
                 tmp.write_bytes(existing.read_bytes() if existing else data)
-                exiftool_edit(self.tool, tmp, "xmp" if existing else kind, text, subjects)
-                if not existing:
-                    verify(self.tool, data, tmp, kind, text)
+                info = exiftool_edit(self.tool, tmp, "xmp" if existing else kind, text, subjects,
+                                     keep_existing=not self.overwrite and not existing)
+                if info is None:
+                    return Outcome("kept", None, "already described (--overwrite replaces it)")
+                verify(info, existing.read_bytes() if existing else data, tmp, "xmp" if existing else kind, text)
             if self.mode == "in-place":
                 os.chmod(tmp, stat.S_IMODE(before.st_mode))
                 now = os.lstat(src)
@@ -349,24 +274,31 @@ class MetadataWriter:
         self.tool.close()
 
 
-def exiftool_edit(tool: ExifTool, tmp: Path, kind: str, text: str, subjects: list[str]) -> None:
-    """Write the caption into ``tmp`` (our own fresh copy of the photo or sidecar) where it lies.
+def exiftool_edit(tool: ExifTool, tmp: Path, kind: str, text: str, subjects: list[str],
+                  keep_existing: bool = False) -> dict | None:
+    """Write the caption into ``tmp`` (our own fresh copy of the photo or sidecar) where it lies, and read it back
+    in the same round trip: the fields written, or None when ``keep_existing`` and the file was described.
 
     Editing a copy rather than ``exiftool -o NEW SOURCE``: ExifTool 12.57 refuses ``-o`` for WebP, and the bytes
     edited are exactly the ones read (and checked) before, whatever happens to the source meanwhile.
     """
-    out, err = tool.run("-overwrite_original", *tag_args(kind, text, subjects), tmp)
+    condition = ["-if", IF_UNDESCRIBED] if keep_existing else []
+    (out, err), (read, _) = tool.run_many(["-overwrite_original", *condition, *tag_args(kind, text, subjects), tmp],
+                                          [*READ_ARGS, tmp])
+    if keep_existing and "1 files failed condition" in out:
+        return None
     if not any(f"1 image files {word}" in out for word in ("updated", "unchanged")):
         reason = next((ln.split(":", 1)[1].strip() for ln in err.splitlines() if ln.startswith("Error")),
                       err.strip() or out.strip() or "no file written")
         reason = reason.replace(f" - {tmp}", "")                 # ExifTool names our temporary copy
         raise MetadataError(f"ExifTool could not write the caption ({reason})")
+    info = json_answer(read)
+    return info[0] if info else {}
 
 
-def verify(tool: ExifTool, data: bytes, tmp: Path, kind: str, text: str) -> None:
-    """The new file says ``text`` and holds exactly the old image data (or pixels, for TIFF)."""
-    info = tool.read(tmp)
-    if not info or str(info[0].get("Description")) != text:
+def verify(info: dict, data: bytes, tmp: Path, kind: str, text: str) -> None:
+    """The new file (read back as ``info``) says ``text`` and holds exactly the old image data (TIFF: pixels)."""
+    if str(info.get("Description")) != text:
         raise MetadataError("the caption did not read back from the written file")
     same = _pixels_equal(data, tmp) if kind == "tiff" else image_data(tmp.read_bytes(), kind) == image_data(data, kind)
     if not same:
@@ -394,8 +326,8 @@ def embed_bytes(data: bytes, name: str, caption: str | None, subjects: list[str]
     with tempfile.TemporaryDirectory(prefix="captioning-") as tmp:
         out = Path(tmp) / f"photo{Path(name).suffix.lower()}"
         out.write_bytes(data)
-        if keep_existing and any(map(_description, tool.read(out))):
+        info = exiftool_edit(tool, out, kind, text, subjects or [], keep_existing)
+        if info is None:
             return None
-        exiftool_edit(tool, out, kind, text, subjects or [])
-        verify(tool, data, out, kind, text)
+        verify(info, data, out, kind, text)
         return out.read_bytes()
