@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Refresh the README screenshots: run the app on the shipped bundles in headless Chromium, one JPEG per page
-(plus the Caption page on a drawn, out-of-domain photo: caption-out-of-domain.jpg).
+(plus the Caption page on a drawn, out-of-domain photo: caption-out-of-domain.jpg, and the Batch page's alt-text
+downloads and "write captions into the photos" options on three test photos: batch-metadata.jpg).
 
-    .venv/bin/python scripts/screenshots.py [--out docs/screenshots] [--width 1400]
+    .venv/bin/python scripts/screenshots.py [--out docs/screenshots] [--width 1400] [--only batch-metadata]
 
 Needs the dataset (FLICKR8K_DIR, default ../shared/flickr8k), Chromium + chromedriver (`bash scripts/setup.sh
 test` installs them) and the encoder weights of artifacts/default (`python -m captioning setup-weights`).
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=2000)
     parser.add_argument("--full", action="store_true", help="grow the window to each whole page (long pages)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="take only these shots (file stems)")
     parser.add_argument("--data-dir", default=os.environ.get("FLICKR8K_DIR", str(ROOT.parent / "shared" / "flickr8k")))
     args = parser.parse_args()
 
@@ -62,9 +64,23 @@ def main() -> None:
         drawn_cup(photo)
         shots = [(path, done, option, path or "caption") for path, done, option in PAGES]
         shots.insert(1, ("", "Most similar training photos", photo, "caption-out-of-domain"))
+        test_photos = (Path(args.data_dir) / "Flickr_8k.testImages.txt").read_text().split()[3:6]
+        shots.append(("batch", "Captioned photos (zip)", [Path(args.data_dir) / "Images" / n for n in test_photos],
+                      "batch-metadata"))
         for path, done, option, name in shots:
+            if args.only and name not in args.only:
+                continue
             driver.get(f"{url}/{path}")
-            if isinstance(option, Path):          # upload a photo instead of picking a sample
+            if isinstance(option, list):          # the Batch page: drop several photos, show the metadata section
+                wait_for_text(driver, "Caption many photos", timeout=180)
+                WebDriverWait(driver, 180).until(EC.presence_of_element_located(
+                    (By.CSS_SELECTOR, 'input[type="file"]'))).send_keys("\n".join(str(p) for p in option))
+                wait_for_text(driver, done, timeout=900)
+                driver.execute_script("for (const h of document.querySelectorAll('h3')) if "
+                                      "(h.textContent.includes('Write captions')) h.scrollIntoView();")
+                driver.execute_script("const m = document.querySelector('[data-testid=\"stMain\"]'); "
+                                      "if (m) m.scrollBy(0, -380);")
+            elif isinstance(option, Path):          # upload a photo instead of picking a sample
                 wait_for_text(driver, "Caption a photo", timeout=180)
                 WebDriverWait(driver, 180).until(EC.presence_of_element_located(
                     (By.CSS_SELECTOR, 'input[type="file"]'))).send_keys(str(option.resolve()))
