@@ -48,7 +48,8 @@ def tag_args(kind: str, text: str, subjects: list[str] | None = None) -> list[st
     """ExifTool arguments writing ``text`` into every description field ``kind`` (jpeg, png, webp, tiff, xmp) holds."""
     args = [f"-XMP-dc:Description={text}", f"-XMP-iptcExt:AltTextAccessibility={text}"]
     if kind in ("jpeg", "tiff"):
-        args += ["-IPTC:CodedCharacterSet=UTF8", f"-IPTC:Caption-Abstract={text}", f"-EXIF:ImageDescription={text}"]
+        args += ["-IPTC:CodedCharacterSet=UTF8", f"-IPTC:Caption-Abstract={text}", f"-EXIF:ImageDescription={text}",
+                 "-Photoshop:IPTCDigest=new"]     # IIM and XMP in step: MWG readers ignore XMP on a stale digest
     for word in subjects or []:
         args += [f"-XMP-dc:Subject-={word}", f"-XMP-dc:Subject+={word}"]      # added once, others kept
     return args

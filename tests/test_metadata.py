@@ -107,6 +107,8 @@ def test_every_field_reads_back_and_the_image_data_and_other_metadata_are_untouc
     assert read["subject"] == ["dog", "grass"] and read["creator"] == ["Ada"]     # the existing XMP is kept
     if kind in ("jpeg", "tiff"):                       # IPTC IIM and EXIF only where those blocks belong
         assert read["caption"] == ALT and read["exif"] == ALT
+        digest = exiftool_json(path, "-IPTCDigest", "-CurrentIPTCDigest")      # IIM and XMP marked in step
+        assert digest["IPTCDigest"] == digest["CurrentIPTCDigest"]
     after = path.read_bytes()
     if kind == "jpeg":                                 # the entropy-coded scan data, byte for byte
         assert after[after.index(b"\xff\xda"):] == before[before.index(b"\xff\xda"):]
