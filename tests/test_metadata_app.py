@@ -92,6 +92,17 @@ def test_cli_copies_and_sidecars(folder, tiny_bundle, mobilenet_weights, tmp_pat
     assert read_description(paths[0].with_suffix(".xmp")) and [p.read_bytes() for p in paths] == before
     code, _, stderr = run(capsys, root, "--bundle", tiny_bundle, "--overwrite")
     assert code == 2 and "go with --write-metadata" in stderr
+    out = tmp_path / "run.json"                     # unfamiliar photos: left undescribed, listed, recorded
+    code, _, stderr = run(capsys, root, "--bundle", tiny_bundle, "--write-metadata", "sidecar", "--overwrite",
+                          "--skip-unfamiliar", "--out", out)
+    assert code == 0, stderr
+    records = json.loads(out.read_text())
+    assert {r["confidence"] for r in records} <= {"familiar", "unusual", "unfamiliar"}
+    for r in records:
+        assert r["metadata"].startswith("skipped: unfamiliar") == (r["confidence"] == "unfamiliar"), r
+        assert (r["alt_text"] is None) == (r["confidence"] == "unfamiliar")
+    unfamiliar = [r["path"] for r in records if r["confidence"] == "unfamiliar"]
+    assert (f"left undescribed as unfamiliar ({len(unfamiliar)})" in stderr) == bool(unfamiliar)
 
 
 @pytest.fixture(scope="module")
