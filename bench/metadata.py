@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("FLICKR8K_DIR", str(ROOT.parent / "shared" / "flickr8k")))
     parser.add_argument("--caption-cpu-ms", type=float, default=None,
                         help="CPU ms per photo of captioning alone (user + sys of a caption run, start-up excluded)")
+    parser.add_argument("--modes", nargs="+", default=None, help="only these rows, e.g. in-place")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -51,6 +52,8 @@ def main() -> None:
         megabytes = sum(os.path.getsize(p) for p in paths) / 2**20
         for label, mode, extra in [("sidecar", "sidecar", {}), ("copy", "copy", {"out_dir": Path(tmp) / "out"}),
                                    ("in-place", "in-place", {}), ("in-place rerun (kept)", "in-place", {})]:
+            if args.modes and label not in args.modes:
+                continue
             writer = MetadataWriter(mode, **extra)
             writer.remember(paths)
             writer.tool.run("-ver")                                      # start ExifTool outside the timing

@@ -252,9 +252,9 @@ def test_uploads_come_back_as_a_zip_of_captioned_copies_or_sidecars(tmp_path):
 
 def test_embedding_bytes_and_the_xmp_packet_agree(tmp_path):
     photo = make_photo(tmp_path, "webp")
-    out = embed_bytes(photo.read_bytes(), "p.webp", CAPTION, ["dog"])
+    out = embed_bytes(photo.read_bytes(), "p.webp", 'a man \'s "hat" & <coat> café', ["dog"])   # XML-escaped
     (tmp_path / "out.webp").write_bytes(out)
-    assert exiv2_read(tmp_path / "out.webp")["description"] == ALT
+    assert exiv2_read(tmp_path / "out.webp")["description"] == 'A man\'s "hat" & <coat> café.'
     assert embed_bytes(out, "p.webp", "a cat", keep_existing=True) is None
     (tmp_path / "p.xmp").write_text(xmp_packet("Fish & <chips>.", ["fish"]), encoding="utf-8")
     read = exiftool_json(tmp_path / "p.xmp", "-XMP:all")
