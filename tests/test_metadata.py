@@ -259,3 +259,35 @@ def test_embedding_bytes_and_the_xmp_packet_agree(tmp_path):
     (tmp_path / "p.xmp").write_text(xmp_packet("Fish & <chips>.", ["fish"]), encoding="utf-8")
     read = exiftool_json(tmp_path / "p.xmp", "-XMP:all")
     assert read["Description"] == read["AltTextAccessibility"] == "Fish & <chips>." and read["Subject"] == "fish"
+
+
+def test_ctrl_c_or_a_full_disk_mid_write_leaves_the_photo_whole_and_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    from captioning import metadata
+
+    path = make_photo(tmp_path, "jpeg")
+    before = path.read_bytes()
+    w = MetadataWriter("in-place")
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(metadata.os, "replace", interrupted)           # Ctrl-C just before the rename
+    with pytest.raises(KeyboardInterrupt):
+        w.write(str(path), CAPTION)
+    assert path.read_bytes() == before and not list(tmp_path.glob(".captioning-*"))
+    monkeypatch.undo()
+
+    real = metadata.Path.write_bytes
+
+    def full(self, data):
+        if self.name.startswith(".captioning-"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, data)
+    monkeypatch.setattr(metadata.Path, "write_bytes", full)
+    outcome = w.write(str(path), CAPTION)
+    assert outcome.status == "error" and "No space left on device" in outcome.detail
+    assert path.read_bytes() == before and not list(tmp_path.glob(".captioning-*"))
+    monkeypatch.undo()
+    assert w.write(str(path), CAPTION).status == "written"            # the rerun finishes the job
+    w.close()
