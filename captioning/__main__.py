@@ -44,10 +44,13 @@ def main(argv=None) -> int:
     srv.add_argument("--bundle", default=None, help="artifact bundle folder (default: artifacts/default)")
     srv.add_argument("--weights", default=None, help="encoder ImageNet weights file")
     srv.add_argument("--max-concurrent", type=int, default=2, help="requests decoded at once (default 2)")
+    add_serve_limits(srv)
     setup = sub.add_parser("setup-weights", help="store an encoder's ImageNet weights under weights/")
     setup.add_argument("--encoder", default="xception")
     setup.add_argument("--alpha", type=float, default=None)
     args = parser.parse_args(argv)
+    if args.command == "serve":                  # checks the key and the port before TensorFlow and the model load
+        return serve_command(args)
     try:
         return _dispatch(args)
     except KeyboardInterrupt:                   # caption_files saves and reports on its own once captioning runs
@@ -59,19 +62,12 @@ def main(argv=None) -> int:
 
 def _dispatch(args) -> int:
     import_tensorflow_quietly()
-    from .bundle import BundleError, artifacts_dir
+    from .bundle import BundleError
     from .encoders import EncoderWeightsError, setup_weights
 
     try:
         if args.command == "setup-weights":
             print(setup_weights(args.encoder, args.alpha))
-            return 0
-        if args.command == "serve":
-            from .serve import serve
-
-            if not 0 < args.port < 65536 or args.max_concurrent < 1:
-                raise ValueError("--port must be 1-65535 and --max-concurrent >= 1")
-            serve(args.bundle or artifacts_dir() / "default", args.host, args.port, args.weights, args.max_concurrent)
             return 0
         return caption(args)
     except (BundleError, EncoderWeightsError, ValueError) as exc:
@@ -167,6 +163,46 @@ def caption(args) -> int:
         return 130
     print(f"{summary.line(args.out)} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
     return 1 if summary.failed or (writer is not None and writer.failed) else 0
+
+
+def add_serve_limits(srv: argparse.ArgumentParser) -> None:
+    """Who may call the API and how much it takes on (defaults: captioning.serve.ServerSettings)."""
+    g = srv.add_argument_group("access and limits")
+    g.add_argument("--api-key-file", default=None, metavar="PATH", help="require 'Authorization: Bearer KEY' with "
+                   "the key on this file's first line (default: $CAPTIONING_API_KEY; required off loopback)")
+    g.add_argument("--insecure-no-auth", action="store_true", help="serve off loopback without a key (anyone on "
+                   "the network may use the CPU)")
+    g.add_argument("--max-queue", type=int, default=8, help="requests waiting for a slot; beyond: 503 (default 8)")
+    g.add_argument("--queue-timeout", type=float, default=60.0, help="seconds a request may wait for a slot; "
+                   "beyond: 503 (default 60)")
+    g.add_argument("--rate-limit", type=float, default=60.0, metavar="PER_MINUTE", help="requests a minute per "
+                   "client address, bursts of --rate-burst; beyond: 429 (default 60; 0 = off)")
+    g.add_argument("--rate-burst", type=int, default=20, help="requests a client may send at once (default 20)")
+    g.add_argument("--body-timeout", type=float, default=30.0, help="seconds an upload may send nothing; "
+                   "beyond: 408 (default 30)")
+    g.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN", help="a browser origin allowed "
+                   "to call the API, e.g. https://example.org (repeat; default: none, no CORS headers)")
+
+
+def serve_command(args) -> int:
+    """``serve``: one-line errors for a bad option, a network host without a key or a busy port, all before the
+    model loads; then the API until interrupted."""
+    from .bundle import BundleError, artifacts_dir
+    from .encoders import EncoderWeightsError
+    from .serve import ServerSettings, api_key, serve
+
+    try:
+        if not 0 < args.port < 65536:
+            raise ValueError("--port must be 1-65535")
+        settings = ServerSettings(args.max_concurrent, args.max_queue, args.queue_timeout, args.rate_limit,
+                                  args.rate_burst, args.body_timeout, api_key(args.api_key_file),
+                                  tuple(args.cors_origin))
+        serve(args.bundle or artifacts_dir() / "default", args.host, args.port, args.weights, settings=settings,
+              insecure_no_auth=args.insecure_no_auth)
+    except (BundleError, EncoderWeightsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def add_strategy_options(cap: argparse.ArgumentParser) -> None:

@@ -4,6 +4,7 @@ import http.client
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from PIL import Image
 from captioning.bundle import load_bundle
 from captioning.captioner import Captioner
 from captioning.images import MAX_BYTES, InvalidImageError, load_image
+from captioning.retrieval import LEVELS
 from captioning.serve import MAX_REQUEST_BYTES, caption_json
 
 
@@ -30,10 +32,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_api(bundle, weights_dir, log_name="api-server.log", *extra):
+def running_api(bundle, weights_dir, log_name="api-server.log", *extra, env=None):
     """`python -m captioning serve` on a free loopback port; yields (base URL, log path), stops it afterwards."""
     port = free_port()
-    env = {**os.environ, "CAPTIONING_WEIGHTS_DIR": str(weights_dir)}
+    env = {**os.environ, "CAPTIONING_WEIGHTS_DIR": str(weights_dir), **(env or {})}
     (ROOT / "test-output").mkdir(exist_ok=True)
     log_path = ROOT / "test-output" / log_name
     with open(log_path, "w") as log:
@@ -64,7 +66,9 @@ def running_api(bundle, weights_dir, log_name="api-server.log", *extra):
 
 @pytest.fixture(scope="module")
 def api(tiny_bundle, mobilenet_weights):
-    with running_api(tiny_bundle, mobilenet_weights.parent) as (url, log):
+    # room for the 20-concurrent test below: no rate limit, a queue longer than the default 8
+    with running_api(tiny_bundle, mobilenet_weights.parent, "api-server.log", "--rate-limit", "0",
+                     "--max-queue", "32") as (url, log):
         yield url, log
 
 
@@ -82,7 +86,9 @@ def post(url, files, **fields):
 
 def test_health_model_and_docs(api, tiny_bundle):
     url, log = api
-    assert requests.get(f"{url}/v1/health", timeout=10).json() == {"status": "ok", "model": "tiny"}
+    health = requests.get(f"{url}/v1/health", timeout=10).json()
+    assert health["status"] == "ok" and health["model"] == "tiny"
+    assert health["requests"] == {"running": 0, "waiting": 0, "abandoned": 0, "slots": 2, "queue": 32}
     model = requests.get(f"{url}/v1/model", timeout=10).json()
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     assert model["name"] == "tiny" and model["encoder"]["name"] == "mobilenetv2"
@@ -92,8 +98,22 @@ def test_health_model_and_docs(api, tiny_bundle):
     assert model["limits"]["max_bytes_per_image"] == MAX_BYTES
     assert {r["decoding"] for r in model["test_scores"]} >= {"greedy", "beam"}
     assert "/v1/captions" in requests.get(f"{url}/openapi.json", timeout=10).json()["paths"]
-    assert "swagger" in requests.get(f"{url}/docs", timeout=10).text.lower()
     assert f"Serving tiny on http://127.0.0.1:{url.rsplit(':', 1)[1]}" in log.read_text()   # loopback by default
+
+
+def test_the_docs_page_needs_no_network(api):
+    """/docs loads Swagger UI from this server (a packaged copy), never from a CDN: it renders offline."""
+    url, _ = api
+    page = requests.get(f"{url}/docs", timeout=10)
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    assert not re.findall(r"(?:https?:)?//[\w.-]+\.\w+", page.text)      # no external URL (nor //cdn... ones)
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)
+    assert {a.rsplit("/", 1)[1] for a in assets} >= {"swagger-ui-bundle.js", "swagger-ui.css"}
+    for asset in assets:
+        r = requests.get(f"{url}{asset}", timeout=10)
+        assert r.status_code == 200 and len(r.content) > 500, asset
+    assert "'/openapi.json'" in page.text or '"/openapi.json"' in page.text
+    assert requests.get(f"{url}/redoc", timeout=10).status_code == 404        # ReDoc would load from a CDN
 
 
 def test_one_caption_with_n_best_scores_and_word_probabilities(api, photos, tiny_bundle, mobilenet_weights):
@@ -111,8 +131,14 @@ def test_one_caption_with_n_best_scores_and_word_probabilities(api, photos, tiny
     assert all(0 < w["probability"] <= 1 for w in best["words"]) and "attention" not in best
     logs = [math.log(w["probability"]) for w in best["words"]] + [math.log(best["end_probability"])]
     assert sum(logs) == pytest.approx(best["log_prob"], abs=0.01)
-    local = Captioner(load_bundle(tiny_bundle), mobilenet_weights).caption(data, beam_width=3, num_return_sequences=2)
-    assert [c["text"] for c in result["captions"]] == [c.text for c in local]
+    captioner = Captioner(load_bundle(tiny_bundle), mobilenet_weights)
+    [local] = captioner.caption_many([data], beam_width=3, num_return_sequences=2)
+    assert [c["text"] for c in result["captions"]] == [c.text for c in local.captions]
+    # the trust level, as the app and the CLI report it (the tiny bundle has a calibrated retrieval index)
+    trust = result["trust"]
+    assert trust["level"] == local.trust.level and trust["level"] in LEVELS
+    assert trust["in_domain"] == pytest.approx(local.trust.in_domain, abs=1e-3)
+    assert trust["explanation"] == local.trust.explanation
 
 
 def test_several_images_in_one_request_come_back_in_order(api, photos):
