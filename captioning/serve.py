@@ -362,6 +362,7 @@ def model_summary(captioner: "Captioner") -> dict:
         "uses_attention": captioner.spatial and any(d.kind in ("attention", "topdown")
                                                     for d in captioner.bundle.manifest.decoders),
         "vocab_size": m["vocab_size"],
+        "has_trust_index": captioner.can_assess,      # results carry each photo's trust level (null otherwise)
         "max_length": captioner.bundle.max_length,
         "trained_on": m.get("data", {}),
         "fine_tuned_on_cider": bool(m.get("scst") or any(e.get("scst") for e in m.get("ensemble_of", []))),

@@ -96,6 +96,7 @@ def test_health_model_and_docs(api, tiny_bundle):
     assert model["encoders"] == [model["encoder"]] and model["encoder"]["alpha"] == 0.35
     assert model["decoders"][0]["encoder"] == "mobilenetv2-a0.35-224" and not model["uses_attention"]
     assert model["limits"]["max_bytes_per_image"] == MAX_BYTES
+    assert model["has_trust_index"] is True                          # train.py put a calibrated index in it
     assert {r["decoding"] for r in model["test_scores"]} >= {"greedy", "beam"}
     assert "/v1/captions" in requests.get(f"{url}/openapi.json", timeout=10).json()["paths"]
     assert f"Serving tiny on http://127.0.0.1:{url.rsplit(':', 1)[1]}" in log.read_text()   # loopback by default

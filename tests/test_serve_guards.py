@@ -290,14 +290,16 @@ def test_work_for_clients_that_left_is_dropped(one_slot_api, flickr_dir):
 
     with ThreadPoolExecutor(12) as pool:
         list(pool.map(leave, range(12)))
-    deadline = time.time() + 5                                     # dropped within the 0.2 s disconnect poll
+    # the queued ones are dropped within the 0.2 s disconnect poll, the running one at its next batch of photos
+    # (12 x 16 photos at beam 10 would keep the one slot busy for a minute on a loaded machine)
+    deadline = time.time() + 20
     while (state := health(url))["running"] + state["waiting"] and time.time() < deadline:
         time.sleep(0.05)
     assert state["running"] == state["waiting"] == 0, state
     assert state["abandoned"] - before >= 10, state               # all but the one or two that finished in time
     start = time.perf_counter()
     assert post(url, [files[0]], beam_width=1).status_code == 200
-    assert time.perf_counter() - start < 5
+    assert time.perf_counter() - start < 10
 
 
 def test_the_docs_page_renders_in_a_browser_from_this_server_alone():
