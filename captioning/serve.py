@@ -7,7 +7,7 @@ Endpoints (OpenAPI page at ``/docs``, served from a packaged copy of Swagger UI,
     POST /v1/captions/photo   one image -> the same photo with its caption written into its metadata (XMP, IPTC,
                         EXIF; pixels untouched), or ``return=xmp`` its XMP sidecar, or ``return=json`` caption, alt
                         text and XMP packet (captioning/metadata.py; needs ExifTool for the photo)
-    GET  /v1/health     liveness and the loaded model's name
+    GET  /v1/health     liveness, the loaded model's name and the queue (requests running, waiting, abandoned)
     GET  /v1/model      the bundle's summary: encoder, decoders, vocabulary, training data, test scores, limits
 
 Uploads are validated like the app's: at most ``MAX_BYTES`` per image (the constant the app's uploader and
@@ -53,8 +53,8 @@ MAX_IMAGES_PER_REQUEST = 16
 MAX_BEAM_WIDTH = 10                              # the app's slider range; wider beams cost time, not quality
 MAX_REQUEST_BYTES = MAX_IMAGES_PER_REQUEST * MAX_BYTES + 2**20     # every image at the limit + form overhead
 DEFAULT_CONCURRENCY = 2                          # decodes at once; more only queue for the same CPU cores
-ENCODE_BATCH = 4                                 # photos through the encoder at once: activations grow with it
-                                                 # (Xception at batch 16: ~1 GB), throughput on CPU hardly does
+ENCODE_BATCH = 4                                 # photos through the encoder at once: its activations grow with
+                                                 # the batch, CPU throughput hardly does (bench/serve_memory.py)
 SPOOL_BYTES = 256 * 1024                         # an upload above this waits on disk, not in memory
 TRIM_AFTER_BYTES = 32 * 2**20                    # after a request this large, hand freed heap back to the OS
 BODY_DEADLINE = 600.0                            # seconds for a whole request body, however it trickles in
@@ -211,25 +211,41 @@ class ClientGone(Exception):
     """The client closed its connection while its request waited or ran."""
 
 
+class _Ticket:
+    """One admitted request: it counts against the queue until it ends or its client is seen to have left."""
+
+    def __init__(self):
+        self.running = False
+        self.check = None                 # async () -> None: drop the request if its client has left (see run)
+
+
 class Admission:
     """The bounded queue in front of the ``max_concurrent`` decoding slots.
 
-    ``admit`` (before the body is read) refuses a request with 503 when ``max_concurrent + max_queue`` are already
-    in; ``slot`` waits for a decoding slot for at most ``queue_timeout`` seconds (503 beyond), watching the client:
-    one that has gone gives up its place at once, and ``gone`` tells the work to stop between images.
+    The middleware (before the body is read) refuses a request with 503 when ``max_concurrent + max_queue`` are
+    already in, after first dropping those whose clients have left; ``run`` waits for a decoding slot for at most
+    ``queue_timeout`` seconds (503 beyond), watching the client: one that has gone gives up its place at once, and
+    ``gone`` tells its work to stop between photos.
     """
+
+    TICKET = "captioning.ticket"          # the scope key the middleware hands the request's ticket to ``run`` by
 
     def __init__(self, settings: ServerSettings):
         self.settings = settings
         self.limiter = anyio.CapacityLimiter(settings.max_concurrent)
-        self.inside = 0                                       # admitted requests, waiting or running
-        self.running = 0                                      # ... of which hold a slot
+        self.tickets: set[_Ticket] = set()                    # admitted requests, waiting or running
+        self.running = 0                                      # slots in use (a left client's work ends its batch)
         self.abandoned = 0                                    # requests dropped because their client left
         self.seconds = 2.0                                    # running mean of a request's work, for Retry-After
 
+    @property
+    def inside(self) -> int:
+        return len(self.tickets)
+
     def status(self) -> dict:
-        """What /v1/health shows: requests decoding, waiting (or uploading), dropped because their client left."""
-        return {"running": self.running, "waiting": self.inside - self.running, "abandoned": self.abandoned,
+        """What /v1/health shows: slots in use, requests waiting (or uploading), dropped as their client left."""
+        waiting = sum(not t.running for t in self.tickets)
+        return {"running": self.running, "waiting": waiting, "abandoned": self.abandoned,
                 "slots": self.settings.max_concurrent, "queue": self.settings.max_queue}
 
     def retry_after(self) -> int:
@@ -241,38 +257,54 @@ class Admission:
         return HTTPException(503, f"The server is busy ({why}). Retry in {self.retry_after()} s.",
                              headers={"Retry-After": str(self.retry_after())})
 
+    def full(self) -> bool:
+        return self.inside >= self.settings.max_concurrent + self.settings.max_queue
+
     def middleware(self, app):
         async def admit(scope, receive, send):
             if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/v1/captions"):
                 return await app(scope, receive, send)
-            if self.inside >= self.settings.max_concurrent + self.settings.max_queue:
+            if self.full():                                   # clients may have left since the last poll
+                for ticket in list(self.tickets):
+                    if ticket.check is not None:
+                        await ticket.check()
+            if self.full():
                 error = self.busy(f"{self.inside} requests in, the queue holds {self.settings.max_queue}")
                 return await _send_json(send, 503, error.detail, error.headers)
-            self.inside += 1
+            ticket = scope[self.TICKET] = _Ticket()
+            self.tickets.add(ticket)
             try:
                 await app(scope, receive, send)
             finally:
-                self.inside -= 1
+                self.tickets.discard(ticket)
         return admit
 
     async def run(self, request: Request, work):
         """Run ``work(gone)`` in a worker thread once a slot is free; ``gone`` is set when the client leaves.
         Raises ClientGone if it left, HTTPException 503 if no slot came within ``queue_timeout``."""
         gone, token = threading.Event(), object()
+        ticket = getattr(request, "scope", {}).get(self.TICKET) or _Ticket()
         outcome, timed_out = None, False
         async with anyio.create_task_group() as tasks:
-            async def watch():                            # the whole time: while queued and while working
-                while not await request.is_disconnected():
-                    await anyio.sleep(0.2)
-                gone.set()
-                tasks.cancel_scope.cancel()               # leaves the queue at once
+            async def check():
+                if not gone.is_set() and await request.is_disconnected():
+                    gone.set()
+                    self.tickets.discard(ticket)              # its place is free now, even if its batch runs on
+                    tasks.cancel_scope.cancel()               # leaves the queue at once
 
+            async def watch():                                # the whole time: while queued and while working
+                while not gone.is_set():
+                    await check()
+                    await anyio.sleep(0.2)
+
+            ticket.check = check
             tasks.start_soon(watch)
             with anyio.move_on_after(self.settings.queue_timeout) as waiting:
                 await self.limiter.acquire_on_behalf_of(token)
             timed_out = waiting.cancelled_caught
             if not timed_out:
                 self.running += 1
+                ticket.running = True
                 try:
                     start = time.perf_counter()
                     with anyio.CancelScope(shield=True):      # a thread cannot be interrupted: `gone` stops it
@@ -281,6 +313,7 @@ class Admission:
                 finally:
                     self.running -= 1
                     self.limiter.release_on_behalf_of(token)
+            ticket.check = None
             tasks.cancel_scope.cancel()
         if gone.is_set():
             self.abandoned += 1
