@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
+import json
 import os
 import subprocess
 import sys
@@ -139,7 +140,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def memory(base: str, pid: int, photos: list[Path], requests: int, per_request: int) -> None:
+def memory(base: str, pid: int, photos: list[Path], requests: int, per_request: int) -> dict:
     time.sleep(3)
     idle = rss(pid)
     try:
@@ -165,9 +166,11 @@ def memory(base: str, pid: int, photos: list[Path], requests: int, per_request: 
           f" ({wall:.1f} s): {statuses}")
     print(f"  idle {idle / gb:.2f} GB | peak {peak / gb:.2f} GB (+{(peak - idle) / gb:.2f}) | "
           f"after {after / gb:.2f} GB (+{(after - idle) / gb:.2f})   [target: +1.2 peak, +0.4 after]")
+    return {"idle_gb": round(idle / gb, 3), "peak_gb": round(peak / gb, 3), "after_gb": round(after / gb, 3),
+            "statuses": [s for s, _ in outcomes], "seconds": round(wall, 1)}
 
 
-def abandon(base: str, count: int, flickr: Path) -> None:
+def abandon(base: str, count: int, flickr: Path) -> dict:
     photo = sorted((flickr / "Images").glob("*.jpg"))[0]
     status, idle = post_files(base, [photo])
     print(f"abandoned clients: one request on the idle server: {status} in {idle:.2f} s")
@@ -182,6 +185,7 @@ def abandon(base: str, count: int, flickr: Path) -> None:
         list(pool.map(leave, range(count)))
     status, fresh = post_files(base, [photo])
     print(f"  after {count} requests abandoned at 1 s: a fresh request {status} in {fresh:.2f} s")
+    return {"idle_s": round(idle, 3), "fresh_after_abandoned_s": round(fresh, 3), "fresh_status": status}
 
 
 def main() -> int:
@@ -189,11 +193,13 @@ def main() -> int:
     parser.add_argument("--bundle", default=str(ROOT / "artifacts" / "xception-merge"))
     parser.add_argument("--requests", type=int, default=6)
     parser.add_argument("--photos", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=1, help="memory rounds on the same server")
     parser.add_argument("--distinct", type=int, default=4, help="distinct large photos made (then reused)")
     parser.add_argument("--photo-dir", default="/tmp/captioning-bench-photos")
     parser.add_argument("--abandon", type=int, default=0, metavar="N")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "flickr8k"))
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the numbers as JSON")
     parser.add_argument("--server-arg", action="append", default=[], help="passed to serve (repeat)")
     args = parser.parse_args()
 
@@ -202,12 +208,17 @@ def main() -> int:
     proc = start_server(args.bundle, port, args.server_arg)
     base = f"http://127.0.0.1:{port}"
     try:
+        out = {"bundle": args.bundle, "load_before": os.getloadavg()[:2]}
         print(f"bundle {args.bundle}; load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}")
         if not args.skip_memory:
-            memory(base, proc.pid, photos, args.requests, args.photos)
+            out["memory"] = [memory(base, proc.pid, photos, args.requests, args.photos)   # more rounds: no ratchet?
+                             for _ in range(args.rounds)]
         if args.abandon:
-            abandon(base, args.abandon, Path(args.data_dir))
+            out["abandoned"] = abandon(base, args.abandon, Path(args.data_dir))
+        out["load_after"] = os.getloadavg()[:2]
         print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1))
     finally:
         proc.terminate()
         proc.wait(30)
