@@ -57,7 +57,7 @@ def saved_since(ws: Workspace, since: float) -> bool:
 def ensure_features(ws: Workspace, settings: FeatureSettings, ds: Flickr8k, names: Splits) -> dict:
     """Extract and cache the features of every image in ``names`` not cached yet (this shard's slice only)."""
     from .encoders import build_encoder
-    from .features import FeatureCache, extract_features, shard_slice
+    from .features import BadImageError, FeatureCache, extract_features, shard_slice
 
     spec = get_spec(settings.encoder, settings.alpha)
     wanted = {n: ds.image_path(n) for split in names.values() for n in split}
@@ -73,9 +73,20 @@ def ensure_features(ws: Workspace, settings: FeatureSettings, ds: Flickr8k, name
         return {"images": 0, "cached": len(wanted), "seconds": 0.0, "weights_source": None}
     encoder, source = build_encoder(spec, settings.weights, spatial=settings.spatial)
     print(f"features: {len(todo)} of {len(wanted)} images to extract with {spec.key} (weights: {source})")
-    stats = extract_features(encoder, spec, wanted, cache, batch_size=settings.feature_batch_size,
-                             spatial=settings.spatial, progress=not ws.quiet, shard_size=settings.shard_size)
+    try:
+        stats = extract_features(encoder, spec, wanted, cache, batch_size=settings.feature_batch_size,
+                                 spatial=settings.spatial, progress=not ws.quiet, shard_size=settings.shard_size,
+                                 skip_bad=settings.skip_bad_images)
+    except BadImageError as exc:
+        raise OptionError(f"{exc} Fix or remove it, or pass {{skip_bad_images}} to leave out every photo that "
+                          f"cannot be read (they are listed at the end)") from None
     stats["weights_source"] = source
+    if stats["skipped"]:
+        left_out = {name for name, _ in stats["skipped"]}
+        for split in names.values():                 # the rest of the run works without them
+            split[:] = [n for n in split if n not in left_out]
+        ws.skipped_images.extend(str(ds.image_path(n)) + f": {why}" for n, why in stats["skipped"])
+        print(f"features: left out {len(left_out)} photos that cannot be read (listed at the end)")
     print(f"features: {stats['images']} images in {stats['seconds']:.0f}s "
           f"({stats['images_per_second']:.1f} img/s)")
     return stats
@@ -671,5 +682,9 @@ def run(config: RunConfig) -> Path | None:
             print(f"bundle {ws.final_out} is complete (trained and evaluated)")
         return Path(ws.bundle)
     finally:
+        if ws.skipped_images:
+            print(f"left out {len(ws.skipped_images)} photos that cannot be read:")
+            for line in ws.skipped_images:
+                print(f"  {line}" if line.isprintable() else f"  {line!r}")   # a newline in a name stays one line
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
