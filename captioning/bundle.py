@@ -331,12 +331,15 @@ def _write_results(folder: Path, metrics: dict | None, predictions) -> None:
         predictions.to_csv(folder / "predictions.csv", index=False)
 
 
-def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool = True) -> Bundle:
-    """Load and cross-check a bundle: file hashes, vocabulary vs model, encoder vs model."""
+def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool = True,
+                load_index: bool = True) -> Bundle:
+    """Load and cross-check a bundle: file hashes, vocabulary vs model, encoder vs model. ``load_index=False``
+    neither checks nor reads the retrieval index (``train.py index`` rebuilds a damaged one)."""
     import keras
 
     from . import models  # noqa: F401  (registers the decoder classes for deserialisation)
     from .encoders import get_spec
+    from .retrieval import INDEX_FILES
 
     path = Path(path)
     manifest = read_manifest(path)
@@ -344,10 +347,11 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool
     if verify:
         for name, digest in manifest["files"].items():
             results_file = name in ("metrics.json", "predictions.csv")
-            if results_file and not load_results:
-                continue                                  # not read; `train.py evaluate` rewrites them
+            if (results_file and not load_results) or (name in INDEX_FILES and not load_index):
+                continue                                  # not read; `train.py evaluate` / `index` rewrite them
             file = path / name
-            fix = f"Re-evaluate it with: python train.py evaluate --out {path}" if results_file else hint
+            fix = (f"Re-evaluate it with: python train.py evaluate --out {path}" if results_file else
+                   f"Rebuild the index with: python train.py index --out {path}" if name in INDEX_FILES else hint)
             if results_file and not file.is_file():
                 continue                                  # captioning does not need them; metrics stay None
             if not file.is_file():
@@ -400,9 +404,24 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool
     predictions = None
     if load_results and (path / "predictions.csv").is_file():
         predictions = read_predictions(path)
-    index = _load_index(path, manifest, spec)
+    index = _load_index(path, manifest, spec) if load_index else None
     return Bundle(path, Manifest.from_dict(manifest), vocab, decoders[0], metrics, predictions, tuple(decoders[1:]),
                   index)
+
+
+def read_index(path: str | os.PathLike, spec):
+    """A bundle's retrieval index, its files checked against the manifest's hashes and its content validated;
+    None when the bundle has none. Raises BundleError naming the problem and ``train.py index``."""
+    from .retrieval import INDEX_FILES
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    for name in INDEX_FILES:
+        digest = manifest["files"].get(name)
+        if digest is not None and (path / name).is_file() and _sha256(path / name) != digest:
+            raise BundleError(f"Bundle {path}: {name} is damaged (its checksum does not match the manifest). "
+                              f"Rebuild the index with: python train.py index --out {path}")
+    return _load_index(path, manifest, spec)
 
 
 def _load_index(path: Path, manifest: dict, spec):

@@ -112,16 +112,40 @@ class Captioner:
 
     def assess(self, features: np.ndarray, captions: Sequence[Caption] | None = None,
                neighbours: int | None = None) -> list:
-        """How far to trust each caption: a retrieval.Assessment per image of ``features`` (N, D) or (N, P, D),
-        from its nearest training photos (and the caption's mean log-probability, if calibration uses it).
-        Raises RuntimeError when the bundle has no index."""
+        """How far to trust each caption: a retrieval.Assessment per image of ``features`` (N, D) or (N, P, D).
+
+        The in-domain score and level come from the photo's nearest training photos alone, so they are the same
+        whatever decoding wrote the caption; ``captions`` (one per image) only add each caption's own
+        ``caption_confidence`` (exp of its mean log-probability) beside them. Raises RuntimeError when the
+        bundle has no index."""
+        from .retrieval import caption_confidence
+
         if self.bundle.index is None:
             raise RuntimeError(f"Bundle {self.bundle.path} has no retrieval index. Add one with: "
                                f"python train.py index --out {self.bundle.path}")
-        log_probs = [c.normalized_log_prob for c in captions] if captions is not None else None
         if isinstance(features, MultiFeatures):          # the index holds the bundle's own encoder's features
             features = features.of(self.spec.key)
-        return self.bundle.index.assess(features, log_probs, neighbours)
+        out = self.bundle.index.assess(features, neighbours)
+        for assessment, caption in zip(out, captions or []):
+            assessment.caption_confidence = caption_confidence(caption.normalized_log_prob)
+        return out
+
+    def index_features(self, images: Sequence[ImageSource] | ImageSource) -> np.ndarray:
+        """What the retrieval index compares: the bundle's own encoder's features of ``images`` (only that
+        encoder runs, even for a cross-encoder ensemble)."""
+        batch = images if isinstance(images, (list, tuple)) else [images]
+        arrays = np.stack([to_canonical(load_image(_as_source(img))) for img in batch])   # (N, 224, 224, 3)
+        return self._forward()(arrays).numpy()
+
+    @property
+    def attention_note(self) -> str | None:
+        """Why captions carry no per-word attention maps, or None when they do. Maps come on one grid: an
+        ensemble's attending members are resampled to the largest of their grids and averaged, so a caption's
+        ``attention`` is (tokens, G*G) whatever encoders the members read."""
+        if self.spatial:
+            return None
+        return ("this bundle's decoders read one pooled vector per photo (merge decoders), so its captions have "
+                "no per-word attention maps")
 
     def caption_many(self, images: Iterable[ImageSource], config: DecodeConfig | None = None,
                      batch_size: int = 16, names: Sequence[str] | None = None, **overrides) -> Iterator[BatchResult]:

@@ -52,6 +52,7 @@ class Workspace:
     limit: int | None = option(None, "quick run on N images (70/15/15 of the splits)", type=int)
     quiet: bool = option(False, "no progress bars")
     final_out: str | None = None     # where the bundle ends up when ``out`` is its staging folder (not an option)
+    skipped_images: list[str] = field(default_factory=list)   # photos left out by skip_bad_images (not an option)
 
     @property
     def bundle(self) -> str:
@@ -76,6 +77,8 @@ class FeatureSettings:
     num_shards: int = option(1, "features: split the images into this many disjoint slices (one per machine)",
                              type=int)
     shard_index: int = option(0, "features: the slice this process extracts, 0 .. {num_shards} - 1", type=int)
+    skip_bad_images: bool = option(False, "leave out photos that cannot be read (empty, not an image, too large to "
+                                          "decode), listed at the end, instead of stopping at the first")
 
 
 @dataclass

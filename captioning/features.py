@@ -9,6 +9,13 @@ Cache layout (one folder per encoder key, e.g. ``.cache/features/xception-299/``
 A shard is complete when its ``.json`` exists; arrays are written first under temporary names and
 renamed, so a run killed at any point leaves only complete shards, and a rerun extracts the rest.
 
+Photos are read through the project's safe loader first (:func:`captioning.images.load_image`, the CLI's and
+the API's): a photo it refuses (empty, not an image, a decompression bomb, over the memory budget) stops the run
+with one line naming the file (:class:`BadImageError`), or with ``skip_bad`` is left out and listed. The pixels of
+an ordinary photo (an upright RGB or grey JPEG, PNG or BMP up to ``MAX_SIDE``, every Flickr8k photo) are then
+decoded by TensorFlow exactly as before, so cached features stay valid; any other photo gets the loader's pixels
+(shrunk, upright, transparency on white).
+
 Several machines can fill one cache (``train.py features --num-shards N --shard-index I``): each extracts the
 disjoint slice :func:`shard_slice` gives it and names its files ``shard-w<I>of<N>-00000.*``, so writers never
 touch each other's files; readers index every ``shard-*.json`` alike.
@@ -23,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import DataError
 from .encoders import EncoderSpec
 from .files import atomic_save_npy, atomic_write
-from .images import CANONICAL_SIZE
+from .images import CANONICAL_SIZE, MAX_SIDE, InvalidImageError, load_image
 
 SHARD_SIZE = 512
 FLIP_SUFFIX = "-flip"          # the cache of mirrored photos' features: .cache/features/xception-299-flip/
@@ -215,12 +223,89 @@ def image_pipeline(spec: EncoderSpec):
     return to_encoder_input
 
 
-def _read_canonical(path):
-    """tf: JPEG/PNG path -> uint8 (224, 224, 3), antialiased to the canonical size when needed."""
+class BadImageError(DataError):
+    """A photo of the dataset that the safe loader refuses; the message names the file and the reason."""
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(f"photo {os.fsdecode(path)!r} cannot be read: {reason}")
+
+
+TF_FORMATS = ("JPEG", "PNG", "BMP")         # whose ordinary files TensorFlow's decoder reads like Pillow
+
+
+def check_image(path: str | os.PathLike) -> bool:
+    """Read ``path`` through the safe loader, as the CLI and the API would; raises :class:`BadImageError`.
+
+    Returns whether TensorFlow may decode the file itself, as extraction always did (an upright RGB or grey
+    JPEG, PNG or BMP without transparency, at most ``MAX_SIDE`` pixels a side); else the loader's pixels are used.
+    """
+    from PIL import Image
+
+    try:
+        load_image(path)
+        with Image.open(path) as header:                       # the header only: no pixels decoded again
+            orientation = header.getexif().get(0x0112, 1) if header.format == "JPEG" else 1
+            return (header.format in TF_FORMATS and header.mode in ("RGB", "L") and orientation in (0, 1)
+                    and "transparency" not in header.info and max(header.size) <= MAX_SIDE)
+    except InvalidImageError as exc:
+        raise BadImageError(path, str(exc)) from None
+    except OSError as exc:                                     # e.g. unreadable after the loader read it
+        raise BadImageError(path, f"The file could not be read ({exc}).") from None
+
+
+def check_images(paths: dict[str, Path], skip_bad: bool = False, progress: bool = False
+                 ) -> tuple[dict[str, bool], list[tuple[str, str]]]:
+    """:func:`check_image` on every photo: (name -> TensorFlow decodes it, [(name, reason) left out]). The first
+    bad photo raises :class:`BadImageError` unless ``skip_bad``."""
+    from tqdm.auto import tqdm
+
+    ordinary, skipped = {}, []
+    for name, path in tqdm(paths.items(), total=len(paths), unit="img", desc="checking photos",
+                           disable=not progress):
+        try:
+            ordinary[name] = check_image(path)
+        except BadImageError as exc:
+            if not skip_bad:
+                raise
+            skipped.append((name, exc.reason))
+    return ordinary, skipped
+
+
+def _decode_file(path):
+    """tf: JPEG/PNG/BMP path -> uint8 (h, w, 3), TensorFlow's own decoder (what every cached feature came from)."""
     import tensorflow as tf
 
     img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)   # (h, w, 3)
     img.set_shape([None, None, 3])
+    return img
+
+
+def _loader_pixels(path) -> np.ndarray:
+    """numpy: the safe loader's upright RGB pixels (h, w, 3), at most MAX_SIDE a side (``path``: bytes, as
+    ``tf.numpy_function`` hands it over)."""
+    return np.asarray(load_image(os.fsdecode(np.asarray(path).item())), np.uint8)
+
+
+def _read_checked(path, ordinary):
+    """tf: a checked photo -> uint8 (224, 224, 3): TensorFlow's decoder for an ordinary one, else the loader's."""
+    import tensorflow as tf
+
+    img = tf.cond(ordinary, lambda: _decode_file(path),
+                  lambda: tf.numpy_function(_loader_pixels, [path], tf.uint8, stateful=False))
+    img.set_shape([None, None, 3])
+    return _canonical(img)
+
+
+def _read_canonical(path):
+    """tf: JPEG/PNG path -> uint8 (224, 224, 3), antialiased to the canonical size when needed (no checks)."""
+    return _canonical(_decode_file(path))
+
+
+def _canonical(img):
+    """tf: uint8 (h, w, 3) -> (224, 224, 3), antialiased to the canonical size when needed."""
+    import tensorflow as tf
+
     same = tf.logical_and(tf.shape(img)[0] == CANONICAL_SIZE, tf.shape(img)[1] == CANONICAL_SIZE)
     return tf.cond(same, lambda: img,
                    lambda: tf.cast(tf.round(tf.clip_by_value(
@@ -229,8 +314,11 @@ def _read_canonical(path):
 
 def extract_features(encoder, spec: EncoderSpec, paths: dict[str, Path], cache: FeatureCache,
                      batch_size: int = 32, spatial: bool = False, progress: bool = True,
-                     shard_size: int = SHARD_SIZE, flip: bool = False) -> dict:
+                     shard_size: int = SHARD_SIZE, flip: bool = False, skip_bad: bool = False) -> dict:
     """Extract and cache features for every image in ``paths`` (name -> file) not cached yet.
+
+    Every photo to extract is first read through the safe loader (:func:`check_images`): a bad one raises
+    :class:`BadImageError` before any extraction, or with ``skip_bad`` is left out (``stats["skipped"]``).
 
     ``flip``: of the mirrored photos (left and right swapped), for test-time augmentation; keep them in a cache
     of their own (:data:`FLIP_SUFFIX` after the encoder key).
@@ -243,13 +331,16 @@ def extract_features(encoder, spec: EncoderSpec, paths: dict[str, Path], cache: 
 
     cache.remove_temporaries()
     todo = cache.missing(list(paths), spatial)
-    stats = {"images": len(todo), "cached": len(paths) - len(todo), "seconds": 0.0}
+    ordinary, skipped = check_images({n: paths[n] for n in todo}, skip_bad, progress)
+    todo = [n for n in todo if n in ordinary]
+    stats = {"images": len(todo), "cached": len(paths) - len(todo) - len(skipped), "seconds": 0.0,
+             "skipped": skipped}
     if not todo:
         return stats
     to_input = image_pipeline(spec)
-    files = [str(paths[n]) for n in todo]
-    ds = (tf.data.Dataset.from_tensor_slices(files)
-          .map(_read_canonical, num_parallel_calls=tf.data.AUTOTUNE)
+    files = [os.fsencode(paths[n]) for n in todo]             # bytes: any file name the OS allows
+    ds = (tf.data.Dataset.from_tensor_slices((files, [ordinary[n] for n in todo]))
+          .map(_read_checked, num_parallel_calls=tf.data.AUTOTUNE)
           .map(tf.image.flip_left_right if flip else (lambda img: img))
           .batch(batch_size)
           .map(to_input, num_parallel_calls=tf.data.AUTOTUNE)

@@ -57,7 +57,7 @@ def saved_since(ws: Workspace, since: float) -> bool:
 def ensure_features(ws: Workspace, settings: FeatureSettings, ds: Flickr8k, names: Splits) -> dict:
     """Extract and cache the features of every image in ``names`` not cached yet (this shard's slice only)."""
     from .encoders import build_encoder
-    from .features import FeatureCache, extract_features, shard_slice
+    from .features import BadImageError, FeatureCache, extract_features, shard_slice
 
     spec = get_spec(settings.encoder, settings.alpha)
     wanted = {n: ds.image_path(n) for split in names.values() for n in split}
@@ -73,9 +73,20 @@ def ensure_features(ws: Workspace, settings: FeatureSettings, ds: Flickr8k, name
         return {"images": 0, "cached": len(wanted), "seconds": 0.0, "weights_source": None}
     encoder, source = build_encoder(spec, settings.weights, spatial=settings.spatial)
     print(f"features: {len(todo)} of {len(wanted)} images to extract with {spec.key} (weights: {source})")
-    stats = extract_features(encoder, spec, wanted, cache, batch_size=settings.feature_batch_size,
-                             spatial=settings.spatial, progress=not ws.quiet, shard_size=settings.shard_size)
+    try:
+        stats = extract_features(encoder, spec, wanted, cache, batch_size=settings.feature_batch_size,
+                                 spatial=settings.spatial, progress=not ws.quiet, shard_size=settings.shard_size,
+                                 skip_bad=settings.skip_bad_images)
+    except BadImageError as exc:
+        raise OptionError(f"{exc} Fix or remove it, or pass {{skip_bad_images}} to leave out every photo that "
+                          f"cannot be read (they are listed at the end)") from None
     stats["weights_source"] = source
+    if stats["skipped"]:
+        left_out = {name for name, _ in stats["skipped"]}
+        for split in names.values():                 # the rest of the run works without them
+            split[:] = [n for n in split if n not in left_out]
+        ws.skipped_images.extend(str(ds.image_path(n)) + f": {why}" for n, why in stats["skipped"])
+        print(f"features: left out {len(left_out)} photos that cannot be read (listed at the end)")
     print(f"features: {stats['images']} images in {stats['seconds']:.0f}s "
           f"({stats['images_per_second']:.1f} img/s)")
     return stats
@@ -534,24 +545,41 @@ def sweep_bundle(ws: Workspace, features: FeatureSettings, ds: Flickr8k, names: 
 # --- retrieval index --------------------------------------------------------------------------------------
 def build_retrieval_index(ws: Workspace, features: FeatureSettings, ds: Flickr8k, names: Splits) -> dict:
     """Index the training photos' pooled features into the bundle and calibrate the in-domain levels on dev
-    (per-image CIDEr-D of beam-5 captions); the test split's levels are checked and stored beside them."""
+    (the score depends on the photo alone; dev beam-5 captions' per-image CIDEr-D only fill the report); the
+    test split's levels are checked and stored beside them. A bundle whose index already covers exactly these
+    training photos with its encoder keeps its vectors (only the calibration is redone, so no training-photo
+    features are needed)."""
     import numpy as np
 
-    from .bundle import save_index
+    from .bundle import BundleError, read_index, save_index
     from .decoding import DecodeConfig, decode
     from .metrics import coco_scores
-    from .retrieval import LEVELS, build_index, calibrate, level_table, spearman
+    from .retrieval import LEVELS, build_index, calibrate, in_domain_score, level_table, spearman
 
-    bundle = _load_bundle(ws.out, load_results=False)
-    cache, spec = bundle_features(ws, features, bundle, ds, {"dev": names["dev"], "test": names["test"]},
-                                  pooled={"train": names["train"]})
-    index = build_index(names["train"], cache.load(names["train"]), [ds.captions[n] for n in names["train"]],
-                        spec.key)
+    bundle = _load_bundle(ws.out, load_results=False, load_index=False)     # a damaged index is what we fix
+    own = get_spec(bundle.encoders[0].name, bundle.encoders[0].alpha)
+    try:
+        old = read_index(ws.out, own)
+    except BundleError as exc:
+        print(f"index: the bundle's index cannot be kept ({exc}); building it anew")
+        old = None
+    reuse = old is not None and old.encoder == own.key and old.names == list(names["train"])
+    known_test = evaluated_scores(ws.out, names["test"], CALIBRATION_BEAM)
+    decoded = {"dev": names["dev"], **({} if known_test else {"test": names["test"]})}
+    pooled = {"test": names["test"], **({} if reuse else {"train": names["train"]})}
+    cache, spec = bundle_features(ws, features, bundle, ds, decoded, pooled=pooled)
+    if reuse:
+        index = old
+        index.calibration, index.calibration_note = None, ""
+        print(f"index: keeping the bundle's {len(index)} training-photo vectors; recalibrating")
+    else:
+        index = build_index(names["train"], cache.load(names["train"]), [ds.captions[n] for n in names["train"]],
+                            spec.key)
     config = DecodeConfig(beam_width=CALIBRATION_BEAM, max_length=bundle.max_length)
 
     def score_split(split):
         pooled_feats = cache.load(names[split])
-        known = evaluated_scores(ws.out, names[split], CALIBRATION_BEAM) if split == "test" else None
+        known = known_test if split == "test" else None
         if known is None:
             nbest = decode(bundle.step_decoder(), decoder_inputs(ws, bundle, names[split]), bundle.vocab, config)
             _, each, _ = coco_scores(ds.references(names[split]), [n[0].words for n in nbest], meteor=False)
@@ -561,11 +589,11 @@ def build_retrieval_index(ws: Workspace, features: FeatureSettings, ds: Flickr8k
     dev_sim, dev_cider, dev_logp, _ = score_split("dev")
     calibration = calibrate(dev_sim, dev_cider, dev_logp)
     test_sim, test_cider, test_logp, test_feats = score_split("test")
-    test_scores = calibration.score(test_sim, test_logp)
+    test_scores = in_domain_score(test_sim)
     report = calibration.report
     report["decoding"] = config.describe()
     report["test_levels"] = level_table(test_scores, test_cider, calibration)
-    report["spearman"]["test_score"] = round(spearman(test_scores, test_cider), 4)
+    report["spearman"]["test_in_domain"] = round(spearman(test_scores, test_cider), 4)
     report["test"] = {"images": names["test"], "score": [round(float(x), 4) for x in test_scores],
                       "cider": [round(float(x), 4) for x in test_cider]}
     times = []
@@ -580,9 +608,8 @@ def build_retrieval_index(ws: Workspace, features: FeatureSettings, ds: Flickr8k
     print(f"\nindex: {len(index)} training photos x {index.dim} (float16), {size / 1e6:.1f} MB; "
           f"lookup {report['lookup_ms']:.2f} ms per photo (median)")
     sp = report["spearman"]
-    print(f"dev Spearman with per-image CIDEr-D: similarity {sp['similarity']:.3f}"
-          + (f", mean log p {sp['mean_log_prob']:.3f}, combined {sp['combined']}" if "combined" in sp else "")
-          + f"; log-prob share kept: {report.get('logprob_share', 0)}")
+    print(f"dev Spearman with per-image CIDEr-D: in-domain score {sp['in_domain']:.3f}, caption confidence "
+          f"{sp['caption_confidence']:.3f} (shown beside the level, not part of it)")
     print(f"thresholds (dev): unfamiliar < {calibration.unfamiliar_below:.4f} <= unusual < "
           f"{calibration.familiar_from:.4f} <= familiar")
     print(f"{'level':<11} {'dev n':>6} {'dev CIDEr-D':>11} {'test n':>6} {'test CIDEr-D':>12}")
@@ -671,5 +698,9 @@ def run(config: RunConfig) -> Path | None:
             print(f"bundle {ws.final_out} is complete (trained and evaluated)")
         return Path(ws.bundle)
     finally:
+        if ws.skipped_images:
+            print(f"left out {len(ws.skipped_images)} photos that cannot be read:")
+            for line in ws.skipped_images:
+                print(f"  {line}" if line.isprintable() else f"  {line!r}")   # a newline in a name stays one line
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)

@@ -2,14 +2,19 @@
 
 The model only knows the scenes of its training split. For any photo this module finds the k training photos
 whose pooled encoder features are most similar (exact cosine top-k with numpy), and scores how familiar the
-photo is: the mean cosine similarity of those k neighbours (optionally plus a share of the caption's mean
-log-probability, when that ranks dev captions better). Three levels come from that score, with thresholds
-taken from the dev split by a stated rule (:data:`RULE`), never typed in by hand.
+photo is: the in-domain score, the mean cosine similarity of those k neighbours clipped to [0, 1]. It is a
+property of the photo and the bundle's index alone, so every decoding strategy gets the same score and level
+for the same photo (the caption's own confidence is a separate number: :func:`caption_confidence`). Three
+levels come from the score, with thresholds taken from the dev split by a stated rule (:data:`RULE`), never
+typed in by hand.
 
 Stored in a bundle as two files (no pickle anywhere)::
 
     index.npy    float16 (N, D): the training split's pooled features, L2-normalised (np.save, allow_pickle=False)
     index.json   {"format", "encoder", "dim", "names": [N], "captions": [[...], ...N], "k", "calibration"}
+
+Loading checks every row's norm (1 within :data:`NORM_TOLERANCE`, or an all-zero row): a scaled row would
+give similarities above 1 and call anything familiar.
 """
 from __future__ import annotations
 
@@ -30,14 +35,11 @@ K = 5                           # neighbours averaged into the similarity score 
 CAPTIONS_PER_IMAGE = 2          # human captions kept per training photo, so the app explains without Flickr8k
 UNFAMILIAR_QUANTILE = 0.05      # below the score of all but 5% of dev photos: unlike anything in training
 FAMILIAR_QUANTILE = 0.25        # above the score of the dev split's least typical quarter: familiar
-COMBINE_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)   # log-prob shares tried on dev
-COMBINE_MIN_GAIN = 0.02         # a log-prob share is kept only if it raises dev Spearman by at least this
-COMBINE_MIN_IMAGES = 100        # ... on at least this many dev photos (fewer cannot tell a gain from noise)
-RULE = (f"score = mean cosine similarity of the {K} nearest training photos (+ a share of the caption's mean "
-        f"log-probability when that raises the dev Spearman correlation with per-image CIDEr-D by "
-        f"≥ {COMBINE_MIN_GAIN} on ≥ {COMBINE_MIN_IMAGES} photos); unfamiliar below the dev split's "
-        f"{UNFAMILIAR_QUANTILE:.0%} quantile, familiar "
-        f"from its {FAMILIAR_QUANTILE:.0%} quantile, unusual between")
+NORM_TOLERANCE = 0.01          # stored rows are unit vectors in float16 (|norm - 1| < 0.002 measured)
+CALIBRATION_VERSION = 2         # 1 mixed the caption's log-probability into the score: thresholds in other units
+RULE = (f"in-domain score = mean cosine similarity of the photo's {K} nearest training photos, clipped to "
+        f"[0, 1] (the same whatever decoding wrote the caption); unfamiliar below the dev split's "
+        f"{UNFAMILIAR_QUANTILE:.0%} quantile, familiar from its {FAMILIAR_QUANTILE:.0%} quantile, unusual between")
 
 LEVELS = ("familiar", "unusual", "unfamiliar")
 LEVEL_TEXT = {
@@ -51,11 +53,28 @@ class IndexFileError(ValueError):
     """A retrieval index file is missing, malformed or does not belong to the bundle; the message says which."""
 
 
+class OutdatedCalibration(IndexFileError):
+    """The index is sound but its levels were calibrated by an older rule; the neighbours still work."""
+
+
 def normalise(features: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm, as float32 (all-zero rows stay zero)."""
     x = np.asarray(features, np.float32)                                   # (N, D)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)                      # (N, 1)
     return x / np.maximum(norms, 1e-12)
+
+
+def in_domain_score(similarity):
+    """The in-domain score on its 0-1 scale: the mean neighbour similarity, clipped (cosines of ReLU features are
+    already >= 0; float16 rounding can put a training photo's own similarity a hair above 1)."""
+    return np.clip(np.asarray(similarity, np.float64), 0.0, 1.0)
+
+
+def caption_confidence(mean_log_prob: float) -> float:
+    """The caption's own confidence on a 0-1 scale: exp(mean log p per token), the geometric mean of its word
+    probabilities. It depends on the decoding (a sampled caption is less likely than beam search's), so it is
+    shown beside the in-domain level, never mixed into it."""
+    return float(np.exp(min(0.0, float(mean_log_prob)))) if np.isfinite(mean_log_prob) else 0.0
 
 
 def pooled(features: np.ndarray) -> np.ndarray:
@@ -74,12 +93,11 @@ class Neighbour:
 
 @dataclass
 class Calibration:
-    """Thresholds (in score units) from the dev split, the rule that chose them, and what dev/test showed."""
+    """Thresholds on the in-domain score (0-1) from the dev split, the rule that chose them, and what dev/test
+    showed."""
 
     unfamiliar_below: float
     familiar_from: float
-    logprob_weight: float = 0.0          # score = similarity + logprob_weight * (mean log p - logprob_centre)
-    logprob_centre: float = 0.0
     rule: str = RULE
     report: dict = field(default_factory=dict)    # dev/test numbers: spearman, per-level CIDEr-D, per-image scores
 
@@ -88,41 +106,40 @@ class Calibration:
             return "unfamiliar"
         return "familiar" if score >= self.familiar_from else "unusual"
 
-    def score(self, similarity, mean_log_prob=None):
-        """The in-domain score: similarity, plus the log-prob share when calibration kept one."""
-        similarity = np.asarray(similarity, np.float64)
-        if not self.logprob_weight or mean_log_prob is None:
-            return similarity
-        return similarity + self.logprob_weight * (np.asarray(mean_log_prob, np.float64) - self.logprob_centre)
-
     def to_json(self) -> dict:
-        return {"unfamiliar_below": self.unfamiliar_below, "familiar_from": self.familiar_from,
-                "logprob_weight": self.logprob_weight, "logprob_centre": self.logprob_centre, "rule": self.rule,
-                "report": self.report}
+        return {"version": CALIBRATION_VERSION, "unfamiliar_below": self.unfamiliar_below,
+                "familiar_from": self.familiar_from, "rule": self.rule, "report": self.report}
 
     @classmethod
     def from_json(cls, data: dict) -> Calibration:
+        if not isinstance(data, dict):
+            raise IndexFileError("the calibration is not an object")
+        if data.get("version") != CALIBRATION_VERSION:
+            raise OutdatedCalibration("its trust levels were calibrated by an older rule (the score mixed in the "
+                                      "caption's log-probability, so it changed with the decoding); recalibrate")
         try:
             low, high = float(data["unfamiliar_below"]), float(data["familiar_from"])
-            weight, centre = float(data.get("logprob_weight", 0.0)), float(data.get("logprob_centre", 0.0))
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexFileError(f"the calibration lacks or garbles its thresholds ({exc})") from None
-        if not (np.isfinite([low, high, weight, centre]).all() and low <= high):
-            raise IndexFileError(f"the calibration thresholds are invalid ({low} > {high} or not finite)")
+        if not (np.isfinite([low, high]).all() and 0.0 <= low <= high <= 1.0):
+            raise IndexFileError(f"the calibration thresholds are invalid ({low}, {high}: need 0 <= unfamiliar_below"
+                                 f" <= familiar_from <= 1)")
         report = data.get("report") or {}
         if not isinstance(report, dict):
             raise IndexFileError("the calibration report is not an object")
-        return cls(low, high, weight, centre, str(data.get("rule", RULE)), report)
+        return cls(low, high, str(data.get("rule", RULE)), report)
 
 
 @dataclass
 class Assessment:
-    """How far to trust one caption: the in-domain score, its level and the nearest training photos."""
+    """How far to trust one caption: the photo's in-domain score (0-1) and level, its nearest training photos,
+    and (when the caption is known) the caption's own confidence, kept apart from the level."""
 
     in_domain: float
-    similarity: float
-    level: str | None                    # None when the bundle's index has no calibration yet
+    similarity: float                    # the mean cosine of the k nearest, before clipping
+    level: str | None                    # None when the bundle's index has no calibration (or an outdated one)
     neighbours: list[Neighbour]
+    caption_confidence: float | None = None     # exp(mean log p) of the caption: depends on the decoding
 
     @property
     def explanation(self) -> str:
@@ -130,6 +147,8 @@ class Assessment:
 
     def to_json(self, neighbours: int | None = None) -> dict:
         out = {"in_domain": round(float(self.in_domain), 4), "confidence": self.level}
+        if self.caption_confidence is not None:
+            out["caption_confidence"] = round(float(self.caption_confidence), 4)
         if neighbours:
             out["neighbours"] = [{"image": n.name, "similarity": round(n.similarity, 4), "captions": n.captions}
                                  for n in self.neighbours[:neighbours]]
@@ -140,11 +159,12 @@ class RetrievalIndex:
     """Exact cosine search over the training photos' L2-normalised pooled features."""
 
     def __init__(self, vectors: np.ndarray, names: Sequence[str], captions: Sequence[Sequence[str]],
-                 encoder: str, k: int = K, calibration: Calibration | None = None):
+                 encoder: str, k: int = K, calibration: Calibration | None = None, calibration_note: str = ""):
         self.vectors = np.asarray(vectors, np.float16)                      # (N, D) as stored
         self._matrix = self.vectors.astype(np.float32)                      # (N, D) what the search multiplies
         self.names, self.captions = list(names), [list(c) for c in captions]
         self.encoder, self.k, self.calibration = encoder, int(k), calibration
+        self.calibration_note = calibration_note      # why there is no calibration, when one was refused
 
     def __len__(self) -> int:
         return len(self.names)
@@ -170,17 +190,17 @@ class RetrievalIndex:
         sims, _ = self.search(features, self.k)
         return sims.mean(axis=1)
 
-    def assess(self, features: np.ndarray, mean_log_probs: Sequence[float] | None = None,
-               neighbours: int | None = None) -> list[Assessment]:
-        """One Assessment per photo; ``neighbours`` (default k) training photos are listed with each."""
+    def assess(self, features: np.ndarray, neighbours: int | None = None) -> list[Assessment]:
+        """One Assessment per photo (from its features alone: no caption enters the score or the level);
+        ``neighbours`` (default k) training photos are listed with each."""
         shown = max(neighbours or self.k, self.k)
         sims, rows = self.search(features, shown)
-        similarity = sims[:, : self.k].mean(axis=1)
+        similarity = sims[:, : self.k].mean(axis=1)                         # (Q,)
+        scores = in_domain_score(similarity)                                # (Q,) in [0, 1]
         if self.calibration is not None:
-            scores = self.calibration.score(similarity, mean_log_probs)
             levels = [self.calibration.level(float(s)) for s in scores]
         else:
-            scores, levels = similarity, [None] * len(similarity)
+            levels = [None] * len(similarity)
         out = []
         for i in range(len(similarity)):
             near = [Neighbour(self.names[r], float(s), self.captions[r])
@@ -231,6 +251,11 @@ class RetrievalIndex:
                                  f"({len(names)}, dim), one row per name in {META_FILE}")
         if not np.isfinite(vectors).all():
             raise IndexFileError(f"{VECTORS_FILE} holds non-finite values")
+        norms = np.linalg.norm(vectors.astype(np.float32), axis=1)                  # (N,)
+        bad = np.flatnonzero((np.abs(norms - 1.0) > NORM_TOLERANCE) & (norms > 0))
+        if len(bad):
+            raise IndexFileError(f"{VECTORS_FILE} row {bad[0]} ({names[bad[0]]}) has norm {norms[bad[0]]:.4g}, "
+                                 f"not 1 ({len(bad)} such rows): the index must hold unit vectors")
         if vectors.shape[1] != meta.get("dim") or (feature_dim is not None and vectors.shape[1] != feature_dim):
             raise IndexFileError(f"{VECTORS_FILE} has {vectors.shape[1]}-d rows but the bundle's encoder gives "
                                  f"{feature_dim or meta.get('dim')}-d features")
@@ -240,8 +265,12 @@ class RetrievalIndex:
         k = meta.get("k", K)
         if not isinstance(k, int) or not 1 <= k <= len(names):
             raise IndexFileError(f"{META_FILE} has an invalid k ({k!r})")
-        calibration = Calibration.from_json(meta["calibration"]) if meta.get("calibration") else None
-        return cls(vectors, names, captions, str(meta["encoder"]), k, calibration)
+        calibration, note = None, ""
+        try:
+            calibration = Calibration.from_json(meta["calibration"]) if meta.get("calibration") else None
+        except OutdatedCalibration as exc:           # the neighbours still serve; the levels wait for train.py index
+            note = str(exc)
+        return cls(vectors, names, captions, str(meta["encoder"]), k, calibration, note)
 
 
 def read_calibration(folder: str | os.PathLike) -> Calibration | None:
@@ -280,36 +309,30 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(value) if np.isfinite(value) else 0.0
 
 
-def calibrate(similarity: Sequence[float], cider: Sequence[float], mean_log_prob: Sequence[float] | None = None,
-              weights: Sequence[float] = COMBINE_WEIGHTS) -> Calibration:
-    """Thresholds from dev photos' similarity (+ caption mean log-probs) and per-image CIDEr-D, by :data:`RULE`.
+def calibrate(similarity: Sequence[float], cider: Sequence[float] | None = None,
+              mean_log_prob: Sequence[float] | None = None) -> Calibration:
+    """Thresholds from dev photos' neighbour similarity by :data:`RULE` (quantiles of the in-domain score).
 
-    The log-prob share is scaled so that weight 1 gives both parts the same spread on dev; the weight kept
-    is the one with the best Spearman correlation with CIDEr-D, if it beats similarity alone by
-    ``COMBINE_MIN_GAIN`` on at least ``COMBINE_MIN_IMAGES`` photos (else 0: similarity alone).
+    ``cider`` (per-image CIDEr-D of the dev captions) and ``mean_log_prob`` (their mean log p per token) only
+    fill the report: how well the score ranks caption quality, each level's mean CIDEr-D, and how well the
+    caption's own confidence does (shown beside the level, never mixed into it).
     """
-    sim, cid = np.asarray(similarity, np.float64), np.asarray(cider, np.float64)
-    if len(sim) != len(cid) or len(sim) < 2:
-        raise ValueError(f"calibration needs at least two dev photos with scores ({len(sim)} and {len(cid)})")
-    report = {"dev_images": int(len(sim)), "spearman": {"similarity": round(spearman(sim, cid), 4)}}
-    weight, centre = 0.0, 0.0
-    if mean_log_prob is not None:
-        logp = np.asarray(mean_log_prob, np.float64)
-        centre = float(np.median(logp))
-        scale = float(sim.std() / logp.std()) if logp.std() > 0 else 0.0
-        report["spearman"]["mean_log_prob"] = round(spearman(logp, cid), 4)
-        tried = {w: spearman(sim + w * scale * (logp - centre), cid) for w in weights}
-        report["spearman"]["combined"] = {f"{w:g}": round(r, 4) for w, r in tried.items()}
-        best = max(tried, key=tried.get)
-        gain = tried[best] - report["spearman"]["similarity"]
-        if gain >= COMBINE_MIN_GAIN and len(sim) >= COMBINE_MIN_IMAGES:
-            weight = best * scale
-        report["logprob_share"] = best if weight else 0.0
-    interim = Calibration(0.0, 0.0, weight, centre)
-    scores = interim.score(sim, mean_log_prob)
+    scores = in_domain_score(similarity)                                    # (N,) in [0, 1]
+    if len(scores) < 2 or (cider is not None and len(cider) != len(scores)):
+        raise ValueError(f"calibration needs at least two dev photos with scores ({len(scores)} photos, "
+                         f"{'no' if cider is None else len(cider)} CIDEr-D scores)")
     low, high = (float(np.quantile(scores, q)) for q in (UNFAMILIAR_QUANTILE, FAMILIAR_QUANTILE))
-    calibration = Calibration(low, high, weight, centre, RULE, report)
-    report["dev_levels"] = level_table(scores, cid, calibration)
+    report: dict = {"dev_images": int(len(scores)),
+                    "dev_score_quantiles": {f"{q:g}": round(float(np.quantile(scores, q)), 4)
+                                            for q in (0.0, UNFAMILIAR_QUANTILE, FAMILIAR_QUANTILE, 0.5, 1.0)}}
+    calibration = Calibration(low, high, RULE, report)
+    if cider is not None:
+        cid = np.asarray(cider, np.float64)
+        report["spearman"] = {"in_domain": round(spearman(scores, cid), 4)}
+        if mean_log_prob is not None:
+            confidence = [caption_confidence(v) for v in mean_log_prob]
+            report["spearman"]["caption_confidence"] = round(spearman(confidence, cid), 4)
+        report["dev_levels"] = level_table(scores, cid, calibration)
     return calibration
 
 

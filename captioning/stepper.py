@@ -103,8 +103,9 @@ class EnsembleStepDecoder:
     Members may differ in architecture but must share the vocabulary. With one encoder, give them the spatial
     map when any member attends (merge members pool it, as the encoder does), else the pooled features. Members
     may also read different encoders: give ``encoders`` (each member's encoder key) and decode
-    :class:`MultiFeatures`. The attention weights are the mean over the members that attend, when their maps
-    have one shape (None otherwise).
+    :class:`MultiFeatures`. The attention weights are the mean over the members that attend, each member's map
+    first resampled to the largest of their grids (e.g. Xception's 10x10 beside EfficientNet-Lite's 7x7 and
+    9x9: :func:`resample_attention`), so a cross-encoder ensemble has maps too.
     """
 
     def __init__(self, members: list[StepDecoder], encoders: list[str] | None = None):
@@ -141,9 +142,40 @@ class EnsembleStepDecoder:
         stacked = np.stack(log_probs)                                             # (M, B, V)
         top = stacked.max(axis=0)
         mean = top + np.log(np.mean(np.exp(stacked - top), axis=0))              # log of the mean probability
-        maps = [e for e in extras if e is not None]
-        attention = np.mean(maps, axis=0) if maps and len({e.shape for e in maps}) == 1 else None
-        return mean, new_state, attention
+        maps = [e for e in extras if e is not None]                              # each (B, P_m)
+        if not maps:
+            return mean, new_state, None
+        grid = max(_grid(m.shape[1]) for m in maps)
+        return mean, new_state, np.mean([resample_attention(m, grid) for m in maps], axis=0)   # (B, grid*grid)
+
+
+def _grid(locations: int) -> int:
+    side = int(round(np.sqrt(locations)))
+    if side * side != locations:
+        raise ValueError(f"attention over {locations} locations is not a square grid")
+    return side
+
+
+def resample_attention(maps: np.ndarray, grid: int) -> np.ndarray:
+    """Attention weights (B, g*g) on a square g x g grid -> (B, grid*grid), each row still summing to 1.
+
+    Bilinear, sampling at cell centres (half-pixel, as ``tf.image.resize`` and Pillow do), so a uniform map stays
+    uniform and a peak stays where it was in the photo; rows are renormalised after resampling.
+    """
+    maps = np.asarray(maps)
+    g = _grid(maps.shape[1])
+    if g == grid:
+        return maps
+    x = maps.astype(np.float64).reshape(-1, g, g)                                # (B, g, g)
+    pos = np.clip((np.arange(grid) + 0.5) * g / grid - 0.5, 0, g - 1)            # (grid,) source coordinates
+    lo = np.floor(pos).astype(int)                                               # (grid,)
+    hi = np.minimum(lo + 1, g - 1)
+    w = pos - lo                                                                 # (grid,) weight of ``hi``
+    rows = x[:, lo, :] * (1 - w)[None, :, None] + x[:, hi, :] * w[None, :, None]           # (B, grid, g)
+    out = rows[:, :, lo] * (1 - w)[None, None, :] + rows[:, :, hi] * w[None, None, :]      # (B, grid, grid)
+    out = out.reshape(len(maps), grid * grid)
+    total = out.sum(axis=1, keepdims=True)                                       # (B, 1)
+    return np.where(total > 0, out / np.maximum(total, 1e-12), 1.0 / (grid * grid)).astype(maps.dtype)
 
 
 def select_rows(decoder, context, rows: np.ndarray):

@@ -75,7 +75,7 @@ def test_assess_lists_neighbours_with_their_captions_and_maps_scores_to_levels()
     near, odd = index.assess(np.concatenate([feats[:1], far]), neighbours=3)
     assert [n.name for n in near.neighbours][0] == "img0.jpg" and len(near.neighbours) == 3
     assert near.neighbours[0].captions == ["caption 0 a", "caption 0 b"]
-    assert near.in_domain == pytest.approx(index.similarity(feats[:1])[0])
+    assert near.in_domain == pytest.approx(min(1.0, index.similarity(feats[:1])[0]))
     assert near.in_domain > odd.in_domain
     assert odd.level == index.calibration.level(odd.in_domain)
     assert Calibration(0.5, 0.8).level(0.49) == "unfamiliar"
@@ -106,7 +106,12 @@ def test_save_and_load_round_trip_without_pickle(tmp_path):
     (lambda d: (d / "index.json").write_text("{not json"), "not valid JSON"),
     (lambda d: _edit(d, encoder="other-encoder"), "built with encoder"),
     (lambda d: _edit(d, captions=[["x"]]), "equally long"),
-    (lambda d: _edit(d, calibration={"unfamiliar_below": 0.9, "familiar_from": 0.1}), "thresholds are invalid"),
+    (lambda d: _edit(d, calibration={"version": 2, "unfamiliar_below": 0.9, "familiar_from": 0.1}),
+     "thresholds are invalid"),
+    (lambda d: _edit(d, calibration={"version": 2, "unfamiliar_below": 0.2, "familiar_from": 1.5}),
+     "thresholds are invalid"),
+    (lambda d: np.save(d / "index.npy", np.load(d / "index.npy") * np.float16(30)), r"row 0 .* has norm (29\.9|30)"),
+    (lambda d: np.save(d / "index.npy", np.load(d / "index.npy") * np.float16(1.05)), "not 1 .200 such rows"),
     (lambda d: (d / "index.npy").unlink(), "missing"),
 ])
 def test_load_refuses_a_damaged_or_foreign_index(tmp_path, damage, message):
@@ -131,26 +136,45 @@ def test_thresholds_are_the_dev_quantiles_the_rule_states():
     cal = calibrate(sim, cider)
     assert cal.unfamiliar_below == pytest.approx(np.quantile(sim, UNFAMILIAR_QUANTILE))
     assert cal.familiar_from == pytest.approx(np.quantile(sim, FAMILIAR_QUANTILE))
-    assert cal.logprob_weight == 0.0 and "quantile" in cal.rule
+    assert "quantile" in cal.rule and "log-prob" not in cal.rule and "[0, 1]" in cal.rule
     levels = cal.report["dev_levels"]
     assert levels["unfamiliar"]["count"] == pytest.approx(400 * UNFAMILIAR_QUANTILE, abs=1)
     assert sum(v["count"] for v in levels.values()) == 400
     assert levels["familiar"]["mean_cider"] > levels["unusual"]["mean_cider"] > levels["unfamiliar"]["mean_cider"]
+    assert calibrate(sim).unfamiliar_below == cal.unfamiliar_below          # CIDEr-D only fills the report
 
 
-def test_the_caption_log_prob_joins_the_score_only_when_it_helps_on_dev():
+def test_the_score_is_on_a_0_1_scale_and_never_depends_on_the_caption():
     rng = np.random.default_rng(4)
     sim, logp = rng.uniform(0.3, 0.9, 500), rng.normal(-1.5, 0.4, 500)
-    helps = calibrate(sim, sim + 2 * (logp - logp.mean()) * 0.15 + rng.normal(0, 0.05, 500), logp)
-    assert helps.logprob_weight > 0
-    sp = helps.report["spearman"]
-    assert max(sp["combined"].values()) >= sp["similarity"] + 0.02
-    useless = calibrate(sim, sim + rng.normal(0, 0.05, 500), logp)
-    assert useless.logprob_weight == 0.0
-    few = calibrate(sim[:20], (sim + 2 * (logp - logp.mean()) * 0.15)[:20], logp[:20])   # too few to tell
-    assert few.logprob_weight == 0.0
-    # the combined score moves with the log-prob exactly as stored
-    assert helps.score(0.5, logp.mean() + 1) - helps.score(0.5, logp.mean()) == pytest.approx(helps.logprob_weight)
+    cider = 0.2 * sim + 0.3 * (logp - logp.mean()) + rng.normal(0, 0.05, 500)    # the log-prob ranks quality best
+    cal = calibrate(sim, cider, logp)
+    assert (cal.unfamiliar_below, cal.familiar_from) == (calibrate(sim).unfamiliar_below,
+                                                         calibrate(sim).familiar_from)
+    sp = cal.report["spearman"]
+    assert sp["caption_confidence"] > sp["in_domain"]          # reported as its own number, not mixed in
+    assert retrieval.in_domain_score([-0.2, 0.4, 1.0004]).tolist() == [0.0, 0.4, 1.0]
+    assert retrieval.caption_confidence(np.log(0.5)) == pytest.approx(0.5)
+    assert retrieval.caption_confidence(-np.inf) == 0.0 and retrieval.caption_confidence(0.3) == 1.0
+    _, feats = random_index()
+    index = build_index([f"img{i}.jpg" for i in range(len(feats))], feats, [["c"]] * len(feats), "enc-1", k=1)
+    index.calibration = Calibration(0.5, 0.8)
+    own = index.assess(feats[:3] * 7.0)                         # training photos, scaled: their own neighbours
+    assert all(0.999 <= a.in_domain <= 1.0 and a.level == "familiar" for a in own)
+    assert "caption_confidence" not in own[0].to_json()
+
+
+def test_an_index_calibrated_by_the_old_rule_keeps_its_neighbours_but_gives_no_level(tmp_path):
+    index, feats = random_index()
+    index.save(tmp_path)
+    _edit(tmp_path, calibration={"unfamiliar_below": -0.3, "familiar_from": 0.62, "logprob_weight": 0.77,
+                                 "logprob_centre": -0.85, "rule": "old"})
+    again = RetrievalIndex.load(tmp_path, encoder="enc-1", feature_dim=32)
+    assert again.calibration is None and "older rule" in again.calibration_note
+    first = again.assess(feats[:1])[0]
+    assert first.level is None and first.neighbours[0].name == "img0.jpg"
+    with pytest.raises(IndexFileError, match="older rule"):
+        retrieval.read_calibration(tmp_path)
 
 
 def test_level_table_and_bins_summarise_cider_by_score():
@@ -224,8 +248,35 @@ def test_a_damaged_index_is_refused_with_the_command_that_rebuilds_it(tiny_bundl
     with pytest.raises(BundleError, match=r"retrieval index is invalid .*train.py index --out"):
         load_bundle(copy)
     (copy / "index.npy").write_bytes(b"garbage")                        # and a plain corruption is caught by hash
-    with pytest.raises(BundleError, match="index.npy is damaged"):
+    with pytest.raises(BundleError, match=r"index.npy is damaged .*Rebuild the index with: python train.py index "
+                                          r"--out"):
         load_bundle(copy)
+    assert load_bundle(copy, load_index=False).index is None           # what train.py index starts from
+
+
+def test_index_command_recalibrates_an_old_index_keeping_its_vectors_and_rebuilds_a_damaged_one(
+        tiny_run, flickr_dir, mobilenet_weights, tmp_path):
+    import train
+    from captioning.bundle import _finish_manifest, load_bundle
+
+    artifacts, cache = tiny_run
+    copy = tmp_path / "tiny"
+    shutil.copytree(artifacts / "tiny", copy)
+    _edit(copy, calibration={"unfamiliar_below": -0.3, "familiar_from": 0.62, "logprob_weight": 0.77,
+                             "logprob_centre": -0.85})                  # calibrated by the old rule
+    _finish_manifest(copy, json.loads((copy / "manifest.json").read_text()))
+    vectors = (copy / "index.npy").read_bytes()
+    assert load_bundle(copy).index.calibration is None
+    argv = ["index", "--data-dir", str(flickr_dir), "--limit", "60", "--out", str(copy), "--cache-dir", str(cache),
+            "--weights", str(mobilenet_weights), "--quiet"]
+    assert train.main(argv) == 0
+    assert (copy / "index.npy").read_bytes() == vectors                 # kept, not re-extracted
+    calibration = load_bundle(copy).index.calibration
+    assert calibration is not None and 0 <= calibration.unfamiliar_below <= calibration.familiar_from <= 1
+    assert all(0 <= s <= 1 for s in calibration.report["test"]["score"])
+    (copy / "index.npy").write_bytes(b"garbage")
+    assert train.main(argv) == 0                                        # the fix the error names works
+    assert load_bundle(copy).index.calibration is not None
 
 
 def synthetic_photos() -> dict[str, Image.Image]:
@@ -274,6 +325,25 @@ def test_photos_from_outside_flickr8k_are_mostly_unusual_or_unfamiliar(tiny_capt
     assert sum(a.level == "familiar" for a in usual) > sum(a.level == "familiar" for a in odd)
 
 
+def test_the_level_is_the_same_whatever_decoding_wrote_the_caption(tiny_captioner, flickr_dir):
+    photos = [flickr_dir / "Images" / n for n in ("2609836649_b55831ed41.jpg", "1000268201_693b08cb0e.jpg")]
+    photos.append(synthetic_photos()["chessboard"])
+    feats = tiny_captioner.features(photos)
+    runs = {"greedy": dict(beam_width=1), "beam 3": dict(beam_width=3),
+            "sample at temperature 100": dict(strategy="sample", temperature=100.0, seed=0)}
+    seen = {}
+    for label, options in runs.items():
+        captions = [n[0] for n in tiny_captioner.decode(feats, **options)]
+        seen[label] = tiny_captioner.assess(feats, captions)
+    for label, assessments in seen.items():
+        assert [(a.in_domain, a.level) for a in assessments] == [(a.in_domain, a.level) for a in seen["greedy"]]
+        assert all(0 <= a.in_domain <= 1 and 0 <= a.caption_confidence <= 1 for a in assessments), label
+    # the caption's own confidence is the number that moves with the decoding
+    assert seen["sample at temperature 100"][0].caption_confidence < seen["greedy"][0].caption_confidence
+    record = seen["greedy"][0].to_json()
+    assert record.keys() == {"in_domain", "confidence", "caption_confidence"}
+
+
 def run_cli(*argv) -> tuple[int, str, str]:
     from captioning.__main__ import main
 
@@ -305,17 +375,21 @@ def test_cli_json_gives_each_image_its_caption_score_level_and_neighbours(tiny_b
     assert code == 2 and err.startswith("error: --neighbours")
 
 
-# --- the shipped default bundle, on the official test split ----------------------------------------------------
-def test_shipped_default_familiar_photos_get_clearly_better_captions_on_test():
+# --- the shipped bundles, on the official test split ------------------------------------------------------------
+SHIPPED = ["default", "xception-attention", "xception-merge"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_familiar_photos_get_clearly_better_captions_on_test(name):
     """The calibration check that can fail: levels from the dev thresholds, CIDEr-D from predictions.csv."""
     import pandas as pd
 
-    folder = ROOT / "artifacts" / "default"
+    folder = ROOT / "artifacts" / name
     calibration = retrieval.read_calibration(folder)
-    if calibration is None:             # needs the Xception features of all 8,000 photos to build
-        pytest.skip("artifacts/default has no calibrated index yet: python train.py index --out artifacts/default")
+    assert calibration is not None, f"python train.py index --out artifacts/{name}"
     test = calibration.report["test"]
     assert len(test["images"]) == 1000                                   # the official test split
+    assert all(0 <= s <= 1 for s in test["score"])                      # the documented 0-1 scale
     preds = pd.read_csv(folder / "predictions.csv", keep_default_na=False)
     beam = preds[preds["beam_width"] == int(calibration.report["decoding"].split()[-1])].set_index("image")
     cider = beam.loc[test["images"], "cider"].to_numpy()
@@ -325,6 +399,15 @@ def test_shipped_default_familiar_photos_get_clearly_better_captions_on_test():
     other_mean = sum(t["mean_cider"] * t["count"] for t in others) / sum(t["count"] for t in others)
     assert table["familiar"]["count"] >= 500
     assert table["familiar"]["mean_cider"] >= other_mean + 0.05, table
+
+
+def test_a_shipped_training_photo_is_familiar_from_its_stored_features_alone():
+    """The issue's photo: its own nearest neighbour at ~1.0, so familiar (no caption, so no decoding, enters)."""
+    index = RetrievalIndex.load(ROOT / "artifacts" / "default")
+    row = index.names.index("2609836649_b55831ed41.jpg")
+    (assessment,) = index.assess(index.vectors[row: row + 1].astype(np.float32))
+    assert assessment.neighbours[0].name == "2609836649_b55831ed41.jpg" and assessment.neighbours[0].similarity > 0.99
+    assert assessment.level == "familiar" and 0 <= assessment.in_domain <= 1
 
 
 def test_index_reuses_the_evaluated_test_captions_from_predictions_csv(tmp_path):

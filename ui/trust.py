@@ -26,6 +26,13 @@ def assess_caption(captioner, features, caption, k: int = 5) -> Assessment | Non
     return captioner.assess(features, [caption], neighbours=k)[0]
 
 
+def _confidence(assessment: Assessment) -> str:
+    """The caption's own confidence, as its own number beside the photo's level."""
+    if assessment.caption_confidence is None:
+        return ""
+    return f" · caption confidence {assessment.caption_confidence:.2f}"
+
+
 def trust_line(assessment: Assessment | None, bundle_path) -> None:
     """The level as a coloured badge beside the caption, what it means, and a warning for unfamiliar photos."""
     if assessment is None:
@@ -33,12 +40,15 @@ def trust_line(assessment: Assessment | None, bundle_path) -> None:
                    f"`python train.py index --out {bundle_path}`.")
         return
     if assessment.level is None:
-        st.caption(f"In-domain score {assessment.in_domain:.3f} (not calibrated: run "
+        st.caption(f"In-domain score {assessment.in_domain:.2f}{_confidence(assessment)} (not calibrated: run "
                    f"`python train.py index --out {bundle_path}`).")
         return
     colour, icon, label = STYLE[assessment.level]
-    st.markdown(f":{colour}-badge[{icon} {label}] &nbsp; in-domain score **{assessment.in_domain:.3f}** "
-                f"· {LEVEL_TEXT[assessment.level]}")
+    st.markdown(f":{colour}-badge[{icon} {label}] &nbsp; in-domain score **{assessment.in_domain:.2f}** "
+                f"· {LEVEL_TEXT[assessment.level]}{_confidence(assessment)}",
+                help="In-domain score (0 to 1): how similar this photo is to its nearest training photos; the "
+                     "level depends on the photo only, not on how the caption was decoded. Caption confidence "
+                     "(0 to 1): the model's mean word probability for this caption; it changes with the decoding.")
     if assessment.level == "unfamiliar":
         st.warning("**Unlike anything in training: the caption may well be wrong.** The model only knows the "
                    "scenes of its training photos (mostly people and dogs, outdoors); the most similar ones are "
@@ -81,9 +91,10 @@ def calibration_section(path: Path) -> None:
     report = calibration.report
     test = report.get("test") or {}
     spear = report.get("spearman", {})
-    st.caption(f"In-domain score: how similar a photo is to its nearest training photos. Levels: {calibration.rule}. "
-               f"Thresholds come from the dev split ({report.get('dev_images', '?')} photos); the chart shows the "
-               f"test split, captions by {report.get('decoding', 'beam search')}.")
+    st.caption(f"In-domain score (0 to 1): how similar a photo is to its nearest training photos, the same "
+               f"whatever decoding wrote the caption. Levels: {calibration.rule}. Thresholds come from the dev "
+               f"split ({report.get('dev_images', '?')} photos); the chart shows the test split, captions by "
+               f"{report.get('decoding', 'beam search')}.")
     rows = []
     for level in LEVELS:
         dev, tst = report.get("dev_levels", {}).get(level, {}), report.get("test_levels", {}).get(level, {})
@@ -94,13 +105,11 @@ def calibration_section(path: Path) -> None:
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         st.markdown(f"Unfamiliar below **{calibration.unfamiliar_below:.3f}**, familiar from "
                     f"**{calibration.familiar_from:.3f}**.")
-        if "combined" in spear:
-            kept = report.get("logprob_share", 0)
-            st.caption(f"Dev Spearman with per-image CIDEr-D: similarity {spear['similarity']:.3f}, caption mean "
-                       f"log-probability {spear['mean_log_prob']:.3f}, best mix "
-                       f"{max(spear['combined'].values()):.3f}; "
-                       + ("similarity alone is used (the mix did not help enough)." if not kept else
-                          f"the score adds the log-probability at share {kept:g}."))
+        if "in_domain" in spear and "caption_confidence" in spear:
+            st.caption(f"How well each number ranks the dev captions' quality (Spearman with per-image CIDEr-D): "
+                       f"in-domain score {spear['in_domain']:.2f}, caption confidence "
+                       f"{spear['caption_confidence']:.2f}. The caption confidence is shown beside each caption "
+                       f"as its own number; it is not part of the level.")
     if test.get("score") and test.get("cider"):
         right.altair_chart(calibration_chart(test["score"], test["cider"], calibration), width="stretch")
 
