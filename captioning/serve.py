@@ -557,6 +557,7 @@ def create_app(captioner: "Captioner", max_concurrent: int | None = None, settin
                          "no_repeat_ngram_size": no_repeat_ngram_size, "n_best": n_best},
             "seconds": round(seconds, 4),
             "results": [result_json(r, attention) for r in results],
+            **({"attention_note": captioner.attention_note} if attention and captioner.attention_note else {}),
         }
 
     add_photo_route(app, captioner, admission.limiter)      # the same decoding slots

@@ -225,3 +225,13 @@ def test_attention_weights_come_with_each_word_on_request(tiny_attention_bundle,
     assert all(len(row) == captioner.spec.spatial_grid ** 2 for row in out["attention"])   # 7x7 for MobileNetV2
     assert all(sum(row) == pytest.approx(1.0, abs=1e-3) for row in out["attention"])
     assert "attention" not in caption_json(caption)
+
+
+def test_a_bundle_without_maps_says_why_when_attention_is_asked(api, photos):
+    """A merge bundle has no per-word maps: the response says why (issue 34.9), and only when maps were asked."""
+    url, _ = api
+    name, data = next(iter(photos.items()))
+    asked = post(url, [(name, data, "image/jpeg")], attention="true").json()
+    assert "merge decoders" in asked["attention_note"]
+    assert all("attention" not in c for c in asked["results"][0]["captions"])
+    assert "attention_note" not in post(url, [(name, data, "image/jpeg")]).json()
