@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""A stand-in for ``train.py finetune`` in the job tests: the same run-directory files, a fraction of the time.
+
+    python tests/fake_finetune.py finetune --out DIR --run-dir DIR [--epochs N] [--epoch-seconds S] [--ignore-term]
+    python tests/fake_finetune.py import-check --captions FILE --images DIR --json
+
+``finetune`` writes ``state.json`` after every epoch (as training.Checkpointer does) and ``steps.jsonl``, resumes
+from the epochs already in ``state.json``, and writes the bundle folder at ``--out`` last, atomically (a folder
+renamed into place). ``--ignore-term`` ignores SIGTERM, to test SIGKILL after the grace period.
+"""
+import argparse
+import csv
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def finetune(args) -> int:
+    if args.ignore_term:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    run = Path(args.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    state_path = run / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {"epochs": {}, "best_epoch": None}
+    print(f"resuming after epoch {len(state['epochs'])}" if state["epochs"] else "starting", flush=True)
+    for epoch in range(len(state["epochs"]) + 1, args.epochs + 1):
+        start = time.time()
+        for step in range(1, 4):
+            time.sleep(args.epoch_seconds / 3)
+            with (run / "steps.jsonl").open("a") as fh:
+                fh.write(json.dumps({"epoch": epoch, "step": (epoch - 1) * 3 + step, "loss": 3.0 / (epoch + step)})
+                         + "\n")
+        state["epochs"][str(epoch)] = {"loss": 3.0 / epoch, "val_loss": 3.2 / epoch, "dev_cider": 0.1 * epoch,
+                                       "seconds": round(time.time() - start, 2)}
+        state["best_epoch"] = epoch
+        tmp = state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, state_path)
+        print(f"epoch {epoch}: loss {3.0 / epoch:.4f}", flush=True)
+    out = Path(args.out)
+    staging = out.with_name(f".{out.name}.building")
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / "manifest.json").write_text(json.dumps({"fake": True, "epochs": args.epochs}))
+    os.replace(staging, out)
+    print(f"bundle {out}", flush=True)
+    return 0
+
+
+def import_check(args) -> int:
+    rows = list(csv.DictReader(open(args.captions, encoding="utf-8")))
+    good, bad = [], []
+    for line, row in enumerate(rows, 2):
+        if not (Path(args.images) / row["image"]).is_file():
+            bad.append({"line": line, "image": row["image"], "reason": "photo not found"})
+        elif not row["caption"].strip():
+            bad.append({"line": line, "image": row["image"], "reason": "empty caption"})
+        else:
+            good.append(row)
+    print(json.dumps({"format": "csv", "rows": len(rows), "captions": len(good),
+                      "photos": len({r["image"] for r in good}), "bad": bad,
+                      "sample": [{"image": r["image"], "captions": [r["caption"]]} for r in good[:4]]}))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    ft = sub.add_parser("finetune")
+    ft.add_argument("--out", required=True)
+    ft.add_argument("--run-dir", required=True)
+    ft.add_argument("--epochs", type=int, default=3)
+    ft.add_argument("--epoch-seconds", type=float, default=0.3)
+    ft.add_argument("--ignore-term", action="store_true")
+    ic = sub.add_parser("import-check")
+    ic.add_argument("--captions", required=True)
+    ic.add_argument("--images", required=True)
+    ic.add_argument("--json", action="store_true")
+    args, _ = parser.parse_known_args()
+    return finetune(args) if args.command == "finetune" else import_check(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
