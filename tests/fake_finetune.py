@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """A stand-in for ``train.py finetune`` in the job tests: the same run-directory files, a fraction of the time.
 
-    python tests/fake_finetune.py finetune --out DIR --run-dir DIR [--epochs N] [--epoch-seconds S] [--ignore-term]
+    python tests/fake_finetune.py finetune --out DIR [--run-dir DIR | --cache-dir DIR] [--epochs N]
+                                           [--epoch-seconds S] [--ignore-term]   (train.py's other options ignored)
     python tests/fake_finetune.py import-check --captions FILE --images DIR --json
 
 ``finetune`` writes ``state.json`` after every epoch (as training.Checkpointer does) and ``steps.jsonl``, resumes
@@ -21,7 +22,7 @@ from pathlib import Path
 def finetune(args) -> int:
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    run = Path(args.run_dir)
+    run = Path(args.run_dir or Path(args.cache_dir) / "runs" / Path(args.out).name)
     run.mkdir(parents=True, exist_ok=True)
     state_path = run / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"epochs": {}, "best_epoch": None}
@@ -70,9 +71,10 @@ def main() -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     ft = sub.add_parser("finetune")
     ft.add_argument("--out", required=True)
-    ft.add_argument("--run-dir", required=True)
+    ft.add_argument("--run-dir")
+    ft.add_argument("--cache-dir", default=str(Path(__file__).resolve().parents[1] / ".cache"))
     ft.add_argument("--epochs", type=int, default=3)
-    ft.add_argument("--epoch-seconds", type=float, default=0.3)
+    ft.add_argument("--epoch-seconds", type=float, default=float(os.environ.get("FAKE_EPOCH_SECONDS", "0.3")))
     ft.add_argument("--ignore-term", action="store_true")
     ic = sub.add_parser("import-check")
     ic.add_argument("--captions", required=True)

@@ -1,0 +1,149 @@
+"""The Train page's helpers: the server's job queue, the import check (cached per dataset), progress words and
+Altair curves drawn from a run directory."""
+from __future__ import annotations
+
+import time
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from captioning.jobs import Job, JobQueue, Progress, jobs_dir
+from captioning.train_jobs import ImportCheckError, import_check
+
+STATUS = {  # status -> (label, badge colour, icon)
+    "queued": ("Queued", "gray", ":material/schedule:"),
+    "running": ("Running", "blue", ":material/autorenew:"),
+    "succeeded": ("Finished", "green", ":material/check_circle:"),
+    "failed": ("Failed", "red", ":material/error:"),
+    "cancelled": ("Cancelled", "orange", ":material/cancel:"),
+    "interrupted": ("Interrupted", "violet", ":material/pause_circle:"),
+}
+
+
+def queue() -> JobQueue:
+    """The server's job queue (its jobs folder: ``$CAPTIONING_JOBS_DIR`` or ``artifacts/.jobs``)."""
+    return JobQueue(jobs_dir())
+
+
+def status_badge(job: Job) -> None:
+    label, color, icon = STATUS.get(job.status, (job.status, "gray", None))
+    st.badge(label, color=color, icon=icon)
+
+
+@st.cache_data(show_spinner="Checking the captions file and the photos…", max_entries=16)
+def checked_import(captions: str, images: str, digest: str) -> tuple[dict | None, str | None]:
+    """(summary, None) or (None, the problem); ``digest`` (the data's) keys the cache."""
+    try:
+        return import_check(captions, images), None
+    except ImportCheckError as exc:
+        return None, str(exc)
+
+
+def duration(seconds: float | None) -> str:
+    """``42 s``, ``3 min 5 s``, ``1 h 12 min``."""
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def progress_text(job: Job, progress: Progress) -> str:
+    """One line under the progress bar: where the job is and how long it has left."""
+    total = progress.total_epochs
+    if job.status == "queued":
+        return "Waiting for the job before it to finish"
+    if not progress.epochs:
+        since = time.time() - (job.started or time.time())
+        return (f"Preparing: reading the photos and caching their features ({duration(since)} so far)"
+                if job.status == "running" else "No epoch finished")
+    words = f"Epoch {progress.done} of {total}" if total else f"Epoch {progress.done}"
+    if progress.stopped_early:
+        words += f" · stopped early (no better dev loss for {job.meta.get('settings', {}).get('patience', '?')} epochs)"
+    if job.status == "running":
+        left = progress.seconds_left()
+        words += f" · about {duration(left)} left" if left else " · writing the bundle"
+    return words
+
+
+def loss_chart(progress: Progress) -> alt.Chart | None:
+    """Training loss per step (where the command logs steps) or per epoch, and the dev loss per epoch."""
+    rows = []
+    if progress.steps:                           # steps of epoch e spread over (e - 1, e]: one x axis for both
+        by_epoch: dict[int, list[dict]] = {}
+        for s in progress.steps:
+            by_epoch.setdefault(int(s.get("epoch", 1)), []).append(s)
+        for epoch, steps in by_epoch.items():
+            for i, s in enumerate(steps, 1):
+                rows.append({"epoch": epoch - 1 + i / len(steps), "loss": float(s["loss"]),
+                             "curve": "training (per step)"})
+    for e in progress.epochs:
+        if isinstance(e.get("loss"), (int, float)) and not progress.steps:
+            rows.append({"epoch": e["epoch"], "loss": float(e["loss"]), "curve": "training"})
+        if isinstance(e.get("val_loss"), (int, float)):
+            rows.append({"epoch": e["epoch"], "loss": float(e["val_loss"]), "curve": "dev"})
+    if not rows:
+        return None
+    df = pd.DataFrame(rows)
+    return (alt.Chart(df, title="Loss (lower is better)").mark_line(point=alt.OverlayMarkDef(size=30))
+            .encode(x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
+                    y=alt.Y("loss:Q", title="cross-entropy", scale=alt.Scale(zero=False)),
+                    color=alt.Color("curve:N", title=None, legend=alt.Legend(orient="bottom")),
+                    tooltip=[alt.Tooltip("curve", title="curve"), alt.Tooltip("epoch:Q", format=".2f"),
+                             alt.Tooltip("loss:Q", format=".4f")])
+            .properties(height=240))
+
+
+SCORE_KEYS = ("dev_cider", "cider", "dev_bleu_4", "bleu_4")
+
+
+def score_chart(progress: Progress) -> alt.Chart | None:
+    """The dev score per epoch (CIDEr-D where the command records it), the best epoch marked."""
+    key = next((k for k in SCORE_KEYS if any(isinstance(e.get(k), (int, float)) for e in progress.epochs)), None)
+    if key is None:
+        return None
+    df = pd.DataFrame([{"epoch": e["epoch"], "score": float(e[key]), "best": e["epoch"] == progress.best_epoch}
+                       for e in progress.epochs if isinstance(e.get(key), (int, float))])
+    title = {"dev_cider": "Dev CIDEr-D (higher is better)", "cider": "Dev CIDEr-D (higher is better)"}.get(
+        key, "Dev BLEU-4 (higher is better)")
+    line = alt.Chart(df).mark_line(point=alt.OverlayMarkDef(size=30), color="#2f6fde").encode(
+        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
+        y=alt.Y("score:Q", title="score", scale=alt.Scale(zero=False)),
+        tooltip=[alt.Tooltip("epoch:Q"), alt.Tooltip("score:Q", format=".4f")])
+    best = alt.Chart(df[df["best"]]).mark_point(size=140, shape="diamond", filled=True, color="#2e9e44").encode(
+        x="epoch:Q", y="score:Q")
+    return (line + best).properties(title=title, height=240)
+
+
+@st.cache_data(show_spinner=False, ttl=30, max_entries=32)
+def data_digest_of(captions: str, images: str) -> str:
+    """:func:`captioning.train_jobs.data_digest`, remembered for half a minute (a big folder is walked once)."""
+    from captioning.train_jobs import data_digest
+
+    return data_digest(captions, images)
+
+
+def planned_epochs(job: Job) -> int | None:
+    """The most epochs the job runs: its settings, else ``--epochs N`` on its command line."""
+    settings = job.meta.get("settings") or {}
+    if isinstance(settings.get("epochs"), int):
+        return settings["epochs"]
+    argv = job.argv
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--epochs" and argv[i + 1].isdigit():
+            return int(argv[i + 1])
+    return None
+
+
+def usable_captions(summary: dict) -> int | None:
+    """How many captions the import keeps (the summary's ``captions`` count), or None when it does not say."""
+    for where in (summary.get("counts"), summary):
+        if isinstance(where, dict):
+            for key in ("captions", "kept_captions", "good"):
+                if isinstance(where.get(key), int):
+                    return where[key]
+    return None
