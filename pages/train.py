@@ -25,12 +25,15 @@ from ui.jobs import (
     checked_import,
     data_digest_of,
     duration,
+    finetune_report,
     loss_chart,
     planned_epochs,
     progress_text,
     queue,
     score_chart,
     status_badge,
+    summary_counts,
+    thumbnail_url,
     usable_captions,
 )
 from ui.labels import literal
@@ -103,14 +106,16 @@ if captions is not None:
     if problem:
         st.error(f"The import check failed: {literal(problem)}", icon=":material/block:")
 if summary is not None:
-    counts = summary.get("counts") if isinstance(summary.get("counts"), dict) else summary
-    shown = [(k, v) for k, v in counts.items() if isinstance(v, int) and not isinstance(v, bool)]
-    for col, (k, v) in zip(st.columns(max(1, min(6, len(shown)))), shown[:6]):
-        col.metric(k.replace("_", " ").capitalize(), f"{v:,}")
-    bad = summary.get("bad") or summary.get("bad_rows") or []
+    shown = summary_counts(summary)
+    for col, (label, value) in zip(st.columns(len(shown)), shown):
+        col.metric(label, value, help="train / dev / test: the dev photos choose the best epoch, the test photos "
+                                      "score base vs fine-tuned" if label.startswith("Split") else None)
+    if summary.get("format_label") or summary.get("format"):
+        st.caption(f"Read as {summary.get('format_label') or summary.get('format')}.")
+    bad = summary.get("bad_rows") or summary.get("bad") or []
     if bad:
         st.warning(f"{len(bad):,} row(s) will be skipped; the first ones:", icon=":material/warning:")
-        st.dataframe(pd.DataFrame([{"Line": b.get("line"), "Photo": b.get("image", ""), "Reason": b.get("reason", "")}
+        st.dataframe(pd.DataFrame([{"Line": b.get("line"), "Photo": b.get("image") or "", "Reason": b.get("reason", "")}
                                    for b in bad[:200]]), hide_index=True, width="stretch",
                      height=min(36 * min(len(bad), 200) + 40, 260))
     sample = summary.get("sample") or []
@@ -171,10 +176,39 @@ def act(action: str, job_id: int) -> None:
         st.session_state[f"train_problem_{job_id}"] = str(exc)
 
 
+def comparison(bundle: str) -> None:
+    """Base vs fine-tuned on the user's held-out photos: scores, and captions side by side (from the manifest)."""
+    report = finetune_report(bundle)
+    metrics = (report or {}).get("metrics") or {}
+    before, after = metrics.get("before") or {}, metrics.get("after") or {}
+    split = "test" if "test" in after else "dev" if "dev" in after else None
+    if split is None:
+        return
+    b, a = before.get(split) or {}, after[split]
+    st.markdown(f"**Base vs fine-tuned on your {a.get('photos', '')} held-out {split} photos** "
+                f"({metrics.get('decoding', 'beam search')})")
+    cols = st.columns(3)
+    for col, (key, label) in zip(cols, (("cider", "CIDEr-D"), ("bleu_4", "BLEU-4"),
+                                        ("new_word_share", "Captions with a new word"))):
+        if isinstance(a.get(key), (int, float)):
+            delta = a[key] - b[key] if isinstance(b.get(key), (int, float)) else None
+            col.metric(label, f"{a[key]:.0%}" if key == "new_word_share" else f"{a[key]:.3f}",
+                       None if delta is None else (f"{delta:+.0%}" if key == "new_word_share" else f"{delta:+.3f}"),
+                       help="fine-tuned (the change from the base model below it)")
+    images = Path(((report or {}).get("dataset") or {}).get("images_dir") or "")
+    rows = []
+    for photo, caption in list((a.get("captions") or {}).items())[:12]:
+        rows.append({"Photo": thumbnail_url(images / photo) if images.name else None, "File": photo,
+                     "Base model": (b.get("captions") or {}).get(photo, ""), "Fine-tuned": caption})
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", row_height=64, column_config={
+            "Photo": st.column_config.ImageColumn("Photo", width="small")})
+
+
 def job_card(job) -> None:
     """One job: status, progress, curves, Cancel / Resume, and its log."""
     total = planned_epochs(job)
-    progress = read_progress(job.run_dir, total)
+    progress = read_progress(job.run_dir, total, job.job_dir / "steps.jsonl")
     with st.container(border=True):
         head, badge = st.columns([6, 1])
         head.markdown(f"**{literal(job.title)}** · job {job.id}")
@@ -197,6 +231,7 @@ def job_card(job) -> None:
         elif job.status == "succeeded" and job.out and Path(job.out).is_dir():
             st.success(f"New bundle **{literal(Path(job.out).name)}** is ready: pick it in the sidebar's bundle list.",
                        icon=":material/check_circle:")
+            comparison(job.out)
         charts = [chart for chart in (loss_chart(progress), score_chart(progress)) if chart is not None]
         for col, chart in zip(st.columns(2) if charts else [], charts):
             col.altair_chart(chart, width="stretch")

@@ -5,12 +5,12 @@
                                            [--epoch-seconds S] [--ignore-term]   (train.py's other options ignored)
     python tests/fake_finetune.py import-check --captions FILE --images DIR --json
 
-``finetune`` writes ``state.json`` after every epoch (as training.Checkpointer does) and ``steps.jsonl``, resumes
-from the epochs already in ``state.json``, and writes the bundle folder at ``--out`` last, atomically (a folder
-renamed into place). ``--ignore-term`` ignores SIGTERM, to test SIGKILL after the grace period.
+``finetune`` keeps the run directory as ``train.py finetune`` does: ``progress.json`` (phase, epoch, step, running
+loss) and ``decoder-1/state.json`` after every epoch (as training.Checkpointer writes it); it resumes from the
+epochs already there, and writes the bundle folder at ``--out`` last, atomically (a folder renamed into place).
+``--ignore-term`` ignores SIGTERM, to test SIGKILL after the grace period.
 """
 import argparse
-import csv
 import json
 import os
 import signal
@@ -19,49 +19,59 @@ import time
 from pathlib import Path
 
 
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
 def finetune(args) -> int:
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     run = Path(args.run_dir or Path(args.cache_dir) / "runs" / Path(args.out).name)
-    run.mkdir(parents=True, exist_ok=True)
-    state_path = run / "state.json"
+    (run / "decoder-1").mkdir(parents=True, exist_ok=True)
+    state_path = run / "decoder-1" / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"epochs": {}, "best_epoch": None}
     print(f"resuming after epoch {len(state['epochs'])}" if state["epochs"] else "starting", flush=True)
+    write_json(run / "progress.json", {"phase": "features", "photos_done": 0, "photos_todo": 4,
+                                       "epochs": args.epochs, "decoders": 1, "updated": time.time()})
     for epoch in range(len(state["epochs"]) + 1, args.epochs + 1):
         start = time.time()
         for step in range(1, 4):
             time.sleep(args.epoch_seconds / 3)
-            with (run / "steps.jsonl").open("a") as fh:
-                fh.write(json.dumps({"epoch": epoch, "step": (epoch - 1) * 3 + step, "loss": 3.0 / (epoch + step)})
-                         + "\n")
-        state["epochs"][str(epoch)] = {"loss": 3.0 / epoch, "val_loss": 3.2 / epoch, "dev_cider": 0.1 * epoch,
-                                       "seconds": round(time.time() - start, 2)}
+            write_json(run / "progress.json", {"phase": "training", "decoder": 1, "decoders": 1,
+                                               "epochs": args.epochs, "epoch": epoch, "step": step, "steps": 3,
+                                               "loss": 3.0 / (epoch + step), "updated": time.time()})
+        state["epochs"][str(epoch)] = {"loss": 3.0 / epoch, "val_loss": 3.2 / epoch, "seconds":
+                                       round(time.time() - start, 2)}
         state["best_epoch"] = epoch
-        tmp = state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, state_path)
+        write_json(state_path, state)
         print(f"epoch {epoch}: loss {3.0 / epoch:.4f}", flush=True)
     out = Path(args.out)
     staging = out.with_name(f".{out.name}.building")
     staging.mkdir(parents=True, exist_ok=True)
     (staging / "manifest.json").write_text(json.dumps({"fake": True, "epochs": args.epochs}))
     os.replace(staging, out)
+    write_json(run / "progress.json", {"phase": "done", "bundle": str(out), "updated": time.time()})
     print(f"bundle {out}", flush=True)
     return 0
 
 
 def import_check(args) -> int:
+    import csv
+
     rows = list(csv.DictReader(open(args.captions, encoding="utf-8")))
     good, bad = [], []
     for line, row in enumerate(rows, 2):
         if not (Path(args.images) / row["image"]).is_file():
-            bad.append({"line": line, "image": row["image"], "reason": "photo not found"})
+            bad.append({"line": line, "kind": "missing", "image": row["image"], "reason": "photo not found"})
         elif not row["caption"].strip():
-            bad.append({"line": line, "image": row["image"], "reason": "empty caption"})
+            bad.append({"line": line, "kind": "empty", "image": row["image"], "reason": "empty caption"})
         else:
             good.append(row)
-    print(json.dumps({"format": "csv", "rows": len(rows), "captions": len(good),
-                      "photos": len({r["image"] for r in good}), "bad": bad,
+    print(json.dumps({"format": "csv", "format_label": "CSV", "rows": len(rows), "captions": len(good),
+                      "photos": len({r["image"] for r in good}), "bad_rows": bad, "splits": {"train": 2, "dev": 1,
+                                                                                                "test": 1},
                       "sample": [{"image": r["image"], "captions": [r["caption"]]} for r in good[:4]]}))
     return 0
 

@@ -53,10 +53,12 @@ def test_a_job_runs_in_its_own_process_and_its_progress_is_read_from_the_run_dir
     job = queue.get(job.id)
     assert job.status == "succeeded" and job.exit_code == 0
     assert (out / "manifest.json").is_file()
-    progress = read_progress(run, 3)
+    progress = read_progress(run, 3, job.job_dir / "steps.jsonl")
     assert [e["epoch"] for e in progress.epochs] == [1, 2, 3] and progress.fraction == 1.0
-    assert progress.best_epoch == 3 and progress.seconds_left() == 0.0
-    assert len(progress.steps) == 9 and progress.epochs[0]["dev_cider"] == pytest.approx(0.1)
+    assert progress.best_epoch == 3 and progress.seconds_left() == 0.0 and progress.phase == "done"
+    # The supervisor sampled the running loss of progress.json into steps.jsonl (a point per change it saw).
+    assert len(progress.steps) >= 4 and all(s["decoder"] == 1 and s["steps"] == 3 for s in progress.steps)
+    assert all(s["loss"] == pytest.approx(3.0 / (s["epoch"] + s["step"])) for s in progress.steps)
     assert len(seen - {0, 3}) >= 1                                  # an epoch in the middle was seen live
     assert "epoch 3: loss" in job.log_tail() and "succeeded (exit code 0)" in job.log_tail()
 
@@ -232,3 +234,21 @@ def test_progress_time_left_from_the_epochs_so_far(tmp_path):
     assert progress.seconds_left(now + 5) == pytest.approx(40.0)      # 5 s into the third epoch
     (tmp_path / "state.json").write_text("{torn")                      # never half-read: empty instead
     assert read_progress(tmp_path, 5).epochs == []
+
+
+def test_progress_of_a_finetune_reads_the_decoder_runs_and_the_live_step(tmp_path):
+    """train.py finetune's layout: progress.json (phase, decoder k of n, step, running loss), decoder-N/state.json."""
+    (tmp_path / "progress.json").write_text(json.dumps({"phase": "features", "photos_done": 10, "photos_todo": 40,
+                                                        "epochs": 4, "decoders": 2}))
+    progress = read_progress(tmp_path)
+    assert (progress.phase, progress.fraction, progress.total_epochs, progress.seconds_left()) == \
+        ("features", 0.0, 4, None)
+    (tmp_path / "decoder-1").mkdir()
+    (tmp_path / "decoder-1" / "state.json").write_text(json.dumps({"epochs": {"1": {"loss": 2.0, "seconds": 10.0}},
+                                                                   "best_epoch": 1}))
+    (tmp_path / "progress.json").write_text(json.dumps({"phase": "training", "decoder": 1, "decoders": 2,
+                                                        "epochs": 4, "epoch": 2, "step": 5, "steps": 10,
+                                                        "loss": 1.7}))
+    progress = read_progress(tmp_path)
+    assert progress.done == 1 and progress.fraction == pytest.approx((1 + 0.5) / 4 / 2)
+    assert progress.seconds_left(progress.updated) == pytest.approx(10.0 * (3 + 4))   # this decoder's 3, then 4

@@ -53,20 +53,35 @@ def duration(seconds: float | None) -> str:
 
 
 def progress_text(job: Job, progress: Progress) -> str:
-    """One line under the progress bar: where the job is and how long it has left."""
-    total = progress.total_epochs
+    """One line under the progress bar: what the job does now and how long it has left."""
     if job.status == "queued":
         return "Waiting for the job before it to finish"
-    if not progress.epochs:
+    live, total = progress.live, progress.total_epochs
+    phase = progress.phase
+    if phase == "features":
+        done, todo = live.get("photos_done"), live.get("photos_todo")
+        return ("Caching the features of your photos" + (f": {done:,} of {todo:,}" if isinstance(done, int) and
+                                                         isinstance(todo, int) else ""))
+    if phase == "scoring base":
+        return "Scoring the base model on your held-out photos"
+    if phase == "scoring fine-tuned":
+        return "Scoring the fine-tuned model on your held-out photos"
+    if phase == "done":
+        return "Writing the bundle"
+    if not progress.epochs and phase is None:
         since = time.time() - (job.started or time.time())
-        return (f"Preparing: reading the photos and caching their features ({duration(since)} so far)"
-                if job.status == "running" else "No epoch finished")
-    words = f"Epoch {progress.done} of {total}" if total else f"Epoch {progress.done}"
+        return f"Preparing ({duration(since)} so far)"
+    words = f"Decoder {progress.decoder} of {progress.decoders} · " if progress.decoders > 1 else ""
+    epoch = live.get("epoch") if phase == "training" and isinstance(live.get("epoch"), int) else progress.done
+    words += f"Epoch {max(epoch, 1)} of {total}" if total else f"Epoch {max(epoch, 1)}"
+    if phase == "training" and live.get("steps"):
+        words += f" (step {live.get('step')} of {live['steps']}"
+        words += f", loss {live['loss']:.3f})" if isinstance(live.get("loss"), (int, float)) else ")"
     if progress.stopped_early:
-        words += f" · stopped early (no better dev loss for {job.meta.get('settings', {}).get('patience', '?')} epochs)"
-    if job.status == "running":
-        left = progress.seconds_left()
-        words += f" · about {duration(left)} left" if left else " · writing the bundle"
+        words += " · stopped early (the dev loss stopped improving)"
+    left = progress.seconds_left()
+    if job.status == "running" and left:
+        words += f" · about {duration(left)} left"
     return words
 
 
@@ -76,7 +91,8 @@ def loss_chart(progress: Progress) -> alt.Chart | None:
     if progress.steps:                           # steps of epoch e spread over (e - 1, e]: one x axis for both
         by_epoch: dict[int, list[dict]] = {}
         for s in progress.steps:
-            by_epoch.setdefault(int(s.get("epoch", 1)), []).append(s)
+            if s.get("decoder", progress.decoder) == progress.decoder:       # the decoder training now
+                by_epoch.setdefault(int(s.get("epoch") or 1), []).append(s)
         for epoch, steps in by_epoch.items():
             for i, s in enumerate(steps, 1):
                 rows.append({"epoch": epoch - 1 + i / len(steps), "loss": float(s["loss"]),
@@ -147,3 +163,48 @@ def usable_captions(summary: dict) -> int | None:
                 if isinstance(where.get(key), int):
                     return where[key]
     return None
+
+
+SUMMARY_LABELS = {"rows": "Rows read", "captions": "Captions kept", "photos": "Photos", "words": "Distinct words"}
+
+
+def summary_counts(summary: dict) -> list[tuple[str, str]]:
+    """(label, value) of the import summary's counts and split, for metrics."""
+    shown = [(label, f"{summary[k]:,}") for k, label in SUMMARY_LABELS.items() if isinstance(summary.get(k), int)]
+    bad = summary.get("bad_rows") or summary.get("bad") or []
+    shown.append(("Rows skipped", f"{len(bad):,}"))
+    splits = summary.get("splits")
+    if isinstance(splits, dict) and splits:
+        shown.append(("Split (photos)", " / ".join(f"{v:,}" for v in splits.values())))
+    return shown
+
+
+def finetune_report(bundle: str) -> dict | None:
+    """The fine-tune record of a bundle's manifest (base, dataset, scores before and after, held-out captions)."""
+    import json
+    from pathlib import Path
+
+    try:
+        manifest = json.loads((Path(bundle) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    record = manifest.get("finetune") if isinstance(manifest, dict) else None
+    return record if isinstance(record, dict) else None
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def thumbnail_url(path, size: int = 96) -> str | None:
+    """A small JPEG of a photo as a data URL (for a table's image column), or None when it cannot be read."""
+    import base64
+    import io
+
+    from captioning.images import InvalidImageError, load_image
+
+    try:
+        image = load_image(path)
+    except InvalidImageError:
+        return None
+    image.thumbnail((size, size))
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
