@@ -26,11 +26,10 @@ from ui.jobs import (
     data_digest_of,
     duration,
     finetune_report,
-    loss_chart,
     planned_epochs,
+    progress_charts,
     progress_text,
     queue,
-    score_chart,
     status_badge,
     summary_counts,
     thumbnail_url,
@@ -45,6 +44,122 @@ REFRESH_SECONDS = 2.0         # while a job is queued or running
 IDLE_REFRESH_SECONDS = 15.0   # otherwise (a job started from the command line shows up within this)
 SAMPLE_PHOTOS = 8
 
+# ---- jobs: the server's queue, at the top of the page -------------------------------------------------------
+def act(action: str, job_id: int) -> None:
+    """Cancel or resume a job (a button's callback); a refusal is shown on the job's card."""
+    try:
+        jobs.cancel(job_id) if action == "cancel" else jobs.resume(job_id)
+    except JobError as exc:
+        st.session_state[f"train_problem_{job_id}"] = str(exc)
+
+
+def comparison(bundle: str) -> None:
+    """Base vs fine-tuned on the user's held-out photos: scores, and captions side by side (from the manifest)."""
+    report = finetune_report(bundle)
+    metrics = (report or {}).get("metrics") or {}
+    before, after = metrics.get("before") or {}, metrics.get("after") or {}
+    split = "test" if "test" in after else "dev" if "dev" in after else None
+    if split is None:
+        return
+    b, a = before.get(split) or {}, after[split]
+    st.markdown(f"**Base vs fine-tuned on your {a.get('photos', '')} held-out {split} photos** "
+                f"({metrics.get('decoding', 'beam search')})")
+    cols = st.columns(3)
+    for col, (key, label) in zip(cols, (("cider", "CIDEr-D"), ("bleu_4", "BLEU-4"),
+                                        ("new_word_share", "Captions with a new word"))):
+        if isinstance(a.get(key), (int, float)):
+            delta = a[key] - b[key] if isinstance(b.get(key), (int, float)) else None
+            col.metric(label, f"{a[key]:.0%}" if key == "new_word_share" else f"{a[key]:.3f}",
+                       None if delta is None else (f"{delta:+.0%}" if key == "new_word_share" else f"{delta:+.3f}"),
+                       help="fine-tuned (the change from the base model below it)")
+    images = Path(((report or {}).get("dataset") or {}).get("images_dir") or "")
+    rows = []
+    for photo, caption in list((a.get("captions") or {}).items())[:12]:
+        rows.append({"Photo": thumbnail_url(images / photo) if images.name else None, "File": photo,
+                     "Base model": (b.get("captions") or {}).get(photo, ""), "Fine-tuned": caption})
+    if rows:
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", row_height=64,
+                     height=64 * len(rows) + 40, column_config={
+                         "Photo": st.column_config.ImageColumn("Photo", width="small"),
+                         "File": st.column_config.TextColumn("File", width=160),
+                         "Base model": st.column_config.TextColumn("Base model", width=330),
+                         "Fine-tuned": st.column_config.TextColumn("Fine-tuned", width=330)})
+
+
+def job_card(job) -> None:
+    """One job: status, progress, curves, Cancel / Resume, and its log."""
+    total = planned_epochs(job)
+    progress = read_progress(job.run_dir, total, job.job_dir / "steps.jsonl")
+    with st.container(border=True):
+        head, badge = st.columns([6, 1])
+        head.markdown(f"**{literal(job.title)}** · job {job.id}")
+        with badge:
+            status_badge(job)
+        started = f"started {pd.Timestamp(job.started, unit='s'):%Y-%m-%d %H:%M} UTC" if job.started else "not started"
+        ran = duration((job.ended or pd.Timestamp.now().timestamp()) - job.started) if job.started else None
+        st.caption(f"{started}{f' · {ran}' if ran else ''} · "
+                   f"{'from the command line' if job.origin == 'cli' else 'from this page'}")
+        if job.active:
+            st.progress(progress.fraction, text=progress_text(job, progress))
+        if job.status == "interrupted":
+            st.warning(f"This job stopped without finishing after epoch {progress.done} (the server or the machine "
+                       "restarted, or its process was killed). Resume continues from its last finished epoch.",
+                       icon=":material/pause_circle:")
+        elif job.status == "failed":
+            lines = [ln for ln in job.log_tail(40).splitlines() if ln.startswith("error:")]
+            st.error(lines[-1] if lines else f"The command ended with exit code {job.exit_code}; see the log.",
+                     icon=":material/error:")
+        elif job.status == "succeeded" and job.out and Path(job.out).is_dir():
+            st.success(f"New bundle **{literal(Path(job.out).name)}** is ready: pick it in the sidebar's bundle list.",
+                       icon=":material/check_circle:")
+        charts = progress_charts(progress)
+        for col, (title, chart) in zip(st.columns(len(charts)) if charts else [], charts):
+            col.markdown(f"**{title}**")
+            col.altair_chart(chart, width="stretch", height=260)
+        if job.status == "succeeded" and job.out and Path(job.out).is_dir():
+            comparison(job.out)
+        buttons = st.columns([1, 1, 4])
+        # Callbacks act before the rerun the click causes, so this very run shows the new status.
+        if job.active:
+            buttons[0].button("Cancel", icon=":material/cancel:", key=f"cancel_{job.id}", on_click=act,
+                              args=("cancel", job.id))
+        elif job.status in ("interrupted", "failed", "cancelled") and job.origin == "app":
+            buttons[0].button("Resume", icon=":material/play_arrow:", key=f"resume_{job.id}", on_click=act,
+                              args=("resume", job.id), help="Run the same command again: it continues from the last "
+                                                            "finished epoch")
+        problem = st.session_state.pop(f"train_problem_{job.id}", None)
+        if problem:
+            st.error(problem, icon=":material/block:")
+        with st.expander("Log"):
+            st.code(job.log_tail(30) or "(nothing yet)", language=None)
+
+
+def jobs_panel() -> None:
+    jobs.tick()
+    listed = jobs.list(30)
+    if not listed:
+        return                 # nothing to show yet: the page starts with the new fine-tune
+    st.subheader("Jobs")
+    active = [j for j in listed if j.active]
+    if len(active) > 1:
+        st.caption(f"{len(active) - 1} job(s) queued: they start one after another.")
+    recent = active + [j for j in listed if not j.active][:max(0, 3 - len(active))]
+    for job in recent:
+        job_card(job)
+    older = [j for j in listed if j not in recent]
+    if older:
+        with st.expander(f"Earlier jobs ({len(older)})"):
+            st.dataframe(pd.DataFrame([{"Job": j.id, "What": j.title, "Status": j.status,
+                                        "Started": pd.Timestamp(j.started, unit="s") if j.started else None}
+                                       for j in older]), hide_index=True, width="stretch")
+    # A job that just finished wrote a bundle: rerun the whole app so the sidebar lists it.
+    done = sorted(j.id for j in listed if j.status == "succeeded")
+    seen = st.session_state.get("train_seen_done")
+    st.session_state["train_seen_done"] = done
+    if seen is not None and set(done) - set(seen):
+        st.rerun(scope="app")
+
+
 require_shell()
 st.title("Teach it your photos")
 st.caption("Fine-tune a model on your own captioned photos: it learns your words and your kind of scene. "
@@ -52,6 +167,8 @@ st.caption("Fine-tune a model on your own captioned photos: it learns your words
            "come back, and the new model appears in the sidebar's bundle list when it is done.")
 jobs = queue()
 jobs.tick()                   # start a queued job if none runs; a job whose process is gone becomes "interrupted"
+any_active = bool(jobs.active())    # refresh often only while one works
+st.fragment(jobs_panel, run_every=REFRESH_SECONDS if any_active else IDLE_REFRESH_SECONDS)()
 
 bundles = bundle_paths()
 if not bundles:
@@ -159,124 +276,10 @@ usable = summary is not None and usable_captions(summary) != 0
 if st.button("Start fine-tuning", type="primary", icon=":material/model_training:", key="train_start",
              disabled=not (usable and captions is not None and not why_not)):
     try:
-        job = start_finetune(jobs, base, captions, images, out, settings)
-        st.toast(f"Job {job.id}: {job.status}", icon=":material/model_training:")
+        start_finetune(jobs, base, captions, images, out, settings)
     except DuplicateJob as exc:
         st.error(f"Not started: {exc}.", icon=":material/block:")
     except (JobError, ValueError, OSError) as exc:
         st.error(f"Not started: {exc}", icon=":material/block:")
-
-
-# ---- 4. jobs ----------------------------------------------------------------------------------------------
-def act(action: str, job_id: int) -> None:
-    """Cancel or resume a job (a button's callback); a refusal is shown on the job's card."""
-    try:
-        jobs.cancel(job_id) if action == "cancel" else jobs.resume(job_id)
-    except JobError as exc:
-        st.session_state[f"train_problem_{job_id}"] = str(exc)
-
-
-def comparison(bundle: str) -> None:
-    """Base vs fine-tuned on the user's held-out photos: scores, and captions side by side (from the manifest)."""
-    report = finetune_report(bundle)
-    metrics = (report or {}).get("metrics") or {}
-    before, after = metrics.get("before") or {}, metrics.get("after") or {}
-    split = "test" if "test" in after else "dev" if "dev" in after else None
-    if split is None:
-        return
-    b, a = before.get(split) or {}, after[split]
-    st.markdown(f"**Base vs fine-tuned on your {a.get('photos', '')} held-out {split} photos** "
-                f"({metrics.get('decoding', 'beam search')})")
-    cols = st.columns(3)
-    for col, (key, label) in zip(cols, (("cider", "CIDEr-D"), ("bleu_4", "BLEU-4"),
-                                        ("new_word_share", "Captions with a new word"))):
-        if isinstance(a.get(key), (int, float)):
-            delta = a[key] - b[key] if isinstance(b.get(key), (int, float)) else None
-            col.metric(label, f"{a[key]:.0%}" if key == "new_word_share" else f"{a[key]:.3f}",
-                       None if delta is None else (f"{delta:+.0%}" if key == "new_word_share" else f"{delta:+.3f}"),
-                       help="fine-tuned (the change from the base model below it)")
-    images = Path(((report or {}).get("dataset") or {}).get("images_dir") or "")
-    rows = []
-    for photo, caption in list((a.get("captions") or {}).items())[:12]:
-        rows.append({"Photo": thumbnail_url(images / photo) if images.name else None, "File": photo,
-                     "Base model": (b.get("captions") or {}).get(photo, ""), "Fine-tuned": caption})
-    if rows:
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", row_height=64, column_config={
-            "Photo": st.column_config.ImageColumn("Photo", width="small")})
-
-
-def job_card(job) -> None:
-    """One job: status, progress, curves, Cancel / Resume, and its log."""
-    total = planned_epochs(job)
-    progress = read_progress(job.run_dir, total, job.job_dir / "steps.jsonl")
-    with st.container(border=True):
-        head, badge = st.columns([6, 1])
-        head.markdown(f"**{literal(job.title)}** · job {job.id}")
-        with badge:
-            status_badge(job)
-        started = f"started {pd.Timestamp(job.started, unit='s'):%Y-%m-%d %H:%M} UTC" if job.started else "not started"
-        ran = duration((job.ended or pd.Timestamp.now().timestamp()) - job.started) if job.started else None
-        st.caption(f"{started}{f' · {ran}' if ran else ''} · "
-                   f"{'from the command line' if job.origin == 'cli' else 'from this page'}")
-        if job.active:
-            st.progress(progress.fraction, text=progress_text(job, progress))
-        if job.status == "interrupted":
-            st.warning(f"This job stopped without finishing after epoch {progress.done} (the server or the machine "
-                       "restarted, or its process was killed). Resume continues from its last finished epoch.",
-                       icon=":material/pause_circle:")
-        elif job.status == "failed":
-            lines = [ln for ln in job.log_tail(40).splitlines() if ln.startswith("error:")]
-            st.error(lines[-1] if lines else f"The command ended with exit code {job.exit_code}; see the log.",
-                     icon=":material/error:")
-        elif job.status == "succeeded" and job.out and Path(job.out).is_dir():
-            st.success(f"New bundle **{literal(Path(job.out).name)}** is ready: pick it in the sidebar's bundle list.",
-                       icon=":material/check_circle:")
-            comparison(job.out)
-        charts = [chart for chart in (loss_chart(progress), score_chart(progress)) if chart is not None]
-        for col, chart in zip(st.columns(2) if charts else [], charts):
-            col.altair_chart(chart, width="stretch")
-        buttons = st.columns([1, 1, 4])
-        # Callbacks act before the rerun the click causes, so this very run shows the new status.
-        if job.active:
-            buttons[0].button("Cancel", icon=":material/cancel:", key=f"cancel_{job.id}", on_click=act,
-                              args=("cancel", job.id))
-        elif job.status in ("interrupted", "failed", "cancelled") and job.origin == "app":
-            buttons[0].button("Resume", icon=":material/play_arrow:", key=f"resume_{job.id}", on_click=act,
-                              args=("resume", job.id), help="Run the same command again: it continues from the last "
-                                                            "finished epoch")
-        problem = st.session_state.pop(f"train_problem_{job.id}", None)
-        if problem:
-            st.error(problem, icon=":material/block:")
-        with st.expander("Log"):
-            st.code(job.log_tail(30) or "(nothing yet)", language=None)
-
-
-def jobs_panel() -> None:
-    jobs.tick()
-    listed = jobs.list(30)
-    st.subheader("Jobs")
-    if not listed:
-        st.caption("No jobs yet. Start one above, or from a terminal: python train.py finetune --from BUNDLE "
-                   "--captions FILE --images DIR --out DIR")
-    active = [j for j in listed if j.active]
-    if len(active) > 1:
-        st.caption(f"{len(active) - 1} job(s) queued: they start one after another.")
-    recent = active + [j for j in listed if not j.active][:max(0, 3 - len(active))]
-    for job in recent:
-        job_card(job)
-    older = [j for j in listed if j not in recent]
-    if older:
-        with st.expander(f"Earlier jobs ({len(older)})"):
-            st.dataframe(pd.DataFrame([{"Job": j.id, "What": j.title, "Status": j.status,
-                                        "Started": pd.Timestamp(j.started, unit="s") if j.started else None}
-                                       for j in older]), hide_index=True, width="stretch")
-    # A job that just finished wrote a bundle: rerun the whole app so the sidebar lists it.
-    done = sorted(j.id for j in listed if j.status == "succeeded")
-    seen = st.session_state.get("train_seen_done")
-    st.session_state["train_seen_done"] = done
-    if seen is not None and set(done) - set(seen):
-        st.rerun(scope="app")
-
-
-any_active = bool(jobs.active())
-st.fragment(jobs_panel, run_every=REFRESH_SECONDS if any_active else IDLE_REFRESH_SECONDS)()
+    else:
+        st.rerun()            # the jobs panel at the top shows it, refreshing every REFRESH_SECONDS

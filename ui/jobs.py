@@ -85,6 +85,9 @@ def progress_text(job: Job, progress: Progress) -> str:
     return words
 
 
+LOSS_TITLE = "Loss (lower is better)"
+
+
 def loss_chart(progress: Progress) -> alt.Chart | None:
     """Training loss per step (where the command logs steps) or per epoch, and the dev loss per epoch."""
     rows = []
@@ -105,23 +108,30 @@ def loss_chart(progress: Progress) -> alt.Chart | None:
     if not rows:
         return None
     df = pd.DataFrame(rows)
-    return (alt.Chart(df, title="Loss (lower is better)").mark_line(point=alt.OverlayMarkDef(size=30))
+    return (alt.Chart(df).mark_line(point=alt.OverlayMarkDef(size=30))
             .encode(x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
                     y=alt.Y("loss:Q", title="cross-entropy", scale=alt.Scale(zero=False)),
-                    color=alt.Color("curve:N", title=None, legend=alt.Legend(orient="bottom")),
+                    color=alt.Color("curve:N", title=None, legend=alt.Legend(orient="top")),
                     tooltip=[alt.Tooltip("curve", title="curve"), alt.Tooltip("epoch:Q", format=".2f"),
                              alt.Tooltip("loss:Q", format=".4f")])
-            .properties(height=240))
+            .properties(height=220))
 
 
 SCORE_KEYS = ("dev_cider", "cider", "dev_bleu_4", "bleu_4")
 
 
-def score_chart(progress: Progress) -> alt.Chart | None:
+def progress_charts(progress: Progress) -> list[tuple[str, alt.Chart]]:
+    """(title, chart) of the loss and, where the run records one, the dev score per epoch. The titles go above
+    the charts as text (Streamlit clips a Vega title under the element before it)."""
+    found = [(LOSS_TITLE, loss_chart(progress)), *score_chart(progress)]
+    return [(title, chart) for title, chart in found if chart is not None]
+
+
+def score_chart(progress: Progress) -> list[tuple[str, alt.Chart]]:
     """The dev score per epoch (CIDEr-D where the command records it), the best epoch marked."""
     key = next((k for k in SCORE_KEYS if any(isinstance(e.get(k), (int, float)) for e in progress.epochs)), None)
     if key is None:
-        return None
+        return []
     df = pd.DataFrame([{"epoch": e["epoch"], "score": float(e[key]), "best": e["epoch"] == progress.best_epoch}
                        for e in progress.epochs if isinstance(e.get(key), (int, float))])
     title = {"dev_cider": "Dev CIDEr-D (higher is better)", "cider": "Dev CIDEr-D (higher is better)"}.get(
@@ -132,7 +142,7 @@ def score_chart(progress: Progress) -> alt.Chart | None:
         tooltip=[alt.Tooltip("epoch:Q"), alt.Tooltip("score:Q", format=".4f")])
     best = alt.Chart(df[df["best"]]).mark_point(size=140, shape="diamond", filled=True, color="#2e9e44").encode(
         x="epoch:Q", y="score:Q")
-    return (line + best).properties(title=title, height=240)
+    return [(title, (line + best).properties(height=220))]
 
 
 @st.cache_data(show_spinner=False, ttl=30, max_entries=32)
