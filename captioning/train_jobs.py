@@ -13,9 +13,10 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from .config import DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, TrainSettings, UserDataSettings
 from .jobs import Job, JobQueue, job_key
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -28,16 +29,21 @@ class ImportCheckError(ValueError):
     """The captions file and photos could not be checked; the message is the command's own one-line error."""
 
 
+def _command_default(section, name: str):
+    return next(f.default for f in fields(section) if f.name == name)
+
+
 @dataclass
 class FinetuneSettings:
-    """The settings that matter on the Train page (the command line has more), with the page's defaults."""
+    """The settings that matter on the Train page (the command line has more), defaulting to ``train.py
+    finetune``'s own defaults (captioning.config), so the page and the terminal train alike."""
 
-    epochs: int = 10              # most epochs; early stopping on the dev loss usually ends sooner
-    learning_rate: float = 1e-4   # smaller than training from scratch: the decoder already knows a lot
-    replay: float = 0.5           # share of each batch from the base bundle's own training data (0 = yours only)
-    min_count: int = 2            # a new word joins the vocabulary when it occurs this often in your captions
-    patience: int = 3
-    seed: int = 42
+    epochs: int = DEFAULT_EPOCHS["finetune"]                 # most epochs; early stopping usually ends sooner
+    learning_rate: float = DEFAULT_LEARNING_RATE["finetune"]
+    replay: float = _command_default(UserDataSettings, "replay")    # share of each batch from Flickr8k (0 = yours)
+    min_count: int = _command_default(TrainSettings, "min_count")   # a new word joins after this many occurrences
+    patience: int = _command_default(TrainSettings, "patience")
+    seed: int = _command_default(TrainSettings, "seed")
 
     def problems(self) -> list[str]:
         found = []

@@ -257,7 +257,8 @@ d = FinetuneSettings()
 c = st.columns(4)
 epochs = c[0].number_input("Epochs (at most)", 1, 200, d.epochs, key="train_epochs",
                            help="Training stops sooner when the dev loss stops improving")
-rate = c[1].select_slider("Learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3], d.learning_rate, key="train_lr",
+rate = c[1].select_slider("Learning rate", sorted({1e-5, 3e-5, 1e-4, 3e-4, 5e-4, 1e-3, d.learning_rate}),
+                          d.learning_rate, key="train_lr",
                           format_func=lambda v: f"{v:g}", help="Smaller changes the model less per step")
 replay = c[2].slider("Replay share", 0.0, 0.9, d.replay, 0.05, key="train_replay",
                      help="Share of each batch drawn from the base model's own training photos (Flickr8k), so it "
