@@ -69,6 +69,7 @@ def comparison(bundle: str) -> None:
                                         ("new_word_share", "Captions with a new word"))):
         if isinstance(a.get(key), (int, float)):
             delta = a[key] - b[key] if isinstance(b.get(key), (int, float)) else None
+            delta = None if delta is not None and abs(delta) < 5e-4 else delta      # no green arrow on "+0.000"
             col.metric(label, f"{a[key]:.0%}" if key == "new_word_share" else f"{a[key]:.3f}",
                        None if delta is None else (f"{delta:+.0%}" if key == "new_word_share" else f"{delta:+.3f}"),
                        help="fine-tuned (the change from the base model below it)")
