@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -85,14 +86,36 @@ def parse_args(argv=None) -> RunConfig:
     return config
 
 
+def registered(config: RunConfig, argv: list[str]):
+    """A fine-tune started here is listed on the app's Train page while it runs (captioning.jobs), so the page
+    queues its own jobs behind it; SIGTERM (its Cancel button) then stops it as Ctrl-C does. A jobs database
+    that cannot be opened (read-only artifacts folder) only loses the listing, never the run."""
+    if config.command != "finetune" or not config.workspace.out:
+        return contextlib.nullcontext()
+    import sqlite3
+    from pathlib import Path
+
+    from captioning import jobs
+
+    out = Path(config.workspace.out)
+    try:
+        queue = jobs.JobQueue()
+    except (OSError, sqlite3.Error) as exc:
+        print(f"note: this run is not listed on the Train page ({exc})", file=sys.stderr)
+        return contextlib.nullcontext()
+    return queue.track(["python", "train.py", *argv], f"Fine-tune {Path(config.pipeline.source or '?').name} → "
+                       f"{out.name}", out=str(out), run_dir=config.workspace.runs_dir() / out.name)
+
+
 def main(argv=None) -> int:
     config = parse_args(argv)
     if config.command not in ("download", "import-check"):
         captioning.import_tensorflow_quietly()
     start, wall_start = time.perf_counter(), time.time()
     try:
-        if recipes.run(config) is None:
-            return 0                          # downloaded, or a multi-worker run's non-chief worker: done
+        with registered(config, list(sys.argv[1:] if argv is None else argv)):
+            if recipes.run(config) is None:
+                return 0                      # downloaded, or a multi-worker run's non-chief worker: done
     except OptionError as exc:
         print(f"error: {exc.render(flag)}", file=sys.stderr)
         return 2

@@ -44,6 +44,10 @@ _LAZY = {
     "CiderD": "metrics",
     "html_snippets": "alttext", "markdown_list": "alttext", "captions_zip": "exports", "zip_summary": "exports",
     "SIDECAR_NAMES": "metadata", "EXIFTOOL_INSTALL_HINT": "exiftool", "exiftool_available": "exiftool",
+    "JobQueue": "jobs", "JobError": "jobs", "DuplicateJob": "jobs", "read_progress": "jobs", "jobs_dir": "jobs",
+    "dataset_from_zip": "batch",
+    "FinetuneSettings": "train_jobs", "ImportCheckError": "train_jobs", "import_check": "train_jobs",
+    "start_finetune": "train_jobs", "default_name": "train_jobs", "check_name": "train_jobs",
 }
 
 __all__ = ["DataError", "Flickr8k", "resolve_data_dir", "MAX_BYTES", "SUPPORTED_TYPES", "InvalidImageError",

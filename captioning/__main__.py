@@ -1,6 +1,6 @@
 """Command line: ``python -m captioning caption IMAGE|FOLDER... [--out FILE] [--beam-width K | --strategy sample|
 diverse ...] [--json] [--neighbours K]``, ``serve`` and
-``setup-weights``."""
+``setup-weights``, ``jobs list|show|cancel|resume`` (background fine-tunes, as the Train page lists them)."""
 from __future__ import annotations
 
 import argparse
@@ -48,9 +48,15 @@ def main(argv=None) -> int:
     setup = sub.add_parser("setup-weights", help="store an encoder's ImageNet weights under weights/")
     setup.add_argument("--encoder", default="xception")
     setup.add_argument("--alpha", type=float, default=None)
+    jobs = sub.add_parser("jobs", help="background jobs (fine-tunes from the Train page or the command line)")
+    jobs.add_argument("action", choices=["list", "show", "cancel", "resume"])
+    jobs.add_argument("id", nargs="?", type=int, help="the job (show, cancel, resume)")
+    jobs.add_argument("--json", action="store_true", help="list: one JSON array")
     args = parser.parse_args(argv)
     if args.command == "serve":                  # checks the key and the port before TensorFlow and the model load
         return serve_command(args)
+    if args.command == "jobs":
+        return jobs_command(args)
     try:
         return _dispatch(args)
     except KeyboardInterrupt:                   # caption_files saves and reports on its own once captioning runs
@@ -203,6 +209,44 @@ def serve_command(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def jobs_command(args) -> int:
+    """``jobs list`` (newest first), ``show ID`` (with the log's tail), ``cancel ID``, ``resume ID``."""
+    from .jobs import JobError, JobQueue
+
+    queue = JobQueue()
+    try:
+        queue.tick()                                  # bring statuses up to date (and start a queued job)
+        if args.action == "list":
+            listed = queue.list()
+            if args.json:
+                print(json.dumps([{"id": j.id, "title": j.title, "status": j.status, "origin": j.origin,
+                                   "out": j.out, "run_dir": j.run_dir, "created": j.created, "started": j.started,
+                                   "ended": j.ended, "exit_code": j.exit_code, "argv": j.argv} for j in listed],
+                                 indent=1))
+                return 0
+            for j in listed:
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(j.created))
+                print(f"{j.id:>4}  {j.status:<11} {j.origin:<3}  {when}  {j.title}")
+            if not listed:
+                print(f"no jobs yet in {queue.root}")
+            return 0
+        if args.id is None:
+            raise JobError(f"jobs {args.action} needs a job id (see: python -m captioning jobs list)")
+        if args.action == "cancel":
+            job = queue.cancel(args.id)
+        elif args.action == "resume":
+            job = queue.resume(args.id)
+        else:
+            job = queue.get(args.id)
+        print(f"job {job.id}: {job.status} ({job.title})\n$ {' '.join(job.argv)}")
+        if args.action == "show":
+            print(job.log_tail(20))
+        return 0
+    except JobError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def add_strategy_options(cap: argparse.ArgumentParser) -> None:

@@ -683,3 +683,98 @@ def caption_uploads(captioner, uploads: Sequence[Upload], config: DecodeConfig,
         nxt = result.index + 1
     for i in range(nxt, len(uploads)):
         yield BatchResult(i, uploads[i].name, None, uploads[i].error)
+
+
+# ---- a captioned dataset in a zip (the app's Train page): photos + one captions file -----------------------
+
+CAPTION_SUFFIXES = (".csv", ".jsonl", ".json", ".txt")
+MAX_CAPTIONS_BYTES = 64 * 2**20        # the captions file inside a zip
+
+
+def dataset_from_zip(data: bytes, root: str | os.PathLike, max_members: int = MAX_ZIP_MEMBERS,
+                     max_total: int = MAX_ZIP_BYTES) -> tuple[Path, Path]:
+    """Unpack an uploaded dataset zip (photos in any folders + exactly one captions file) under ``root``, in a
+    folder named by the zip's SHA-256 (the same zip twice is unpacked once). Returns (captions file, photos folder:
+    the captions file's own folder).
+
+    The same bounds as :func:`photos_from_zip`: member count, inflated size (counted on the bytes actually read),
+    per-photo size; absolute paths, ``..`` and links are refused. The folder appears only when complete (unpacked
+    beside it, then renamed), so a failure leaves nothing half-written. Raises ValueError with what to do.
+    """
+    import shutil
+    import stat
+    import uuid
+    import zipfile
+
+    from .images import MAX_BYTES
+
+    root = Path(root)
+    target = root / hashlib.sha256(data).hexdigest()[:16]
+    if target.is_dir():
+        return _dataset_files(target)
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ValueError(f"the zip file cannot be read ({exc}); upload a valid zip") from None
+    if len(members) > max_members:
+        raise ValueError(f"the zip holds {len(members):,} files; the limit is {max_members:,}. Use a folder on the "
+                         f"server for bigger datasets")
+    wanted, total = [], 0
+    for info in members:
+        inner = info.filename.replace("\\", "/")
+        parts = inner.split("/")
+        if inner.startswith("/") or ".." in parts or (len(inner) > 1 and inner[1] == ":"):
+            raise ValueError(f"unsafe path inside the zip: {info.filename!r} (absolute or with '..'); nothing was "
+                             f"unpacked")
+        if info.is_dir() or any(p.startswith(".") or p == "__MACOSX" for p in parts if p not in ("", ".")):
+            continue
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise ValueError(f"the zip holds a link ({info.filename!r}); zip the files themselves")
+        suffix = Path(inner).suffix.lower()
+        if suffix not in IMAGE_SUFFIXES and suffix not in CAPTION_SUFFIXES:
+            continue
+        limit = MAX_BYTES if suffix in IMAGE_SUFFIXES else MAX_CAPTIONS_BYTES
+        if info.file_size > limit:
+            raise ValueError(f"{inner} is larger than the {limit / 2**20:g} MB limit ({info.file_size:,} bytes)")
+        total += info.file_size
+        if total > max_total:
+            raise ValueError(f"the zip unpacks to more than {max_total / 2**20:g} MB; use a folder on the server "
+                             f"for bigger datasets")
+        wanted.append((info, inner, limit))
+    captions = [inner for _, inner, _ in wanted if Path(inner).suffix.lower() in CAPTION_SUFFIXES]
+    if len(captions) != 1:
+        found = ", ".join(captions[:5]) or "none"
+        raise ValueError(f"the zip must hold exactly one captions file (.csv, .jsonl, .json or .txt) beside the "
+                         f"photos; it holds {len(captions)} ({found})")
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        read = 0
+        for info, inner, limit in wanted:
+            with archive.open(info) as member:
+                content = member.read(limit + 1)              # never more than the limit, whatever it declares
+            read += len(content)
+            if len(content) > limit or read > max_total:
+                raise ValueError(f"{inner} inflates past its declared size; the zip was refused")
+            path = staging.joinpath(*[p for p in inner.split("/") if p not in ("", ".")])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+        (staging / ".captions").write_text(captions[0], encoding="utf-8")
+        try:
+            os.replace(staging, target)
+        except OSError:
+            if not target.is_dir():                           # else: the same zip, unpacked meanwhile by another
+                raise
+    except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError) as exc:
+        raise ValueError(f"the zip cannot be unpacked ({exc})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return _dataset_files(target)
+
+
+def _dataset_files(folder: Path) -> tuple[Path, Path]:
+    """(captions file, photos folder): the photos' paths are read relative to the captions file's folder, so a zip
+    of one top folder (``mine/captions.csv``, ``mine/photos/1.jpg``) works as well as a flat one."""
+    captions = folder / (folder / ".captions").read_text(encoding="utf-8")
+    return captions, captions.parent

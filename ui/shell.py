@@ -19,6 +19,7 @@ PAGES = (  # (script, title, icon, default)
     ("pages/compare.py", "Compare decoding", ":material/compare:", False),
     ("pages/evaluation.py", "Evaluation", ":material/monitoring:", False),
     ("pages/dataset.py", "Dataset", ":material/photo_library:", False),
+    ("pages/train.py", "Train", ":material/model_training:", False),
 )
 
 
