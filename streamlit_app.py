@@ -3,25 +3,36 @@
 Run with ``streamlit run streamlit_app.py`` (or ``make app``).
 """
 from collections import Counter
+from pathlib import Path
 
 import streamlit as st
 
 import captioning  # noqa: F401  (quiet TensorFlow logs before anything loads it)
-from ui.labels import model_knows
+from ui.labels import literal
 from ui.shell import app_pages, mark_shell
-from ui.state import bundle_manifest, bundle_paths, warm_in_background
+from ui.state import (
+    artifacts_shown,
+    bundle_gone_notice,
+    bundle_manifest,
+    bundle_paths,
+    remember_bundle,
+    warm_in_background,
+)
 
 warm_in_background()      # once per process: the default model loads while the visitor looks around
 st.set_page_config(page_title="Captioning Studio", page_icon=":material/photo_camera:", layout="wide")
 mark_shell()
 
+bundles = bundle_paths()
+gone = bundle_gone_notice(bundles)
 with st.sidebar:
     st.markdown("## :material/photo_camera: Captioning Studio")
-    bundles = bundle_paths()
     if bundles:
         labels = {str(p): p.name for p in bundles}
+        root = artifacts_shown()
         st.selectbox("Model bundle", list(labels), format_func=labels.get, key="bundle_path",
-                     help="Every bundle under artifacts/ (train more with python train.py --out artifacts/NAME)")
+                     help=f"Every bundle under {root}/ (train more with python train.py --out {root}/NAME)")
+        remember_bundle()
         path = bundles[[str(p) for p in bundles].index(st.session_state["bundle_path"])]
         manifest = bundle_manifest(str(path), (path / "manifest.json").stat().st_mtime)
         if manifest is not None:
@@ -37,13 +48,15 @@ with st.sidebar:
             st.caption(f"{encoders} → {lstm} · {manifest.vocab_size:,} words · "
                        f"trained on {manifest.train_images or 0:,} images"
                        + (" · fine-tuned on CIDEr-D (self-critical)" if manifest.fine_tuned else ""))
-            knows = model_knows(manifest)
-            if knows:
-                st.caption(f":material/info: {knows}")
         else:
             st.error(f"{path.name}: unreadable manifest. Rebuild with python train.py --out {path}")
     else:
         st.session_state["bundle_path"] = None
-        st.info("No model bundle yet: `python train.py --out artifacts/default`")
+        st.info(f"No model bundle yet: `python train.py --out {artifacts_shown()}/default`")
+if gone:        # said where the page is read, not only in the sidebar: what follows is another model's work
+    now = st.session_state.get("bundle_path")
+    st.warning(f"The bundle **{literal(gone)}** you were using is no longer there (deleted or moved)"
+               + (f", so the app switched to **{literal(Path(now).name)}**: captions below come from it."
+                  if now else "."), icon=":material/swap_horiz:")
 
 st.navigation(app_pages()).run()

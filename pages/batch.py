@@ -25,8 +25,9 @@ from captioning import (
     to_record,
     zip_summary,
 )
+from ui.labels import sentence
 from ui.shell import require_shell
-from ui.state import get_captioner
+from ui.state import decode_slot, get_captioner
 from ui.trust import STYLE
 from ui.widgets import decoding_controls
 
@@ -85,18 +86,21 @@ if not done or done["key"] != key:                       # new photos or options
     live = st.empty()                                     # bad files, listed as they come while the rest go on
     problems = live.container()
     start = time.perf_counter()
-    for result in caption_uploads(captioner, uploads, config):
-        record = to_record(result)
-        records.append(record)
-        upload = uploads[result.index]
-        rows.append({"Photo": thumbnail(upload.data) if result.ok else NO_PHOTO, "File": result.name,
-                     "Caption": result.best.text if result.ok else "",
-                     "Mean log p": f"{record['mean_log_prob']:.2f}" if result.ok else "",
-                     "Trust": trust_label(result.trust) if result.ok else "",
-                     "Status": "captioned" if result.ok else f"failed: {result.error}"})
-        if not result.ok:
-            problems.error(f"**{result.name}**: {result.error}", icon=":material/block:")
-        bar.progress(len(rows) / len(uploads), text=f"Captioned {len(rows)} of {len(uploads)} photos")
+    with decode_slot():                                   # one of the app's few decode slots for the whole run
+        for result in caption_uploads(captioner, uploads, config):
+            record = to_record(result)
+            records.append(record)
+            upload = uploads[result.index]
+            # Captions written as on the Caption page; a failed file's reason in the wide Caption column (and
+            # in full above the table), so the Status column stays one short word that is never cut.
+            rows.append({"Photo": thumbnail(upload.data) if result.ok else NO_PHOTO, "File": result.name,
+                         "Caption": sentence(result.best.text) if result.ok else f"Not captioned: {result.error}",
+                         "Mean log p": f"{record['mean_log_prob']:.2f}" if result.ok else "",
+                         "Trust": trust_label(result.trust) if result.ok else "",
+                         "Status": "captioned" if result.ok else "failed"})
+            if not result.ok:
+                problems.error(f"**{result.name}**: {result.error}", icon=":material/block:")
+            bar.progress(len(rows) / len(uploads), text=f"Captioned {len(rows)} of {len(uploads)} photos")
     bar.empty()
     live.empty()
     done = {"key": key, "rows": rows, "records": records, "seconds": time.perf_counter() - start}
@@ -110,20 +114,23 @@ m2.metric("Captioned", len(rows) - len(failed))
 m3.metric("Failed", len(failed))
 m4.metric("Time", f"{done['seconds']:.1f} s", help="loading, encoder and decoder for the whole batch")
 for r in failed:
-    st.error(f"**{r['File']}**: {r['Status'].removeprefix('failed: ')}", icon=":material/block:")
+    st.error(f"**{r['File']}**: {r['Caption'].removeprefix('Not captioned: ')}", icon=":material/block:")
 table = pd.DataFrame(rows)
 if not any(r.get("Trust", "–") not in ("", "–") for r in rows):      # a bundle without a calibrated index
     table = table.drop(columns="Trust")
+# Pixel widths from the text (a grid cell does not wrap): ~7.5 px a character at the grid's font, plus padding.
+file_width = int(min(320, max(120, 7.5 * max(len(r["File"]) for r in rows) + 24)))
+caption_width = int(min(560, max(320, 7 * max(len(r["Caption"]) for r in rows) + 24)))
 st.dataframe(table, hide_index=True, width="stretch", row_height=64,
              height=min(64 * len(rows) + 48, 760), column_config={      # every row visible up to ~10, then scroll
     "Photo": st.column_config.ImageColumn("Photo", width="small"),
-    "File": st.column_config.TextColumn("File", width=190),
-    "Caption": st.column_config.TextColumn("Caption", width=320),
+    "File": st.column_config.TextColumn("File", width=file_width),          # the longest name in full
+    "Caption": st.column_config.TextColumn("Caption", width=caption_width),
     "Mean log p": st.column_config.TextColumn("Mean log p", width=85, help="per emitted token; closer to 0 = surer"),
     "Trust": st.column_config.TextColumn(
         "Trust", width=150, help="how alike the photo is to the training photos (in-domain score in brackets): "
                                  "familiar photos get the model's best captions, unfamiliar ones may well be wrong"),
-    "Status": st.column_config.TextColumn("Status", width=120),
+    "Status": st.column_config.TextColumn("Status", width=80),
 })
 d1, d2, d3, d4, _ = st.columns([1, 1, 1.3, 1.5, 1])
 d1.download_button(":material/download: CSV", records_text(records, ".csv"), "captions.csv", "text/csv",

@@ -6,18 +6,20 @@ from ui.charts import word_probabilities
 from ui.lab import (
     PRESETS,
     choose_shared_photo,
+    no_attention_reason,
     quality_diversity_chart,
     results_frame,
     show_captions,
     strategy_picker,
     strategy_table,
 )
-from ui.labels import literal
+from ui.labels import literal, sentence
 from ui.shell import require_shell
-from ui.state import current_results, get_captioner, get_dataset
+from ui.state import current_manifest, current_results, decode_slot, get_captioner, get_dataset
+from ui.trust import assess_caption, trust_line
 from ui.widgets import attention_panel, cached_features, choose_image
 
-DEFAULTS = ["Beam 5", "Sample: T 0.7, top-p 0.9, 5 captions", "Diverse: 6 beams, 3 groups, penalty 0.5", "Greedy"]
+DEFAULTS = ["Beam 5", "Sample, top-p 0.9", "Diverse, 3 groups", "Greedy"]
 
 
 @st.cache_resource(show_spinner="Counting n-grams of the training captions…")
@@ -49,23 +51,35 @@ if chosen is not None:
     features = cached_features(captioner, captioner.bundle.name, chosen.digest, chosen.image)
     left, right = st.columns([1, 3])
     left.image(chosen.image, caption=literal(chosen.label), width="stretch")
+    badge = right.container()                  # the trust level, filled once the first caption is decoded
     references, scorer = None, None
     if chosen.flickr_name and get_dataset() is not None:
         ds = get_dataset()
         references = ds.references([chosen.flickr_name])[0]
         scorer = cider_scorer(str(ds.root))
         right.markdown("**Human captions** (what BLEU-4 and CIDEr-D compare against)\n\n" +
-                       "\n".join(f"{i}. {c}" for i, c in enumerate(ds.captions[chosen.flickr_name], 1)))
+                       "\n".join(f"{i}. {literal(sentence(c.rstrip(' .')))}"
+                                 for i, c in enumerate(ds.captions[chosen.flickr_name], 1)))
+    assessed = False
     for col, config in zip(st.columns(count, gap="medium"), configs):
         with col:
             if config is None:
                 continue
             label = config.describe()
             st.subheader(label[0].upper() + label[1:])
-            captions = captioner.decode(features, config)[0]
+            with decode_slot():
+                captions = captioner.decode(features, config)[0]
+            if not assessed:                   # how far to trust any caption of this photo, as on the Caption page
+                with badge:
+                    trust_line(assess_caption(captioner, features, captions[0]), captioner.bundle.path,
+                               neighbours_below=False)
+                assessed = True
             show_captions(captions, scorer, references)
             with st.expander("Word by word: probabilities and attention"):
-                st.altair_chart(word_probabilities(captions[0], "The first caption"), width="stretch")
+                st.altair_chart(word_probabilities(captions[0], "The first caption", horizontal=True),
+                                width="stretch")
+                if captions[0].attention is None:
+                    st.caption(no_attention_reason(current_manifest()))
                 attention_panel(chosen.image, captions[0], per_row=4, size=110)
 
 st.divider()
@@ -91,4 +105,4 @@ else:
                                 format_func={"distinct_captions": "Distinct captions", "vocab_used": "Words used",
                                              "distinct_2": "Distinct-2"}.get) or "distinct_captions"
     st.altair_chart(quality_diversity_chart(frame, axis), width="stretch")
-    st.dataframe(strategy_table(frame), hide_index=True, width="stretch")
+    st.table(strategy_table(frame).set_index("Decoding"))

@@ -7,7 +7,7 @@ import streamlit as st
 
 from captioning import Vocabulary
 from ui.charts import top_words
-from ui.labels import literal
+from ui.labels import literal, sentence
 from ui.shell import require_shell
 from ui.state import captions_table, current_manifest, dataset_message, get_dataset
 
@@ -39,6 +39,10 @@ manifest = current_manifest()
 threshold = int(manifest.min_count or 5) if manifest else 5
 train_tokens = df[df["split"] == "train"]["tokens"].str.split()
 vocab = Vocabulary.build(train_tokens, threshold)
+if not images:                 # say so, without metrics of nothing ("Coverage 0.0%" of no words)
+    st.warning(f"No {split} caption contains the word “{literal(query)}”.")
+    st.stop()
+
 m = st.columns(5)
 m[0].metric("Images", f"{len(images):,}")
 m[1].metric("Captions", f"{len(rows):,}")
@@ -47,10 +51,6 @@ m[3].metric(f"Vocabulary (≥{threshold}×)", f"{len(vocab):,}",
             help="Words seen at least this often in the training captions (the bundle's threshold)")
 m[4].metric("Coverage", f"{vocab.coverage(rows['tokens'].str.split()):.1%}",
             help="Share of running words here that the vocabulary knows")
-
-if not images:
-    st.warning(f"No {split} caption contains the word “{literal(query)}”.")
-    st.stop()
 
 pages = (len(images) - 1) // PER_PAGE + 1
 page = st.number_input(f"Page (of {pages})", 1, pages, 1, key="ds_page", width=160)
@@ -63,14 +63,17 @@ for start in range(0, len(grid), 4):
                 st.image(str(path), width="stretch")
             st.caption(f"**{literal(name)}**")
             for cap in ds.captions[name]:
-                st.caption(f"• {literal(cap)}")
+                st.caption(f"• {literal(sentence(cap.rstrip(' .')))}")
 
 st.subheader("Caption statistics")
+hide = st.toggle("Hide function words in the top words", value=True)
+TOP = 25
+height = 20 * TOP                   # both charts as tall as the top-words list: no half-empty column
 left, right = st.columns(2)
 left.altair_chart(alt.Chart(rows).mark_bar().encode(
-    x=alt.X("length:Q", bin=alt.Bin(step=1), title="words per caption"), y=alt.Y("count():Q", title="captions"))
-    .properties(title="Caption length", height=260), width="stretch")
-hide = right.toggle("Hide function words", value=True)
+    x=alt.X("length:Q", bin=alt.Bin(step=1), title="words per caption"), y=alt.Y("count():Q", title="captions"),
+    tooltip=[alt.Tooltip("length:Q", bin=alt.Bin(step=1), title="words"), alt.Tooltip("count():Q", title="captions")])
+    .properties(title="Caption length", height=height), width="stretch")
 counts = collections.Counter(w for t in rows["tokens"] for w in t.split() if not (hide and w in STOP_WORDS))
-top = pd.DataFrame(counts.most_common(25), columns=["word", "count"])
+top = pd.DataFrame(counts.most_common(TOP), columns=["word", "count"])
 right.altair_chart(top_words(top, "Top words"), width="stretch")

@@ -354,15 +354,16 @@ def test_attention_thumbnails_keep_the_photo_aspect_ratio(app_env, tiny_attentio
     assert all(picture.size == (200, 100) for _, picture in thumbs)
 
 
-def test_caption_page_and_sidebar_say_what_the_model_was_trained_on(app_env):
+def test_the_caption_page_says_once_what_the_model_was_trained_on(app_env):
     import json
 
     manifest = json.loads((app_env / "tiny" / "manifest.json").read_text())
     n_train = manifest["data"]["splits"]["train"]
     at = start()
     sentence_ = f"Trained on {n_train:,} Flickr8k photos (everyday scenes from Flickr, mostly people and dogs outdoors)"
-    assert sentence_ in " ".join(c.value for c in at.sidebar.caption)
-    assert sentence_ in " ".join(c.value for c in at.main.caption)
+    assert " ".join(c.value for c in at.main.caption).count(sentence_) == 1
+    assert sentence_ not in " ".join(c.value for c in at.sidebar.caption)      # said once, not twice (issue 39)
+    assert f"trained on {n_train:,} images" in " ".join(c.value for c in at.sidebar.caption)
 
 
 def test_dataset_page_title_matches_the_navigation(app_env):
@@ -416,13 +417,19 @@ def test_an_over_limit_upload_says_so_and_clears_the_previous_caption(app_env):
     assert not [m for m in at.markdown if m.value.startswith("### “")]
 
 
-def test_the_server_accepts_more_than_the_app_so_the_page_can_explain(app_env):
+def test_the_uploader_limit_is_the_apps_limit(app_env):
+    """Issue 39: the label said "up to 20 MB" and the widget "Limit 64MB per file"; the widget now has the
+    app's limit, while the server still takes larger zips for the Batch page."""
     import tomllib
 
     from captioning.images import MAX_BYTES
 
+    at = start()
+    uploader = at.file_uploader[0]
+    assert uploader.proto.max_upload_size_mb * 2**20 == MAX_BYTES
+    assert f"up to {MAX_BYTES // 2**20} MB" in uploader.label
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())["server"]
-    assert config["maxUploadSize"] * 2**20 > MAX_BYTES
+    assert config["maxUploadSize"] * 2**20 >= MAX_BYTES
     assert config["address"] == "127.0.0.1"                  # issue 16 item 3: loopback unless asked
 
 
@@ -520,3 +527,71 @@ def test_only_a_few_uploads_are_decoded_at_once():
     for t in threads:
         t.join()
     assert peak == DECODE_SLOTS
+
+
+# --- issue 39 / 34: every page as a person reads it ---------------------------------------------------------------
+
+def test_no_bundles_names_the_folder_the_app_reads(monkeypatch, tmp_path):
+    empty = tmp_path / "my-models"
+    monkeypatch.setenv("CAPTIONING_ARTIFACTS", str(empty))
+    at = start()
+    shown = texts(at)
+    assert f"`{empty}/`" in shown and f"--out {empty}/default" in shown
+    assert "`artifacts/`" not in shown
+
+
+def test_deleting_the_selected_bundle_says_so_before_another_captions(tmp_path, monkeypatch, app_env):
+    import shutil
+
+    root = copy_bundles(app_env, tmp_path / "artifacts")
+    monkeypatch.setenv("CAPTIONING_ARTIFACTS", str(root))
+    at = start()
+    at.sidebar.selectbox[0].set_value(str(root / "tiny-attention")).run()
+    assert not at.exception and not at.warning
+    shutil.rmtree(root / "tiny-attention")                      # gone while the session is open
+    at.run()
+    assert not at.exception, at.exception
+    notice = " ".join(w.value for w in at.warning)
+    assert "**tiny\\-attention** you were using is no longer there" in notice and "**tiny**" in notice
+    at.run()                                                    # said once, not on every later run
+    assert not at.warning
+
+
+def test_an_empty_dataset_search_shows_no_metrics_of_nothing(app_env):
+    at = start("pages/dataset.py")
+    at.text_input(key="ds_query").input("zzzzqx").run()
+    assert not at.exception
+    assert any("No test caption contains" in w.value for w in at.warning)
+    assert not [m for m in at.metric if m.label == "Coverage"]
+
+
+def test_dataset_captions_are_tidy_sentences(app_env):
+    at = start("pages/dataset.py")
+    bullets = [c.value for c in at.caption if c.value.startswith("• ")]
+    assert bullets and not any(b.rstrip().endswith(" \\.") or " \\." in b for b in bullets)
+    assert all(b.endswith("\\.") for b in bullets)               # literal() escapes the full stop
+
+
+def test_the_batch_page_waits_for_a_free_decode_slot(app_env, flickr_dir):
+    """Issue 34: a batch run holds one of the process's decode slots, shared by every session."""
+    import threading
+
+    from ui.state import decode_slots
+
+    at = start("pages/batch.py")
+    slots = decode_slots()
+    for _ in range(slots.size):                                  # other sessions hold every slot
+        assert slots.semaphore.acquire(timeout=60)
+    name = (flickr_dir / "Flickr_8k.testImages.txt").read_text().split()[0]
+    photo = (name, (flickr_dir / "Images" / name).read_bytes(), "image/jpeg")
+    runner = threading.Thread(target=lambda: at.file_uploader(key="batch_upload").set_value([photo]).run())
+    try:
+        runner.start()
+        runner.join(6)
+        assert runner.is_alive()                                 # waiting, not captioning
+    finally:
+        for _ in range(slots.size):
+            slots.semaphore.release()
+    runner.join(TIMEOUT)
+    assert not at.exception, at.exception
+    assert list(at.dataframe[0].value["Status"]) == ["captioned"]

@@ -231,3 +231,56 @@ def test_the_server_listens_on_loopback_unless_told_otherwise(tiny_run, flickr_d
         proc.terminate()
         out = proc.communicate(timeout=15)[0]
     assert "Network URL" not in out
+
+
+CHART_PAGE = '''
+import streamlit as st
+from captioning.decoding import Caption
+from ui.charts import word_probabilities
+
+CAPTIONS = {"first": "a dog runs through the grass", "second": "two dog runs near the grass with small children"}
+words = CAPTIONS[st.radio("Photo", list(CAPTIONS), horizontal=True)].split()
+caption = Caption(words, -3.0, -3.0, [0.5] * (len(words) + 1))
+st.altair_chart(word_probabilities(caption, "How sure the model was of each word"))
+st.write("shown: " + " ".join(words))
+'''
+
+
+def word_chart_labels(driver) -> list[str]:
+    """The x-axis labels of the word chart, left to right (the chart is drawn as SVG)."""
+    from selenium.webdriver.common.by import By
+
+    axis = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stVegaLiteChart"] g.role-axis-label')[0]
+    labels = axis.find_elements(By.TAG_NAME, "text")
+    return [t.text for t in sorted(labels, key=lambda t: t.location["x"])]
+
+
+def test_the_word_chart_keeps_caption_order_after_a_second_caption(browser, tmp_path):
+    """Issue 39: Streamlit swaps the second caption's data into the same chart; the bars stay in word order
+    although "2 dog", "3 runs", "5 the" and "6 grass" were on the first chart (they used to jump to the front)."""
+    script = tmp_path / "chart_page.py"
+    script.write_text(CHART_PAGE)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(script), "--server.headless=true",
+                             f"--server.port={port}", "--server.address=127.0.0.1"], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                browser.get(f"http://127.0.0.1:{port}")
+                break
+            except Exception:                      # the server is still starting
+                time.sleep(0.5)
+        wait_for_text(browser, "shown: a dog runs")
+        settle(2)
+        assert word_chart_labels(browser)[:3] == ["1 a", "2 dog", "3 runs"]
+        click_label(browser, "second")
+        wait_for_text(browser, "shown: two dog runs")
+        settle(2)
+        labels = word_chart_labels(browser)
+        assert [int(label.split()[0]) for label in labels] == list(range(1, 11)), labels
+        assert labels[-1] == "10 <end>"
+    finally:
+        proc.terminate()
+        proc.wait(15)

@@ -11,22 +11,40 @@ from .labels import label
 # Every bar keeps its label: Vega-Lite hides labels it thinks overlap ("every other bar"), so the axes of bar
 # charts turn that off and give each band room instead.
 BAND_AXIS = dict(labelOverlap=False, labelLimit=220)
+# Drawn as SVG (Streamlit honours Vega-Embed's renderer option): small charts stay crisp, and a browser test can
+# read their axis labels.
+SVG = {"embedOptions": {"renderer": "svg"}}
 
 
-def word_probabilities(caption: Caption, title: str = "") -> alt.Chart:
-    """Bar per emitted token (words, then <end>), height = the model's probability of it."""
+def word_probabilities(caption: Caption, title: str = "", horizontal: bool = False) -> alt.Chart:
+    """Bar per emitted token (words, then <end>), length = the model's probability of it.
+
+    ``horizontal`` lays the words down the side, one readable row each, for a narrow column (the decoding lab at
+    four strategies), where slanted labels under a dozen thin bars would overlap.
+    """
     tokens = caption.words + (["<end>"] if caption.finished else [])
     df = pd.DataFrame({"position": range(1, len(tokens) + 1), "token": tokens,
                        "probability": caption.token_probs[: len(tokens)]})
     df["label"] = df["position"].astype(str) + " " + df["token"]
+    # Sorted by position explicitly: with sort=None the browser keeps the order it first saw a label in, so when
+    # Streamlit swaps a second caption's data into the same chart, labels shared with the first jump ahead.
+    words = dict(field="label", type="nominal", sort=alt.EncodingSortField("position", op="min"), title=None)
+    p = alt.Scale(domain=[0, 1])
+    if horizontal:
+        position = dict(y=alt.Y(**words, axis=alt.Axis(**BAND_AXIS)),
+                        x=alt.X("probability:Q", scale=p, title="p(word)", axis=alt.Axis(values=[0, 0.5, 1])))
+        size = dict(height=alt.Step(18))
+    else:
+        position = dict(x=alt.X(**words, axis=alt.Axis(labelAngle=-45, **BAND_AXIS),
+                                scale=alt.Scale(paddingInner=0.15)),
+                        y=alt.Y("probability:Q", scale=p, title="p(word)"))
+        size = dict(height=240)
     return (alt.Chart(df, title=title).mark_bar()
-            .encode(x=alt.X("label:N", sort=None, title=None, axis=alt.Axis(labelAngle=-45, **BAND_AXIS),
-                                 scale=alt.Scale(paddingInner=0.15)),
-                    y=alt.Y("probability:Q", scale=alt.Scale(domain=[0, 1]), title="p(word)"),
+            .encode(**position,
                     color=alt.Color("probability:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), legend=None),
                     tooltip=[alt.Tooltip("position", title="position"), alt.Tooltip("token", title="word"),
                              alt.Tooltip("probability:Q", format=".3f", title="p(word)")])
-            .properties(height=240))
+            .properties(**size, usermeta=SVG))
 
 
 def run_order(runs) -> list[str]:
@@ -93,7 +111,8 @@ def top_words(df: pd.DataFrame, title: str) -> alt.Chart:
     """Horizontal bars of word counts (columns ``word``, ``count``), every word labelled."""
     return (alt.Chart(df, title=title).mark_bar()
             .encode(y=alt.Y("word:N", sort="-x", title=None, axis=alt.Axis(**BAND_AXIS)),
-                    x=alt.X("count:Q", title="times used"), tooltip=["word", "count"])
+                    x=alt.X("count:Q", title="times used", axis=alt.Axis(tickCount=5, format=",d")),
+                    tooltip=["word", "count"])
             .properties(height=alt.Step(20)))
 
 

@@ -8,19 +8,19 @@ import streamlit as st
 
 from captioning.decoding import DecodeConfig
 from captioning.manifest import EvaluationReport
+from ui.charts import run_order
 from ui.labels import sentence
 
 SHARED_PHOTO = "chosen_photo"      # the last photo chosen on the Caption or Compare page (a ChosenImage)
 
-PRESETS = {   # label -> DecodeConfig fields
+PRESETS = {   # label -> DecodeConfig fields; labels short enough to read in a quarter of the page (4 columns)
     "Greedy": {"strategy": "greedy"},
     "Beam 5": {"strategy": "beam", "beam_width": 5},
     "Beam 10": {"strategy": "beam", "beam_width": 10},
-    "Sample: T 0.7, top-p 0.9, 5 captions": {"strategy": "sample", "temperature": 0.7, "top_p": 0.9,
-                                             "num_return_sequences": 5},
-    "Sample: T 1.0, top-k 10, 5 captions": {"strategy": "sample", "top_k": 10, "num_return_sequences": 5},
-    "Diverse: 6 beams, 3 groups, penalty 0.5": {"strategy": "diverse", "beam_width": 6, "num_groups": 3,
-                                                "diversity_penalty": 0.5, "num_return_sequences": 3},
+    "Sample, top-p 0.9": {"strategy": "sample", "temperature": 0.7, "top_p": 0.9, "num_return_sequences": 5},
+    "Sample, top-k 10": {"strategy": "sample", "top_k": 10, "num_return_sequences": 5},
+    "Diverse, 3 groups": {"strategy": "diverse", "beam_width": 6, "num_groups": 3, "diversity_penalty": 0.5,
+                          "num_return_sequences": 3},
     "Beam 5, no repeats": {"strategy": "beam", "beam_width": 5, "repetition_penalty": 1.5, "no_repeat_word": True,
                            "no_repeat_ngram_size": 2},
 }
@@ -40,10 +40,12 @@ def remember_photo(chosen) -> None:
 
 
 def choose_shared_photo(key: str, choose_image):
-    """The photo chosen on the Caption page (until the user picks another here), else ``choose_image``."""
+    """The last photo chosen (on the Caption page or here, until the user picks another), else ``choose_image``."""
     shared = st.session_state.get(SHARED_PHOTO)
     if shared is not None:
-        keep = st.toggle(f"Use the photo chosen on the Caption page ({shared.label})", value=True, key=f"{key}_keep")
+        keep = st.toggle(f"Keep the last photo chosen ({shared.label})", value=True, key=f"{key}_keep",
+                         help="the photo last uploaded or picked on the Caption page or here; switch off to choose "
+                              "another")
         if keep:
             return shared
     chosen = choose_image(key)
@@ -99,24 +101,45 @@ def strategy_picker(slot: int, default_preset: str, max_length: int) -> DecodeCo
 
 
 def show_captions(captions, scorer=None, references=None) -> None:
-    """A strategy's captions (best first) with their scores, and BLEU / CIDEr-D against the references."""
+    """A strategy's captions (best first), then a small table of their scores against the references.
+
+    A plain table (st.table), not a data grid: a quarter of the page is narrow, and a grid would cut its columns
+    and lay its toolbar over the captions. Score is shown only where it differs from the mean log-probability
+    (a length penalty other than 1, or a repetition penalty): otherwise the two columns would repeat each other.
+    """
     from captioning.metrics import sentence_bleu_scores
 
     rows = []
     for rank, cap in enumerate(captions, 1):
-        row = {"#": rank}                              # scores first: the column is narrow, captions are above
+        row = {"#": str(rank)}
         if references is not None:
-            row["BLEU-4"] = round(sentence_bleu_scores(references, cap.words)["bleu_4"], 3)
-            row["CIDEr-D"] = round(scorer.score(cap.words, references), 3)
-        row.update({"Score": round(cap.score, 3), "Mean log p": round(cap.normalized_log_prob, 3),
-                    "Words": len(cap.words), "Caption": sentence(cap.text)})
+            row["BLEU-4"] = f"{sentence_bleu_scores(references, cap.words)['bleu_4']:.2f}"
+            row["CIDEr-D"] = f"{scorer.score(cap.words, references):.2f}"
+        row["Mean log p"] = f"{cap.normalized_log_prob:.2f}"
+        row["Score"] = f"{cap.score:.2f}"
         rows.append(row)
+    table = pd.DataFrame(rows)
+    if (table["Score"] == table["Mean log p"]).all():
+        table = table.drop(columns="Score")
     st.markdown(f"**“{sentence(captions[0].text)}”**")
-    if len(captions) > 1:                              # the table's column is narrow: every caption in full first
+    if len(captions) > 1:
         st.markdown("\n".join(f"{rank}. {sentence(cap.text)}" for rank, cap in enumerate(captions[1:], 2)))
-    widths = {"#": 32, "BLEU-4": 58, "CIDEr-D": 62, "Score": 58, "Mean log p": 78, "Words": 52}   # px: the scores
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",     # fit a third of the page side by side
-                 column_config={name: st.column_config.NumberColumn(name, width=w) for name, w in widths.items()})
+    st.table(table.set_index("#"))
+
+
+def no_attention_reason(manifest) -> str:
+    """Why a caption comes without attention maps, from the bundle's manifest."""
+    kinds = {d.kind for d in manifest.decoders} if manifest is not None else set()
+    if "attention" not in kinds and "topdown" not in kinds:
+        return ("No attention maps: this model's decoder reads the photo as one vector (a merge decoder), so it "
+                "does not look at places in the photo.")
+    grids = sorted({e.spatial_grid for d, e in zip(manifest.decoders, manifest.decoder_encoders)
+                    if d.kind != "merge" and isinstance(e.spatial_grid, int)}, reverse=True)
+    if len(grids) > 1:
+        shown = ", ".join(f"{g}×{g}" for g in grids)
+        return (f"No attention maps: this ensemble's decoders look at its encoders' grids of different sizes "
+                f"({shown}), so their maps cannot be averaged into one.")
+    return "No attention maps for this caption."
 
 
 def results_frame(report: EvaluationReport | None) -> pd.DataFrame:
@@ -131,28 +154,61 @@ def results_frame(report: EvaluationReport | None) -> pd.DataFrame:
     return frame
 
 
+AXIS_FORMATS = {"distinct_captions": ".0%", "novel_fraction": ".0%", "vocab_used": ",d", "distinct_2": ".2f"}
+# Dark enough to read on white, one hue per run (runs of one strategy are told apart by their shape's legend).
+RUN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
+               "#bcbd22"]
+SHAPES = {"greedy": "circle", "beam": "square", "sample": "triangle-up", "diverse": "diamond"}
+
+
 def quality_diversity_chart(frame: pd.DataFrame, x: str = "distinct_captions") -> alt.Chart:
-    """One labelled point per decoding run: CIDEr-D (quality) against a diversity measure."""
+    """One point per decoding run: CIDEr-D (quality) against a diversity measure.
+
+    Runs are named in the legend, not beside their points: beam 3, 5 and 10 and diverse beam search land within a
+    few pixels of each other, where labels would print over each other. A share stays within 0-100%.
+    """
     data = frame[["label", "decoding", "cider", x]].rename(columns={"label": "run"})
-    base = alt.Chart(data).encode(
+    order = run_order(data["run"])
+    if x in ("distinct_captions", "novel_fraction"):
+        low, high = float(data[x].min()), float(data[x].max())
+        margin = max(0.02, (high - low) * 0.08)
+        x_scale = alt.Scale(domain=[max(0.0, low - margin), min(1.0, high + margin)], nice=False)
+    else:
+        x_scale = alt.Scale(zero=False, padding=20)
+    chart = alt.Chart(data).mark_point(size=140, filled=True, opacity=0.9).encode(
         x=alt.X(f"{x}:Q", title=COLUMNS[x] + (" (share of photos)" if x == "distinct_captions" else ""),
-                scale=alt.Scale(zero=False, padding=30),
-                axis=alt.Axis(format=".0%" if x in ("distinct_captions", "novel_fraction") else "")),
-        y=alt.Y("cider:Q", title="CIDEr-D", scale=alt.Scale(zero=False, padding=20)),
-        color=alt.Color("decoding:N", title="Strategy",
-                        scale=alt.Scale(domain=list(STRATEGY_NAMES)), legend=alt.Legend(orient="bottom")),
+                scale=x_scale, axis=alt.Axis(format=AXIS_FORMATS.get(x, ",.2f"))),
+        y=alt.Y("cider:Q", title="CIDEr-D", scale=alt.Scale(zero=False, padding=20), axis=alt.Axis(format=".2f")),
+        color=alt.Color("run:N", title="Decoding", sort=order,
+                        scale=alt.Scale(domain=order, range=RUN_COLOURS[: len(order)]),
+                        legend=alt.Legend(labelLimit=0, symbolType="circle")),
+        shape=alt.Shape("decoding:N", title="Strategy", scale=alt.Scale(domain=list(SHAPES),
+                                                                        range=list(SHAPES.values())),
+                        legend=alt.Legend(labelExpr="{'greedy': 'Greedy', 'beam': 'Beam search', "
+                                                    "'sample': 'Sampling', 'diverse': 'Diverse beam search'}"
+                                                    "[datum.label]")),
         tooltip=[alt.Tooltip("run:N", title="Decoding"), alt.Tooltip("cider:Q", title="CIDEr-D", format=".3f"),
-                 alt.Tooltip(f"{x}:Q", title=COLUMNS[x], format=".3f")])
-    points = base.mark_circle(size=110)
-    labels = base.mark_text(align="left", dx=8, dy=-6, fontSize=11).encode(text="run:N")
-    return (points + labels).properties(height=360, title=f"Quality against diversity: CIDEr-D by {COLUMNS[x].lower()}")
+                 alt.Tooltip(f"{x}:Q", title=COLUMNS[x], format=AXIS_FORMATS.get(x, ",.2f"))])
+    return chart.properties(height=360, title=f"Quality against diversity: CIDEr-D by {COLUMNS[x].lower()}")
+
+
+# column -> how its numbers are written (one style per kind of number: scores .3f, shares as % with one decimal)
+TABLE_FORMATS = {"BLEU-1": "{:.3f}", "BLEU-4": "{:.3f}", "CIDEr-D": "{:.3f}", "METEOR": "{:.3f}",
+                 "Distinct captions (%)": "{:.1f}", "Words used": "{:,.0f}", "Novel (%)": "{:.1f}",
+                 "Distinct-2": "{:.3f}", "Mean length": "{:.1f}", "Self-BLEU-4": "{:.3f}", "Oracle CIDEr-D": "{:.3f}",
+                 "Seconds": "{:,.0f}"}
 
 
 def strategy_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """The runs with human column labels, percentages as percentages."""
+    """The runs with human column labels, percentages as percentages, every number of a column written alike
+    (as text, "–" where a run has no value: greedy and beam have one caption per photo, so no self-BLEU)."""
     cols = [c for c in COLUMNS if c in frame]
     table = frame[cols].rename(columns=COLUMNS)
     for col in ("Distinct captions", "Novel"):
         if col in table:
-            table[col] = (100 * table[col]).round(1)
-    return table.rename(columns={"Distinct captions": "Distinct captions (%)", "Novel": "Novel (%)"})
+            table[col] = 100 * table[col]
+    table = table.rename(columns={"Distinct captions": "Distinct captions (%)", "Novel": "Novel (%)"})
+    for col, fmt in TABLE_FORMATS.items():
+        if col in table:
+            table[col] = [fmt.format(v) if pd.notna(v) else "–" for v in table[col]]
+    return table

@@ -18,13 +18,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from captioning.bundle import BundleError, list_bundles
+from captioning.bundle import ARTIFACTS_ENV, BundleError, artifacts_dir, list_bundles
 from captioning.data import ENV_VAR, DataError, Flickr8k, resolve_data_dir
 from captioning.encoders import EncoderWeightsError
 from captioning.manifest import EvaluationReport, Manifest
 from captioning.text import tokenize
 
-TRAIN_HINT = "python train.py --out artifacts/default"
 DATA_HINT = (f"Set `{ENV_VAR}` to the folder holding `captions.txt` and the `Flickr_8k.*Images.txt` files "
              f"(e.g. `export {ENV_VAR}=../shared/flickr8k`), or fetch it with "
              f"`python train.py download --data-dir DIR`, then reload this page.")
@@ -39,10 +38,40 @@ def selected_bundle() -> Path | None:
     return Path(path) if path else None
 
 
+def artifacts_shown() -> str:
+    """The bundles folder as the user would type it: relative to the project when inside it (``artifacts``),
+    else the full path (``$CAPTIONING_ARTIFACTS`` pointing elsewhere)."""
+    root = artifacts_dir().resolve()
+    try:
+        return str(root.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(root)
+
+
 def no_bundle_message() -> None:
-    st.warning(f"No trained model found under `artifacts/`. Train one with `{TRAIN_HINT}` "
+    root = artifacts_shown()
+    where = f"`{root}/`" + (f" (`{ARTIFACTS_ENV}`)" if os.environ.get(ARTIFACTS_ENV) else "")
+    st.warning(f"No trained model found under {where}. Train one with `python train.py --out {root}/default` "
                f"(about 45 minutes with Xception), or `python train.py --limit 200 --encoder mobilenetv2 "
-               f"--out artifacts/quick` for a 1-minute demo model.", icon=":material/model_training:")
+               f"--out {root}/quick` for a 1-minute demo model.", icon=":material/model_training:")
+
+
+LAST_BUNDLE = "_last_bundle"       # the bundle this session had selected, to notice when it disappears
+
+
+def bundle_gone_notice(bundles: list[Path]) -> str | None:
+    """When the session's selected bundle has vanished (deleted or moved) since the last run: what to tell the
+    user, since the sidebar then falls back to another bundle and the pages re-caption with it. Call before
+    the sidebar's bundle picker runs."""
+    previous = st.session_state.get(LAST_BUNDLE)
+    if previous and previous not in {str(p) for p in bundles}:
+        st.session_state.pop(LAST_BUNDLE, None)
+        return Path(previous).name
+    return None
+
+
+def remember_bundle() -> None:
+    st.session_state[LAST_BUNDLE] = st.session_state.get("bundle_path")
 
 
 def _build_captioner(path: str):
@@ -102,14 +131,40 @@ def _captioner(path: str, mtime: float):
 # At most this many sessions decode an upload and caption it at the same time (default 2, one per core here):
 # decoding a big photo briefly takes memory, and on a small CPU more parallel work only makes everyone slower.
 DECODE_SLOTS = max(1, int(os.environ.get("CAPTIONING_APP_DECODE_SLOTS", "2")))
-_decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
+WAITING = "Waiting for a free slot: {n} other captioning runs are going on; this one starts as soon as one ends."
+
+
+class DecodeSlots:
+    """The process's :data:`DECODE_SLOTS`, shared by every session and page (Caption, Compare and Batch)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.semaphore = threading.BoundedSemaphore(size)
+
+
+@st.cache_resource(show_spinner=False)
+def decode_slots() -> DecodeSlots:
+    """One per server process, held by Streamlit's resource cache (not a module global, which a page rerun after
+    a code change would import afresh): the limit holds across sessions."""
+    return DecodeSlots(DECODE_SLOTS)
 
 
 @contextlib.contextmanager
-def decode_slot():
-    """Hold one of the :data:`DECODE_SLOTS` while decoding an upload or captioning it (others queue)."""
-    with _decode_slots:
+def decode_slot(show_wait: bool = True):
+    """Hold one of the :data:`DECODE_SLOTS` while decoding an upload or captioning it; when all are taken, say on
+    the page that this run waits for a free slot (``show_wait``; not inside cached functions) and queue."""
+    slots = decode_slots()
+    if not slots.semaphore.acquire(blocking=False):
+        note = st.empty() if show_wait else None
+        if note is not None:
+            note.info(WAITING.format(n=slots.size), icon=":material/hourglass_top:")
+        slots.semaphore.acquire()
+        if note is not None:
+            note.empty()
+    try:
         yield
+    finally:
+        slots.semaphore.release()
 
 
 def get_captioner():

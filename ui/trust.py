@@ -9,6 +9,7 @@ import streamlit as st
 
 from captioning.retrieval import LEVEL_TEXT, LEVELS, Assessment, IndexFileError, calibration_bins, read_calibration
 
+from .labels import literal, sentence
 from .state import get_dataset
 
 STYLE = {  # level -> (colour, icon, label)
@@ -33,8 +34,9 @@ def _confidence(assessment: Assessment) -> str:
     return f" · caption confidence {assessment.caption_confidence:.2f}"
 
 
-def trust_line(assessment: Assessment | None, bundle_path) -> None:
-    """The level as a coloured badge beside the caption, what it means, and a warning for unfamiliar photos."""
+def trust_line(assessment: Assessment | None, bundle_path, neighbours_below: bool = True) -> None:
+    """The level as a coloured badge beside the caption with the in-domain score as the assessment gives it, and
+    what the level means (for an unfamiliar photo in one warning box, so the page says it once)."""
     if assessment is None:
         st.caption(f"No nearest-photo index in this bundle, so no trust level. Add one with "
                    f"`python train.py index --out {bundle_path}`.")
@@ -44,15 +46,17 @@ def trust_line(assessment: Assessment | None, bundle_path) -> None:
                    f"`python train.py index --out {bundle_path}`).")
         return
     colour, icon, label = STYLE[assessment.level]
-    st.markdown(f":{colour}-badge[{icon} {label}] &nbsp; in-domain score **{assessment.in_domain:.2f}** "
-                f"· {LEVEL_TEXT[assessment.level]}{_confidence(assessment)}",
-                help="In-domain score (0 to 1): how similar this photo is to its nearest training photos; the "
-                     "level depends on the photo only, not on how the caption was decoded. Caption confidence "
-                     "(0 to 1): the model's mean word probability for this caption; it changes with the decoding.")
-    if assessment.level == "unfamiliar":
-        st.warning("**Unlike anything in training: the caption may well be wrong.** The model only knows the "
-                   "scenes of its training photos (mostly people and dogs, outdoors); the most similar ones are "
-                   "below.", icon=":material/warning:")
+    badge = f":{colour}-badge[{icon} {label}] &nbsp; in-domain score **{assessment.in_domain:.2f}**"
+    meaning = ("In-domain score (0 to 1): how similar this photo is to its nearest training photos; the "
+               "level depends on the photo only, not on how the caption was decoded. Caption confidence "
+               "(0 to 1): the model's mean word probability for this caption; it changes with the decoding.")
+    if assessment.level != "unfamiliar":
+        st.markdown(f"{badge} · {LEVEL_TEXT[assessment.level]}{_confidence(assessment)}", help=meaning)
+        return
+    st.markdown(f"{badge}{_confidence(assessment)}", help=meaning)
+    st.warning("**The caption may well be wrong.** The model only knows the scenes of its training photos (mostly "
+               "people and dogs, outdoors), and this photo is unlike all of them"
+               + ("; the most similar ones are below." if neighbours_below else "."), icon=":material/warning:")
 
 
 def neighbour_strip(assessment: Assessment | None) -> None:
@@ -68,7 +72,7 @@ def neighbour_strip(assessment: Assessment | None) -> None:
                 st.image(str(ds.image_path(n.name)), width="stretch")
             else:
                 st.markdown(f"`{n.name}`")
-            st.caption(f"similarity {n.similarity:.2f} · {text}")
+            st.caption(f"similarity {n.similarity:.2f} · {literal(sentence(text.rstrip(' .')))}")
 
 
 @st.cache_data(show_spinner=False)

@@ -31,15 +31,15 @@ def choose_image(key: str) -> ChosenImage | None:
     mode = st.radio("Image", sources, horizontal=True, key=f"{key}_mode", label_visibility="collapsed")
     if mode == "Upload a photo":
         limit = f"{MAX_BYTES / 2**20:g} MB"
+        # The widget's own limit is the app's, so its "Limit 20MB per file" says what the label says.
         upload = st.file_uploader(f"Drag and drop a photo (up to {limit})", type=list(SUPPORTED_TYPES),
-                                  key=f"{key}_upload",
+                                  key=f"{key}_upload", max_upload_size=MAX_BYTES // 2**20,
                                   help=f"JPEG, PNG, WebP, BMP or GIF (first frame), up to {limit}.")
         if upload is None:
             st.caption("…or switch to *Sample from the test split* to try a Flickr8k photo."
                        if ds else "Flickr8k samples appear here once the dataset is available.")
             return None
-        # The server accepts a little more than the app (.streamlit/config.toml): an over-limit photo then
-        # reaches this check and gets a message on the page, and no caption, instead of only a red chip.
+        # The browser refuses a larger photo with its own message; this check holds for any other client.
         if upload.size > MAX_BYTES:
             st.error(f"**{literal(upload.name)}** is {upload.size / 2**20:.1f} MB: photos up to {limit} are "
                      "accepted. Use a smaller or more compressed image.", icon=":material/block:")
@@ -92,7 +92,7 @@ def decoding_controls(key: str, default_beam: int = 1, allow_greedy: bool = True
 @st.cache_data(show_spinner=False, max_entries=64)
 def cached_features(_captioner, bundle: str, digest: str, _image: Image.Image) -> np.ndarray:
     """Encoder features of one picture, computed once per bundle and picture (in a decode slot)."""
-    with decode_slot():
+    with decode_slot(show_wait=False):                  # no elements inside a cached function
         return _captioner.features(_image)
 
 
