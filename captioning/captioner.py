@@ -66,14 +66,19 @@ class Captioner:
                     out = model(to_input(images), training=False)
                     return out[1] if spatial else out
 
-                self._encoders[key] = tf.function(encode, reduce_retracing=True)
+                # One trace per encoder, whatever the batch: without a signature each new batch size traced
+                # again, and TensorFlow counts the traces of every encoder's `encode` together, so a folder run
+                # printed "triggered tf.function retracing" warnings (issue 39).
+                self._encoders[key] = tf.function(
+                    encode, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
             return self._encoders[key]
 
     def encode(self, arrays: np.ndarray) -> np.ndarray | MultiFeatures:
         """Features of canonical uint8 (N, 224, 224, 3) photos: (N, D) or (N, P, D), or for a cross-encoder
         ensemble :class:`~captioning.stepper.MultiFeatures` (each encoder run once per photo)."""
         if len(self.encoders) == 1:
-            return self._forward()(arrays).numpy()
+            return self._forward()(np.asarray(arrays, np.uint8)).numpy()
+        arrays = np.asarray(arrays, np.uint8)
         return MultiFeatures({key: self._forward(key)(arrays).numpy() for key in self.encoders})
 
     def warm_up(self) -> None:

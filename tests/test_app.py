@@ -595,3 +595,12 @@ def test_the_batch_page_waits_for_a_free_decode_slot(app_env, flickr_dir):
     runner.join(TIMEOUT)
     assert not at.exception, at.exception
     assert list(at.dataframe[0].value["Status"]) == ["captioned"]
+
+
+def test_evaluation_tables_show_every_row_and_per_image_starts_at_the_default_decoding(app_env):
+    at = start("pages/evaluation.py")
+    runs = at.selectbox(key="eval_run").options
+    assert at.selectbox(key="eval_run").value == ("beam 5" if "beam 5" in runs else runs[0])   # not the last run
+    agreement = [t.value for t in at.table if "Implementation" in t.value.columns]
+    for table in agreement:                                      # a plain table: every row, nothing cut
+        assert len(table) >= 1 and table["Implementation"].str.len().gt(0).all()

@@ -410,3 +410,14 @@ def test_batch_page_takes_a_zip_of_photos(batch_page, flickr_dir):
     table = at.dataframe[0].value
     assert list(table["File"]) == [f"album.zip/album/{n}" for n in names] and set(table["Status"]) == {"captioned"}
     assert any("Skipped 1 file" in c.value for c in at.caption)
+
+
+def test_batches_of_any_size_trace_the_encoder_and_the_decoder_start_once(captioner, flickr_dir):
+    """Issue 39: a folder run printed "triggered tf.function retracing" warnings; each batch size traced the
+    encoder and the decoder's start again. With fixed signatures each traces once, whatever the batch."""
+    photos = [flickr_dir / "Images" / n for n in first_test_images(flickr_dir, 5)]
+    for size in (1, 2, 3, 5):
+        captioner.decode(captioner.features(photos[:size]), beam_width=2)
+    assert captioner._forward().experimental_get_tracing_count() == 1
+    starts = [step._start for step in getattr(captioner.steps, "members", [captioner.steps])]
+    assert all(start.experimental_get_tracing_count() == 1 for start in starts)

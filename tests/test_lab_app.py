@@ -17,11 +17,14 @@ def test_lab_decodes_three_strategies_side_by_side_with_scores_against_the_refer
     at = _lab_with_test_photo(start("pages/compare.py"))
     heads = [s.value for s in at.subheader]
     assert heads == ["Beam 5", "Sample T 0.7, top-p 0.9, n 5", "Diverse 6 beams / 3 groups, penalty 0.5"]
-    tables = [t.value for t in at.dataframe[:3]]
+    tables = [t.value for t in at.table[:3]]
     assert [len(t) for t in tables] == [1, 5, 3]                   # beam's best, 5 samples, 3 from 3 groups
-    for t in tables:
-        assert {"Caption", "Score", "Mean log p", "BLEU-4", "CIDEr-D"} <= set(t.columns)
-        assert t["CIDEr-D"].ge(0).all() and t["BLEU-4"].between(0, 1).all()
+    for t in tables:                                               # plain tables: nothing cut in a narrow column
+        assert {"Mean log p", "BLEU-4", "CIDEr-D"} <= set(t.columns) and "Words" not in t.columns
+        assert "Score" not in t.columns or not t["Score"].equals(t["Mean log p"])   # no column twice
+        assert t["CIDEr-D"].astype(float).ge(0).all() and t["BLEU-4"].astype(float).between(0, 1).all()
+    page = texts(at)
+    assert sum(badge in page for badge in ("Familiar photo", "Unusual photo", "Unfamiliar photo")) == 1  # trust
     assert "Human captions" in texts(at)
     assert len(at.get("vega_lite_chart")) >= 3                     # word probabilities per strategy (+ the split chart)
     # a fourth column, switched to greedy: one more subheader, one caption
@@ -50,15 +53,21 @@ def test_lab_charts_quality_against_diversity_from_metrics_json(app_env, tmp_pat
     monkeypatch.setenv("CAPTIONING_ARTIFACTS", str(lab))
     at = start("pages/compare.py")
     assert "Across the test split" in [h.value for h in at.header]
-    table = at.dataframe[0].value                              # no photo yet: the split table is the only one
-    assert list(table["Decoding"]) == [label for _, label, _, _ in runs]
+    table = at.table[0].value                                  # no photo yet: the split table is the only one
+    assert list(table.index) == [label for _, label, _, _ in runs]
     assert {"BLEU-4", "CIDEr-D", "Distinct captions (%)", "Words used", "Novel (%)", "Self-BLEU-4",
             "Oracle CIDEr-D"} <= set(table.columns)
     assert not any("_" in c for c in table.columns)            # human labels, no field names
-    assert list(table["Distinct captions (%)"]) == [80.0, 70.0, 97.0]
+    assert list(table["Distinct captions (%)"]) == ["80.0", "70.0", "97.0"]     # one format per column
+    assert list(table["Self-BLEU-4"]) == ["–", "–", "0.300"]
     chart = json.loads(at.get("vega_lite_chart")[0].proto.spec)
-    layers = chart.get("layer") or chart["spec"]["layer"]
-    assert {layer["mark"]["type"] for layer in layers} == {"circle", "text"}   # points, each labelled
+    encoding = chart["encoding"]
+    assert encoding["color"]["field"] == "run" and encoding["color"]["legend"]["labelLimit"] == 0   # named in full
+    assert encoding["x"]["axis"]["format"] == ".0%"
+    assert chart["encoding"]["x"]["scale"]["domain"][1] <= 1.0                # a share never past 100%
+    at.segmented_control(key="lab_axis").set_value("vocab_used").run()
+    axis = json.loads(at.get("vega_lite_chart")[0].proto.spec)["encoding"]["x"]["axis"]
+    assert axis["format"] == ",d"                                              # 240, not 2.4e+2
 
 
 def test_a_photo_chosen_on_the_caption_page_stays_chosen_on_the_lab(app_env):
@@ -68,7 +77,7 @@ def test_a_photo_chosen_on_the_caption_page_stays_chosen_on_the_lab(app_env):
     at.switch_page("pages/compare.py").run()
     assert not at.exception, at.exception
     keep = at.toggle(key="compare_keep")
-    assert keep.value and "holiday.jpg" in keep.label
+    assert keep.value and "holiday.jpg" in keep.label and "Caption page" not in keep.label
     assert len([s.value for s in at.subheader]) == 3               # decoded without uploading again
     keep.set_value(False).run()                                     # choose another photo here
     assert at.radio(key="compare_mode") is not None and len(at.subheader) == 0
@@ -85,3 +94,19 @@ def test_lab_on_a_bundle_evaluated_before_diversity_scores_says_what_to_run(app_
     monkeypatch.setenv("CAPTIONING_ARTIFACTS", str(lab))
     at = start("pages/compare.py")
     assert "train.py evaluate" in texts(at) and "--decode" in texts(at)
+
+
+def test_the_lab_says_why_an_ensemble_shows_no_attention(tiny_run):
+    from captioning.manifest import Manifest
+    from ui.lab import no_attention_reason
+
+    merge = Manifest.load(tiny_run[0] / "tiny")
+    assert "merge decoder" in no_attention_reason(merge)
+    shipped = Manifest.load(__import__("conftest").ROOT / "artifacts" / "default")
+    assert "grids of different sizes (10×10, 9×9, 7×7)" in no_attention_reason(shipped)
+
+
+def test_preset_names_fit_a_quarter_of_the_page():
+    from ui.lab import PRESETS
+
+    assert all(len(name) <= 20 for name in PRESETS)

@@ -71,7 +71,7 @@ def test_evaluation_page_charts_the_calibration_on_the_test_split(app_env):
     page = texts(at)
     assert "When to trust a caption" in page
     assert "Unfamiliar below" in page and "familiar from" in page
-    table = next(df.value for df in at.dataframe if "test mean CIDEr-D" in df.value.columns)
-    assert list(table["level"]) == ["familiar", "unusual", "unfamiliar"]
+    table = next(t.value for t in at.table if "Test mean CIDEr-D" in t.value.columns)   # human headers (issue 39)
+    assert list(table.index) == ["Familiar photo", "Unusual photo", "Unfamiliar photo"]
     titles = [c.proto.spec for c in at.get("vega_lite_chart")]
     assert any("mean CIDEr-D by in-domain score" in spec for spec in titles)

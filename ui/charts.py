@@ -125,14 +125,16 @@ def line(df: pd.DataFrame, x: str, y: str, title: str) -> alt.Chart:
 
 
 def bundle_bars(df: pd.DataFrame, metric: str, title: str) -> alt.Chart:
-    """One metric for several bundles and decoding runs."""
+    """One metric for several bundles and decoding runs: a row per run (its label in full, however long), a bar per
+    bundle within it."""
     return (alt.Chart(df).mark_bar()
-            .encode(x=alt.X("run:N", title=None, sort=run_order(df["run"]), axis=alt.Axis(labelAngle=0, **BAND_AXIS)),
-                    xOffset="bundle:N", y=alt.Y(f"{metric}:Q", title=title),
-                    color=alt.Color("bundle:N", title="bundle"),
+            .encode(y=alt.Y("run:N", title=None, sort=run_order(df["run"]),
+                            axis=alt.Axis(**{**BAND_AXIS, "labelLimit": 0})),
+                    yOffset="bundle:N", x=alt.X(f"{metric}:Q", title=title),
+                    color=alt.Color("bundle:N", title="bundle", legend=alt.Legend(orient="bottom", labelLimit=0)),
                     tooltip=[alt.Tooltip("bundle", title="bundle"), alt.Tooltip("run", title="decoding"),
                              alt.Tooltip(f"{metric}:Q", format=".4f", title=title)])
-            .properties(height=260))
+            .properties(height=alt.Step(14)))
 
 
 def history(df: pd.DataFrame, x: str, title: str, y_title: str) -> alt.Chart:

@@ -102,44 +102,66 @@ def calibration_section(path: Path) -> None:
     rows = []
     for level in LEVELS:
         dev, tst = report.get("dev_levels", {}).get(level, {}), report.get("test_levels", {}).get(level, {})
-        rows.append({"level": level, "test photos": tst.get("count"), "test mean CIDEr-D": tst.get("mean_cider"),
-                     "dev photos": dev.get("count"), "dev mean CIDEr-D": dev.get("mean_cider")})
+        rows.append({"Level": STYLE[level][2], "Test photos": _count(tst.get("count")),
+                     "Test mean CIDEr-D": _number(tst.get("mean_cider")), "Dev photos": _count(dev.get("count")),
+                     "Dev mean CIDEr-D": _number(dev.get("mean_cider"))})
     left, right = st.columns([2, 3])
     with left:
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-        st.markdown(f"Unfamiliar below **{calibration.unfamiliar_below:.3f}**, familiar from "
-                    f"**{calibration.familiar_from:.3f}**.")
+        st.table(pd.DataFrame(rows).set_index("Level"))
+        st.markdown(f"Unfamiliar below **{calibration.unfamiliar_below:.2f}**, familiar from "
+                    f"**{calibration.familiar_from:.2f}**.")
         if "in_domain" in spear and "caption_confidence" in spear:
-            st.caption(f"How well each number ranks the dev captions' quality (Spearman with per-image CIDEr-D): "
-                       f"in-domain score {spear['in_domain']:.2f}, caption confidence "
-                       f"{spear['caption_confidence']:.2f}. The caption confidence is shown beside each caption "
-                       f"as its own number; it is not part of the level.")
+            st.caption(f"How well each number ranks the dev captions' quality (Spearman rank correlation with "
+                       f"per-image CIDEr-D, 1 = the same order): in-domain score {spear['in_domain']:.2f}, caption "
+                       f"confidence {spear['caption_confidence']:.2f}. The caption confidence is shown beside each "
+                       f"caption as its own number; it is not part of the level.")
     if test.get("score") and test.get("cider"):
         right.altair_chart(calibration_chart(test["score"], test["cider"], calibration), width="stretch")
 
 
+def _number(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _count(value) -> str:
+    return "–" if value is None else f"{int(value):,}"
+
+
 def calibration_chart(scores, cider, calibration, bins: int = 10) -> alt.Chart:
-    """Equal-count score bins (bar = the bin's score range) against their mean CIDEr-D, thresholds marked."""
+    """Equal-count score bins (bar = the bin's score range) against their mean CIDEr-D, thresholds marked.
+
+    No number on each bar (bins can be a few pixels wide, where numbers print over each other: the tooltip has
+    it), and the score axis ends at 1 when the scores are similarities (at most 1).
+    """
     frame = pd.DataFrame(calibration_bins(scores, cider, bins))
-    frame["level"] = [calibration.level(m) for m in frame["mid"]]
-    frame["label"] = frame["mean_cider"].map(lambda v: f"{v:.2f}")
-    x = alt.X("low:Q", title="in-domain score (equal-count bins of test photos)", scale=alt.Scale(zero=False))
-    colour = alt.Color("level:N", title="level", scale=alt.Scale(domain=list(LEVELS),
-                                                                   range=[COLOURS[lv] for lv in LEVELS]))
+    frame["level"] = [STYLE[calibration.level(m)][2] for m in frame["mid"]]
+    low = min(float(frame["low"].min()), calibration.unfamiliar_below)
+    high = max(float(frame["high"].max()), calibration.familiar_from)
+    span = max(high - low, 1e-6)
+    domain = [low - 0.03 * span, high + 0.03 * span]
+    if high <= 1.0:
+        domain[1] = min(domain[1], 1.0)
+    x = alt.X("low:Q", title="in-domain score (equal-count bins of test photos)",
+              scale=alt.Scale(domain=domain, nice=False, zero=False), axis=alt.Axis(format=".2f"))
+    names = [STYLE[lv][2] for lv in LEVELS]
+    colour = alt.Color("level:N", title="Level", scale=alt.Scale(domain=names, range=[COLOURS[lv] for lv in LEVELS]),
+                       legend=alt.Legend(orient="bottom"))
     bars = (alt.Chart(frame).mark_bar(opacity=0.85, stroke="white")
-            .encode(x=x, x2="high:Q", y=alt.Y("mean_cider:Q", title="mean CIDEr-D"), color=colour,
-                    tooltip=[alt.Tooltip("low:Q", format=".3f", title="from"),
-                             alt.Tooltip("high:Q", format=".3f", title="to"),
-                             alt.Tooltip("mean_cider:Q", format=".3f", title="mean CIDEr-D"), "count", "level"]))
-    text = bars.mark_text(dy=-6, color="black").encode(x=alt.X("mid:Q"), text="label:N")
+            .encode(x=x, x2="high:Q", y=alt.Y("mean_cider:Q", title="mean CIDEr-D", axis=alt.Axis(format=".2f")),
+                    color=colour,
+                    tooltip=[alt.Tooltip("low:Q", format=".2f", title="score from"),
+                             alt.Tooltip("high:Q", format=".2f", title="score to"),
+                             alt.Tooltip("mean_cider:Q", format=".2f", title="mean CIDEr-D"),
+                             alt.Tooltip("count:Q", title="photos"), alt.Tooltip("level:N", title="Level")]))
     marks = pd.DataFrame({"score": [calibration.unfamiliar_below, calibration.familiar_from],
-                          "what": ["unfamiliar below (dev)", "familiar from (dev)"]})
-    rules = alt.Chart(marks).mark_rule(strokeDash=[5, 3], color="black").encode(x="score:Q", tooltip=["what", "score"])
+                          "what": ["unfamiliar below", "familiar from"]})
+    rules = alt.Chart(marks).mark_rule(strokeDash=[5, 3], color="black").encode(
+        x="score:Q", tooltip=[alt.Tooltip("what:N", title="threshold"), alt.Tooltip("score:Q", format=".2f")])
     # The two labels point away from each other (left of the lower threshold, right of the upper), so close
     # thresholds never print one label over the other.
     lower = (alt.Chart(marks.iloc[[0]]).mark_text(align="right", dx=-4, dy=-120, color="black")
              .encode(x="score:Q", text="what:N"))
     upper = (alt.Chart(marks.iloc[[1]]).mark_text(align="left", dx=4, dy=-120, color="black")
              .encode(x="score:Q", text="what:N"))
-    names = lower + upper
-    return (bars + text + rules + names).properties(height=300, title="Test split: mean CIDEr-D by in-domain score")
+    return (bars + rules + lower + upper).properties(height=300,
+                                                     title="Test split: mean CIDEr-D by in-domain score")
