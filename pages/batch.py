@@ -92,7 +92,7 @@ if not done or done["key"] != key:                       # new photos or options
             records.append(record)
             upload = uploads[result.index]
             # Captions written as on the Caption page; a failed file's reason in the wide Caption column (and
-            # in full above the table), so the Status column stays one short word that is never cut.
+            # in full above the table); Status is one word, for the downloads and the counts.
             rows.append({"Photo": thumbnail(upload.data) if result.ok else NO_PHOTO, "File": result.name,
                          "Caption": sentence(result.best.text) if result.ok else f"Not captioned: {result.error}",
                          "Mean log p": f"{record['mean_log_prob']:.2f}" if result.ok else "",
@@ -119,18 +119,20 @@ table = pd.DataFrame(rows)
 if not any(r.get("Trust", "–") not in ("", "–") for r in rows):      # a bundle without a calibrated index
     table = table.drop(columns="Trust")
 # Pixel widths from the text (a grid cell does not wrap): ~7.5 px a character at the grid's font, plus padding.
-file_width = int(min(320, max(120, 7.5 * max(len(r["File"]) for r in rows) + 24)))
-caption_width = int(min(560, max(320, 7 * max(len(r["Caption"]) for r in rows) + 24)))
-st.dataframe(table, hide_index=True, width="stretch", row_height=64,
+# The table shows no Status column: a failed row says "Not captioned: why" in its caption and has a crossed-out
+# thumbnail, so the room goes to the file names and captions, which then fit a 1400 px window.
+shown = [c for c in ("Photo", "File", "Caption", "Mean log p", "Trust") if c in table]
+file_width = int(min(260, max(100, 7.5 * max(len(r["File"]) for r in rows) + 24)))
+caption_width = int(max(300, 935 - 75 - file_width - 80 - (150 if "Trust" in table else 0)))
+st.dataframe(table, hide_index=True, column_order=shown, width="stretch", row_height=64,
              height=min(64 * len(rows) + 48, 760), column_config={      # every row visible up to ~10, then scroll
     "Photo": st.column_config.ImageColumn("Photo", width="small"),
     "File": st.column_config.TextColumn("File", width=file_width),          # the longest name in full
     "Caption": st.column_config.TextColumn("Caption", width=caption_width),
-    "Mean log p": st.column_config.TextColumn("Mean log p", width=85, help="per emitted token; closer to 0 = surer"),
+    "Mean log p": st.column_config.TextColumn("Mean log p", width=80, help="per emitted token; closer to 0 = surer"),
     "Trust": st.column_config.TextColumn(
         "Trust", width=150, help="how alike the photo is to the training photos (in-domain score in brackets): "
                                  "familiar photos get the model's best captions, unfamiliar ones may well be wrong"),
-    "Status": st.column_config.TextColumn("Status", width=80),
 })
 d1, d2, d3, d4, _ = st.columns([1, 1, 1.3, 1.5, 1])
 d1.download_button(":material/download: CSV", records_text(records, ".csv"), "captions.csv", "text/csv",

@@ -13,7 +13,7 @@ from ui.lab import (
     strategy_picker,
     strategy_table,
 )
-from ui.labels import literal, sentence
+from ui.labels import human_caption, literal
 from ui.shell import require_shell
 from ui.state import current_manifest, current_results, decode_slot, get_captioner, get_dataset
 from ui.trust import assess_caption, trust_line
@@ -58,7 +58,7 @@ if chosen is not None:
         references = ds.references([chosen.flickr_name])[0]
         scorer = cider_scorer(str(ds.root))
         right.markdown("**Human captions** (what BLEU-4 and CIDEr-D compare against)\n\n" +
-                       "\n".join(f"{i}. {literal(sentence(c.rstrip(' .')))}"
+                       "\n".join(f"{i}. {literal(human_caption(c))}"
                                  for i, c in enumerate(ds.captions[chosen.flickr_name], 1)))
     assessed = False
     for col, config in zip(st.columns(count, gap="medium"), configs):

@@ -7,7 +7,7 @@ import streamlit as st
 
 from captioning import Vocabulary
 from ui.charts import top_words
-from ui.labels import literal, sentence
+from ui.labels import human_caption, literal
 from ui.shell import require_shell
 from ui.state import captions_table, current_manifest, dataset_message, get_dataset
 
@@ -63,7 +63,7 @@ for start in range(0, len(grid), 4):
                 st.image(str(path), width="stretch")
             st.caption(f"**{literal(name)}**")
             for cap in ds.captions[name]:
-                st.caption(f"• {literal(sentence(cap.rstrip(' .')))}")
+                st.caption(f"• {literal(human_caption(cap))}")
 
 st.subheader("Caption statistics")
 hide = st.toggle("Hide function words in the top words", value=True)

@@ -336,8 +336,9 @@ def test_captions_have_one_style_on_caption_and_compare(app_env):
     assert not at.exception, at.exception
     bold = [m.value.strip("*“”") for m in at.markdown if m.value.startswith("**“") and m.value.endswith("”**")]
     assert len(bold) >= 2 and all(b[0].isupper() and b.endswith(".") for b in bold)   # one per strategy
-    captions = [c for t in at.dataframe if "Caption" in t.value for c in t.value["Caption"]]
-    assert captions and all(c[0].isupper() and c.endswith(".") for c in captions)
+    listed = [line.split(". ", 1)[1] for m in at.markdown if m.value[:3] == "2. "    # the n-best under the best
+              for line in m.value.splitlines()]
+    assert listed and all(c[0].isupper() and c.endswith(".") for c in listed)
 
 
 def test_attention_thumbnails_keep_the_photo_aspect_ratio(app_env, tiny_attention_bundle):
@@ -604,3 +605,10 @@ def test_evaluation_tables_show_every_row_and_per_image_starts_at_the_default_de
     agreement = [t.value for t in at.table if "Implementation" in t.value.columns]
     for table in agreement:                                      # a plain table: every row, nothing cut
         assert len(table) >= 1 and table["Implementation"].str.len().gt(0).all()
+
+
+def test_reference_captions_read_as_people_write_them():
+    from ui.labels import human_caption
+
+    assert human_caption("Two skiers stand , two sit on slopes .") == "Two skiers stand, two sit on slopes."
+    assert human_caption("a man 's dog runs") == "A man's dog runs."

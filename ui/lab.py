@@ -124,7 +124,9 @@ def show_captions(captions, scorer=None, references=None) -> None:
     st.markdown(f"**“{sentence(captions[0].text)}”**")
     if len(captions) > 1:
         st.markdown("\n".join(f"{rank}. {sentence(cap.text)}" for rank, cap in enumerate(captions[1:], 2)))
-    st.table(table.set_index("#"))
+    if len(table) == 1:                                # one caption: no rank to show, more room for the scores
+        table = table.drop(columns="#")
+    st.table(table, hide_index=True)
 
 
 def no_attention_reason(manifest) -> str:

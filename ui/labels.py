@@ -46,6 +46,15 @@ def sentence(text: str) -> str:
     return text[0].upper() + text[1:] + ("" if text[-1] in ".!?" else ".")
 
 
+_SPACE_BEFORE = re.compile(r"\s+([,.;:!?]|'s\b|n't\b)")
+
+
+def human_caption(text: str) -> str:
+    """A Flickr8k reference as people write it: the dataset's tokenized spacing (" ." / " , " / " 's") undone,
+    then :func:`sentence`."""
+    return sentence(_SPACE_BEFORE.sub(r"\1", text.strip()).rstrip(" ."))
+
+
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$&])")
 
 

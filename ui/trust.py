@@ -9,7 +9,7 @@ import streamlit as st
 
 from captioning.retrieval import LEVEL_TEXT, LEVELS, Assessment, IndexFileError, calibration_bins, read_calibration
 
-from .labels import literal, sentence
+from .labels import human_caption, literal
 from .state import get_dataset
 
 STYLE = {  # level -> (colour, icon, label)
@@ -72,7 +72,7 @@ def neighbour_strip(assessment: Assessment | None) -> None:
                 st.image(str(ds.image_path(n.name)), width="stretch")
             else:
                 st.markdown(f"`{n.name}`")
-            st.caption(f"similarity {n.similarity:.2f} · {literal(sentence(text.rstrip(' .')))}")
+            st.caption(f"similarity {n.similarity:.2f} · {literal(human_caption(text))}")
 
 
 @st.cache_data(show_spinner=False)

@@ -12,7 +12,7 @@ from PIL import Image
 from captioning.images import MAX_BYTES, SUPPORTED_TYPES, InvalidImageError, load_image
 from captioning.metrics import sentence_bleu_scores
 
-from .labels import literal, sentence
+from .labels import human_caption, literal
 from .state import decode_slot, get_dataset
 
 
@@ -105,7 +105,7 @@ def references_panel(name: str, words: list[str]) -> None:
     for col, n in zip(cols, range(1, 5)):
         col.metric(f"BLEU-{n}", f"{scores[f'bleu_{n}']:.3f}")
     st.markdown("**Human captions**")
-    st.markdown("\n".join(f"{i}. {literal(sentence(c.rstrip(' .')))}" for i, c in enumerate(ds.captions[name], 1)))
+    st.markdown("\n".join(f"{i}. {literal(human_caption(c))}" for i, c in enumerate(ds.captions[name], 1)))
 
 
 def attention_thumbnails(image: Image.Image, caption, size: int = 150) -> list[tuple[str, Image.Image]]:
