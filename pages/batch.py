@@ -25,7 +25,7 @@ from captioning import (
     to_record,
     zip_summary,
 )
-from ui.labels import sentence
+from ui.labels import literal, sentence
 from ui.shell import require_shell
 from ui.state import decode_slot, get_captioner
 from ui.trust import STYLE
@@ -81,7 +81,7 @@ key = hashlib.sha256(repr((captioner.bundle.name, sorted(options.items()),
 done = st.session_state.get(RESULTS_KEY)
 if not done or done["key"] != key:                       # new photos or options: caption them (once)
     config = captioner.config(**options)
-    rows, records = [], []
+    rows, records, errors = [], [], []
     bar = st.progress(0.0, text=f"Captioning {len(uploads)} photos…")
     live = st.empty()                                     # bad files, listed as they come while the rest go on
     problems = live.container()
@@ -94,16 +94,18 @@ if not done or done["key"] != key:                       # new photos or options
             # Captions written as on the Caption page; a failed file's reason in the wide Caption column (and
             # in full above the table); Status is one word, for the downloads and the counts.
             rows.append({"Photo": thumbnail(upload.data) if result.ok else NO_PHOTO, "File": result.name,
-                         "Caption": sentence(result.best.text) if result.ok else f"Not captioned: {result.error}",
+                         "Caption": sentence(result.best.text) if result.ok else
+                         f"Not captioned: {result.error.split('. ')[0].rstrip('.')}.",      # its first sentence
                          "Mean log p": f"{record['mean_log_prob']:.2f}" if result.ok else "",
                          "Trust": trust_label(result.trust) if result.ok else "",
                          "Status": "captioned" if result.ok else "failed"})
             if not result.ok:
-                problems.error(f"**{result.name}**: {result.error}", icon=":material/block:")
+                errors.append((result.name, result.error))
+                problems.error(f"**{literal(result.name)}**: {result.error}", icon=":material/block:")
             bar.progress(len(rows) / len(uploads), text=f"Captioned {len(rows)} of {len(uploads)} photos")
     bar.empty()
     live.empty()
-    done = {"key": key, "rows": rows, "records": records, "seconds": time.perf_counter() - start}
+    done = {"key": key, "rows": rows, "records": records, "errors": errors, "seconds": time.perf_counter() - start}
     st.session_state[RESULTS_KEY] = done
 
 rows, records = done["rows"], done["records"]
@@ -113,8 +115,8 @@ m1.metric("Photos", len(rows))
 m2.metric("Captioned", len(rows) - len(failed))
 m3.metric("Failed", len(failed))
 m4.metric("Time", f"{done['seconds']:.1f} s", help="loading, encoder and decoder for the whole batch")
-for r in failed:
-    st.error(f"**{r['File']}**: {r['Caption'].removeprefix('Not captioned: ')}", icon=":material/block:")
+for name, error in done.get("errors", []):
+    st.error(f"**{literal(name)}**: {error}", icon=":material/block:")
 table = pd.DataFrame(rows)
 if not any(r.get("Trust", "–") not in ("", "–") for r in rows):      # a bundle without a calibrated index
     table = table.drop(columns="Trust")

@@ -194,12 +194,17 @@ def check_word_chart_order(driver, url: str, inputs: dict) -> str:
 
     driver.get(url)
     wait_for_text_(driver, "Caption a photo")
-    orders = []
+    orders, headline = [], None
+
+    def new_headline(d):                          # the caption of this photo, not the last one's
+        shown = [e.text for e in d.find_elements(By.TAG_NAME, "h3") if e.text.startswith("“")]
+        return shown and shown[0] != headline and shown[0]
+
     for photo in inputs["photos"]:
         upload = WebDriverWait(driver, 300).until(EC.presence_of_element_located((By.CSS_SELECTOR,
                                                                                     'input[type="file"]')))
         upload.send_keys(str(photo.resolve()))
-        wait_for_text_(driver, photo.name)
+        headline = WebDriverWait(driver, 300).until(new_headline)
         wait_for_text_(driver, "How sure the model was")
         time.sleep(4)
         orders.append(word_chart_labels(driver))

@@ -159,9 +159,11 @@ def calibration_chart(scores, cider, calibration, bins: int = 10) -> alt.Chart:
         x="score:Q", tooltip=[alt.Tooltip("what:N", title="threshold"), alt.Tooltip("score:Q", format=".2f")])
     # The two labels point away from each other (left of the lower threshold, right of the upper), so close
     # thresholds never print one label over the other.
-    lower = (alt.Chart(marks.iloc[[0]]).mark_text(align="right", dx=-4, dy=-120, color="black")
-             .encode(x="score:Q", text="what:N"))
-    upper = (alt.Chart(marks.iloc[[1]]).mark_text(align="left", dx=4, dy=-120, color="black")
-             .encode(x="score:Q", text="what:N"))
+    # At the top of the plot (y=8 px), not shifted up from its middle: a label pushed outside the plot made
+    # Vega's fit-to-width layout shrink the plot to a strip of flat bars.
+    lower = (alt.Chart(marks.iloc[[0]]).mark_text(align="right", dx=-4, color="black")
+             .encode(x="score:Q", y=alt.value(8), text="what:N"))
+    upper = (alt.Chart(marks.iloc[[1]]).mark_text(align="left", dx=4, color="black")
+             .encode(x="score:Q", y=alt.value(8), text="what:N"))
     return (bars + rules + lower + upper).properties(height=300,
                                                      title="Test split: mean CIDEr-D by in-domain score")
