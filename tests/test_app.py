@@ -612,3 +612,18 @@ def test_reference_captions_read_as_people_write_them():
 
     assert human_caption("Two skiers stand , two sit on slopes .") == "Two skiers stand, two sit on slopes."
     assert human_caption("a man 's dog runs") == "A man's dog runs."
+
+
+def test_the_calibration_bars_stand_on_zero_and_their_labels_stay_inside(app_env):
+    """Issue 39: the bins were drawn as thin lines (a bar ranged in x needs y2) with numbers over each other, and
+    threshold labels pushed above the plot squeezed it flat."""
+    from captioning.retrieval import read_calibration
+    from ui.trust import calibration_chart
+
+    calibration = read_calibration(app_env / "tiny")
+    test = calibration.report["test"]
+    spec = calibration_chart(test["score"], test["cider"], calibration).to_dict()
+    bars, *others = spec["layer"]
+    assert bars["encoding"]["y2"] == {"datum": 0}
+    assert not any(layer["mark"].get("dy") for layer in others)
+    assert [layer["mark"]["type"] for layer in others] == ["rule", "text", "text"]   # no number on every bar

@@ -148,6 +148,7 @@ def calibration_chart(scores, cider, calibration, bins: int = 10) -> alt.Chart:
                        legend=alt.Legend(orient="bottom"))
     bars = (alt.Chart(frame).mark_bar(opacity=0.85, stroke="white")
             .encode(x=x, x2="high:Q", y=alt.Y("mean_cider:Q", title="mean CIDEr-D", axis=alt.Axis(format=".2f")),
+                    y2=alt.datum(0),          # from zero: a bar ranged in x is otherwise a thin line at its y
                     color=colour,
                     tooltip=[alt.Tooltip("low:Q", format=".2f", title="score from"),
                              alt.Tooltip("high:Q", format=".2f", title="score to"),
