@@ -6,7 +6,6 @@ from ui.charts import word_probabilities
 from ui.lab import (
     PRESETS,
     choose_shared_photo,
-    no_attention_reason,
     quality_diversity_chart,
     results_frame,
     show_captions,
@@ -15,7 +14,7 @@ from ui.lab import (
 )
 from ui.labels import human_caption, literal
 from ui.shell import require_shell
-from ui.state import current_manifest, current_results, decode_slot, get_captioner, get_dataset
+from ui.state import current_results, decode_slot, get_captioner, get_dataset
 from ui.trust import assess_caption, trust_line
 from ui.widgets import attention_panel, cached_features, choose_image
 
@@ -79,7 +78,7 @@ if chosen is not None:
                 st.altair_chart(word_probabilities(captions[0], "The first caption", horizontal=True),
                                 width="stretch")
                 if captions[0].attention is None:
-                    st.caption(no_attention_reason(current_manifest()))
+                    st.caption(captioner.attention_note or "No attention maps for this caption.")
                 attention_panel(chosen.image, captions[0], per_row=4, size=110)
 
 st.divider()

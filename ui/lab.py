@@ -129,21 +129,6 @@ def show_captions(captions, scorer=None, references=None) -> None:
     st.table(table, hide_index=True)
 
 
-def no_attention_reason(manifest) -> str:
-    """Why a caption comes without attention maps, from the bundle's manifest."""
-    kinds = {d.kind for d in manifest.decoders} if manifest is not None else set()
-    if "attention" not in kinds and "topdown" not in kinds:
-        return ("No attention maps: this model's decoder reads the photo as one vector (a merge decoder), so it "
-                "does not look at places in the photo.")
-    grids = sorted({e.spatial_grid for d, e in zip(manifest.decoders, manifest.decoder_encoders)
-                    if d.kind != "merge" and isinstance(e.spatial_grid, int)}, reverse=True)
-    if len(grids) > 1:
-        shown = ", ".join(f"{g}×{g}" for g in grids)
-        return (f"No attention maps: this ensemble's decoders look at its encoders' grids of different sizes "
-                f"({shown}), so their maps cannot be averaged into one.")
-    return "No attention maps for this caption."
-
-
 def results_frame(report: EvaluationReport | None) -> pd.DataFrame:
     """The evaluation's decoding runs with a label each (older entries: greedy / beam K)."""
     if report is None or not report.runs:
