@@ -42,8 +42,10 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, Response, Uploa
 from fastapi.responses import JSONResponse
 from PIL import UnidentifiedImageError
 
+from .alttext import alt_text
 from .batch import caption_stream
 from .images import MAX_BYTES, SUPPORTED_TYPES, InvalidImageError, _too_big, load_image, to_canonical
+from .metadata import xmp_packet
 
 if TYPE_CHECKING:
     from .captioner import Captioner
@@ -407,10 +409,13 @@ def model_summary(captioner: "Captioner") -> dict:
 
 
 def result_json(result, attention: bool = False) -> dict:
-    """One image's answer: its file name, n-best captions and, where the bundle has a retrieval index, its trust
-    level as the app and the CLI report it (``in_domain`` score, level, what the level means); ``trust`` is null
-    for a bundle without an index."""
+    """One image's answer: its file name, n-best captions, the best one as alt text and as an XMP packet, and,
+    where the bundle has a retrieval index, its trust level as the app and the CLI report it (``in_domain`` score,
+    level, what the level means); ``trust`` is null for a bundle without an index."""
     out = {"filename": result.name, "captions": [caption_json(c, attention) for c in result.captions]}
+    # the best caption as alt text and as the XMP packet a sidecar (or `/v1/captions/photo`) would hold
+    text = alt_text(result.captions[0].text) if result.captions else None
+    out["alt_text"], out["xmp"] = text, (xmp_packet(text) if text else None)
     trust = result.trust
     out["trust"] = None if trust is None else {**_finite(trust.to_json()), "level": trust.level,
                                                "explanation": trust.explanation}

@@ -130,6 +130,11 @@ def test_one_caption_with_n_best_scores_and_word_probabilities(api, photos, tiny
     assert best["score"] >= result["captions"][1]["score"]
     assert best["text"] == " ".join(w["word"] for w in best["words"])
     assert all(0 < w["probability"] <= 1 for w in best["words"]) and "attention" not in best
+    # the best caption as alt text and as a sidecar's XMP packet (issue 37)
+    assert result["alt_text"][0].isupper() and result["alt_text"].endswith(".") and "<unk>" not in result["alt_text"]
+    assert result["alt_text"].rstrip(".").lower() == best["text"].replace(" <unk>", "").lower()
+    assert f'<rdf:li xml:lang="x-default">{result["alt_text"]}</rdf:li>' in result["xmp"]
+    assert "Iptc4xmpExt:AltTextAccessibility" in result["xmp"]
     logs = [math.log(w["probability"]) for w in best["words"]] + [math.log(best["end_probability"])]
     assert sum(logs) == pytest.approx(best["log_prob"], abs=0.01)
     captioner = Captioner(load_bundle(tiny_bundle), mobilenet_weights)
