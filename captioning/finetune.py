@@ -221,7 +221,7 @@ def mixed_dataset(features, user_idx, user_tokens, replay_idx, replay_tokens, ba
     replay captions (the replay stream repeats); one epoch is one pass over the user's captions."""
     import tensorflow as tf
 
-    from .training import make_dataset
+    from .training import example_maker, make_dataset
 
     n_replay = int(round(batch_size * replay)) if len(replay_idx) else 0
     if n_replay == 0:
@@ -234,24 +234,7 @@ def mixed_dataset(features, user_idx, user_tokens, replay_idx, replay_tokens, ba
     rep = tf.data.Dataset.from_tensor_slices((replay_idx.astype(np.int32), pad(replay_tokens)))
     rep = rep.shuffle(len(replay_idx), seed=seed + 1, reshuffle_each_iteration=True).repeat().batch(n_replay)
     both = tf.data.Dataset.zip(user, rep).map(lambda a, b: (tf.concat([a[0], b[0]], 0), tf.concat([a[1], b[1]], 0)))
-    if isinstance(features, np.ndarray):
-        table = tf.constant(features)
-
-        def gather(idx):
-            return tf.gather(table, idx)
-    else:
-        row_shape = tuple(features.shape[1:])
-
-        def gather(idx):
-            rows = tf.numpy_function(features.take, [idx], tf.float16, stateful=False)
-            return tf.ensure_shape(rows, (None, *row_shape))
-
-    def to_example(idx, ids):
-        longest = tf.reduce_max(tf.reduce_sum(tf.cast(ids > 0, tf.int32), axis=1))
-        ids = ids[:, :longest]                                                          # (B, T)
-        return (tf.cast(gather(idx), tf.float32), ids[:, :-1]), ids[:, 1:]
-
-    return both.map(to_example).prefetch(2)
+    return both.map(example_maker(features)).prefetch(2)
 
 
 def _pick_members(members: list[str] | None, n: int) -> list[int]:

@@ -151,14 +151,8 @@ def _pid_exists(pid: int) -> bool:
 
 def alive(pid: int | None, start: str | None = None) -> bool:
     """Whether ``pid`` runs and is the same process (same start time) as when it was recorded; zombies are dead."""
-    if not pid:
+    if not pid or not _pid_exists(pid):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

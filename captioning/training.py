@@ -90,9 +90,9 @@ def encode_captions(captions: Sequence[Sequence[str]], vocab: Vocabulary, max_to
     return out
 
 
-def make_dataset(features, image_index: np.ndarray, tokens: np.ndarray, batch_size: int,
-                 shuffle: bool, seed: int = 0, drop_remainder: bool = False):
-    """tf.data of ((features (B, ...), input ids (B, T-1)), target ids (B, T-1)), trimmed per batch.
+def example_maker(features):
+    """The tf.data map from a batch of (image rows (B,), caption ids (B, T)) to ((features (B, ...) float32, input
+    ids (B, T'-1)), target ids (B, T'-1)), trimmed to the batch's longest caption T'.
 
     ``features`` is an in-memory float16 array (pooled features: 8000 x 2048 is 33 MB) or a
     :class:`~captioning.features.FeatureRows` table on disk (spatial maps: 2.9 GB for train and dev), whose
@@ -117,10 +117,20 @@ def make_dataset(features, image_index: np.ndarray, tokens: np.ndarray, batch_si
         ids = ids[:, :width]                                                      # (B, T)
         return (tf.cast(gather(idx), tf.float32), ids[:, :-1]), ids[:, 1:]
 
+    return to_example
+
+
+def make_dataset(features, image_index: np.ndarray, tokens: np.ndarray, batch_size: int,
+                 shuffle: bool, seed: int = 0, drop_remainder: bool = False):
+    """tf.data of ((features (B, ...), input ids (B, T-1)), target ids (B, T-1)), trimmed per batch
+    (:func:`example_maker`)."""
+    import tensorflow as tf
+
     ds = tf.data.Dataset.from_tensor_slices((image_index.astype(np.int32), tokens))
     if shuffle:
         ds = ds.shuffle(len(tokens), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(example_maker(features),
+                                                                 num_parallel_calls=tf.data.AUTOTUNE)
     # Several workers: each takes its share of every batch (not of files: there are none).
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

@@ -2,7 +2,6 @@
 text (HTML and Markdown), and written into the photos (a zip of captioned copies or XMP sidecars)."""
 import base64
 import hashlib
-import io
 import time
 
 import pandas as pd
@@ -13,13 +12,11 @@ from captioning import (
     MAX_BYTES,
     SIDECAR_NAMES,
     SUPPORTED_TYPES,
-    InvalidImageError,
     caption_uploads,
     captions_zip,
     exiftool_available,
     expand_uploads,
     html_snippets,
-    load_image,
     markdown_list,
     records_text,
     to_record,
@@ -29,7 +26,7 @@ from ui.labels import literal, sentence
 from ui.shell import require_shell
 from ui.state import decode_slot, get_captioner
 from ui.trust import STYLE
-from ui.widgets import decoding_controls
+from ui.widgets import decoding_controls, thumbnail
 
 RESULTS_KEY = "batch_results"
 ZIP_KEY = "batch_metadata_zip"
@@ -37,18 +34,6 @@ ZIP_KEY = "batch_metadata_zip"
 NO_PHOTO = ("data:image/svg+xml;base64," + base64.b64encode(
     b'<svg xmlns="http://www.w3.org/2000/svg" width="96" height="96"><rect width="96" height="96" '
     b'fill="#e6e6e6"/><path d="M34 34L62 62M62 34L34 62" stroke="#b00020" stroke-width="6"/></svg>').decode())
-
-
-def thumbnail(data: bytes, size: int = 96) -> str | None:
-    """A small JPEG of the photo as a data URL, for the table."""
-    try:
-        image = load_image(data)
-    except InvalidImageError:
-        return None
-    image.thumbnail((size, size))
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def trust_label(assessment) -> str:

@@ -11,6 +11,8 @@ import streamlit as st
 from captioning.jobs import Job, JobQueue, Progress, jobs_dir
 from captioning.train_jobs import ImportCheckError, import_check
 
+from .widgets import thumbnail
+
 STATUS = {  # status -> (label, badge colour, icon)
     "queued": ("Queued", "gray", ":material/schedule:"),
     "running": ("Running", "blue", ":material/autorenew:"),
@@ -204,17 +206,5 @@ def finetune_report(bundle: str) -> dict | None:
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def thumbnail_url(path, size: int = 96) -> str | None:
-    """A small JPEG of a photo as a data URL (for a table's image column), or None when it cannot be read."""
-    import base64
-    import io
-
-    from captioning.images import InvalidImageError, load_image
-
-    try:
-        image = load_image(path)
-    except InvalidImageError:
-        return None
-    image.thumbnail((size, size))
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    """A small JPEG of a photo on disk as a data URL (for a table's image column), or None when it cannot be read."""
+    return thumbnail(path, size)

@@ -1,7 +1,9 @@
 """Input widgets shared by the Caption and Compare pages."""
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import random
 from dataclasses import dataclass
 
@@ -134,3 +136,16 @@ def attention_panel(image: Image.Image, caption, per_row: int = 6, size: int = 1
     for start in range(0, len(strip), per_row):
         for col, (word, picture) in zip(st.columns(per_row), strip[start:start + per_row]):
             col.image(picture, caption=word, width="stretch")
+
+
+def thumbnail(source, size: int = 96) -> str | None:
+    """A small JPEG of a photo (bytes or a path, read by the safe loader) as a data URL for a table's image column,
+    or None when it cannot be read."""
+    try:
+        image = load_image(source)
+    except InvalidImageError:
+        return None
+    image.thumbnail((size, size))
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
