@@ -1,6 +1,6 @@
-"""Command line: ``python -m captioning caption IMAGE|FOLDER... [--out FILE] [--beam-width K | --strategy sample|
-diverse ...] [--json] [--neighbours K]``, ``serve`` and
-``setup-weights``, ``jobs list|show|cancel|resume`` (background fine-tunes, as the Train page lists them)."""
+"""Command line: ``python -m captioning caption IMAGE|FOLDER... [--out FILE] [--strategy greedy|beam|sample|diverse
+...] [--json] [--neighbours K]`` (beam search, 5 beams, unless told otherwise), ``serve``, ``setup-weights`` and
+``jobs list|show|cancel|resume`` (background fine-tunes, as the Train page lists them)."""
 from __future__ import annotations
 
 import argparse
@@ -26,10 +26,6 @@ def main(argv=None) -> int:
     cap.add_argument("--batch-size", type=int, default=16, help="images through the encoder at once (default 16)")
     cap.add_argument("--bundle", default=None, help="artifact bundle folder (default: artifacts/default, or "
                      "$CAPTIONING_ARTIFACTS/default)")
-    cap.add_argument("--beam-width", type=int, default=1, help="1 = greedy (default); e.g. 5 for beam search")
-    cap.add_argument("--length-penalty", type=float, default=1.0)
-    cap.add_argument("--no-repeat-ngram-size", type=int, default=0)
-    cap.add_argument("--n-best", type=int, default=1, help="print this many captions per image")
     cap.add_argument("--weights", default=None, help="encoder ImageNet weights file")
     add_strategy_options(cap)
     add_metadata_options(cap)
@@ -94,11 +90,10 @@ def caption(args) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.neighbours < 0:
         raise ValueError("--neighbours must be 0 or more")
+    strategy_overrides(args)                         # a decoding mistake, whatever the bundle (its length: below)
     bundle = Path(args.bundle) if args.bundle else artifacts_dir() / "default"
     manifest = read_manifest(bundle)                 # cheap; names the real folder when CAPTIONING_ARTIFACTS is set
-    config = DecodeConfig(max_length=manifest["max_length"], beam_width=args.beam_width,
-                          length_penalty=args.length_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
-                          **strategy_overrides(args))
+    config = DecodeConfig(max_length=manifest["max_length"], **strategy_overrides(args, manifest["max_length"]))
     paths = gather_images(args.images)
     if not paths:
         raise ValueError(f"no image files (jpg, jpeg, png, webp, bmp, gif) in {' '.join(args.images)}")
@@ -250,21 +245,25 @@ def jobs_command(args) -> int:
 
 
 def add_strategy_options(cap: argparse.ArgumentParser) -> None:
-    """Decoding strategies beyond greedy and beam (``--beam-width K`` alone still means beam search)."""
-    g = cap.add_argument_group("decoding strategy")
-    g.add_argument("--strategy", choices=["greedy", "beam", "sample", "diverse"], default=None,
-                   help="default: greedy, or beam search when --beam-width > 1")
-    g.add_argument("--temperature", type=float, default=1.0, help="sample: < 1 sharper, > 1 more adventurous")
-    g.add_argument("--top-k", type=int, default=0, help="sample: only the k likeliest words (0 = off)")
-    g.add_argument("--top-p", type=float, default=1.0, help="sample: nucleus, e.g. 0.9 (1 = off)")
-    g.add_argument("--n", type=int, default=None, help="sample: captions drawn per image (default 1)")
-    g.add_argument("--seed", type=int, default=0, help="sample: the same seed draws the same captions")
-    g.add_argument("--groups", type=int, default=1, help="diverse: beam groups (must divide --beam-width)")
-    g.add_argument("--diversity-penalty", type=float, default=0.5, help="diverse: Hamming penalty between groups")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages words already said")
-    g.add_argument("--no-repeat-word", action="store_true", help="never the same word twice in a row")
-    g.add_argument("--ban", nargs="+", default=(), metavar="WORD", help="words never to emit")
-    g.add_argument("--min-length", type=int, default=1, help="fewest words per caption")
+    """Every decoding option as a flag, generated from the one declaration (:mod:`captioning.decoding_options`):
+    the same names, ranges and help as the REST API's fields. Every default is None, so that
+    :func:`strategy_overrides` knows what the user set."""
+    from .decoding_options import STRATEGIES, STRATEGY_HELP, USER_OPTIONS
+
+    g = cap.add_argument_group("decoding (default: beam search with 5 beams)")
+    g.add_argument("--strategy", choices=STRATEGIES, default=None, help=STRATEGY_HELP)
+    for option in USER_OPTIONS:
+        scope = "" if option.strategies == STRATEGIES else "/".join(option.strategies) + ": "
+        text = f"{scope}{option.help}" + (f"; {option.limits()}" if option.kind in (int, float) else "")
+        if option.kind is bool:
+            g.add_argument(option.flag, action="store_true", default=None, help=text)
+        elif option.kind is tuple:
+            g.add_argument(option.flag, nargs="+", default=None, metavar=option.metavar, help=text)
+        else:
+            g.add_argument(option.flag, type=option.kind, default=None, metavar=option.metavar, help=text)
+        if option.name == "num_return_sequences":
+            g.add_argument("--n", type=int, default=None, metavar="N",
+                           help="sample: captions drawn per image (the same as --n-best)")
 
 
 def add_metadata_options(cap: argparse.ArgumentParser) -> None:
@@ -322,19 +321,20 @@ def writer_callback(writer, show):
     return on_result
 
 
-def strategy_overrides(args) -> dict:
-    """DecodeConfig fields from the strategy options (ValueError with what to change on a bad mix)."""
-    strategy = args.strategy or "auto"
-    if args.n is not None and strategy != "sample":
-        raise ValueError("--n is the number of sampled captions (--strategy sample); use --n-best for beam search")
-    out = {"strategy": strategy, "num_return_sequences": args.n if args.n is not None else args.n_best,
-           "repetition_penalty": args.repetition_penalty, "no_repeat_word": args.no_repeat_word,
-           "banned_words": tuple(w.lower() for w in args.ban), "min_length": args.min_length}
-    if strategy == "sample":
-        out.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    if strategy == "diverse":
-        out.update(num_groups=args.groups, diversity_penalty=args.diversity_penalty)
-    return out
+def strategy_overrides(args, max_length: int | None = None) -> dict:
+    """DecodeConfig fields from the decoding flags the user gave (ValueError naming the flag on a bad mix or value;
+    ``max_length``: the bundle's, to check --min-length against)."""
+    from .decoding_options import USER_OPTIONS, resolve
+
+    given = {"strategy": args.strategy} if args.strategy else {}
+    given.update({o.name: getattr(args, o.field) for o in USER_OPTIONS if getattr(args, o.field) is not None})
+    if args.n is not None:
+        if args.strategy != "sample":
+            raise ValueError("--n is the number of sampled captions (--strategy sample); use --n-best for beam search")
+        if "num_return_sequences" in given:
+            raise ValueError("--n and --n-best both set the captions drawn per image; give one")
+        given["num_return_sequences"] = args.n
+    return resolve(given, "cli", max_length)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .decoding_options import OPTION, OPTIONS, STRATEGIES, strategy_defaults
 from .stepper import StepDecoder, repeat_rows, select_rows
 from .text import Vocabulary
 
 NEG_INF = -np.inf
-
-
-STRATEGIES = ("greedy", "beam", "sample", "diverse")
 
 
 @dataclass(frozen=True)
@@ -72,41 +70,15 @@ class DecodeConfig:
     banned_words: tuple[str, ...] = ()
 
     def __post_init__(self):
-        def whole(name, lo, hi=None):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo or \
-                    (hi is not None and value > hi):
-                bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-                raise ValueError(f"{name} must be a whole number {bound}, got {value!r}")
-
-        def number(name, value=None):
-            value = getattr(self, name) if value is None else value
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-                    or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-            return float(value)
-
         if self.strategy not in ("auto", *STRATEGIES):
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        whole("beam_width", 1, 100)
-        whole("max_length", 1, 200)
-        whole("no_repeat_ngram_size", 0)
-        whole("num_return_sequences", 1)
-        whole("min_length", 0)
-        whole("top_k", 0)
-        whole("seed", 0)
-        whole("num_groups", 1, 100)
-        number("length_penalty")
-        if number("temperature") <= 0:
-            raise ValueError(f"temperature must be > 0 (1 = the model's own distribution), got {self.temperature!r}")
-        if not 0 < number("top_p") <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}")
-        if number("diversity_penalty") < 0:
-            raise ValueError(f"diversity_penalty must be >= 0 (0 = plain beam search per group), "
-                             f"got {self.diversity_penalty!r}")
-        if number("repetition_penalty") <= 0:
-            raise ValueError(f"repetition_penalty must be > 0 (1 = off, > 1 discourages repeats), "
-                             f"got {self.repetition_penalty!r}")
+        for option in OPTIONS:                      # the ranges are declared once, in decoding_options
+            if option.kind in (int, float):
+                if option.name == "num_return_sequences":    # its upper bound depends on the strategy: below
+                    option = replace(option, high=None)
+                problem = option.problem(getattr(self, option.name))
+                if problem:
+                    raise ValueError(problem)
         if isinstance(self.banned_words, str) or not all(isinstance(w, str) and w for w in self.banned_words):
             raise ValueError(f"banned_words must be a tuple of words, e.g. ('man', 'woman'), got {self.banned_words!r}")
         kind = self.kind
@@ -120,8 +92,9 @@ class DecodeConfig:
         if kind in ("beam", "diverse", "greedy") and self.num_return_sequences > self.beam_width:
             raise ValueError(f"num_return_sequences ({self.num_return_sequences}) must be <= beam_width "
                              f"({self.beam_width}); raise beam_width to get an n-best list")
-        if kind == "sample" and self.num_return_sequences > 100:
-            raise ValueError(f"num_return_sequences (samples per image) must be <= 100, "
+        most = OPTION["num_return_sequences"].high
+        if kind == "sample" and self.num_return_sequences > most:
+            raise ValueError(f"num_return_sequences (samples per image) must be <= {most}, "
                              f"got {self.num_return_sequences}")
         if kind == "diverse" and self.beam_width % self.num_groups:
             raise ValueError(f"num_groups ({self.num_groups}) must divide beam_width ({self.beam_width}), "
@@ -186,16 +159,7 @@ class DecodeConfig:
         return text + (f" ({'; '.join(extras)})" if extras else "")
 
 
-SPEC_KEYS = {   # spec key -> DecodeConfig field
-    "width": "beam_width", "beams": "beam_width", "beam_width": "beam_width",
-    "n": "num_return_sequences", "n_best": "num_return_sequences",
-    "lp": "length_penalty", "length_penalty": "length_penalty",
-    "temperature": "temperature", "t": "temperature", "top_k": "top_k", "top_p": "top_p", "seed": "seed",
-    "groups": "num_groups", "penalty": "diversity_penalty", "diversity_penalty": "diversity_penalty",
-    "repetition_penalty": "repetition_penalty", "no_repeat_ngram": "no_repeat_ngram_size",
-    "no_repeat_ngram_size": "no_repeat_ngram_size", "no_repeat_word": "no_repeat_word",
-    "ban": "banned_words", "banned_words": "banned_words", "min_length": "min_length", "max_length": "max_length",
-}
+SPEC_KEYS = {key: o.name for o in OPTIONS for key in o.spec}   # spec key -> DecodeConfig field
 
 
 def parse_spec(spec: str, **base) -> DecodeConfig:
@@ -243,9 +207,7 @@ def parse_spec(spec: str, **base) -> DecodeConfig:
     if name == "beam" and "beam_width" not in fields:
         raise ValueError(f"decoding spec {spec!r}: give the beam width, e.g. beam:5")
     if name == "diverse":
-        merged.setdefault("num_groups", 2)
-        merged.setdefault("beam_width", 2 * merged["num_groups"])
-        merged.setdefault("diversity_penalty", 0.5)
+        merged = strategy_defaults(name, merged)
     return DecodeConfig(strategy=name, **merged)
 
 
@@ -337,18 +299,24 @@ def sampling_distribution(log_probs: np.ndarray, temperature: float = 1.0, top_k
     words whose probability reaches p, always at least one), then renormalise: Hugging Face's order.
     Forbidden tokens (-inf) keep probability 0.
     """
-    logits = log_probs / temperature
-    if top_k and top_k < logits.shape[1]:
-        kth = -np.partition(-logits, top_k - 1, axis=1)[:, top_k - 1: top_k]       # (R, 1) k-th largest
-        logits = np.where(logits < kth, NEG_INF, logits)
-    top = logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits - top)
-    probs /= probs.sum(axis=1, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # a too-small temperature: see below
+        logits = log_probs / temperature
+        if top_k and top_k < logits.shape[1]:
+            kth = -np.partition(-logits, top_k - 1, axis=1)[:, top_k - 1: top_k]   # (R, 1) k-th largest
+            logits = np.where(logits < kth, NEG_INF, logits)
+        top = logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits - top)
+        probs /= probs.sum(axis=1, keepdims=True)
+    broken = ~np.isfinite(probs).all(axis=1)   # float32 overflow (T below ~1e-38; DecodeConfig refuses < 0.01)
+    if broken.any():                           # the limit of a vanishing temperature: the likeliest word
+        probs[broken] = 0.0
+        probs[broken, np.argmax(log_probs[broken], axis=1)] = 1.0
     if top_p < 1.0:
         order = np.argsort(-probs, axis=1, kind="stable")
         sorted_probs = np.take_along_axis(probs, order, axis=1)
         before = np.cumsum(sorted_probs, axis=1) - sorted_probs                # mass of the likelier words
-        keep_sorted = before < top_p                                           # the first word always stays
+        keep_sorted = before < top_p
+        keep_sorted[:, 0] = True               # the likeliest word always stays (float32 rounds a tiny p to 0)
         keep = np.zeros_like(keep_sorted)
         np.put_along_axis(keep, order, keep_sorted, axis=1)
         probs = np.where(keep, probs, 0.0)
@@ -453,7 +421,7 @@ def _rowwise_search(decoder, features: np.ndarray, vocab: Vocabulary, config: De
 
 
 def beam_search(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
-                config: DecodeConfig) -> list[list[Caption]]:
+                config: DecodeConfig, distinct: bool = False) -> list[list[Caption]]:
     """Beam search, or diverse beam search with ``config.num_groups`` groups, for a batch of images; returns
     each image's n-best list.
 
@@ -468,6 +436,9 @@ def beam_search(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
     beam search of its own (one group is exactly beam search); the n-best list takes every group's best
     caption first (ranked by score), then every group's second, and so on. Scores and log-probabilities
     are the model's, without the penalty.
+
+    Two groups may find the same caption: with ``distinct`` (what :func:`decode` asks for) each caption appears
+    once, with its better score, and the list is filled from the further finished and open hypotheses.
     """
     b, groups = len(features), config.num_groups if config.kind == "diverse" else 1
     width = config.beam_width
@@ -569,29 +540,48 @@ def beam_search(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
 
     results = []
     for i in range(b):
-        per_group = []
+        per_group, spare = [], []
         enough = sum(len(finished[u]) for u in range(i * groups, (i + 1) * groups)) >= config.num_return_sequences
         for u in range(i * groups, (i + 1) * groups):
             hyps = list(finished[u])
-            if not enough or not done[u]:
-                for j in range(k):
-                    row = u * k + j
-                    if scores[u, j] > NEG_INF:
-                        hyps.append(_make_caption(history[row], logps[row], None if attn is None else attn[row],
-                                                  False, config, vocab))
+            if not enough or not done[u] or distinct:
+                open_beams = [_make_caption(history[u * k + j], logps[u * k + j],
+                                            None if attn is None else attn[u * k + j], False, config, vocab)
+                              for j in range(k) if scores[u, j] > NEG_INF]
+                if not enough or not done[u]:
+                    hyps += open_beams
+                else:
+                    spare += open_beams           # only to fill a distinct n-best list
             hyps.sort(key=lambda c: c.score, reverse=True)
             per_group.append(hyps)
         # round-robin over groups: every group's best, then every group's second, ... (one group: by score)
         ranked = sorted(((rank, -c.score, g, c) for g, hyps in enumerate(per_group) for rank, c in enumerate(hyps)),
                         key=lambda x: x[:3])
-        results.append([c for *_, c in ranked][: config.num_return_sequences])
+        ranked = [c for *_, c in ranked]
+        if distinct:
+            ranked = distinct_captions(ranked + sorted(spare, key=lambda c: c.score, reverse=True))
+        results.append(ranked[: config.num_return_sequences])
     return results
+
+
+def distinct_captions(captions: list[Caption]) -> list[Caption]:
+    """``captions`` with each text once, in their order: a caption found twice (two diverse groups, or a finished
+    and a cut-off hypothesis of the same words) keeps its better score at its first place."""
+    best: dict[tuple[str, ...], Caption] = {}
+    for caption in captions:
+        key = tuple(caption.words)
+        if key not in best or caption.score > best[key].score:
+            best[key] = caption                   # a dict keeps the key's first place
+    return list(best.values())
 
 
 def decode(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary, config: DecodeConfig = DecodeConfig(),
            batch_size: int = 256, progress: Callable[[int], None] | None = None,
            max_rows: int = 1280) -> list[list[Caption]]:
     """Decode every row of ``features`` (n-best list or samples per image), in batches of ``batch_size`` images.
+
+    An n-best list (beam, diverse) holds distinct captions; samples are draws, and the same caption may be drawn
+    twice (how often is what the lab's "distinct captions" measures).
 
     A batch holds at most ``max_rows`` decoder rows (images x beams or samples), so wide beams take fewer
     images at a time and memory stays flat (an attention decoder keeps a (rows, P, F) context); the captions
@@ -607,7 +597,7 @@ def decode(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary, config
         elif kind == "sample":
             out.extend(sample_search(decoder, chunk, vocab, config, first_index=lo))
         else:
-            out.extend(beam_search(decoder, chunk, vocab, config))
+            out.extend(beam_search(decoder, chunk, vocab, config, distinct=True))
         if progress:
             progress(len(chunk))
     return out
@@ -625,7 +615,7 @@ def decode_one(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
 
 
 __all__ = ["DecodeConfig", "Caption", "STRATEGIES", "parse_spec", "sampling_distribution", "greedy_search",
-           "sample_search", "beam_search", "decode", "decode_one", "with_beam", "Sampler"]
+           "sample_search", "beam_search", "distinct_captions", "decode", "decode_one", "with_beam", "Sampler"]
 
 
 class Sampler:

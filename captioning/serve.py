@@ -2,8 +2,9 @@
 
 Endpoints (OpenAPI page at ``/docs``, served from a packaged copy of Swagger UI, so it works offline):
     POST /v1/captions   one or several images (multipart field ``images``) + decoding options as form fields
-                        -> the n-best captions of each, with scores and per-word probabilities (attention on request)
-                        and the photo's trust level (in-domain score) where the bundle has a retrieval index
+                        (every strategy and option of the command line, same names without dashes, default
+                        beam 5) -> the n-best captions of each, with scores and per-word probabilities (attention
+                        on request) and the photo's trust level (in-domain score) where the bundle has a retrieval index
     POST /v1/captions/photo   one image -> the same photo with its caption written into its metadata (XMP, IPTC,
                         EXIF; pixels untouched), or ``return=xmp`` its XMP sidecar, or ``return=json`` caption, alt
                         text and XMP packet (captioning/metadata.py; needs ExifTool for the photo)
@@ -38,21 +39,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import anyio
-from fastapi import FastAPI, File, Form, HTTPException, Request, Response, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Response, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import UnidentifiedImageError
 
 from .alttext import alt_text
 from .batch import caption_stream
+from .decoding_options import OPTION, shown
 from .images import MAX_BYTES, SUPPORTED_TYPES, InvalidImageError, _too_big, load_image, to_canonical
 from .metadata import xmp_packet
+from .serve_options import decoding_form, one_line_422
 
 if TYPE_CHECKING:
     from .captioner import Captioner
     from .decoding import Caption
 
 MAX_IMAGES_PER_REQUEST = 16
-MAX_BEAM_WIDTH = 10                              # the app's slider range; wider beams cost time, not quality
+MAX_BEAM_WIDTH = OPTION["beam_width"].high       # every decoding limit is declared once (decoding_options)
 MAX_REQUEST_BYTES = MAX_IMAGES_PER_REQUEST * MAX_BYTES + 2**20     # every image at the limit + form overhead
 DEFAULT_CONCURRENCY = 2                          # decodes at once; more only queue for the same CPU cores
 ENCODE_BATCH = 4                                 # photos through the encoder at once: its activations grow with
@@ -498,6 +502,7 @@ def create_app(captioner: "Captioner", max_concurrent: int | None = None, settin
                   summary=f"Captions for photos from the {captioner.bundle.name!r} model (CNN encoder + LSTM decoder).")
     add_local_docs(app, bearer=settings.api_key is not None)
     add_guards(app, settings, admission)
+    app.add_exception_handler(RequestValidationError, one_line_422)    # a bad decoding field: one line, 422
 
     @app.get("/v1/health", summary="Liveness: the model is loaded and requests are served")
     async def health() -> dict:
@@ -514,20 +519,14 @@ def create_app(captioner: "Captioner", max_concurrent: int | None = None, settin
     async def captions(
         request: Request,
         images: Annotated[list[UploadFile], File(description="one or more photos (JPEG, PNG, WebP, BMP or GIF)")],
-        beam_width: Annotated[int, Form(ge=1, le=MAX_BEAM_WIDTH, description="1 = greedy; 5 = the app's default")] = 5,
-        length_penalty: Annotated[float, Form(ge=0.0, le=2.0,
-                                              description="score = sum log p / length ** penalty")] = 1.0,
-        no_repeat_ngram_size: Annotated[int, Form(ge=0, le=4,
-                                                  description="0 = off; 2 forbids a repeated word pair")] = 0,
-        n_best: Annotated[int, Form(ge=1, le=MAX_BEAM_WIDTH, description="captions per image (<= beam_width)")] = 1,
+        decoding: Annotated[dict, Depends(decoding_form(captioner.bundle.max_length))],   # every decoding option
         attention: Annotated[bool, Form(description="include each word's attention weights over the "
                                                     "encoder's grid (attention decoders)")] = False,
     ) -> dict:
         if len(images) > MAX_IMAGES_PER_REQUEST:
             raise HTTPException(413, f"{len(images)} images in one request; send at most {MAX_IMAGES_PER_REQUEST}.")
         try:
-            config = captioner.config(beam_width=beam_width, length_penalty=length_penalty,
-                                      no_repeat_ngram_size=no_repeat_ngram_size, num_return_sequences=n_best)
+            config = captioner.config(**decoding)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         names = [u.filename or f"image {i + 1}" for i, u in enumerate(images)]
@@ -558,8 +557,7 @@ def create_app(captioner: "Captioner", max_concurrent: int | None = None, settin
         results, seconds = outcome
         return {
             "model": captioner.bundle.name,
-            "decoding": {"beam_width": beam_width, "length_penalty": length_penalty,
-                         "no_repeat_ngram_size": no_repeat_ngram_size, "n_best": n_best},
+            "strategy": config.kind, "decoding": shown(config), "decoding_label": config.describe(),
             "seconds": round(seconds, 4),
             "results": [result_json(r, attention) for r in results],
             **({"attention_note": captioner.attention_note} if attention and captioner.attention_note else {}),
@@ -590,7 +588,7 @@ def add_photo_route(app: FastAPI, captioner: "Captioner", limiter) -> None:
                          501: {"description": "ExifTool is not installed on the server (return=photo only)"}})
     async def captioned_photo(
         image: Annotated[UploadFile, File(description="one photo (JPEG, PNG, WebP or TIFF keep the caption inside)")],
-        beam_width: Annotated[int, Form(ge=1, le=MAX_BEAM_WIDTH, description="1 = greedy; 5 = the app's default")] = 5,
+        decoding: Annotated[dict, Depends(decoding_form(captioner.bundle.max_length))],   # every decoding option
         tag_keywords: Annotated[bool, Form(description="also write the caption's nouns as dc:subject")] = False,
         return_: Annotated[Literal["photo", "xmp", "json"], Form(alias="return")] = "photo",
     ) -> Response:
@@ -609,7 +607,7 @@ def add_photo_route(app: FastAPI, captioner: "Captioner", limiter) -> None:
                 picture = load_image(data)
             except InvalidImageError as exc:
                 return _image_error(name, exc)
-            best = captioner.caption(picture, captioner.config(beam_width=beam_width))[0]
+            best = captioner.caption(picture, captioner.config(**decoding))[0]
             text = alt_text(best.text)
             subjects = keywords(best.text) if tag_keywords else []
             if return_ != "photo":

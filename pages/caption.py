@@ -3,7 +3,6 @@ import time
 
 import streamlit as st
 
-from captioning import DecodeConfig
 from ui.charts import word_probabilities
 from ui.lab import remember_photo
 from ui.labels import literal, model_knows, sentence
@@ -35,7 +34,7 @@ if chosen is not None:
     with right:
         st.markdown(f"### “{sentence(best.text)}”")
         trust_line(trust, captioner.bundle.path)
-        label = DecodeConfig(beam_width=options["beam_width"]).describe()
+        label = captioner.config(**options).describe()       # labels come only from describe()
         m1, m2, m3 = st.columns(3)
         m1.metric("Decoding", label)
         m2.metric("Time", f"{seconds * 1000:.0f} ms", help="encoder + decoder, from image to caption")

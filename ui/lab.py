@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from captioning.decoding import DecodeConfig
+from captioning.decoding_options import OPTION, STRATEGY_LABELS
 from captioning.manifest import EvaluationReport
 from ui.charts import run_order
 from ui.labels import sentence
@@ -24,7 +25,7 @@ PRESETS = {   # label -> DecodeConfig fields; labels short enough to read in a q
     "Beam 5, no repeats": {"strategy": "beam", "beam_width": 5, "repetition_penalty": 1.5, "no_repeat_word": True,
                            "no_repeat_ngram_size": 2},
 }
-STRATEGY_NAMES = {"greedy": "Greedy", "beam": "Beam search", "sample": "Sampling", "diverse": "Diverse beam search"}
+STRATEGY_NAMES = STRATEGY_LABELS
 
 # metrics.json field -> what the table and chart call it
 COLUMNS = {"label": "Decoding", "bleu_1": "BLEU-1", "bleu_4": "BLEU-4", "cider": "CIDEr-D", "meteor": "METEOR",
@@ -64,35 +65,39 @@ def strategy_picker(slot: int, default_preset: str, max_length: int) -> DecodeCo
         strategy = st.selectbox("Strategy", list(STRATEGY_NAMES), format_func=STRATEGY_NAMES.get,
                                 index=list(STRATEGY_NAMES).index(base["strategy"]), key=f"{k}_strategy")
         fields: dict = {"strategy": strategy}
+
+        def knob(name: str, suffix: str, start=None):
+            """A slider with the option's declared label, range and help (captioning.decoding_options)."""
+            option = OPTION[name]
+            low, high, step = option.slider
+            value = option.kind(base[name] if start is None else start)
+            fields[name] = st.slider(option.label, option.kind(low), option.kind(high), value, option.kind(step),
+                                     key=f"{k}_{suffix}", help=option.help)
+
         if strategy in ("beam", "diverse"):
-            fields["beam_width"] = st.slider("Beam width", 1, 12, max(base["beam_width"], 2), key=f"{k}_width")
-            fields["length_penalty"] = st.slider("Length penalty", 0.0, 2.0, float(base["length_penalty"]), 0.1,
-                                                 key=f"{k}_lp", help="score = Σ log p / length ^ penalty")
+            knob("beam_width", "width", max(base["beam_width"], 2))
+            knob("length_penalty", "lp")
         if strategy == "diverse":
-            fields["num_groups"] = st.slider("Groups", 1, 6, base["num_groups"], key=f"{k}_groups",
-                                             help="must divide the beam width")
-            fields["diversity_penalty"] = st.slider("Diversity penalty", 0.0, 5.0, float(base["diversity_penalty"]),
-                                                    0.1, key=f"{k}_div")
+            knob("num_groups", "groups")
+            knob("diversity_penalty", "div")
         if strategy == "sample":
-            fields["temperature"] = st.slider("Temperature", 0.1, 2.0, float(base["temperature"]), 0.05,
-                                              key=f"{k}_temp", help="< 1 sharper, > 1 more adventurous")
-            fields["top_k"] = st.slider("Top-k (0 = off)", 0, 50, base["top_k"], key=f"{k}_topk")
-            fields["top_p"] = st.slider("Top-p (1 = off)", 0.05, 1.0, float(base["top_p"]), 0.05, key=f"{k}_topp")
-            fields["seed"] = st.number_input("Seed", 0, 10_000, base["seed"], key=f"{k}_seed",
-                                             help="the same seed draws the same captions")
+            knob("temperature", "temp")
+            knob("top_k", "topk")
+            knob("top_p", "topp")
+            seed = OPTION["seed"]
+            fields["seed"] = st.number_input(seed.label, *seed.slider[:2], base["seed"], key=f"{k}_seed",
+                                             help=seed.help)
         if strategy != "greedy":
-            fields["num_return_sequences"] = st.slider("Captions", 1, 10, base["num_return_sequences"], key=f"{k}_n",
-                                                       help="samples drawn, or the size of the n-best list")
-        fields["repetition_penalty"] = st.slider("Repetition penalty", 1.0, 3.0, float(base["repetition_penalty"]),
-                                                 0.1, key=f"{k}_rep", help="> 1 discourages words already said")
-        fields["no_repeat_ngram_size"] = st.slider("No repeated n-grams (0 = off)", 0, 4,
-                                                   base["no_repeat_ngram_size"], key=f"{k}_ngram")
-        fields["no_repeat_word"] = st.checkbox("No word twice in a row", base["no_repeat_word"], key=f"{k}_word")
-        banned = st.text_input("Banned words", " ".join(base["banned_words"]), key=f"{k}_ban",
-                               placeholder="e.g. man woman", help="never emitted")
+            knob("num_return_sequences", "n")
+        knob("repetition_penalty", "rep")
+        knob("no_repeat_ngram_size", "ngram")
+        word, ban = OPTION["no_repeat_word"], OPTION["banned_words"]
+        fields["no_repeat_word"] = st.checkbox(word.label, base["no_repeat_word"], key=f"{k}_word")
+        banned = st.text_input(ban.label, " ".join(base["banned_words"]), key=f"{k}_ban",
+                               placeholder="e.g. man woman", help=ban.help)
         fields["banned_words"] = tuple(banned.lower().split())
         fields["min_length"], fields["max_length"] = st.slider(
-            "Caption length (words)", 0, max(max_length, 2), (base["min_length"], max_length), key=f"{k}_len")
+            OPTION["max_length"].label, 0, max(max_length, 2), (base["min_length"], max_length), key=f"{k}_len")
     try:
         return DecodeConfig(**{**base, **fields, "beam_width": fields.get("beam_width", 1)})
     except ValueError as exc:

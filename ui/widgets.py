@@ -11,6 +11,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
+from captioning.decoding_options import DEFAULT_BEAM_WIDTH, OPTION
 from captioning.images import MAX_BYTES, SUPPORTED_TYPES, InvalidImageError, load_image
 from captioning.metrics import sentence_bleu_scores
 
@@ -74,7 +75,8 @@ def choose_image(key: str) -> ChosenImage | None:
 
 
 def decoding_controls(key: str, default_beam: int = 1, allow_greedy: bool = True) -> dict:
-    """Widgets for the decoding options; returns DecodeConfig overrides."""
+    """Widgets for the decoding options (labels and ranges from captioning.decoding_options); returns DecodeConfig
+    overrides."""
     cols = st.columns(4 if allow_greedy else 3)
     if allow_greedy:
         strategy = cols.pop(0).segmented_control("Decoding", ["Greedy", "Beam"], key=f"{key}_strategy",
@@ -82,12 +84,13 @@ def decoding_controls(key: str, default_beam: int = 1, allow_greedy: bool = True
     else:
         strategy = "Beam"
     beam = strategy == "Beam"
-    width = cols[0].slider("Beam width", 2, 10, default_beam if default_beam > 1 else 5, key=f"{key}_width",
-                           disabled=not beam)
-    penalty = cols[1].slider("Length penalty", 0.0, 2.0, 1.0, 0.1, key=f"{key}_lp", disabled=not beam,
-                             help="score = sum log p / length ** penalty; higher favours longer captions")
-    no_repeat = cols[2].slider("No-repeat n-gram", 0, 4, 0, key=f"{key}_nrng",
-                               help="0 = off; 2 forbids any repeated word pair")
+    width, penalty, no_repeat = (OPTION[name] for name in ("beam_width", "length_penalty", "no_repeat_ngram_size"))
+    width = cols[0].slider(width.label, *width.slider[:2], default_beam if default_beam > 1 else DEFAULT_BEAM_WIDTH,
+                           width.slider[2], key=f"{key}_width", disabled=not beam)
+    penalty = cols[1].slider(penalty.label, *penalty.slider[:2], penalty.default, penalty.slider[2], key=f"{key}_lp",
+                             disabled=not beam, help=penalty.help)
+    no_repeat = cols[2].slider(no_repeat.label, *no_repeat.slider[:2], no_repeat.default, no_repeat.slider[2],
+                               key=f"{key}_nrng", help=no_repeat.help)
     return {"beam_width": width if beam else 1, "length_penalty": penalty, "no_repeat_ngram_size": no_repeat}
 
 
