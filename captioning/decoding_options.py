@@ -34,9 +34,10 @@ EVERY = STRATEGIES
 class Option:
     """One decoding option, written once.
 
-    ``low``/``high`` bound the value (``low_open``: ``low`` itself is refused); ``floor`` is the smallest value the
-    float32 arithmetic of sampling carries, refused below with its own message; ``note`` says what special values
-    mean; ``slider`` is the app's widget range (low, high, step), inside the accepted range.
+    ``low``/``high`` bound the value (``low_open``: ``low`` itself is refused); ``floor``/``ceiling`` are the
+    smallest/largest values the float32 arithmetic of decoding carries, refused beyond with their own message;
+    ``note`` says what special values mean; ``slider`` is the app's widget range (low, high, step), inside the
+    accepted range.
     """
 
     name: str                                   # the DecodeConfig field
@@ -52,6 +53,8 @@ class Option:
     low_open: bool = False
     floor: float | None = None
     floor_note: str = ""
+    ceiling: float | None = None                # the largest value it carries, refused above
+    ceiling_note: str = ""
     note: str = ""
     slider: tuple | None = None
     metavar: str | None = None
@@ -78,11 +81,23 @@ class Option:
             text = "a finite number"
         return f"{text} ({self.note})" if self.note and self.kind is float else text
 
+    @property
+    def lowest(self) -> float | None:
+        return self.floor if self.floor is not None else self.low
+
+    @property
+    def highest(self) -> float | None:
+        return self.ceiling if self.ceiling is not None else self.high
+
     def limits(self) -> str:
-        """What a user may give, in words (help texts, the API's descriptions): the rule, or from the floor up."""
-        if self.floor is None:
+        """What a user may give, in words (help texts, the API's descriptions): the rule, within floor and ceiling."""
+        if self.floor is None and self.ceiling is None:
             return self.rule()
-        text = f"between {self.floor:g} and {self.high:g}" if self.high is not None else f"at least {self.floor:g}"
+        low, high = self.lowest, self.highest
+        if self.floor is None and self.low_open:
+            text = f"> {low:g} and at most {high:g}"
+        else:
+            text = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
         return f"{text} ({self.note})" if self.note else text
 
     def problem(self, value, who: str | None = None) -> str | None:
@@ -101,6 +116,8 @@ class Option:
                 return f"{who} must be {self.rule()}, got {value!r}"
             if self.floor is not None and value < self.floor:
                 return f"{who} must be at least {self.floor:g} ({self.floor_note}), got {value!r}"
+            if self.ceiling is not None and value > self.ceiling:
+                return f"{who} must be at most {self.ceiling:g} ({self.ceiling_note}), got {value!r}"
         elif self.kind is bool and not isinstance(value, (bool, np.bool_)):
             return f"{who} must be true or false, got {value!r}"
         return None
@@ -131,17 +148,20 @@ OPTIONS: tuple[Option, ...] = (
            ("lp", "length_penalty"), -5.0, 5.0, slider=(0.0, 2.0, 0.1), metavar="LP"),
     Option("temperature", float, 1.0, "divides the log-probabilities: < 1 sharper, > 1 more adventurous",
            "Temperature", ("sample",), "--temperature", ("temperature", "t"), 0.0, low_open=True, floor=0.01,
-           floor_note="below it the arithmetic overflows; strategy greedy takes the likeliest words",
+           floor_note="below it the arithmetic overflows; strategy greedy takes the likeliest words", ceiling=100.0,
+           ceiling_note="above it every word is about as likely: a uniform draw",
            note="1 = the model's own distribution", slider=(0.1, 2.0, 0.05), metavar="T"),
     Option("top_p", float, 1.0, "nucleus: draw only among the likeliest words whose probability reaches p, e.g. 0.9",
            "Top-p (1 = off)", ("sample",), "--top-p", ("top_p",), 0.0, 1.0, low_open=True, floor=0.01,
            floor_note="a smaller nucleus is the likeliest word alone: strategy greedy", note="1 = off",
            slider=(0.05, 1.0, 0.05), metavar="P"),
     Option("diversity_penalty", float, 0.0, "Hamming penalty between groups (default 0.5)", "Diversity penalty",
-           ("diverse",), "--diversity-penalty", ("penalty", "diversity_penalty"), 0.0,
+           ("diverse",), "--diversity-penalty", ("penalty", "diversity_penalty"), 0.0, ceiling=1000.0,
+           ceiling_note="beyond it no group can share a word with an earlier one anyway",
            note="0 = plain beam search per group", slider=(0.0, 5.0, 0.1), metavar="D"),
     Option("repetition_penalty", float, 1.0, "CTRL-style penalty on words already said", "Repetition penalty",
-           EVERY, "--repetition-penalty", ("repetition_penalty",), 0.0, low_open=True,
+           EVERY, "--repetition-penalty", ("repetition_penalty",), 0.0, low_open=True, ceiling=100.0,
+           ceiling_note="beyond it a word said once is never said again: overflow, not a stronger penalty",
            note="1 = off, > 1 discourages repeats", slider=(1.0, 3.0, 0.1), metavar="R"),
     Option("no_repeat_word", bool, False, "never the same word twice in a row", "No word twice in a row", EVERY,
            "--no-repeat-word", ("no_repeat_word",)),

@@ -26,11 +26,11 @@ def _annotation(option: Option):
         return str | None                     # words separated by spaces, e.g. "man woman"
     limits = []
     if option.floor is not None or (option.low is not None and not option.low_open):
-        limits.append(at.Ge(option.floor if option.floor is not None else option.low))
+        limits.append(at.Ge(option.lowest))
     elif option.low is not None:
         limits.append(at.Gt(option.low))
-    if option.high is not None:
-        limits.append(at.Le(option.high))
+    if option.highest is not None:
+        limits.append(at.Le(option.highest))
     return (Annotated[option.kind, *limits] if limits else option.kind) | None
 
 

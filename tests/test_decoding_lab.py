@@ -76,10 +76,10 @@ def test_cli_samples_reproducibly_and_decodes_diverse_beams(tiny_bundle, flickr_
     assert first != lines(*sample, "--seed", "1")
     diverse = lines("--strategy", "diverse", "--beam-width", "6", "--groups", "3", "--diversity-penalty", "0.5",
                     "--n-best", "3")
-    assert len(diverse) == 3
+    assert len(diverse) == 3 and len(set(diverse)) == 3                # distinct captions (34.11)
     assert main(base + ["--beam-width", "3", "--n-best", "2"]) == 0            # --beam-width alone: beam search
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
     assert main(base + ["--beam-width", "3", "--n", "2"]) == 2
     assert "use --n-best" in capsys.readouterr().err
     assert main(base + ["--strategy", "diverse", "--beam-width", "6", "--groups", "4"]) == 2
-    assert "must divide beam_width" in capsys.readouterr().err
+    assert "--groups (4) must divide --beam-width (6)" in capsys.readouterr().err   # the user's flags (34.10)

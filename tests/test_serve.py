@@ -195,7 +195,7 @@ def test_a_request_declaring_a_huge_body_is_refused_before_it_is_read(api):
 
 
 @pytest.mark.parametrize("fields, message", [({"beam_width": 0}, "beam_width"), ({"beam_width": 2, "n_best": 3},
-                                             "num_return_sequences (3) must be <= beam_width (2)")])
+                                             "n_best (3) must be <= beam_width (2)")])   # the API's own names
 def test_bad_decoding_options_are_422(api, photos, fields, message):
     url, _ = api
     name, data = next(iter(photos.items()))
