@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--weights", default=None)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--beam-width", type=int, default=1, help="1 = greedy, the CLI's default")
+    parser.add_argument("--beam-width", type=int, default=1, help="1 = greedy (the CLI's default is beam 5)")
     parser.add_argument("--rounds", type=int, default=30, help="latency samples per side")
     parser.add_argument("--data-dir", default=os.environ.get("FLICKR8K_DIR", str(ROOT.parent / "shared" / "flickr8k")))
     parser.add_argument("--quick", action="store_true")

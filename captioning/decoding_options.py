@@ -189,8 +189,10 @@ def _choose(strategies, surface: str) -> str:
 
 def strategy_defaults(strategy: str, fields: dict) -> dict:
     """``fields`` with what ``strategy`` needs and the user left out: beam 5; diverse 2 groups of 2 beams, penalty
-    0.5."""
+    0.5; one row for greedy and sampling (whatever beam width the base config had)."""
     fields = dict(fields)
+    if strategy in ("greedy", "sample"):
+        fields["beam_width"] = 1
     if strategy == "beam":
         fields.setdefault("beam_width", DEFAULT_BEAM_WIDTH)
     if strategy == "diverse":

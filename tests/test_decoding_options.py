@@ -85,7 +85,7 @@ def test_the_cli_flags_and_the_api_schema_name_the_same_strategies_and_limits():
 def test_one_default_everywhere_beam_5_and_the_readme_says_so():
     assert cli() == resolve({}, "api") == {"strategy": "beam", "beam_width": DEFAULT_BEAM_WIDTH}
     assert DecodeConfig(**cli()).describe() == "beam 5"
-    assert cli("--beam-width", "1") == {"strategy": "greedy"}            # "1 = greedy", as it always was
+    assert cli("--beam-width", "1") == {"strategy": "greedy", "beam_width": 1}     # "1 = greedy", as always
     readme = (ROOT / "README.md").read_text()
     assert "default everywhere is beam search with 5 beams" in readme
 
