@@ -243,13 +243,14 @@ def test_cli_refuses_a_changed_decoding_or_model_before_loading_and_recaptions_w
     a, b = photo_folder / "a.jpg", photo_folder / "sub" / "b.PNG"
     code, _, _ = run_cli(capsys, a, b, "--bundle", tiny_bundle, "--out", out)
     rows = list(csv.DictReader(out.open()))
-    assert code == 0 and rows[0]["model"].startswith("tiny sha256:") and rows[0]["decoding"].startswith("greedy:")
+    assert code == 0 and rows[0]["model"].startswith("tiny sha256:") and rows[0]["decoding"].startswith("beam:")
+    assert "beam_width=5" in rows[0]["decoding"]                       # the one default: beam 5 (issue 39)
     text = out.read_text().splitlines()                              # the user reviews the captions
     out.write_text("\n".join([text[0] + ",note", text[1] + ",checked", text[2] + ","]) + "\n")
 
     with monkeypatch.context() as m:
         not_loaded(m)
-        for other, needle in ((["--beam-width", "3"], "decoding 'greedy: "),
+        for other, needle in ((["--beam-width", "3"], "decoding 'beam: "),
                               (["--bundle", tiny_attention_bundle], "model tiny sha256:")):
             code, _, stderr = run_cli(capsys, a, b, "--bundle", tiny_bundle, "--out", out, *other)
             assert code == 2 and stderr.startswith("error: ") and len(stderr.strip().splitlines()) == 1, stderr
