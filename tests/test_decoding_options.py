@@ -66,7 +66,8 @@ def test_the_cli_flags_and_the_api_schema_name_the_same_strategies_and_limits():
     actions = {a.dest: a for a in parser()._actions}
     fake = SimpleNamespace(bundle=SimpleNamespace(name="fake", max_length=20))
     schema = create_app(fake).openapi()
-    [form] = [s for name, s in schema["components"]["schemas"].items() if "captions" in name]
+    ref = schema["paths"]["/v1/captions"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    form = schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
     fields = form["properties"]
     assert tuple(actions["strategy"].choices) == STRATEGIES == tuple(fields["strategy"]["anyOf"][0]["enum"])
     assert set(fields) == {"images", "attention", "strategy", *(o.field for o in USER_OPTIONS)}
