@@ -36,7 +36,10 @@ def user_photos(tmp_path, flickr_dir):
 @pytest.fixture()
 def env(monkeypatch, tmp_path, tiny_run, flickr_dir, mobilenet_weights):
     monkeypatch.setenv("CAPTIONING_JOBS_DIR", str(tmp_path / "jobs"))
-    monkeypatch.setenv("CAPTIONING_CACHE_DIR", str(tiny_run[1]))      # the tiny bundle's feature cache
+    # a copy of the tiny bundle's feature cache: the job adds its photos' features, which the session's shared
+    # cache must not see (test_pipeline counts that cache's rows)
+    shutil.copytree(tiny_run[1], tmp_path / "cache")
+    monkeypatch.setenv("CAPTIONING_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("FLICKR8K_DIR", str(flickr_dir))
     monkeypatch.setenv("CAPTIONING_WEIGHTS_DIR", str(mobilenet_weights.parent))
     monkeypatch.delenv("CAPTIONING_TRAIN_SCRIPT", raising=False)

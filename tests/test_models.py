@@ -180,7 +180,7 @@ def test_step_decoder_start_repeats_rows_and_pools_maps_for_models_without_atten
     assert np.asarray(plain.start(maps)[0]).shape == (2, 16)
 
 
-def test_ensemble_members_each_get_their_own_state_and_attention_only_when_shapes_agree():
+def test_ensemble_members_each_get_their_own_state_and_attention_on_one_grid():
     class Member:
         """State [id, step]; attention of its own width; checks that it is handed back its own state."""
 
@@ -211,9 +211,10 @@ def test_ensemble_members_each_get_their_own_state_and_attention_only_when_shape
     no_maps = EnsembleStepDecoder([Member(1), Member(2)])
     context, state = no_maps.start(np.zeros((2, 3)))
     assert no_maps.step(context, np.array([4, 5]), state)[2] is None
-    ragged = EnsembleStepDecoder([Member(1, 4), Member(2, 9)])           # e.g. 7x7 and 10x10 maps: no one average
+    # 2x2 and 3x3 maps (e.g. 7x7 and 10x10): resampled to the largest grid and averaged there (issue 34.9)
+    ragged = EnsembleStepDecoder([Member(1, 4), Member(2, 9)])
     context, state = ragged.start(np.zeros((2, 3)))
-    assert ragged.step(context, np.array([4, 5]), state)[2] is None
+    np.testing.assert_allclose(ragged.step(context, np.array([4, 5]), state)[2], np.full((2, 9), 1 / 9), rtol=1e-6)
 
 
 @pytest.mark.parametrize("kind, sizes, config", [
