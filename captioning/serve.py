@@ -563,12 +563,13 @@ def create_app(captioner: "Captioner", max_concurrent: int | None = None, settin
             **({"attention_note": captioner.attention_note} if attention and captioner.attention_note else {}),
         }
 
-    add_photo_route(app, captioner, admission.limiter)      # the same decoding slots
+    add_photo_route(app, captioner, admission)              # the same queue and decoding slots
     return app
 
 
-def add_photo_route(app: FastAPI, captioner: "Captioner", limiter) -> None:
-    """``POST /v1/captions/photo``: caption one photo and hand it back captioned (or its XMP, or JSON)."""
+def add_photo_route(app: FastAPI, captioner: "Captioner", admission: Admission) -> None:
+    """``POST /v1/captions/photo``: caption one photo and hand it back captioned (or its XMP, or JSON). Like
+    ``/v1/captions`` it waits in the bounded queue with its body spooled to disk and reads it only inside a slot."""
     from typing import Literal
     from urllib.parse import quote
 
@@ -587,22 +588,26 @@ def add_photo_route(app: FastAPI, captioner: "Captioner", limiter) -> None:
                          422: {"description": "A damaged image"},
                          501: {"description": "ExifTool is not installed on the server (return=photo only)"}})
     async def captioned_photo(
+        request: Request,
         image: Annotated[UploadFile, File(description="one photo (JPEG, PNG, WebP or TIFF keep the caption inside)")],
         decoding: Annotated[dict, Depends(decoding_form(captioner.bundle.max_length))],   # every decoding option
         tag_keywords: Annotated[bool, Form(description="also write the caption's nouns as dc:subject")] = False,
         return_: Annotated[Literal["photo", "xmp", "json"], Form(alias="return")] = "photo",
     ) -> Response:
         name = image.filename or "photo"
-        data = await image.read(MAX_BYTES + 1)
-        if len(data) > MAX_BYTES:
-            raise HTTPException(413, f"{name}: {_too_big(image.size or len(data), MAX_BYTES)}")
+        if image.size is not None and image.size > MAX_BYTES:
+            raise HTTPException(413, f"{name}: {_too_big(image.size, MAX_BYTES)}")
         if return_ == "photo" and not exiftool_available():
             raise HTTPException(501, f"{INSTALL_HINT}; or ask for return=xmp (a sidecar needs no ExifTool)")
         if return_ == "photo" and Path(name).suffix.lower() not in KINDS:
             raise HTTPException(415, f"{name}: only JPEG, PNG, WebP and TIFF hold the caption inside; "
                                      "ask for return=xmp for a sidecar")
 
-        def work():
+        def work(gone: threading.Event):
+            image.file.seek(0)
+            data = image.file.read(MAX_BYTES + 1)                   # inside the slot: one photo in memory
+            if len(data) > MAX_BYTES:
+                return 413, f"{name}: {_too_big(len(data), MAX_BYTES)}"
             try:
                 picture = load_image(data)
             except InvalidImageError as exc:
@@ -617,7 +622,10 @@ def add_photo_route(app: FastAPI, captioner: "Captioner", limiter) -> None:
             except MetadataError as exc:
                 return 422, f"{name}: {exc}"
 
-        outcome = await anyio.to_thread.run_sync(work, limiter=limiter)
+        try:
+            outcome = await admission.run(request, work)
+        except ClientGone:
+            return Response(status_code=499)                  # nobody is listening
         if isinstance(outcome[0], int):
             raise HTTPException(*outcome)
         best, text, body = outcome
