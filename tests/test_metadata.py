@@ -291,3 +291,22 @@ def test_ctrl_c_or_a_full_disk_mid_write_leaves_the_photo_whole_and_no_temporary
     monkeypatch.undo()
     assert w.write(str(path), CAPTION).status == "written"            # the rerun finishes the job
     w.close()
+
+
+def test_a_photo_in_a_read_only_folder_fails_alone_in_place(tmp_path, writer):
+    """In-place needs to write a temporary copy beside the photo: a read-only folder is a per-file error (checked
+    from its mode, since root could write there anyway), the photo and the folder stay as they were."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    photo = make_photo(locked, "jpeg", "photo.jpg")
+    elsewhere = make_photo(tmp_path, "jpeg", "open.jpg")
+    before = photo.read_bytes()
+    locked.chmod(0o555)
+    try:
+        result = writer.write(str(photo), CAPTION)
+        assert result.status == "error" and "read-only" in result.detail
+        assert photo.read_bytes() == before and sorted(p.name for p in locked.iterdir()) == ["photo.jpg"]
+        assert stat.S_IMODE(locked.stat().st_mode) == 0o555
+        assert writer.write(str(elsewhere), CAPTION).status == "written"        # the rest of the run goes on
+    finally:
+        locked.chmod(0o755)
