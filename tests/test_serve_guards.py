@@ -111,7 +111,8 @@ def test_the_port_is_held_from_before_the_model_loads():
 def stub_server(**settings):
     import uvicorn
 
-    app = create_app(SimpleNamespace(bundle=SimpleNamespace(name="stub")), settings=ServerSettings(**settings))
+    stub = SimpleNamespace(bundle=SimpleNamespace(name="stub", max_length=30))      # what the routes read at start
+    app = create_app(stub, settings=ServerSettings(**settings))
     sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
