@@ -9,7 +9,7 @@ import streamlit as st
 
 import captioning  # noqa: F401  (quiet TensorFlow logs before anything loads it)
 from ui.labels import literal
-from ui.shell import app_pages, mark_shell
+from ui.shell import app_pages
 from ui.state import (
     artifacts_shown,
     bundle_gone_notice,
@@ -21,7 +21,6 @@ from ui.state import (
 
 warm_in_background()      # once per process: the default model loads while the visitor looks around
 st.set_page_config(page_title="Captioning Studio", page_icon=":material/photo_camera:", layout="wide")
-mark_shell()
 
 bundles = bundle_paths()
 gone = bundle_gone_notice(bundles)

@@ -12,7 +12,7 @@
     python train.py index --out artifacts/NAME  # nearest-training-photo index + in-domain levels calibrated on dev
     python train.py import-check --captions FILE --images DIR [--json]   # check your captioned photos
     python train.py finetune --from artifacts/A --captions FILE --images DIR --out artifacts/B   # teach it your
-                                                # photos (new words included; see captioning/finetune.py)
+                                                # photos (new words included; see captioning/training/finetune.py)
 """
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ import sys
 import time
 
 import captioning  # (sets TensorFlow's log level before it loads)
-from captioning import recipes
-from captioning.config import COMMANDS, SECTIONS, OptionError, RunConfig, settle
-from captioning.data import DataError
-from captioning.encoders import EncoderWeightsError
-from captioning.training import WorkerLost
+from captioning.data.flickr8k import DataError
+from captioning.training import recipes
+from captioning.training.fit import WorkerLost
+from captioning.training.settings import COMMANDS, SECTIONS, OptionError, RunConfig, settle
+from captioning.vision.encoders import EncoderWeightsError
 
 
 def flag(name: str) -> str:
@@ -46,7 +46,7 @@ def spell(template: str) -> str:
 
 
 def add_options(p: argparse.ArgumentParser, suppress: bool) -> None:
-    """One option per settings field (captioning.config), its help and default from the field."""
+    """One option per settings field (captioning.training.settings), its help and default from the field."""
     for section in SECTIONS:
         for f in dataclasses.fields(section):
             meta = dict(f.metadata)
@@ -87,7 +87,7 @@ def parse_args(argv=None) -> RunConfig:
 
 
 def registered(config: RunConfig, argv: list[str]):
-    """A fine-tune started here is listed on the app's Train page while it runs (captioning.jobs), so the page
+    """A fine-tune started here is listed on the app's Train page while it runs (captioning.service.jobs), so the page
     queues its own jobs behind it; SIGTERM (its Cancel button) then stops it as Ctrl-C does. A jobs database
     that cannot be opened (read-only artifacts folder) only loses the listing, never the run."""
     if config.command != "finetune" or not config.workspace.out:
@@ -95,7 +95,7 @@ def registered(config: RunConfig, argv: list[str]):
     import sqlite3
     from pathlib import Path
 
-    from captioning import jobs
+    from captioning.service import jobs
 
     out = Path(config.workspace.out)
     try:

@@ -26,9 +26,9 @@ def main() -> None:
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    from captioning.bundle import BundleError
-    from captioning.captioner import Captioner
-    from captioning.encoders import EncoderWeightsError
+    from captioning.artifacts.bundle import BundleError
+    from captioning.service.captioner import Captioner
+    from captioning.vision.encoders import EncoderWeightsError
 
     names_file = Path(args.data_dir) / "Flickr_8k.testImages.txt"
     if not names_file.is_file():

@@ -83,8 +83,8 @@ def main() -> None:
 
     print = functools.partial(builtins.print, flush=True)    # noqa: A001  (a long run shows each table at once)
 
-    from captioning.captioner import Captioner
-    from captioning.images import load_image, to_canonical
+    from captioning.service.captioner import Captioner
+    from captioning.vision.images import load_image, to_canonical
 
     data = Path(args.data_dir)
     names = (data / "Flickr_8k.testImages.txt").read_text().split()[: args.images]

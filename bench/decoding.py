@@ -35,9 +35,9 @@ SHARED_MOBILENET = ROOT.parent / "shared" / "weights" / "mobilenet_v2_0.35_224_i
 
 def quick_bundle(work: Path, data_dir: str, names: list[str]) -> tuple[Path, Path]:
     """A small real bundle (MobileNetV2-0.35 features, merge decoder) and the features of ``names``."""
-    from captioning.data import Flickr8k
-    from captioning.encoders import build_encoder, get_spec
-    from captioning.features import FeatureCache, extract_features
+    from captioning.data.flickr8k import Flickr8k
+    from captioning.vision.encoders import build_encoder, get_spec
+    from captioning.vision.features import FeatureCache, extract_features
 
     bundle, cache = work / "quick-merge", work / "cache"
     common = ["--data-dir", data_dir, "--encoder", "mobilenetv2", "--weights", str(SHARED_MOBILENET),
@@ -145,10 +145,10 @@ def main() -> None:
         args.bundle, args.cache_dir = str(bundle_dir), str(cache_dir)
     print(f"bundle {args.bundle}")
 
-    from captioning.bundle import BundleError, load_bundle
-    from captioning.decoding import DecodeConfig, decode
-    from captioning.features import FeatureCache
-    from captioning.stepper import StepDecoder
+    from captioning.artifacts.bundle import BundleError, load_bundle
+    from captioning.decoding.search import DecodeConfig, decode
+    from captioning.models.stepper import StepDecoder
+    from captioning.vision.features import FeatureCache
 
     try:
         bundle = load_bundle(args.bundle)

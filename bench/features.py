@@ -40,8 +40,8 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from captioning.encoders import build_encoder, get_spec
-    from captioning.features import FeatureCache, _read_canonical, extract_features, image_pipeline
+    from captioning.vision.encoders import build_encoder, get_spec
+    from captioning.vision.features import FeatureCache, _read_canonical, extract_features, image_pipeline
 
     spec = get_spec(args.encoder, args.alpha)
     encoder, source = build_encoder(spec, args.weights)

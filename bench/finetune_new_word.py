@@ -30,7 +30,7 @@ OLD, NEW = "beach", "strand"
 
 
 def build_dataset(flickr: Path, out: Path, photos: int, seed: int = 0) -> tuple[Path, list[str]]:
-    from captioning.text import tokenize
+    from captioning.data.text import tokenize
 
     caps = defaultdict(list)
     with open(flickr / "captions.txt", encoding="utf-8-sig", newline="") as fh:
@@ -76,12 +76,12 @@ def run_finetune(base: str, captions: Path, flickr: Path, out: Path, cache: Path
 
 
 def held_out(bundles: dict[str, Path], flickr: Path, cache: Path, others: int = 150) -> dict:
-    from captioning.bundle import load_bundle
-    from captioning.config import FeatureSettings, Workspace
-    from captioning.data import Flickr8k
-    from captioning.decoding import DecodeConfig, decode
-    from captioning.metrics import coco_scores
-    from captioning.recipes import bundle_features, decoder_inputs
+    from captioning.artifacts.bundle import load_bundle
+    from captioning.data.flickr8k import Flickr8k
+    from captioning.decoding.search import DecodeConfig, decode
+    from captioning.evaluation.metrics import coco_scores
+    from captioning.training.recipes import bundle_features, decoder_inputs
+    from captioning.training.settings import FeatureSettings, Workspace
 
     ds = Flickr8k.load(flickr, check_images=False)
     refs_all = {n: ds.references([n])[0] for n in ds.splits["test"]}

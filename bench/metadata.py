@@ -2,7 +2,7 @@
 """What ``--write-metadata`` costs: ms per photo in each mode on copies of Flickr8k photos, against captioning.
 
 Each mode writes a realistic caption into N fresh copies (in-place, copy, sidecar, and in-place again to time a
-rerun that keeps every description), through :class:`captioning.metadata.MetadataWriter` exactly as the CLI
+rerun that keeps every description), through :class:`captioning.publish.metadata.MetadataWriter` exactly as the CLI
 calls it (write a temporary copy, read it back, compare image data, replace), in wall time and in CPU time (this
 process + ExifTool's). With ``--caption-cpu-ms`` (CPU per photo of captioning alone: user + sys of
 ``python -m captioning caption`` on 50 photos minus a 5-photo run, over 45) it prints the share writing adds.
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    from captioning.metadata import MetadataWriter
+    from captioning.publish.metadata import MetadataWriter
 
     images = sorted((Path(args.data_dir) / "Images").glob("*.jpg"))[: args.images]
     rows = {}

@@ -33,15 +33,15 @@ def main(argv=None) -> int:
 
     import keras
 
-    from captioning.data import Flickr8k
-    from captioning.decoding import DecodeConfig, decode
-    from captioning.encoders import build_encoder, get_spec
-    from captioning.features import FeatureCache, extract_features
-    from captioning.models import build_decoder
-    from captioning.scst import SCSTConfig, finetune
-    from captioning.stepper import StepDecoder
-    from captioning.text import Vocabulary, tokenize
-    from captioning.training import TrainConfig, encode_captions, fit, make_dataset
+    from captioning.data.flickr8k import Flickr8k
+    from captioning.data.text import Vocabulary, tokenize
+    from captioning.decoding.search import DecodeConfig, decode
+    from captioning.models.decoders import build_decoder
+    from captioning.models.stepper import StepDecoder
+    from captioning.training.fit import TrainConfig, encode_captions, fit, make_dataset
+    from captioning.training.scst import SCSTConfig, finetune
+    from captioning.vision.encoders import build_encoder, get_spec
+    from captioning.vision.features import FeatureCache, extract_features
 
     ds = Flickr8k.load(args.data_dir)
     names = ds.split_records("train", args.images)

@@ -57,9 +57,9 @@ def auroc(inside, outside) -> float:
 
 
 def measure_auroc(args) -> dict:
-    from captioning.captioner import Captioner
-    from captioning.images import SUPPORTED_TYPES
-    from captioning.retrieval import LEVELS
+    from captioning.evaluation.trust import LEVELS
+    from captioning.service.captioner import Captioner
+    from captioning.vision.images import SUPPORTED_TYPES
 
     captioner = Captioner.from_bundle(args.bundle)
     index = captioner.bundle.index
@@ -112,8 +112,8 @@ def main() -> None:
             Path(args.json).write_text(json.dumps(out, indent=2))
         return
 
-    from captioning.captioner import Captioner
-    from captioning.retrieval import INDEX_FILES
+    from captioning.evaluation.trust import INDEX_FILES
+    from captioning.service.captioner import Captioner
 
     bundle = Path(args.bundle)
     names = (Path(args.data_dir) / "Flickr_8k.testImages.txt").read_text().split()

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import import_tensorflow_quietly
+from captioning import import_tensorflow_quietly
 
 
 def main(argv=None) -> int:
@@ -64,8 +64,8 @@ def main(argv=None) -> int:
 
 def _dispatch(args) -> int:
     import_tensorflow_quietly()
-    from .bundle import BundleError
-    from .encoders import EncoderWeightsError, setup_weights
+    from captioning.artifacts.bundle import BundleError
+    from captioning.vision.encoders import EncoderWeightsError, setup_weights
 
     try:
         if args.command == "setup-weights":
@@ -80,11 +80,19 @@ def _dispatch(args) -> int:
 def caption(args) -> int:
     """The ``caption`` command: every check that can fail (options, photos, --out and what it holds) before the
     model loads; then captions to the screen or into --out, resumable, Ctrl-C answered with exit code 130."""
-    from .batch import caption_files, check_output, gather_images, path_text, plan_resume, run_record, to_record
-    from .bundle import BundleError, artifacts_dir, read_manifest
-    from .captioner import Captioner
-    from .decoding import DecodeConfig
-    from .encoders import EncoderWeightsError
+    from captioning.artifacts.bundle import BundleError, artifacts_dir, read_manifest
+    from captioning.decoding.search import DecodeConfig
+    from captioning.service.batch import (
+        caption_files,
+        check_output,
+        gather_images,
+        path_text,
+        plan_resume,
+        run_record,
+        to_record,
+    )
+    from captioning.service.captioner import Captioner
+    from captioning.vision.encoders import EncoderWeightsError
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -167,7 +175,7 @@ def caption(args) -> int:
 
 
 def add_serve_limits(srv: argparse.ArgumentParser) -> None:
-    """Who may call the API and how much it takes on (defaults: captioning.serve.ServerSettings)."""
+    """Who may call the API and how much it takes on (defaults: captioning.service.serve.ServerSettings)."""
     g = srv.add_argument_group("access and limits")
     g.add_argument("--api-key-file", default=None, metavar="PATH", help="require 'Authorization: Bearer KEY' with "
                    "the key on this file's first line (default: $CAPTIONING_API_KEY; required off loopback)")
@@ -188,9 +196,9 @@ def add_serve_limits(srv: argparse.ArgumentParser) -> None:
 def serve_command(args) -> int:
     """``serve``: one-line errors for a bad option, a network host without a key or a busy port, all before the
     model loads; then the API until interrupted."""
-    from .bundle import BundleError, artifacts_dir
-    from .encoders import EncoderWeightsError
-    from .serve import ServerSettings, api_key, serve
+    from captioning.artifacts.bundle import BundleError, artifacts_dir
+    from captioning.service.serve import ServerSettings, api_key, serve
+    from captioning.vision.encoders import EncoderWeightsError
 
     try:
         if not 0 < args.port < 65536:
@@ -208,7 +216,7 @@ def serve_command(args) -> int:
 
 def jobs_command(args) -> int:
     """``jobs list`` (newest first), ``show ID`` (with the log's tail), ``cancel ID``, ``resume ID``."""
-    from .jobs import JobError, JobQueue
+    from captioning.service.jobs import JobError, JobQueue
 
     queue = JobQueue()
     try:
@@ -245,10 +253,10 @@ def jobs_command(args) -> int:
 
 
 def add_strategy_options(cap: argparse.ArgumentParser) -> None:
-    """Every decoding option as a flag, generated from the one declaration (:mod:`captioning.decoding_options`):
+    """Every decoding option as a flag, generated from the one declaration (:mod:`captioning.decoding.options`):
     the same names, ranges and help as the REST API's fields. Every default is None, so that
     :func:`strategy_overrides` knows what the user set."""
-    from .decoding_options import STRATEGIES, STRATEGY_HELP, USER_OPTIONS
+    from captioning.decoding.options import STRATEGIES, STRATEGY_HELP, USER_OPTIONS
 
     g = cap.add_argument_group("decoding (default: beam search with 5 beams)")
     g.add_argument("--strategy", choices=STRATEGIES, default=None, help=STRATEGY_HELP)
@@ -267,8 +275,8 @@ def add_strategy_options(cap: argparse.ArgumentParser) -> None:
 
 
 def add_metadata_options(cap: argparse.ArgumentParser) -> None:
-    """Captions into the photos' own metadata (XMP, IPTC, EXIF) as alt text: captioning/metadata.py."""
-    from .metadata import MODES, SIDECAR_NAMES
+    """Captions into the photos' own metadata (XMP, IPTC, EXIF) as alt text: captioning/publish/metadata.py."""
+    from captioning.publish.metadata import MODES, SIDECAR_NAMES
 
     g = cap.add_argument_group("write captions into the photos (needs ExifTool)")
     g.add_argument("--write-metadata", choices=MODES, default=None, metavar="MODE",
@@ -292,7 +300,7 @@ def metadata_writer(args):
         if args.out_dir or args.overwrite or args.tag_keywords or args.skip_unfamiliar:
             raise ValueError("--out-dir, --overwrite, --tag-keywords and --skip-unfamiliar go with --write-metadata")
         return None
-    from .metadata import MetadataError, MetadataWriter
+    from captioning.publish.metadata import MetadataError, MetadataWriter
 
     try:
         return MetadataWriter(args.write_metadata, args.out_dir, args.sidecar_name, args.overwrite,
@@ -307,8 +315,8 @@ def writer_callback(writer, show):
         show(result)
         if not result.ok:
             return {}
-        from .alttext import alt_text
-        from .batch import path_text
+        from captioning.publish.alttext import alt_text
+        from captioning.service.batch import path_text
 
         outcome = writer.write(result.name, result.best.text, result.trust)
         said = path_text(str(outcome))                   # a path in it may hold bytes that are not UTF-8
@@ -324,7 +332,7 @@ def writer_callback(writer, show):
 def strategy_overrides(args, max_length: int | None = None) -> dict:
     """DecodeConfig fields from the decoding flags the user gave (ValueError naming the flag on a bad mix or value;
     ``max_length``: the bundle's, to check --min-length against)."""
-    from .decoding_options import USER_OPTIONS, resolve
+    from captioning.decoding.options import USER_OPTIONS, resolve
 
     given = {"strategy": args.strategy} if args.strategy else {}
     given.update({o.name: getattr(args, o.field) for o in USER_OPTIONS if getattr(args, o.field) is not None})

@@ -43,14 +43,14 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    from captioning.bundle import load_bundle
-    from captioning.data import Flickr8k
-    from captioning.decoding import DecodeConfig
-    from captioning.encoders import get_spec
-    from captioning.evaluation import evaluate
-    from captioning.features import FLIP_SUFFIX, FeatureCache
-    from captioning.recipes import split_names
-    from captioning.stepper import EnsembleStepDecoder, MultiFeatures, StepDecoder
+    from captioning.artifacts.bundle import load_bundle
+    from captioning.data.flickr8k import Flickr8k
+    from captioning.decoding.search import DecodeConfig
+    from captioning.evaluation.runs import evaluate
+    from captioning.models.stepper import EnsembleStepDecoder, MultiFeatures, StepDecoder
+    from captioning.training.recipes import split_names
+    from captioning.vision.encoders import get_spec
+    from captioning.vision.features import FLIP_SUFFIX, FeatureCache
 
     selections = [pick_decoders(arg, load_bundle) for arg in args.bundles]
     bundles = [b for b, _, _ in selections]
@@ -135,7 +135,7 @@ def main() -> None:
 
 def pick_decoders(arg: str, load_bundle):
     """``PATH`` or ``PATH@1,3``: (the bundle, the chosen decoders, the encoder key each reads)."""
-    from captioning.bundle import check_pick, split_pick
+    from captioning.artifacts.bundle import check_pick, split_pick
 
     try:
         path, indices = split_pick(arg)

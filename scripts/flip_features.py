@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def main() -> None:
-    from captioning.encoders import ENCODER_NAMES
+    from captioning.vision.encoders import ENCODER_NAMES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--encoder", default="xception", choices=ENCODER_NAMES)
@@ -27,9 +27,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 
-    from captioning.data import Flickr8k
-    from captioning.encoders import build_encoder, get_spec
-    from captioning.features import FLIP_SUFFIX, FeatureCache, extract_features
+    from captioning.data.flickr8k import Flickr8k
+    from captioning.vision.encoders import build_encoder, get_spec
+    from captioning.vision.features import FLIP_SUFFIX, FeatureCache, extract_features
 
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     unknown = [s for s in splits if s not in ("train", "dev", "test")]

@@ -9,8 +9,11 @@ cd "$(dirname "$0")/.."
 modules=("$@")
 [ ${#modules[@]} -gt 0 ] || modules=(text metrics images bundle manifest models decoding stepper)
 for m in "${modules[@]}"; do
-  echo "mutation: captioning/$m.py"
+  path="$(.venv/bin/python scripts/mutation_score.py --path "$m")"     # short name (text) or data/text
+  [ -f "captioning/$path.py" ] || { echo "error: no module captioning/$path.py; give a short name (text, metrics, images, bundle, manifest, models, decoding, stepper) or a path such as data/text" >&2; exit 2; }
+  echo "mutation: captioning/$path.py"
   mkdir -p mutants
-  nice -n 10 .venv/bin/mutmut run "captioning.$m.*" > "mutants/run-$m.log" 2>&1 || { tail -c 3000 "mutants/run-$m.log"; exit 1; }
+  log="mutants/run-${path//\//.}.log"
+  nice -n 10 .venv/bin/mutmut run "captioning.${path//\//.}.*" > "$log" 2>&1 || { tail -c 3000 "$log"; exit 1; }
 done
 .venv/bin/python scripts/mutation_score.py

@@ -1,4 +1,4 @@
-"""Mutation score per core module from mutmut 3's results (mutants/captioning/*.py.meta): killed / (tested).
+"""Mutation score per core module from mutmut 3's results (mutants/captioning/**/*.py.meta): killed / (tested).
 
 Prints one row per module and, with --survivors, the names of the mutants that survived (inspect one with
 ``.venv/bin/mutmut show NAME``). ``--rejudge MODULE...`` forgets the verdicts of those modules' survivors and
@@ -15,13 +15,26 @@ KILLED = {1, 3, 36, 24, -24, 152,
           255}      # a failing test, pytest's internal error, or a timeout (mutmut counts these)
 SURVIVED = {0}
 NO_TESTS = {5, 33}
+# The core modules by the short names docs/mutation.md uses -> their path under captioning/.
+MODULES = {"text": "data/text", "images": "vision/images", "metrics": "evaluation/metrics",
+           "bundle": "artifacts/bundle", "manifest": "artifacts/manifest", "models": "models/decoders",
+           "decoding": "decoding/search", "stepper": "models/stepper"}
+
+
+def module_path(name: str) -> str:
+    """A short name (``text``) or a path under captioning/ (``data/text``, ``data.text``) -> ``data/text``."""
+    name = name.removesuffix(".py")
+    return MODULES.get(name, name.replace(".", "/"))
 
 
 def main(argv: list[str]) -> int:
     root = Path(__file__).resolve().parents[1] / "mutants" / "captioning"
+    if argv[:1] == ["--path"]:                  # for scripts/mutation.sh
+        print(module_path(argv[1]))
+        return 0
     if argv[:1] == ["--rejudge"]:
         for module in argv[1:]:
-            meta = root / f"{module}.py.meta"
+            meta = root / f"{module_path(module)}.py.meta"
             if not meta.is_file():
                 print(f"error: no mutmut results for captioning/{module}.py; run `make mutation MODULES={module}`",
                       file=sys.stderr)
@@ -33,11 +46,11 @@ def main(argv: list[str]) -> int:
             meta.write_text(json.dumps(data, indent=4))
             print(f"{module}: {len(again)} mutants to judge again")
         return 0
-    metas = sorted(root.glob("*.py.meta"))
+    metas = sorted(root.rglob("*.py.meta"))
     if not metas:
         print("error: no mutmut results under mutants/; run `make mutation` first", file=sys.stderr)
         return 2
-    print(f"{'module':<14}{'mutants':>8}{'killed':>8}{'survived':>9}{'no tests':>9}{'not run':>8}{'score':>8}")
+    print(f"{'module':<22}{'mutants':>8}{'killed':>8}{'survived':>9}{'no tests':>9}{'not run':>8}{'score':>8}")
     for meta in metas:
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         done = [c for c in codes.values() if c is not None]
@@ -46,7 +59,8 @@ def main(argv: list[str]) -> int:
         no_tests = sum(c in NO_TESTS for c in done)
         judged = killed + survived + no_tests
         score = f"{killed / judged:.1%}" if judged else "-"
-        print(f"{meta.name[:-8]:<14}{len(codes):>8}{killed:>8}{survived:>9}{no_tests:>9}{len(codes) - len(done):>8}"
+        name = meta.relative_to(root).as_posix()[:-len(".py.meta")]
+        print(f"{name:<22}{len(codes):>8}{killed:>8}{survived:>9}{no_tests:>9}{len(codes) - len(done):>8}"
               f"{score:>8}")
         if "--survivors" in argv:
             for name, c in sorted(codes.items()):

@@ -55,13 +55,13 @@ def main() -> None:
 
     import numpy as np
 
-    from captioning.bundle import load_bundle
-    from captioning.data import Flickr8k
-    from captioning.decoding import DecodeConfig, decode
-    from captioning.features import FeatureCache
-    from captioning.metrics import CiderD, coco_scores
-    from captioning.recipes import split_names
-    from captioning.stepper import MultiFeatures
+    from captioning.artifacts.bundle import load_bundle
+    from captioning.data.flickr8k import Flickr8k
+    from captioning.decoding.search import DecodeConfig, decode
+    from captioning.evaluation.metrics import CiderD, coco_scores
+    from captioning.models.stepper import MultiFeatures
+    from captioning.training.recipes import split_names
+    from captioning.vision.features import FeatureCache
 
     bundle = load_bundle(args.bundle, load_results=False)
     ds = Flickr8k.load(args.data_dir, check_images=False)

@@ -10,9 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
-# A finetune run registers itself as a job (captioning/jobs.py): every test and every command it starts writes to a
-# jobs folder of the test session, never to the checkout's artifacts/.jobs (a user's job list). Tests that look at
-# jobs set their own folder on top of this.
+# A finetune run registers itself as a job (captioning/service/jobs.py): every test and every command it starts
+# writes to a jobs folder of the test session, never to the checkout's artifacts/.jobs (a user's job list). Tests that
+# look at jobs set their own folder on top of this.
 os.environ.setdefault("CAPTIONING_JOBS_DIR", tempfile.mkdtemp(prefix="captioning-test-jobs-"))
 MOBILENET = SHARED / "weights" / "mobilenet_v2_0.35_224_imagenet_notop.weights.h5"
 

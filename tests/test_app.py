@@ -12,7 +12,7 @@ TIMEOUT = 420          # a first run loads the model; generous for a busy shared
 
 
 class NavigationPagesManager(PagesManager):
-    """AppTest re-detects the pages/ folder on every run and then runs the page script alone (multipage v1),
+    """AppTest re-detects the app_pages/ folder on every run and then runs the page script alone (multipage v1),
     which a real server stops doing once st.navigation has run; keep the server's behaviour in tests."""
 
     def __init__(self, *args, **kwargs):
@@ -92,7 +92,7 @@ def test_attention_bundle_shows_a_heat_map_per_word(app_env, tiny_attention_bund
 
 
 def test_evaluation_page_tables_charts_and_download(app_env):
-    at = start("pages/evaluation.py")
+    at = start("app_pages/evaluation.py")
     table = at.dataframe[0].value
     assert list(table["Decoding"]) == ["greedy", "beam 3"]
     assert {"CIDEr-D", "ROUGE-L", "BLEU-4"} <= set(table.columns)
@@ -107,7 +107,7 @@ def test_evaluation_page_tables_charts_and_download(app_env):
 
 
 def test_dataset_page_browses_searches_and_pages(app_env):
-    at = start("pages/dataset.py")
+    at = start("app_pages/dataset.py")
     assert {m.label for m in at.metric} >= {"Images", "Captions", "Coverage"}
     assert next(m for m in at.metric if m.label == "Images").value == "1,000"
     at.text_input(key="ds_query").input("surfer").run()
@@ -116,7 +116,7 @@ def test_dataset_page_browses_searches_and_pages(app_env):
     assert 0 < n < 1000
 
 
-@pytest.mark.parametrize("page", [None, "pages/compare.py", "pages/evaluation.py", "pages/dataset.py"])
+@pytest.mark.parametrize("page", [None, "app_pages/compare.py", "app_pages/evaluation.py", "app_pages/dataset.py"])
 def test_pages_without_bundle_or_dataset_say_what_to_run(monkeypatch, tmp_path, page):
     monkeypatch.setenv("CAPTIONING_ARTIFACTS", str(tmp_path / "empty"))
     monkeypatch.setenv("FLICKR8K_DIR", str(tmp_path / "nodata"))
@@ -143,7 +143,7 @@ def test_an_ensemble_bundle_captions_and_shows_its_members(monkeypatch, tiny_run
     assert not at.exception, at.exception
     assert [m for m in at.markdown if m.value.startswith("### “")]
     assert "Where the model looked, word by word" in texts(at)      # the attention member's maps
-    at.switch_page("pages/evaluation.py").run()
+    at.switch_page("app_pages/evaluation.py").run()
     assert not at.exception, at.exception
 
 
@@ -176,7 +176,7 @@ def test_an_scst_bundle_shows_its_fine_tuning(monkeypatch, tiny_run, flickr_dir,
     at = start()
     at.sidebar.selectbox[0].select(str(root / "tuned")).run()
     assert "fine-tuned on CIDEr-D (self-critical)" in texts(at)
-    at.switch_page("pages/evaluation.py").run()
+    at.switch_page("app_pages/evaluation.py").run()
     assert not at.exception, at.exception
     shown = texts(at)
     assert "How it was trained" in shown and "self-critical sequence training" in shown
@@ -252,7 +252,7 @@ def json_dumps(obj) -> str:
 
 
 def test_evaluation_tables_and_charts_show_human_labels_only(app_env):
-    at = start("pages/evaluation.py")
+    at = start("app_pages/evaluation.py")
     for frame in at.dataframe:
         assert not RAW_FIELDS & set(frame.value.columns), frame.value.columns
     table = at.dataframe[0].value
@@ -265,7 +265,7 @@ def test_evaluation_tables_and_charts_show_human_labels_only(app_env):
 
 
 def test_coco_bleu_is_shown_once_when_it_equals_nltk_bleu_and_the_text_says_so(app_env):
-    at = start("pages/evaluation.py")
+    at = start("app_pages/evaluation.py")
     metrics = __import__("json").loads((app_env / "tiny" / "metrics.json").read_text())["results"]
     gap = max(abs(r[f"bleu_{n}"] - r[f"coco_bleu_{n}"]) for r in metrics for n in range(1, 5))
     shown = texts(at)
@@ -290,13 +290,13 @@ def test_coco_bleu_that_differs_is_shown_beside_nltk_bleu(tmp_path, monkeypatch,
         row["coco_bleu_4"] = row["bleu_4"] + 0.01            # as if the toolkit tokenised differently
     file.write_text(json.dumps(metrics))
     monkeypatch.setenv("CAPTIONING_ARTIFACTS", str(root))
-    at = start("pages/evaluation.py")
+    at = start("app_pages/evaluation.py")
     assert "differ by up to 0.0100" in texts(at)
     assert {"BLEU-4", "coco BLEU-4"} <= set(at.dataframe[0].value.columns)
 
 
 def test_evaluation_per_image_histogram_counts_each_image_once(app_env):
-    at = start("pages/evaluation.py")
+    at = start("app_pages/evaluation.py")
     n_images = int(__import__("json").loads((app_env / "tiny" / "metrics.json").read_text())
                    ["results"][0]["n_images"])
     spec = next(s for s in chart_specs(at) if any(isinstance(e, dict) and e.get("aggregate") == "count"
@@ -307,7 +307,7 @@ def test_evaluation_per_image_histogram_counts_each_image_once(app_env):
 
 
 def test_evaluation_pickers_sit_above_the_sections_they_control_and_the_page_has_contents(app_env):
-    at = start("pages/evaluation.py")
+    at = start("app_pages/evaluation.py")
     order = [e for e in walk(at.main)]
 
     def index(pred):
@@ -332,7 +332,7 @@ def test_captions_have_one_style_on_caption_and_compare(app_env):
     at.radio(key="caption_mode").set_value("Sample from the test split").run()
     headline = next(m.value for m in at.markdown if m.value.startswith("### “")).strip("#“” ")
     assert headline[0].isupper() and headline.endswith(".")
-    at.switch_page("pages/compare.py").run()            # the decoding lab starts from the Caption page's photo
+    at.switch_page("app_pages/compare.py").run()            # the decoding lab starts from the Caption page's photo
     assert not at.exception, at.exception
     bold = [m.value.strip("*“”") for m in at.markdown if m.value.startswith("**“") and m.value.endswith("”**")]
     assert len(bold) >= 2 and all(b[0].isupper() and b.endswith(".") for b in bold)   # one per strategy
@@ -344,7 +344,7 @@ def test_captions_have_one_style_on_caption_and_compare(app_env):
 def test_attention_thumbnails_keep_the_photo_aspect_ratio(app_env, tiny_attention_bundle):
     from PIL import Image as PILImage
 
-    from captioning.captioner import Captioner
+    from captioning.service.captioner import Captioner
     from ui.widgets import attention_thumbnails
 
     captioner = Captioner.from_bundle(tiny_attention_bundle)
@@ -370,8 +370,8 @@ def test_the_caption_page_says_once_what_the_model_was_trained_on(app_env):
 def test_dataset_page_title_matches_the_navigation(app_env):
     from ui.shell import PAGES
 
-    at = start("pages/dataset.py")
-    assert at.title[0].value == next(title for script, title, *_ in PAGES if script == "pages/dataset.py")
+    at = start("app_pages/dataset.py")
+    assert at.title[0].value == next(title for script, title, *_ in PAGES if script == "app_pages/dataset.py")
 
 
 # --- issue 16: hostile input and damaged bundles ------------------------------------------------------------
@@ -390,7 +390,7 @@ def test_upload_names_are_shown_literally_never_as_markdown(app_env):
 
 
 def test_the_dataset_search_box_echo_is_literal(app_env):
-    at = start("pages/dataset.py")
+    at = start("app_pages/dataset.py")
     at.text_input(key="ds_query").input("**bold** $x^2$ :red[red]").run()
     assert not at.exception
     warning = at.warning[0].value
@@ -407,7 +407,7 @@ def test_literal_escapes_every_markdown_construct():
 
 
 def test_an_over_limit_upload_says_so_and_clears_the_previous_caption(app_env):
-    from captioning.images import MAX_BYTES
+    from captioning.vision.images import MAX_BYTES
 
     at = start()
     at.file_uploader[0].upload("ok.jpg", jpeg_bytes(), "image/jpeg").run()
@@ -423,7 +423,7 @@ def test_the_uploader_limit_is_the_apps_limit(app_env):
     app's limit, while the server still takes larger zips for the Batch page."""
     import tomllib
 
-    from captioning.images import MAX_BYTES
+    from captioning.vision.images import MAX_BYTES
 
     at = start()
     uploader = at.file_uploader[0]
@@ -452,7 +452,7 @@ def test_a_damaged_sibling_bundle_is_skipped_with_a_note(tmp_path, monkeypatch, 
     else:
         (bad / "predictions.csv").write_bytes(b"\x00\x01garbage\n\"unclosed,quote\n1,2,3,4,5\n")
     monkeypatch.setenv("CAPTIONING_ARTIFACTS", str(root))
-    at = start("pages/evaluation.py")
+    at = start("app_pages/evaluation.py")
     assert not at.exception, at.exception
     if damage == "truncated metrics.json":
         note = " ".join(w.value for w in at.warning)
@@ -476,7 +476,7 @@ def test_a_bundle_without_metrics_captions_and_says_how_to_evaluate_it(tmp_path,
     at.file_uploader[0].upload("photo.jpg", jpeg_bytes(), "image/jpeg").run()
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
     assert [m for m in at.markdown if m.value.startswith("### “")]
-    at.switch_page("pages/evaluation.py").run()
+    at.switch_page("app_pages/evaluation.py").run()
     assert not at.exception
     assert f"python train.py evaluate --out {root / 'tiny'}" in texts(at)
     assert "no evaluation yet" in texts(at)
@@ -559,7 +559,7 @@ def test_deleting_the_selected_bundle_says_so_before_another_captions(tmp_path, 
 
 
 def test_an_empty_dataset_search_shows_no_metrics_of_nothing(app_env):
-    at = start("pages/dataset.py")
+    at = start("app_pages/dataset.py")
     at.text_input(key="ds_query").input("zzzzqx").run()
     assert not at.exception
     assert any("No test caption contains" in w.value for w in at.warning)
@@ -567,7 +567,7 @@ def test_an_empty_dataset_search_shows_no_metrics_of_nothing(app_env):
 
 
 def test_dataset_captions_are_tidy_sentences(app_env):
-    at = start("pages/dataset.py")
+    at = start("app_pages/dataset.py")
     bullets = [c.value for c in at.caption if c.value.startswith("• ")]
     assert bullets and not any(b.rstrip().endswith(" \\.") or " \\." in b for b in bullets)
     assert all(b.endswith("\\.") for b in bullets)               # literal() escapes the full stop
@@ -579,7 +579,7 @@ def test_the_batch_page_waits_for_a_free_decode_slot(app_env, flickr_dir):
 
     from ui.state import decode_slots
 
-    at = start("pages/batch.py")
+    at = start("app_pages/batch.py")
     slots = decode_slots()
     for _ in range(slots.size):                                  # other sessions hold every slot
         assert slots.semaphore.acquire(timeout=60)
@@ -599,7 +599,7 @@ def test_the_batch_page_waits_for_a_free_decode_slot(app_env, flickr_dir):
 
 
 def test_evaluation_tables_show_every_row_and_per_image_starts_at_the_default_decoding(app_env):
-    at = start("pages/evaluation.py")
+    at = start("app_pages/evaluation.py")
     runs = at.selectbox(key="eval_run").options
     assert at.selectbox(key="eval_run").value == ("beam 5" if "beam 5" in runs else runs[0])   # not the last run
     agreement = [t.value for t in at.table if "Implementation" in t.value.columns]
@@ -617,7 +617,7 @@ def test_reference_captions_read_as_people_write_them():
 def test_the_calibration_bars_stand_on_zero_and_their_labels_stay_inside(app_env):
     """Issue 39: the bins were drawn as thin lines (a bar ranged in x needs y2) with numbers over each other, and
     threshold labels pushed above the plot squeezed it flat."""
-    from captioning.retrieval import read_calibration
+    from captioning.evaluation.trust import read_calibration
     from ui.trust import calibration_chart
 
     calibration = read_calibration(app_env / "tiny")

@@ -4,9 +4,9 @@ largest grid (bilinear, renormalised), so the API and the app's word-by-word vie
 import numpy as np
 import pytest
 
-from captioning.decoding import DecodeConfig, decode
-from captioning.stepper import EnsembleStepDecoder, resample_attention
-from captioning.text import Vocabulary
+from captioning.data.text import Vocabulary
+from captioning.decoding.search import DecodeConfig, decode
+from captioning.models.stepper import EnsembleStepDecoder, resample_attention
 
 
 def test_resampling_keeps_sums_uniform_maps_and_where_a_peak_is():

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from captioning.__main__ import main
-from captioning.batch import BatchResult, caption_stream, gather_images, read_records, records_csv, to_record
-from captioning.bundle import load_bundle
-from captioning.captioner import Captioner
-from captioning.decoding import Caption
+from captioning.artifacts.bundle import load_bundle
+from captioning.decoding.search import Caption
+from captioning.service.batch import BatchResult, caption_stream, gather_images, read_records, records_csv, to_record
+from captioning.service.captioner import Captioner
 from ui.labels import sentence
 
 
@@ -215,7 +215,7 @@ def not_loaded(monkeypatch):
 @pytest.mark.skipif(os.name == "nt", reason="file names are bytes only on POSIX")
 def test_cli_keeps_photos_whose_names_are_not_utf8_or_hold_a_newline(tiny_bundle, flickr_dir, tmp_path, capsys,
                                                                     cli_env):
-    from captioning.batch import path_from_text
+    from captioning.service.batch import path_from_text
 
     folder = tmp_path / "odd"
     folder.mkdir()
@@ -270,7 +270,7 @@ def test_cli_refuses_a_changed_decoding_or_model_before_loading_and_recaptions_w
 
 def test_cli_ctrl_c_saves_what_is_done_exits_130_and_a_rerun_goes_on(tiny_bundle, photo_folder, tmp_path, capsys,
                                                                      cli_env, monkeypatch):
-    from captioning import batch
+    from captioning.service import batch
 
     real = batch.caption_stream
 
@@ -324,8 +324,8 @@ def zip_bytes(members: dict) -> bytes:
 
 
 def test_a_zip_gives_its_photos_and_refuses_unsafe_or_oversized_members(flickr_dir):
-    from captioning.batch import expand_uploads, photos_from_zip
-    from captioning.images import MAX_BYTES
+    from captioning.service.batch import expand_uploads, photos_from_zip
+    from captioning.vision.images import MAX_BYTES
 
     photo = (flickr_dir / "Images" / first_test_images(flickr_dir, 1)[0]).read_bytes()
     archive = zip_bytes({"trip/a.jpg": photo, "trip/readme.txt": "hi", "../escape.jpg": photo,
@@ -352,7 +352,7 @@ def test_a_zip_gives_its_photos_and_refuses_unsafe_or_oversized_members(flickr_d
 
 
 def test_uploads_with_refused_members_keep_their_order(captioner, flickr_dir):
-    from captioning.batch import Upload, caption_uploads
+    from captioning.service.batch import Upload, caption_uploads
 
     photo = (flickr_dir / "Images" / first_test_images(flickr_dir, 1)[0]).read_bytes()
     uploads = [Upload("bad-first", None, "refused"), Upload("a", photo), Upload("b", b"nope"),
@@ -371,7 +371,7 @@ def batch_page(app_env, monkeypatch):
     from test_app import NavigationPagesManager, start
 
     monkeypatch.setattr(app_test, "PagesManager", NavigationPagesManager)
-    return start("pages/batch.py")
+    return start("app_pages/batch.py")
 
 
 def test_batch_page_captions_photos_lists_a_bad_one_and_offers_downloads(batch_page, captioner, flickr_dir):

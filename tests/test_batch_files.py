@@ -13,7 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-from captioning.batch import (
+from captioning.decoding.search import Caption, DecodeConfig
+from captioning.service.batch import (
     BatchResult,
     ResumeConflict,
     caption_files,
@@ -27,7 +28,6 @@ from captioning.batch import (
     records_text,
     to_record,
 )
-from captioning.decoding import Caption, DecodeConfig
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="file names are bytes only on Linux")
 
@@ -112,7 +112,7 @@ def refuse(constant):
 
 
 def test_non_finite_numbers_are_never_written_and_an_empty_caption_is_not_done(tmp_path):
-    from captioning.batch import judged
+    from captioning.service.batch import judged
 
     empty = [Caption([], -math.inf, -math.inf, [0.0])]
     odd = [Caption(["a", "dog"], -math.inf, -math.inf, [0.5, 0.0, 0.0]), *a_caption()]

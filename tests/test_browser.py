@@ -149,7 +149,7 @@ def test_every_page_renders(server, browser, path, done):
 
 
 def test_a_deep_link_to_a_fresh_server_opens_the_whole_app(tiny_run, flickr_dir, mobilenet_weights, browser):
-    """Streamlit runs pages/<name>.py on its own when a new server's first request is a deep link; the
+    """Streamlit runs app_pages/<name>.py on its own when a new server's first request is a deep link; the
     pages hand over to the shell, so the sidebar, the bundle and the navigation are all there."""
     from selenium.webdriver.common.by import By
 
@@ -235,7 +235,7 @@ def test_the_server_listens_on_loopback_unless_told_otherwise(tiny_run, flickr_d
 
 CHART_PAGE = '''
 import streamlit as st
-from captioning.decoding import Caption
+from captioning.decoding.search import Caption
 from ui.charts import word_probabilities
 
 CAPTIONS = {"first": "a dog runs through the grass", "second": "two dog runs near the grass with small children"}

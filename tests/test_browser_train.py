@@ -12,10 +12,10 @@ import zipfile
 import pytest
 from test_browser import OUT, assert_no_error_shown, running_app, settle
 
-from captioning import jobs
-from captioning.batch import dataset_from_zip
-from captioning.jobs import JobQueue, read_progress
-from captioning.train_jobs import FinetuneSettings, start_finetune
+from captioning.service import jobs
+from captioning.service.batch import dataset_from_zip
+from captioning.service.jobs import JobQueue, read_progress
+from captioning.training.jobs import FinetuneSettings, start_finetune
 from ui.browser import new_driver, wait_for_text
 
 PHOTOS = ["1000268201_693b08cb0e.jpg", "1001773457_577c3a7d70.jpg", "1002674143_1b742ab4b8.jpg",

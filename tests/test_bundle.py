@@ -4,8 +4,8 @@ import shutil
 
 import pytest
 
-from captioning.bundle import BundleError, list_bundles, load_bundle, read_manifest, save_bundle
-from captioning.text import Vocabulary
+from captioning.artifacts.bundle import BundleError, list_bundles, load_bundle, read_manifest, save_bundle
+from captioning.data.text import Vocabulary
 
 
 @pytest.fixture()
@@ -161,7 +161,7 @@ def test_hand_edited_manifests_and_vocabularies_are_named_errors(copy, file, cha
 
 
 def test_files_outside_the_bundle_are_never_read(copy, monkeypatch):
-    import captioning.bundle as bundle_module
+    import captioning.artifacts.bundle as bundle_module
 
     read = []
     real = bundle_module._sha256
@@ -185,7 +185,7 @@ def test_a_malformed_predictions_file_names_the_bundle_and_the_file(copy, text):
 def test_a_bundle_without_metrics_still_loads_and_captions(copy, mobilenet_weights):
     import numpy as np
 
-    from captioning.captioner import Captioner
+    from captioning.service.captioner import Captioner
 
     (copy / "metrics.json").unlink()
     bundle = load_bundle(copy)

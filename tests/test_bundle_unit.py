@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from captioning import bundle as bundle_module
-from captioning.bundle import (
+from captioning.artifacts import bundle as bundle_module
+from captioning.artifacts.bundle import (
     ARTIFACTS_ENV,
     FORMAT_VERSION,
     BundleError,
@@ -22,8 +22,8 @@ from captioning.bundle import (
     save_bundle,
     update_results,
 )
-from captioning.models import build_decoder
-from captioning.text import Vocabulary
+from captioning.data.text import Vocabulary
+from captioning.models.decoders import build_decoder
 
 ENCODER = {"name": "mobilenetv2", "alpha": 0.35}                          # 1280-d features
 VOCAB = Vocabulary(["a", "dog", "runs", "on", "grass"], {"a": 9, "dog": 4}, 2)
@@ -323,7 +323,7 @@ def test_update_results_of_a_single_decoder_bundle(tmp_path):
 
 
 def test_save_index_adds_the_index_and_results_updates_keep_it(copy):
-    from captioning.retrieval import INDEX_FILES, build_index
+    from captioning.evaluation.trust import INDEX_FILES, build_index
 
     rng = np.random.default_rng(0)
     index = build_index([f"p{i}.jpg" for i in range(6)], rng.normal(size=(6, 1280)),
@@ -347,7 +347,7 @@ def test_save_index_adds_the_index_and_results_updates_keep_it(copy):
 
 
 # --- manifest.py: the schema checks, the rebuild hint and the typed records, exactly ----------------------------
-from captioning.manifest import (  # noqa: E402
+from captioning.artifacts.manifest import (  # noqa: E402
     DecoderInfo,
     EncoderInfo,
     EvaluationReport,
@@ -610,7 +610,7 @@ def test_every_listed_file_is_checked_even_when_results_are_skipped_or_missing(c
 
 
 def test_an_index_from_another_encoder_or_size_is_refused(copy):
-    from captioning.retrieval import build_index
+    from captioning.evaluation.trust import build_index
 
     rng = np.random.default_rng(1)
     names, captions = [f"p{i}.jpg" for i in range(4)], [["a dog"]] * 4
@@ -636,7 +636,7 @@ def test_results_files_are_written_as_indented_json_and_a_plain_table(copy):
 
 
 def test_stray_index_files_are_not_adopted_and_missing_results_do_not_stop_an_index(copy):
-    from captioning.retrieval import INDEX_FILES, build_index
+    from captioning.evaluation.trust import INDEX_FILES, build_index
 
     (copy / "predictions.csv").unlink()                                    # listed, but gone (captioning allows it)
     index = build_index(["p.jpg", "q.jpg"], np.ones((2, 1280)), [["a"], ["b"]], "mobilenetv2-a0.35-224", k=1)

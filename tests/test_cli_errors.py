@@ -12,7 +12,7 @@ import pytest
 from conftest import MOBILENET, ROOT
 
 import train
-from captioning import recipes
+from captioning.training import recipes
 
 
 def sha(folder):
@@ -71,7 +71,7 @@ def test_alpha_is_read_from_the_mobilenet_weights_file(mobilenet_weights):
 def test_parameter_counts_match_keras_applications():
     import keras
 
-    from captioning.encoders import MOBILENET_PARAMS
+    from captioning.vision.encoders import MOBILENET_PARAMS
 
     for alpha, count in MOBILENET_PARAMS.items():
         model = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(224, 224, 3), alpha=alpha)
@@ -198,7 +198,7 @@ def test_the_bundle_remembers_its_weights_file_and_captions_without_weights(tiny
 
 
 def test_a_weights_file_with_another_checksum_is_not_taken_for_the_bundles(tiny_bundle, tmp_path):
-    from captioning.encoders import find_weights, get_spec
+    from captioning.vision.encoders import find_weights, get_spec
 
     (tmp_path / MOBILENET.name).write_bytes(b"not the same file")
     hint = {"name": MOBILENET.name, "sha256": "0" * 64}

@@ -1,8 +1,8 @@
 """One Captioner shared by many sessions (threads) gives exactly the captions of a serial run."""
 from concurrent.futures import ThreadPoolExecutor
 
-from captioning.bundle import load_bundle
-from captioning.captioner import Captioner
+from captioning.artifacts.bundle import load_bundle
+from captioning.service.captioner import Captioner
 
 
 def test_eight_threads_times_fifty_captions_match_serial(tiny_bundle, flickr_dir, mobilenet_weights):

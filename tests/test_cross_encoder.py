@@ -15,11 +15,11 @@ import pytest
 from conftest import missing
 from test_app import navigation_like_the_server, start, texts  # noqa: F401  (the app's page-navigation fixture)
 
-from captioning.bundle import BundleError, load_bundle, read_manifest, save_bundle
-from captioning.decoding import DecodeConfig, decode
-from captioning.models import build_decoder
-from captioning.stepper import EnsembleStepDecoder, MultiFeatures, StepDecoder, as_float32, features_for
-from captioning.text import Vocabulary
+from captioning.artifacts.bundle import BundleError, load_bundle, read_manifest, save_bundle
+from captioning.data.text import Vocabulary
+from captioning.decoding.search import DecodeConfig, decode
+from captioning.models.decoders import build_decoder
+from captioning.models.stepper import EnsembleStepDecoder, MultiFeatures, StepDecoder, as_float32, features_for
 
 VOCAB = Vocabulary(["a", "dog", "runs", "on", "grass"], {"a": 9, "dog": 4}, 2)
 MOBILE = {"name": "mobilenetv2", "alpha": 0.35, "key": "mobilenetv2-a0.35-224"}          # 1280-d
@@ -183,7 +183,7 @@ def test_a_member_whose_encoder_does_not_fit_it_is_refused(cross, tmp_path):
 # --- the real thing: train.py ensemble across MobileNetV2 and EfficientNet-Lite0 ------------------------
 @pytest.fixture(scope="module")
 def lite_weights():
-    from captioning.encoders import find_weights, get_spec
+    from captioning.vision.encoders import find_weights, get_spec
 
     path = find_weights(get_spec("efficientnet-lite0"))
     if path is None:
@@ -223,7 +223,7 @@ def test_train_py_ensemble_across_encoders_is_evaluated_and_swept(cross_run):
 
 def test_the_captioner_runs_each_encoder_once_and_decodes_as_the_ensemble_does(cross_run, flickr_dir,
                                                                                mobilenet_weights):
-    from captioning.captioner import Captioner
+    from captioning.service.captioner import Captioner
 
     out, attention, lite = cross_run
     captioner = Captioner.from_bundle(out, mobilenet_weights)
@@ -254,7 +254,7 @@ def test_the_captioner_runs_each_encoder_once_and_decodes_as_the_ensemble_does(c
 def test_a_cross_encoder_ensemble_gets_a_retrieval_index_on_its_own_encoder(cross_run, tiny_run, flickr_dir,
                                                                             tmp_path, mobilenet_weights):
     import train
-    from captioning.captioner import Captioner
+    from captioning.service.captioner import Captioner
 
     out, _, _ = cross_run
     copy = tmp_path / "indexed"
@@ -273,7 +273,7 @@ def test_a_cross_encoder_ensemble_gets_a_retrieval_index_on_its_own_encoder(cros
 
 
 def test_encoders_have_the_names_people_know():
-    from captioning.manifest import EncoderInfo
+    from captioning.artifacts.manifest import EncoderInfo
 
     assert EncoderInfo.from_dict({"name": "efficientnetlite0"}).label == "EfficientNet-Lite0"
     assert EncoderInfo.from_dict({"name": "xception", "alpha": None}).label == "Xception"
@@ -309,7 +309,7 @@ def test_the_app_names_both_encoders_and_each_members_encoder(cross_run, flickr_
     at.sidebar.selectbox[0].select(str(out)).run()
     sidebar = " ".join(c.value for c in at.sidebar.caption)
     assert "**MobileNetV2 x0.35** (224px) + **EfficientNet-Lite0** (224px)" in sidebar, sidebar
-    at.switch_page("pages/evaluation.py").run()
+    at.switch_page("app_pages/evaluation.py").run()
     assert not at.exception, at.exception
     members = next(d.value for d in at.dataframe if "Member" in d.value.columns)
     assert list(members["Encoder"]) == ["MobileNetV2 x0.35", "EfficientNet-Lite0"]

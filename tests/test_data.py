@@ -3,8 +3,8 @@ import time
 import pytest
 from PIL import Image
 
-from captioning import data
-from captioning.data import DataError, Flickr8k
+from captioning.data import flickr8k as data
+from captioning.data.flickr8k import DataError, Flickr8k
 
 
 def make_dataset(root, layout="csv", n=6, missing_image=None, empty_caption=False):

@@ -4,8 +4,8 @@ import json
 import pytest
 from PIL import Image
 
-from captioning.data import DataError
-from captioning.datasets import load_coco, load_dataset, load_flickr30k
+from captioning.data.datasets import load_coco, load_dataset, load_flickr30k
+from captioning.data.flickr8k import DataError
 
 WORDS = ["dog", "cat", "man", "woman", "child", "bike", "ball", "beach"]
 

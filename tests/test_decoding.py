@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from captioning.decoding import DecodeConfig, beam_search, decode, greedy_search
-from captioning.stepper import EnsembleStepDecoder
-from captioning.text import Vocabulary
+from captioning.data.text import Vocabulary
+from captioning.decoding.search import DecodeConfig, beam_search, decode, greedy_search
+from captioning.models.stepper import EnsembleStepDecoder
 
 
 class MarkovDecoder:
@@ -247,7 +247,7 @@ def test_any_valid_config_decodes_without_error_and_stops_within_max_length(
 
 
 # --- the strategy menu: sampling, diverse beam search, constraints every strategy honours ---------------
-from captioning.decoding import parse_spec, sampling_distribution  # noqa: E402
+from captioning.decoding.search import parse_spec, sampling_distribution  # noqa: E402
 
 
 def _rows_counter(model):

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_decoding import MarkovDecoder
 
-from captioning.decoding import DecodeConfig, beam_search, decode, greedy_search
-from captioning.text import Vocabulary
+from captioning.data.text import Vocabulary
+from captioning.decoding.search import DecodeConfig, beam_search, decode, greedy_search
 
 
 def reference_beam_search(model, feature, vocab, cfg):
@@ -144,7 +144,7 @@ def test_every_decoded_caption_respects_no_repeat_and_min_length(seed, beam_widt
 
 
 # --- exact labels, option records, spec parsing and sampling distributions ---------------------------------
-from captioning.decoding import Sampler, parse_spec, sample_search, sampling_distribution, with_beam  # noqa: E402
+from captioning.decoding.search import Sampler, parse_spec, sample_search, sampling_distribution, with_beam  # noqa: E402
 
 
 @pytest.mark.parametrize("config, options, label", [
@@ -447,7 +447,7 @@ def _ban_reference(log_probs, history, t, cfg, vocab):
 
 @pytest.mark.parametrize("seed", range(12))
 def test_constraints_on_one_step_equal_a_word_by_word_reference(seed):
-    from captioning.decoding import _ban
+    from captioning.decoding.search import _ban
 
     rng = np.random.default_rng(seed)
     vocab = big_vocab(6)                                                  # ids 4..9 are words
@@ -465,7 +465,7 @@ def test_constraints_on_one_step_equal_a_word_by_word_reference(seed):
 
 
 def test_a_repetition_penalty_of_exactly_two_applies_and_end_is_never_penalised():
-    from captioning.decoding import _ban
+    from captioning.decoding.search import _ban
 
     vocab = big_vocab(3)
     log_probs = np.log(np.full((1, len(vocab)), 1 / len(vocab)))
@@ -538,7 +538,7 @@ def test_samples_come_best_first_and_two_samples_per_image_work_for_a_batch():
 def test_an_ensemble_of_one_decodes_like_its_member_while_images_finish_at_different_steps(config):
     """Images finish at different steps, so the search drops their rows (compaction) through the ensemble's
     own select/repeat, which keeps a list of contexts."""
-    from captioning.stepper import EnsembleStepDecoder
+    from captioning.models.stepper import EnsembleStepDecoder
 
     vocab = big_vocab(8)
     model = MarkovDecoder(len(vocab), 5, attention=True)
@@ -619,7 +619,7 @@ def test_diverse_n_best_takes_every_groups_best_first_ordered_by_score():
 
 
 def test_decode_reports_progress_per_batch_and_decode_one_is_the_first_image():
-    from captioning.decoding import decode_one
+    from captioning.decoding.search import decode_one
 
     vocab = big_vocab(5)
     model = MarkovDecoder(len(vocab), 4)
@@ -671,7 +671,7 @@ def test_nucleus_ties_split_at_the_boundary_equal_the_reference(seed):
 
 
 def test_a_row_whose_constraints_forbid_every_word_may_still_end():
-    from captioning.decoding import _ban
+    from captioning.decoding.search import _ban
 
     vocab = Vocabulary(["a"])                                             # one word, id 4
     log_probs = np.log(np.array([[0.1, 0.1, 0.1, 0.3, 0.4], [0.1, 0.1, 0.1, 0.3, 0.4]]))

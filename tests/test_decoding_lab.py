@@ -5,7 +5,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from captioning.bundle import load_bundle
+from captioning.artifacts.bundle import load_bundle
 
 
 def _evaluate(out, flickr_dir, mobilenet_weights, cache, *extra):

@@ -1,4 +1,4 @@
-"""The decoding options are declared once (captioning/decoding_options.py) and every front end agrees with it:
+"""The decoding options are declared once (captioning/decoding/options.py) and every front end agrees with it:
 DecodeConfig's ranges, the command line's flags and ``--help``, the REST API's fields and ``/openapi.json``, the app's
 sliders. A user's mistake is refused in one line naming the user's own option; sampling's arithmetic never
 overflows; an n-best list never holds the same caption twice."""
@@ -12,9 +12,9 @@ from conftest import ROOT
 from test_decoding import MarkovDecoder, tiny_vocab
 
 from captioning.__main__ import add_strategy_options, main, strategy_overrides
-from captioning.decoding import DecodeConfig, beam_search, decode, sampling_distribution
-from captioning.decoding_options import DEFAULT_BEAM_WIDTH, OPTION, OPTIONS, STRATEGIES, USER_OPTIONS, resolve, shown
-from captioning.text import Vocabulary
+from captioning.data.text import Vocabulary
+from captioning.decoding.options import DEFAULT_BEAM_WIDTH, OPTION, OPTIONS, STRATEGIES, USER_OPTIONS, resolve, shown
+from captioning.decoding.search import DecodeConfig, beam_search, decode, sampling_distribution
 
 
 def parser() -> argparse.ArgumentParser:
@@ -61,7 +61,7 @@ def test_every_dataclass_field_is_declared_and_every_slider_lies_inside_its_rang
 
 
 def test_the_cli_flags_and_the_api_schema_name_the_same_strategies_and_limits():
-    from captioning.serve import create_app
+    from captioning.service.serve import create_app
 
     actions = {a.dest: a for a in parser()._actions}
     fake = SimpleNamespace(bundle=SimpleNamespace(name="fake", max_length=20))

@@ -13,10 +13,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from captioning import efficientnet_lite as lite
-from captioning import encoders
-from captioning.encoders import EncoderWeightsError, build_encoder, find_weights, get_spec
-from captioning.pth import LEGACY_MAGIC, PthFormatError, UnsafePickleError, load_state_dict
+from captioning.vision import efficientnet_lite as lite
+from captioning.vision import encoders
+from captioning.vision.encoders import EncoderWeightsError, build_encoder, find_weights, get_spec
+from captioning.vision.pth import LEGACY_MAGIC, PthFormatError, UnsafePickleError, load_state_dict
 
 
 # --- a .pth writer in the PyTorch layouts, without torch ------------------------------------------------
@@ -321,8 +321,8 @@ def test_train_py_runs_on_efficientnet_lite0_features(ported_weights, flickr_dir
     """The whole pipeline on the ported encoder: features (pooled + 7x7 map), a top-down decoder, a bundle
     that captions a photo with per-word 7x7 attention maps."""
     import train
-    from captioning.bundle import load_bundle
-    from captioning.captioner import Captioner
+    from captioning.artifacts.bundle import load_bundle
+    from captioning.service.captioner import Captioner
 
     out = tmp_path / "lite"
     assert train.main(["--data-dir", str(flickr_dir), "--encoder", "efficientnet-lite0", "--limit", "30",

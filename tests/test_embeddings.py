@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captioning.embeddings import EmbeddingsError, load_word_vectors
-from captioning.models import build_decoder
-from captioning.text import Vocabulary
+from captioning.data.embeddings import EmbeddingsError, load_word_vectors
+from captioning.data.text import Vocabulary
+from captioning.models.decoders import build_decoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def test_wheel_converter_writes_glove_text(tmp_path, vocab):
 
 def test_train_py_starts_the_embedding_from_the_vectors(tiny_run, flickr_dir, mobilenet_weights, tmp_path):
     import train
-    from captioning.bundle import load_bundle
+    from captioning.artifacts.bundle import load_bundle
 
     artifacts, cache = tiny_run
     vocab = load_bundle(artifacts / "tiny", load_results=False).vocab

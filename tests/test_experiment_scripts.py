@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from captioning.bundle import load_bundle
+from captioning.artifacts.bundle import load_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,7 +119,7 @@ def _script(name: str):
 
 
 def test_mbr_reranking_picks_the_consensus_caption_unless_told_to_trust_the_model():
-    from captioning.metrics import CiderD
+    from captioning.evaluation.metrics import CiderD
 
     mbr = _script("rerank_mbr")
     corpus = [[["a", "dog", "runs", "on", "grass"], ["a", "cat", "sits", "on", "a", "mat"]],

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import train
-from captioning.features import BadImageError, _read_canonical, _read_checked, check_image, check_images
+from captioning.vision.features import BadImageError, _read_canonical, _read_checked, check_image, check_images
 
 PHOTOS = ["1000268201_693b08cb0e.jpg", "1007129816_e794419615.jpg", "1015118661_980735411b.jpg",
           "2609836649_b55831ed41.jpg", "3385593926_d3e9c21170.jpg"]
@@ -60,7 +60,7 @@ def test_ordinary_photos_keep_todays_pixels_exactly(flickr_dir, tmp_path):
 def test_unusual_photos_get_the_loaders_pixels_upright_and_bounded(tmp_path):
     import tensorflow as tf
 
-    from captioning.images import load_image, to_canonical
+    from captioning.vision.images import load_image, to_canonical
 
     photo = np.zeros((60, 100, 3), np.uint8)
     photo[:, :50] = (250, 20, 20)                         # red left half, blue right half
@@ -102,7 +102,7 @@ def test_the_bomb_is_refused_before_decoding():
     data = big_png(12000)
     assert len(data) < 300_000                            # small on disk ...
     with pytest.raises(Exception, match="too large"):     # ... refused from its declared size
-        from captioning.images import load_image
+        from captioning.vision.images import load_image
         load_image(io.BytesIO(data))
 
 
@@ -125,7 +125,7 @@ def test_train_py_stops_at_a_bad_photo_in_one_line_or_skips_and_lists_it(tmp_pat
     out = capsys.readouterr().out
     tail = out[out.index("left out 2 photos that cannot be read:"):].splitlines()
     assert "1001.jpg" in tail[1] and "empty" in tail[1] and "1003.jpg" in tail[2] and "not an image" in tail[2]
-    from captioning.features import FeatureCache
+    from captioning.vision.features import FeatureCache
 
     cached = FeatureCache(tmp_path / "cache" / "features", "mobilenetv2-a0.35-224").index()
     assert len(cached) == 12 and "1001.jpg" not in cached

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from captioning.features import FeatureCache
-from captioning.training import make_dataset
+from captioning.training.fit import make_dataset
+from captioning.vision.features import FeatureCache
 
 
 @pytest.fixture

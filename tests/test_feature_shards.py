@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 
 import train
-from captioning.features import FeatureCache, shard_slice
+from captioning.vision.features import FeatureCache, shard_slice
 
 KEY = "mobilenetv2-a0.35-224"
 
@@ -111,8 +111,8 @@ def test_flipped_features_are_the_mirrored_photos_features(tmp_path, flickr_dir,
     import tensorflow as tf
     from PIL import Image
 
-    from captioning.encoders import build_encoder, get_spec
-    from captioning.features import FLIP_SUFFIX, extract_features
+    from captioning.vision.encoders import build_encoder, get_spec
+    from captioning.vision.features import FLIP_SUFFIX, extract_features
 
     spec = get_spec("mobilenetv2", 0.35)
     encoder, _ = build_encoder(spec, mobilenet_weights, spatial=True)

@@ -8,14 +8,14 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from captioning.finetune import grow_decoder, grow_vocabulary, read_glove
-from captioning.text import Vocabulary
+from captioning.data.text import Vocabulary
+from captioning.training.finetune import grow_decoder, grow_vocabulary, read_glove
 
 
 def tiny_decoder(kind: str, vocab_size: int, seed: int = 0):
     import keras
 
-    from captioning.models import build_decoder
+    from captioning.models.decoders import build_decoder
 
     keras.utils.set_random_seed(seed)
     extra = {"attention_dim": 8, "feature_proj": 8} if kind != "merge" else {}
@@ -71,10 +71,10 @@ def test_tiny_finetune_end_to_end(tmp_path, flickr_dir, mobilenet_weights):
     import keras
 
     import train
-    from captioning.bundle import load_bundle, save_bundle
-    from captioning.encoders import get_spec
-    from captioning.models import build_decoder
-    from captioning.text import tokenize
+    from captioning.artifacts.bundle import load_bundle, save_bundle
+    from captioning.data.text import tokenize
+    from captioning.models.decoders import build_decoder
+    from captioning.vision.encoders import get_spec
 
     lines = (flickr_dir / "captions.txt").read_text(encoding="utf-8").splitlines()[1:]
     by_photo: dict[str, list[str]] = {}
@@ -142,7 +142,7 @@ def test_tiny_finetune_end_to_end(tmp_path, flickr_dir, mobilenet_weights):
 def test_train_from_scratch_on_user_photos(tmp_path, flickr_dir, mobilenet_weights):
     """``train.py train --captions FILE --images DIR``: a new bundle from a user's photos alone (JSON lines here)."""
     import train
-    from captioning.bundle import load_bundle
+    from captioning.artifacts.bundle import load_bundle
 
     lines = (flickr_dir / "captions.txt").read_text(encoding="utf-8").splitlines()[1:120]
     photos = tmp_path / "photos"
@@ -165,8 +165,8 @@ def test_train_from_scratch_on_user_photos(tmp_path, flickr_dir, mobilenet_weigh
 
 
 def test_members_pick_decoders_by_number():
-    from captioning.config import OptionError
-    from captioning.finetune import _pick_members
+    from captioning.training.finetune import _pick_members
+    from captioning.training.settings import OptionError
 
     assert _pick_members(None, 3) == [0, 1, 2]
     assert _pick_members(["3,1"], 3) == [0, 2] == _pick_members(["1", "3"], 3)

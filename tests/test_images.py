@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from captioning.images import CANONICAL_SIZE, MAX_BYTES, InvalidImageError, load_image, to_canonical
+from captioning.vision.images import CANONICAL_SIZE, MAX_BYTES, InvalidImageError, load_image, to_canonical
 
 
 def encode(image: Image.Image, fmt: str, **kw) -> bytes:
@@ -133,7 +133,7 @@ PEAK_PROBE = r"""
 import io, resource, sys
 import numpy as np
 from PIL import Image
-from captioning import images
+from captioning.vision import images
 kind = sys.argv[1]
 make = {
     "16-bit png 7000x7000": lambda: Image.fromarray(np.zeros((7000, 7000), np.uint16)),
@@ -160,7 +160,7 @@ def test_decoding_the_largest_accepted_images_stays_under_the_stated_memory_boun
     import sys
     from pathlib import Path
 
-    from captioning.images import MAX_DECODE_BYTES, MAX_SIDE
+    from captioning.vision.images import MAX_DECODE_BYTES, MAX_SIDE
 
     done = subprocess.run([sys.executable, "-c", PEAK_PROBE, kind], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1], timeout=300)
@@ -187,7 +187,7 @@ def test_images_that_cannot_decode_within_the_budget_are_refused_by_the_projects
 
 
 def test_a_valid_image_between_the_projects_pixel_limit_and_pillows_is_refused_by_the_project():
-    from captioning.images import MAX_PIXELS
+    from captioning.vision.images import MAX_PIXELS
 
     assert MAX_PIXELS < 8000 * 7000 < Image.MAX_IMAGE_PIXELS
     with pytest.raises(InvalidImageError, match=r"8000x7000 pixels; the limit is 50,000,000"):
@@ -195,7 +195,7 @@ def test_a_valid_image_between_the_projects_pixel_limit_and_pillows_is_refused_b
 
 
 def test_large_images_come_back_shrunk_to_max_side_with_their_aspect_ratio():
-    from captioning.images import MAX_SIDE
+    from captioning.vision.images import MAX_SIDE
 
     image = load_image(encode(gradient(4100, 2050), "PNG"))
     assert image.size == (MAX_SIDE, MAX_SIDE // 2)
@@ -207,7 +207,7 @@ def test_at_most_decode_concurrency_images_decode_at_once(monkeypatch):
     import threading
     import time
 
-    from captioning import images
+    from captioning.vision import images
 
     running, peak, lock = [0], [0], threading.Lock()
     real = images._decode

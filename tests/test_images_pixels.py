@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioning.images import InvalidImageError, load_image
+from captioning.vision.images import InvalidImageError, load_image
 
 
 def png(image: Image.Image, **kw) -> bytes:

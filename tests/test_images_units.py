@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin, PngImagePlugin
 
-from captioning import images as im
-from captioning.images import InvalidImageError
+from captioning.vision import images as im
+from captioning.vision.images import InvalidImageError
 
 
 def encoded(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:

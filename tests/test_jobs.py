@@ -12,8 +12,8 @@ import time
 import pytest
 from conftest import ROOT
 
-from captioning import jobs
-from captioning.jobs import DuplicateJob, JobError, JobQueue, alive, read_progress
+from captioning.service import jobs
+from captioning.service.jobs import DuplicateJob, JobError, JobQueue, alive, read_progress
 
 FAKE = str(ROOT / "tests" / "fake_finetune.py")
 
@@ -149,7 +149,7 @@ def test_a_job_outlives_the_process_that_started_it(tmp_path):
     """A page session (here: a whole Python process) starts a job and exits; the job runs on and records its end."""
     root = tmp_path / "jobs"
     argv, out, run = fake(tmp_path, epochs=3, seconds=0.3)
-    script = (f"from captioning.jobs import JobQueue; q = JobQueue({str(root)!r}); "
+    script = (f"from captioning.service.jobs import JobQueue; q = JobQueue({str(root)!r}); "
               f"print(q.submit({argv!r}, 'ft', out={str(out)!r}, run_dir={str(run)!r}).id)")
     job_id = int(subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
                                 check=True, timeout=60).stdout)
@@ -184,7 +184,7 @@ def test_a_killed_job_is_found_interrupted_and_resumes_from_its_last_epoch(queue
 def test_a_command_line_run_registers_itself_and_can_be_cancelled_from_the_queue(queue, tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
-        from captioning.jobs import JobQueue
+        from captioning.service.jobs import JobQueue
         try:
             with JobQueue({str(queue.root)!r}).track(sys.argv, "fine-tune from the terminal", out="x") as job:
                 print(job.id, flush=True)

@@ -11,14 +11,14 @@ import sys
 import pytest
 from conftest import ROOT
 
-from captioning.jobs import JobQueue, read_progress
-from captioning.train_jobs import FinetuneSettings, import_check, start_finetune
+from captioning.service.jobs import JobQueue, read_progress
+from captioning.training.jobs import FinetuneSettings, import_check, start_finetune
 
 
 @pytest.fixture()
 def user_photos(tmp_path, flickr_dir):
     """Twelve Flickr8k training photos with their captions, each ending in a word no bundle knows ('zorblat')."""
-    from captioning.data import Flickr8k
+    from captioning.data.flickr8k import Flickr8k
 
     ds = Flickr8k.load(flickr_dir, check_images=False)
     folder = tmp_path / "mine"

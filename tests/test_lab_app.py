@@ -4,7 +4,7 @@ import shutil
 
 from test_app import jpeg_bytes, navigation_like_the_server, start, texts  # noqa: F401  (the autouse fixture)
 
-from captioning.bundle import update_results
+from captioning.artifacts.bundle import update_results
 
 
 def _lab_with_test_photo(at):
@@ -14,7 +14,7 @@ def _lab_with_test_photo(at):
 
 
 def test_lab_decodes_three_strategies_side_by_side_with_scores_against_the_references(app_env):
-    at = _lab_with_test_photo(start("pages/compare.py"))
+    at = _lab_with_test_photo(start("app_pages/compare.py"))
     heads = [s.value for s in at.subheader]
     assert heads == ["Beam 5", "Sample T 0.7, top-p 0.9, n 5", "Diverse 6 beams / 3 groups, penalty 0.5"]
     tables = [t.value for t in at.table[:3]]
@@ -51,7 +51,7 @@ def test_lab_charts_quality_against_diversity_from_metrics_json(app_env, tmp_pat
     metrics["results"][2].update(self_bleu_4=0.3, oracle_cider=0.6)
     update_results(lab / "tiny", metrics)                     # metrics.json is hashed in the manifest
     monkeypatch.setenv("CAPTIONING_ARTIFACTS", str(lab))
-    at = start("pages/compare.py")
+    at = start("app_pages/compare.py")
     assert "Across the test split" in [h.value for h in at.header]
     table = at.table[0].value                                  # no photo yet: the split table is the only one
     assert list(table.index) == [label for _, label, _, _ in runs]
@@ -74,7 +74,7 @@ def test_a_photo_chosen_on_the_caption_page_stays_chosen_on_the_lab(app_env):
     at = start()
     at.file_uploader[0].upload("holiday.jpg", jpeg_bytes((30, 140, 200)), "image/jpeg").run()
     assert not at.exception, at.exception
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("app_pages/compare.py").run()
     assert not at.exception, at.exception
     keep = at.toggle(key="compare_keep")
     assert keep.value and "holiday.jpg" in keep.label and "Caption page" not in keep.label
@@ -92,14 +92,15 @@ def test_lab_on_a_bundle_evaluated_before_diversity_scores_says_what_to_run(app_
     metrics["results"] = [{k: r[k] for k in keep} for r in metrics["results"]]   # as older bundles have them
     update_results(lab / "tiny", metrics)
     monkeypatch.setenv("CAPTIONING_ARTIFACTS", str(lab))
-    at = start("pages/compare.py")
+    at = start("app_pages/compare.py")
     assert "train.py evaluate" in texts(at) and "--decode" in texts(at)
 
 
 def test_the_lab_says_why_a_merge_bundle_shows_no_attention_and_the_shipped_ensemble_has_maps(tiny_run):
     """The lab's note is the core's: a merge bundle says why it has no maps; the shipped three-encoder ensemble
     (10x10, 9x9, 7x7 grids) has them, resampled to one grid (issue 34.9), so it needs no note."""
-    from captioning import Captioner, load_bundle
+    from captioning.artifacts.bundle import load_bundle
+    from captioning.service.captioner import Captioner
 
     assert "merge decoders" in Captioner(load_bundle(tiny_run[0] / "tiny")).attention_note
     assert Captioner(load_bundle(__import__("conftest").ROOT / "artifacts" / "default")).attention_note is None

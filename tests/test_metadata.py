@@ -19,10 +19,10 @@ from conftest import missing
 from PIL import Image, ImageCms
 from PIL.PngImagePlugin import PngInfo
 
-from captioning.alttext import alt_text, html_snippets, is_unfamiliar, keywords, markdown_list
-from captioning.batch import Upload
-from captioning.exports import captions_zip
-from captioning.metadata import MetadataWriter, embed_bytes, image_data, sidecar_path, xmp_packet
+from captioning.publish.alttext import alt_text, html_snippets, is_unfamiliar, keywords, markdown_list
+from captioning.publish.exports import captions_zip
+from captioning.publish.metadata import MetadataWriter, embed_bytes, image_data, sidecar_path, xmp_packet
+from captioning.service.batch import Upload
 
 if not shutil.which("exiftool"):
     missing("needs ExifTool (bash scripts/setup.sh test installs it)")
@@ -264,7 +264,7 @@ def test_embedding_bytes_and_the_xmp_packet_agree(tmp_path):
 def test_ctrl_c_or_a_full_disk_mid_write_leaves_the_photo_whole_and_no_temporary_file(tmp_path, monkeypatch):
     import errno
 
-    from captioning import metadata
+    from captioning.publish import metadata
 
     path = make_photo(tmp_path, "jpeg")
     before = path.read_bytes()

@@ -15,7 +15,7 @@ import requests
 from conftest import missing
 
 from captioning.__main__ import main
-from captioning.metadata import image_data
+from captioning.publish.metadata import image_data
 
 if not shutil.which("exiftool"):
     missing("needs ExifTool (bash scripts/setup.sh test installs it)")
@@ -145,7 +145,7 @@ def test_batch_page_offers_alt_text_and_a_zip_of_captioned_photos(app_env, monke
     from test_app import NavigationPagesManager, start
 
     monkeypatch.setattr(app_test, "PagesManager", NavigationPagesManager)
-    at = start("pages/batch.py")
+    at = start("app_pages/batch.py")
     names = (flickr_dir / "Flickr_8k.testImages.txt").read_text().split()[:2]
     photos = [(n, (flickr_dir / "Images" / n).read_bytes(), "image/jpeg") for n in names]
     at.file_uploader(key="batch_upload").set_value(photos).run()

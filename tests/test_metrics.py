@@ -1,6 +1,6 @@
 import pytest
 
-from captioning.metrics import corpus_bleu_scores, reference_agreement, sentence_bleu_scores, word_usage
+from captioning.evaluation.metrics import corpus_bleu_scores, reference_agreement, sentence_bleu_scores, word_usage
 
 
 def test_perfect_hypotheses_score_one():
@@ -32,7 +32,7 @@ def test_reference_agreement_and_word_usage():
 
 
 def test_coco_metrics_rank_good_above_bad_and_report_per_image():
-    from captioning.metrics import coco_scores
+    from captioning.evaluation.metrics import coco_scores
 
     refs = [[["a", "dog", "runs", "on", "the", "grass"], ["a", "brown", "dog", "running", "outside"]],
             [["two", "men", "play", "chess"], ["men", "playing", "a", "board", "game"]],
@@ -49,15 +49,15 @@ def test_coco_metrics_rank_good_above_bad_and_report_per_image():
 
 
 def test_kendall_tau():
-    from captioning.metrics import kendall_tau
+    from captioning.evaluation.metrics import kendall_tau
 
     assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
 
 
 def test_metric_human_agreement_on_a_small_judged_set(tmp_path):
-    from captioning.data import Flickr8k
-    from captioning.human import metric_human_agreement
+    from captioning.data.flickr8k import Flickr8k
+    from captioning.evaluation.human import metric_human_agreement
 
     caps = {"a.jpg": ["a dog runs on grass"] * 5, "b.jpg": ["two men play chess"] * 5,
             "c.jpg": ["a girl on a swing"] * 5}
@@ -73,7 +73,7 @@ def test_metric_human_agreement_on_a_small_judged_set(tmp_path):
 
 
 # --- diversity ---------------------------------------------------------------------------------------------
-from captioning.metrics import (  # noqa: E402
+from captioning.evaluation.metrics import (  # noqa: E402
     coco_scores,
     distinct_captions,
     distinct_n,

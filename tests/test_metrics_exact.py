@@ -5,7 +5,7 @@ import math
 import pytest
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
 
-from captioning.metrics import (
+from captioning.evaluation.metrics import (
     BLEU_WEIGHTS,
     coco_scores,
     corpus_bleu_scores,
@@ -158,7 +158,7 @@ def test_meteor_is_on_by_default_and_skipped_with_a_note_without_java(monkeypatc
 
 
 # --- CIDEr-D as the SCST reward computes it -------------------------------------------------------------------
-from captioning.metrics import CiderD  # noqa: E402
+from captioning.evaluation.metrics import CiderD  # noqa: E402
 
 CIDER_REFS = [
     [["a", "dog", "runs", "on", "the", "grass"], ["a", "brown", "dog", "is", "running"],
@@ -207,7 +207,7 @@ def test_cider_d_rewards_the_better_caption_and_penalises_length():
 
 
 # --- diversity metrics, exactly -------------------------------------------------------------------------------
-from captioning.metrics import (  # noqa: E402
+from captioning.evaluation.metrics import (  # noqa: E402
     cider_each,
     distinct_captions,
     distinct_n,

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from captioning.decoding import DecodeConfig, beam_search, greedy_search
-from captioning.models import MergeDecoder, build_decoder
-from captioning.stepper import EnsembleStepDecoder, StepDecoder
-from captioning.text import Vocabulary
+from captioning.data.text import Vocabulary
+from captioning.decoding.search import DecodeConfig, beam_search, greedy_search
+from captioning.models.decoders import MergeDecoder, build_decoder
+from captioning.models.stepper import EnsembleStepDecoder, StepDecoder
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_doubly_stochastic_regulariser_is_a_training_loss(attention_model):
 def test_attention_overlay_draws_a_heat_map():
     from PIL import Image
 
-    from captioning.visualize import attention_overlay, attention_strip
+    from captioning.models.visualize import attention_overlay, attention_strip
 
     image = Image.new("RGB", (300, 200), (128, 128, 128))
     weights = np.zeros(49)
@@ -144,7 +144,7 @@ def test_merge_and_attention_decoders_ensemble_on_one_spatial_map(model, attenti
 
 def test_the_scst_sampler_draws_through_the_compiled_step_api(model):
     """Sampler wraps the Keras decoder in the step API and returns padded ids: the same draws as sample_search."""
-    from captioning.decoding import Sampler, sample_search
+    from captioning.decoding.search import Sampler, sample_search
 
     vocab = Vocabulary([f"w{i}" for i in range(8)])
     feats = np.random.default_rng(3).normal(size=(2, 16))
@@ -252,7 +252,7 @@ def test_defaults_of_each_decoder():
 
 @pytest.mark.parametrize("kind", ["merge", "attention", "topdown"])
 def test_embeddings_and_output_bias_start_from_the_given_numbers_even_before_build(kind):
-    from captioning.models import DECODERS
+    from captioning.models.decoders import DECODERS
 
     m = DECODERS[kind](vocab_size=7, feature_dim=4, embed_dim=3, units=4)
     assert not m.built

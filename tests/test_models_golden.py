@@ -7,8 +7,8 @@ import zlib
 import numpy as np
 import pytest
 
-from captioning.models import build_decoder
-from captioning.stepper import StepDecoder
+from captioning.models.decoders import build_decoder
+from captioning.models.stepper import StepDecoder
 
 V, D = 9, 6
 

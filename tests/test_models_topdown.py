@@ -3,11 +3,11 @@ equations in numpy, its step API, decoding, ensembles and the bundle. train.py o
 import numpy as np
 import pytest
 
-from captioning.bundle import load_bundle, save_bundle
-from captioning.decoding import DecodeConfig, beam_search, greedy_search
-from captioning.models import TopDownDecoder, build_decoder
-from captioning.stepper import EnsembleStepDecoder, StepDecoder
-from captioning.text import Vocabulary
+from captioning.artifacts.bundle import load_bundle, save_bundle
+from captioning.data.text import Vocabulary
+from captioning.decoding.search import DecodeConfig, beam_search, greedy_search
+from captioning.models.decoders import TopDownDecoder, build_decoder
+from captioning.models.stepper import EnsembleStepDecoder, StepDecoder
 
 SIZES = dict(vocab_size=12, feature_dim=16, embed_dim=8, units=8, attention_dim=6, feature_proj=10, dropout=0.5)
 TOKENS = np.array([[2, 5, 7, 9], [2, 4, 11, 0]], "int32")         # <start> w w w; one row padded

@@ -103,9 +103,9 @@ def start_workers(args, tmp_path):
 
 def test_two_workers_train_survive_a_killed_peer_resume_and_match_one_process(
         shared_cache, flickr_dir, mobilenet_weights, tmp_path):
-    from captioning.bundle import load_bundle
-    from captioning.decoding import DecodeConfig, decode
-    from captioning.features import FeatureCache
+    from captioning.artifacts.bundle import load_bundle
+    from captioning.decoding.search import DecodeConfig, decode
+    from captioning.vision.features import FeatureCache
 
     t_start = time.monotonic()
     base = ["train", "--data-dir", str(flickr_dir), "--weights", str(mobilenet_weights),

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from conftest import ROOT
 
-from captioning.bundle import load_bundle
-from captioning.captioner import Captioner
-from captioning.features import FeatureCache
+from captioning.artifacts.bundle import load_bundle
+from captioning.service.captioner import Captioner
+from captioning.vision.features import FeatureCache
 
 
 def test_bundle_has_every_artifact_and_metric(tiny_bundle):

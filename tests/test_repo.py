@@ -41,7 +41,7 @@ def test_shipped_files_stay_small(tracked):
 def test_server_settings_are_safe_and_match_the_loader():
     import tomllib
 
-    from captioning.images import MAX_BYTES
+    from captioning.vision.images import MAX_BYTES
 
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     # The server takes somewhat more than the loader's limit so that the page itself can refuse a too-large photo

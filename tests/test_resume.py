@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from captioning.bundle import load_bundle
-from captioning.features import FeatureCache
+from captioning.artifacts.bundle import load_bundle
+from captioning.vision.features import FeatureCache
 
 
 def train_cmd(flickr_dir, weights, work, *extra):

@@ -12,8 +12,8 @@ import pytest
 from conftest import ROOT
 from PIL import Image, ImageDraw
 
-from captioning import retrieval
-from captioning.retrieval import (
+from captioning.evaluation import trust as retrieval
+from captioning.evaluation.trust import (
     FAMILIAR_QUANTILE,
     UNFAMILIAR_QUANTILE,
     Calibration,
@@ -190,8 +190,8 @@ def test_level_table_and_bins_summarise_cider_by_score():
 
 # --- the tiny bundle trained by train.py (MobileNetV2, 42 training photos) --------------------------------------
 def test_train_py_puts_a_calibrated_index_in_the_bundle(tiny_bundle, flickr_dir):
-    from captioning import Flickr8k
-    from captioning.bundle import load_bundle
+    from captioning.artifacts.bundle import load_bundle
+    from captioning.data.flickr8k import Flickr8k
 
     bundle = load_bundle(tiny_bundle)
     manifest = bundle.manifest
@@ -210,7 +210,7 @@ def test_train_py_puts_a_calibrated_index_in_the_bundle(tiny_bundle, flickr_dir)
 
 
 def _copy_without_index(bundle: Path, target: Path) -> Path:
-    from captioning.bundle import _finish_manifest
+    from captioning.artifacts.bundle import _finish_manifest
 
     shutil.copytree(bundle, target)
     for name in retrieval.INDEX_FILES:
@@ -223,7 +223,7 @@ def _copy_without_index(bundle: Path, target: Path) -> Path:
 
 def test_index_command_adds_the_index_to_an_existing_bundle(tiny_run, flickr_dir, mobilenet_weights, tmp_path):
     import train
-    from captioning.bundle import load_bundle
+    from captioning.artifacts.bundle import load_bundle
 
     artifacts, cache = tiny_run
     copy = _copy_without_index(artifacts / "tiny", tmp_path / "tiny")
@@ -239,7 +239,7 @@ def test_index_command_adds_the_index_to_an_existing_bundle(tiny_run, flickr_dir
 
 
 def test_a_damaged_index_is_refused_with_the_command_that_rebuilds_it(tiny_bundle, tmp_path):
-    from captioning.bundle import BundleError, _finish_manifest, load_bundle
+    from captioning.artifacts.bundle import BundleError, _finish_manifest, load_bundle
 
     copy = tmp_path / "tiny"
     shutil.copytree(tiny_bundle, copy)
@@ -257,7 +257,7 @@ def test_a_damaged_index_is_refused_with_the_command_that_rebuilds_it(tiny_bundl
 def test_index_command_recalibrates_an_old_index_keeping_its_vectors_and_rebuilds_a_damaged_one(
         tiny_run, flickr_dir, mobilenet_weights, tmp_path):
     import train
-    from captioning.bundle import _finish_manifest, load_bundle
+    from captioning.artifacts.bundle import _finish_manifest, load_bundle
 
     artifacts, cache = tiny_run
     copy = tmp_path / "tiny"
@@ -302,13 +302,13 @@ def synthetic_photos() -> dict[str, Image.Image]:
 
 @pytest.fixture(scope="module")
 def tiny_captioner(tiny_bundle, mobilenet_weights):
-    from captioning.captioner import Captioner
+    from captioning.service.captioner import Captioner
 
     return Captioner.from_bundle(tiny_bundle, mobilenet_weights)
 
 
 def test_photos_from_outside_flickr8k_are_mostly_unusual_or_unfamiliar(tiny_captioner, flickr_dir):
-    from captioning import Flickr8k
+    from captioning.data.flickr8k import Flickr8k
 
     photos = synthetic_photos()
     feats = tiny_captioner.features(list(photos.values()))
@@ -413,7 +413,7 @@ def test_a_shipped_training_photo_is_familiar_from_its_stored_features_alone():
 def test_index_reuses_the_evaluated_test_captions_from_predictions_csv(tmp_path):
     import pandas as pd
 
-    from captioning import recipes
+    from captioning.training import recipes
 
     pd.DataFrame({"image": ["a.jpg", "b.jpg", "a.jpg", "b.jpg"], "decoding": ["greedy"] * 2 + ["beam"] * 2,
                   "beam_width": [1, 1, 5, 5], "caption": ["x", "x", "a dog runs", "a man"],

@@ -4,10 +4,16 @@ import json
 import numpy as np
 import pytest
 
-from captioning.bundle import load_bundle
-from captioning.decoding import Sampler
-from captioning.scst import SCSTConfig, captions_from_ids, leave_one_out_advantage, make_train_step, teacher_inputs
-from captioning.text import Vocabulary
+from captioning.artifacts.bundle import load_bundle
+from captioning.data.text import Vocabulary
+from captioning.decoding.search import Sampler
+from captioning.training.scst import (
+    SCSTConfig,
+    captions_from_ids,
+    leave_one_out_advantage,
+    make_train_step,
+    teacher_inputs,
+)
 
 
 def test_leave_one_out_baseline():
@@ -35,7 +41,7 @@ def _vocab():
 def _decoder(vocab, kind="merge"):
     import keras
 
-    from captioning.models import build_decoder
+    from captioning.models.decoders import build_decoder
 
     keras.utils.set_random_seed(0)
     extra = {"attention_dim": 8} if kind == "attention" else {}
@@ -62,8 +68,8 @@ def test_sampler_draws_words_then_pads_after_end(kind):
 def test_sampler_is_the_decoding_engines_sampling():
     """One implementation: SCST's samples are sample_search's (temperature 1, no truncation, <end> allowed at
     once), call k drawing from the stream (seed, k); every call draws fresh captions."""
-    from captioning.decoding import DecodeConfig, sample_search
-    from captioning.stepper import StepDecoder
+    from captioning.decoding.search import DecodeConfig, sample_search
+    from captioning.models.stepper import StepDecoder
 
     vocab = _vocab()
     decoder = _decoder(vocab)

@@ -16,11 +16,11 @@ import requests
 from conftest import ROOT
 from PIL import Image
 
-from captioning.bundle import load_bundle
-from captioning.captioner import Captioner
-from captioning.images import MAX_BYTES, InvalidImageError, load_image
-from captioning.retrieval import LEVELS
-from captioning.serve import MAX_REQUEST_BYTES, caption_json
+from captioning.artifacts.bundle import load_bundle
+from captioning.evaluation.trust import LEVELS
+from captioning.service.captioner import Captioner
+from captioning.service.serve import MAX_REQUEST_BYTES, caption_json
+from captioning.vision.images import MAX_BYTES, InvalidImageError, load_image
 
 
 def free_port() -> int:

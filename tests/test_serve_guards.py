@@ -20,7 +20,7 @@ from fastapi import HTTPException
 from PIL import Image
 from test_serve import free_port, post, running_api
 
-from captioning.serve import (
+from captioning.service.serve import (
     Admission,
     ClientGone,
     RateLimit,

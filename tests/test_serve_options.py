@@ -5,9 +5,9 @@ import pytest
 import requests
 from test_serve import post, running_api
 
-from captioning.bundle import load_bundle
-from captioning.captioner import Captioner
-from captioning.decoding_options import OPTION, STRATEGIES, USER_OPTIONS, resolve
+from captioning.artifacts.bundle import load_bundle
+from captioning.decoding.options import OPTION, STRATEGIES, USER_OPTIONS, resolve
+from captioning.service.captioner import Captioner
 
 
 @pytest.fixture(scope="module")

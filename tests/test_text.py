@@ -1,6 +1,6 @@
 import pytest
 
-from captioning.text import SPECIALS, Vocabulary, tokenize
+from captioning.data.text import SPECIALS, Vocabulary, tokenize
 
 
 def test_tokenize_lowercases_strips_punctuation_and_digits():

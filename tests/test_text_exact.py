@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from captioning.text import Vocabulary
+from captioning.data.text import Vocabulary
 
 
 def test_default_threshold_is_five_and_ties_are_alphabetical():

@@ -3,7 +3,7 @@ maths, step API and bundle on made-up sizes: test_models_topdown.py."""
 import numpy as np
 import pytest
 
-from captioning.bundle import load_bundle
+from captioning.artifacts.bundle import load_bundle
 
 
 # --- train.py on a tiny real run ----------------------------------------------------------------------
@@ -23,7 +23,7 @@ def tiny_topdown(tiny_run, flickr_dir, mobilenet_weights, tmp_path_factory):
 
 
 def test_train_py_topdown_writes_a_bundle_that_captions(tiny_topdown, flickr_dir, mobilenet_weights):
-    from captioning.captioner import Captioner
+    from captioning.service.captioner import Captioner
 
     bundle = load_bundle(tiny_topdown)
     assert bundle.manifest["decoder"]["kind"] == "topdown" and bundle.decoder.units == 48

@@ -11,10 +11,10 @@ import pytest
 from conftest import ROOT
 from test_app import navigation_like_the_server, start, texts  # noqa: F401  (the fixture applies here too)
 
-from captioning.batch import dataset_from_zip
-from captioning.jobs import JobQueue, read_progress
+from captioning.service.batch import dataset_from_zip
+from captioning.service.jobs import JobQueue, read_progress
 
-PAGE = "pages/train.py"
+PAGE = "app_pages/train.py"
 
 
 def jpeg(color) -> bytes:
@@ -134,7 +134,7 @@ def test_an_interrupted_job_is_offered_for_resume_and_resumes(train_env):
     import os
     import signal
 
-    from captioning import jobs
+    from captioning.service import jobs
 
     artifacts, queue = train_env
     at = upload(open_page())

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from captioning.training import Checkpointer, TrainConfig, masked_smoothed_loss
+from captioning.training.fit import Checkpointer, TrainConfig, masked_smoothed_loss
 
 
 def _batch(seed=0, vocab=7):

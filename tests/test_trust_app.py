@@ -67,7 +67,7 @@ def test_without_flickr8k_the_neighbours_are_named_with_their_bundle_captions(ap
 
 
 def test_evaluation_page_charts_the_calibration_on_the_test_split(app_env):
-    at = start("pages/evaluation.py")
+    at = start("app_pages/evaluation.py")
     page = texts(at)
     assert "When to trust a caption" in page
     assert "Unfamiliar below" in page and "familiar from" in page

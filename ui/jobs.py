@@ -8,8 +8,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from captioning.jobs import Job, JobQueue, Progress, jobs_dir
-from captioning.train_jobs import ImportCheckError, import_check
+from captioning.service.jobs import Job, JobQueue, Progress, jobs_dir
+from captioning.training.jobs import ImportCheckError, import_check
 
 from .widgets import thumbnail
 
@@ -149,8 +149,8 @@ def score_chart(progress: Progress) -> list[tuple[str, alt.Chart]]:
 
 @st.cache_data(show_spinner=False, ttl=30, max_entries=32)
 def data_digest_of(captions: str, images: str) -> str:
-    """:func:`captioning.train_jobs.data_digest`, remembered for half a minute (a big folder is walked once)."""
-    from captioning.train_jobs import data_digest
+    """:func:`captioning.training.jobs.data_digest`, remembered for half a minute (a big folder is walked once)."""
+    from captioning.training.jobs import data_digest
 
     return data_digest(captions, images)
 

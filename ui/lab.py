@@ -6,9 +6,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from captioning.decoding import DecodeConfig
-from captioning.decoding_options import OPTION, STRATEGY_LABELS
-from captioning.manifest import EvaluationReport
+from captioning.artifacts.manifest import EvaluationReport
+from captioning.decoding.options import OPTION, STRATEGY_LABELS
+from captioning.decoding.search import DecodeConfig
 from ui.charts import run_order
 from ui.labels import sentence
 
@@ -67,7 +67,7 @@ def strategy_picker(slot: int, default_preset: str, max_length: int) -> DecodeCo
         fields: dict = {"strategy": strategy}
 
         def knob(name: str, suffix: str, start=None):
-            """A slider with the option's declared label, range and help (captioning.decoding_options)."""
+            """A slider with the option's declared label, range and help (captioning.decoding.options)."""
             option = OPTION[name]
             low, high, step = option.slider
             value = option.kind(base[name] if start is None else start)
@@ -112,7 +112,7 @@ def show_captions(captions, scorer=None, references=None) -> None:
     and lay its toolbar over the captions. Score is shown only where it differs from the mean log-probability
     (a length penalty other than 1, or a repetition penalty): otherwise the two columns would repeat each other.
     """
-    from captioning.metrics import sentence_bleu_scores
+    from captioning.evaluation.metrics import sentence_bleu_scores
 
     rows = []
     for rank, cap in enumerate(captions, 1):

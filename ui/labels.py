@@ -9,7 +9,7 @@ import re
 
 import pandas as pd
 
-from captioning.manifest import Manifest
+from captioning.artifacts.manifest import Manifest
 
 LABELS = {
     # corpus and per-image metrics

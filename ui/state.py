@@ -18,11 +18,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from captioning.bundle import ARTIFACTS_ENV, BundleError, artifacts_dir, list_bundles
-from captioning.data import ENV_VAR, DataError, Flickr8k, resolve_data_dir
-from captioning.encoders import EncoderWeightsError
-from captioning.manifest import EvaluationReport, Manifest
-from captioning.text import tokenize
+from captioning.artifacts.bundle import ARTIFACTS_ENV, BundleError, artifacts_dir, list_bundles
+from captioning.artifacts.manifest import EvaluationReport, Manifest
+from captioning.data.flickr8k import ENV_VAR, DataError, Flickr8k, resolve_data_dir
+from captioning.data.text import tokenize
+from captioning.vision.encoders import EncoderWeightsError
 
 DATA_HINT = (f"Set `{ENV_VAR}` to the folder holding `captions.txt` and the `Flickr_8k.*Images.txt` files "
              f"(e.g. `export {ENV_VAR}=../shared/flickr8k`), or fetch it with "
@@ -76,8 +76,8 @@ def remember_bundle() -> None:
 
 def _build_captioner(path: str):
     """Load a bundle for captioning (its metrics.json / predictions.csv are not needed) and warm it up."""
-    from captioning.bundle import load_bundle
-    from captioning.captioner import Captioner
+    from captioning.artifacts.bundle import load_bundle
+    from captioning.service.captioner import Captioner
 
     captioner = Captioner(load_bundle(path, load_results=False))
     captioner.warm_up()

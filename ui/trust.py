@@ -7,7 +7,14 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from captioning.retrieval import LEVEL_TEXT, LEVELS, Assessment, IndexFileError, calibration_bins, read_calibration
+from captioning.evaluation.trust import (
+    LEVEL_TEXT,
+    LEVELS,
+    Assessment,
+    IndexFileError,
+    calibration_bins,
+    read_calibration,
+)
 
 from .labels import human_caption, literal
 from .state import get_dataset

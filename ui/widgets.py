@@ -11,9 +11,9 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from captioning.decoding_options import DEFAULT_BEAM_WIDTH, OPTION
-from captioning.images import MAX_BYTES, SUPPORTED_TYPES, InvalidImageError, load_image
-from captioning.metrics import sentence_bleu_scores
+from captioning.decoding.options import DEFAULT_BEAM_WIDTH, OPTION
+from captioning.evaluation.metrics import sentence_bleu_scores
+from captioning.vision.images import MAX_BYTES, SUPPORTED_TYPES, InvalidImageError, load_image
 
 from .labels import human_caption, literal
 from .state import decode_slot, get_dataset
@@ -75,7 +75,7 @@ def choose_image(key: str) -> ChosenImage | None:
 
 
 def decoding_controls(key: str, default_beam: int = 1, allow_greedy: bool = True) -> dict:
-    """Widgets for the decoding options (labels and ranges from captioning.decoding_options); returns DecodeConfig
+    """Widgets for the decoding options (labels and ranges from captioning.decoding.options); returns DecodeConfig
     overrides."""
     cols = st.columns(4 if allow_greedy else 3)
     if allow_greedy:
@@ -119,7 +119,7 @@ def attention_thumbnails(image: Image.Image, caption, size: int = 150) -> list[t
     The maps are drawn square (the encoder's view) and then given back the photo's shape, so a landscape or
     portrait photo is not squashed. Empty when the decoder has no attention.
     """
-    from captioning.visualize import attention_strip
+    from captioning.models.visualize import attention_strip
 
     if caption.attention is None:
         return []

@@ -1,0 +1,2 @@
+"""The model bundle on disk: the bundle (load / save) and its manifest types.
+"""
