@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import os
 import sys
 import time
 
 import captioning  # (sets TensorFlow's log level before it loads)
 from captioning.data.flickr8k import DataError
-from captioning.training import recipes
-from captioning.training.fit import WorkerLost
+from captioning.training.fit import WorkerLost, recipes
 from captioning.training.settings import COMMANDS, SECTIONS, OptionError, RunConfig, settle
 from captioning.vision.encoders import EncoderWeightsError
 
@@ -122,6 +122,13 @@ def main(argv=None) -> int:
     except (DataError, EncoderWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"error: the disk is full ({exc.filename or 'while writing'}); free some space and run the same command "
+              f"again: it resumes from the saved feature shards and finished epochs, and no bundle was half-written",
+              file=sys.stderr)
+        return 1
     except WorkerLost as exc:
         # TensorFlow's shutdown would wait on the lost peer (coordination barrier): report and leave now.
         print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -66,3 +66,19 @@ def click_label(driver, text: str, timeout: float = 120) -> None:
     wait_for_text(driver, text, timeout)
     WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,
                                                        ElementClickInterceptedException)).until(click)
+
+
+def choose_option(driver, current: str, option: str, sidebar: bool = False) -> None:
+    """Open the select box now showing ``current`` (in the sidebar or the page) and pick the option holding
+    ``option``."""
+    import time
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    scope = '[data-testid="stSidebar"] ' if sidebar else '[data-testid="stMain"] '
+    boxes = driver.find_elements(By.CSS_SELECTOR, scope + '[data-testid="stSelectbox"]')
+    box = next(b for b in boxes if current in b.text)
+    ActionChains(driver).move_to_element(box).click().perform()
+    time.sleep(1)
+    next(o for o in driver.find_elements(By.CSS_SELECTOR, '[role="option"]') if option in o.text).click()

@@ -529,6 +529,10 @@ def read_progress(run_dir: str | os.PathLike | None, total_epochs: int | None = 
                     epochs.append({"epoch": int(k), **raw[k]})
             best = state.get("best_epoch")
             stopped = bool(state.get("stopped_early"))
+            scores = _read_json(state_path.parent / "dev_scores.json")   # a fine-tune's dev CIDEr-D per epoch
+            for e in epochs:                                            # (captioning/training/dev_score.py)
+                extra = scores.get(str(e["epoch"]))
+                e.update(extra if isinstance(extra, dict) else {})
         for source in (folder / "steps.jsonl", Path(steps_file) if steps_file else None):
             if source is None:
                 continue
