@@ -143,11 +143,12 @@ def main() -> None:
         time.sleep(5)                                  # the sample photos settle below the preview
         button = driver.find_element(By.XPATH, "//button[.//p[text()='Start fine-tuning']]")
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", button)
-        driver.execute_script("window.scrollTo(0, 0);")
         deadline = time.time() + 300
         while not queue.list() and time.time() < deadline:
             time.sleep(0.5)
         [job] = queue.list()
+        driver.get(f"{url}/train")                     # the jobs panel at the top of the page
+        wait_for_text(driver, "Jobs", 120)
         while read_progress(job.run_dir).done < 2 and queue.get(job.id).active:
             time.sleep(1)
         wait_for_text(driver, "left", 120)
