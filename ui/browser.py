@@ -76,8 +76,9 @@ def choose_option(driver, current: str, option: str, sidebar: bool = False) -> N
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    scope = '[data-testid="stSidebar"] ' if sidebar else '[data-testid="stMain"] '
-    boxes = driver.find_elements(By.CSS_SELECTOR, scope + '[data-testid="stSelectbox"]')
+    in_sidebar = 'return arguments[0].closest(\'[data-testid="stSidebar"]\') !== null;'
+    boxes = [b for b in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSelectbox"]')
+             if bool(driver.execute_script(in_sidebar, b)) == sidebar]
     box = next(b for b in boxes if current in b.text)
     ActionChains(driver).move_to_element(box).click().perform()
     time.sleep(1)
