@@ -26,7 +26,8 @@ import time
 
 import captioning  # (sets TensorFlow's log level before it loads)
 from captioning.data.flickr8k import DataError
-from captioning.training.fit import WorkerLost, recipes
+from captioning.training import recipes
+from captioning.training.fit import WorkerLost
 from captioning.training.settings import COMMANDS, SECTIONS, OptionError, RunConfig, settle
 from captioning.vision.encoders import EncoderWeightsError
 

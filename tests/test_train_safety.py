@@ -69,7 +69,7 @@ def test_a_full_disk_during_a_finetune_is_one_line_and_writes_no_bundle(tmp_path
     from captioning.artifacts.bundle import save_bundle
     from captioning.data.text import Vocabulary
     from captioning.models.decoders import build_decoder
-    from captioning.training.fit import finetune
+    from captioning.training import finetune
     from captioning.vision.encoders import get_spec
 
     photos = tmp_path / "photos"

@@ -178,7 +178,7 @@ def test_finetune_options_are_checked_before_any_work(capsys, args, message):
 
 
 def test_a_huge_captions_file_or_too_many_photos_is_refused_before_the_work(tmp_path, photos, monkeypatch):
-    from captioning.data.flickr8k import user_data
+    from captioning.data import user_data
 
     huge = tmp_path / "huge.csv"
     with open(huge, "wb") as fh:                   # sparse: 2 GB on paper, no disk used
