@@ -143,8 +143,8 @@ def score_chart(progress: Progress) -> list[tuple[str, alt.Chart]]:
     title = {"dev_cider": "Dev CIDEr-D (higher is better)", "cider": "Dev CIDEr-D (higher is better)"}.get(
         key, "Dev BLEU-4 (higher is better)")
     line = alt.Chart(df).mark_line(point=alt.OverlayMarkDef(size=30), color="#2f6fde").encode(
-        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
-        y=alt.Y("score:Q", title="score", scale=alt.Scale(zero=False)),
+        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),     # 1, 2, not 1.000000
+        y=alt.Y("score:Q", title="score", scale=alt.Scale(zero=False), axis=alt.Axis(format=".2f")),
         tooltip=[alt.Tooltip("epoch:Q"), alt.Tooltip("score:Q", format=".4f")])
     best = alt.Chart(df[df["best"]]).mark_point(size=140, shape="diamond", filled=True, color="#2e9e44").encode(
         x="epoch:Q", y="score:Q")
