@@ -84,6 +84,41 @@ def stop(proc) -> None:
         proc.kill()
 
 
+def first_job(driver, url: str, queue, upload: Path, shoot) -> None:
+    """Upload the zip, Start, and shoot the Train page during the job and after it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from captioning.service.jobs import read_progress
+    from ui.browser import wait_for_text
+
+    driver.get(f"{url}/train")
+    wait_for_text(driver, "Teach it your photos")
+    WebDriverWait(driver, 120).until(EC.presence_of_element_located(
+        (By.CSS_SELECTOR, 'input[type="file"]'))).send_keys(str(upload))
+    wait_for_text(driver, "row(s) will be skipped", 600)
+    time.sleep(5)                                  # the sample photos settle below the preview
+    button = driver.find_element(By.XPATH, "//button[.//p[text()='Start fine-tuning']]")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", button)
+    deadline = time.time() + 300
+    while not queue.list() and time.time() < deadline:
+        time.sleep(0.5)
+    [job] = queue.list()
+    driver.get(f"{url}/train")                     # the jobs panel at the top of the page
+    wait_for_text(driver, "Jobs", 120)
+    while read_progress(job.run_dir).done < 2 and queue.get(job.id).active:
+        time.sleep(1)
+    wait_for_text(driver, "left", 120)
+    shoot("train-during")
+    while queue.get(job.id).active:
+        time.sleep(2)
+    assert queue.get(job.id).status == "succeeded", queue.get(job.id).log_tail(20)
+    wait_for_text(driver, "is ready", 120)
+    wait_for_text(driver, "Base vs fine-tuned", 60)
+    shoot("train-after")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=Path, help="the bundle to fine-tune (default: train a small one)")
@@ -93,9 +128,6 @@ def main() -> None:
                                                              ROOT.parent / "shared" / "flickr8k"))
     args = parser.parse_args()
     from PIL import Image
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
 
     from captioning.service.jobs import JobQueue, read_progress
     from captioning.training.jobs import FinetuneSettings, start_finetune
@@ -135,31 +167,9 @@ def main() -> None:
 
     proc, url = serve(env, work / "streamlit.log")
     try:
-        driver.get(f"{url}/train")
-        wait_for_text(driver, "Teach it your photos")
-        WebDriverWait(driver, 120).until(EC.presence_of_element_located(
-            (By.CSS_SELECTOR, 'input[type="file"]'))).send_keys(str(upload))
-        wait_for_text(driver, "row(s) will be skipped", 600)
-        time.sleep(5)                                  # the sample photos settle below the preview
-        button = driver.find_element(By.XPATH, "//button[.//p[text()='Start fine-tuning']]")
-        driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click();", button)
-        deadline = time.time() + 300
-        while not queue.list() and time.time() < deadline:
-            time.sleep(0.5)
-        [job] = queue.list()
-        driver.get(f"{url}/train")                     # the jobs panel at the top of the page
-        wait_for_text(driver, "Jobs", 120)
-        while read_progress(job.run_dir).done < 2 and queue.get(job.id).active:
-            time.sleep(1)
-        wait_for_text(driver, "left", 120)
-        shoot("train-during")
-        while queue.get(job.id).active:
-            time.sleep(2)
-        assert queue.get(job.id).status == "succeeded", queue.get(job.id).log_tail(20)
-        wait_for_text(driver, "is ready", 120)
-        wait_for_text(driver, "Base vs fine-tuned", 60)
-        shoot("train-after")
-        bundle = Path(job.out)
+        bundle = artifacts / f"{base.name}-pupper-photos"
+        if not bundle.is_dir():                        # else: a run that stopped after the job (--work again)
+            first_job(driver, url, queue, upload, shoot)
 
         driver.get(f"{url}/dataset")
         wait_for_text(driver, "Caption statistics")
