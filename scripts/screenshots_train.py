@@ -173,14 +173,14 @@ def main() -> None:
 
         driver.get(f"{url}/dataset")
         wait_for_text(driver, "Caption statistics")
-        choose_option(driver, "Flickr8k", "pupper-photos/captions.csv")
+        choose_option(driver, "Dataset", "pupper-photos/captions.csv")
         wait_for_text(driver, "Your photos from pupper-photos/captions.csv")
         wait_for_text(driver, "Caption statistics")
         shoot("dataset-imported")
 
         driver.get(f"{url}/evaluation")
         wait_for_text(driver, "Evaluation")
-        choose_option(driver, base.name, bundle.name, sidebar=True)
+        choose_option(driver, "Model bundle", bundle.name, sidebar=True)
         wait_for_text(driver, "On your photos: before and after fine-tuning")
         shoot("evaluation-finetuned")
 

@@ -117,7 +117,7 @@ def test_train_page_in_a_browser_during_and_after_a_job_and_after_a_restart(trai
             # The Dataset page browses the photos the job imported (issue 36.4).
             driver.get(f"{url}/dataset")
             wait_for_text(driver, "Caption statistics")
-            choose_option(driver, "Flickr8k", "my-photos/captions.csv")
+            choose_option(driver, "Dataset", "my-photos/captions.csv")
             wait_for_text(driver, "Your photos from my-photos/captions.csv (csv format): 6 photos with 6 captions")
             wait_for_text(driver, "Caption statistics")
             assert_no_error_shown(driver)
