@@ -182,6 +182,7 @@ def main() -> None:
         wait_for_text(driver, "Evaluation")
         choose_option(driver, "Model bundle", bundle.name, sidebar=True)
         wait_for_text(driver, "On your photos: before and after fine-tuning")
+        wait_for_text(driver, "Your test photos")                 # the scores table has drawn
         shoot("evaluation-finetuned")
 
         # A second job, then the machine goes down mid-job: server, supervisor and command at once.

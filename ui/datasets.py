@@ -75,7 +75,7 @@ def choose() -> Shown | None:
     except DataError as exc:
         st.error(f"{item.name}: {exc}", icon=":material/folder_off:")
         st.stop()
-    sizes = " / ".join(f"{len(v):,} {s}" for s, v in ds.splits.items())
+    sizes = " / ".join(f"{len(ds.splits[s]):,} {s}" for s in ("train", "dev", "test") if s in ds.splits)
     model = f"the model **{item.bundle}**" if item.bundle else "a fine-tune that has not finished yet"
     about = (f"Your photos from {item.name} ({record.get('format', 'captions file')} format): {len(ds.captions):,} "
              f"photos with {len(table):,} captions, split by photo as {model} used them ({sizes}). It learned from "

@@ -70,7 +70,7 @@ def finetune_section(record: dict) -> None:
     base = (record.get("base") or {}).get("name", "the base model")
     st.subheader("On your photos: before and after fine-tuning", anchor="your-photos")
     splits = dataset.get("splits") or {}
-    split_words = " / ".join(f"{n:,} {s}" for s, n in splits.items())
+    split_words = " / ".join(f"{splits[s]:,} {s}" for s in ("train", "dev", "test") if s in splits)
     st.caption(f"Fine-tuned from **{literal(base)}** on {literal(Path(str(dataset.get('file', 'your captions'))).name)}"
                f" ({dataset.get('photos', 0):,} photos{f': {split_words}' if split_words else ''}), both models "
                f"decoded with {metrics.get('decoding', 'beam search')}. The dev photos chose the best epoch; the test "
