@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from captioning import import_tensorflow_quietly
+from captioning.service.ray_engine import add_engine_options, engine_from_args
 
 
 def main(argv=None) -> int:
@@ -29,6 +30,7 @@ def main(argv=None) -> int:
     cap.add_argument("--weights", default=None, help="encoder ImageNet weights file")
     add_strategy_options(cap)
     add_metadata_options(cap)
+    add_engine_options(cap)
     cap.add_argument("--json", action="store_true",
                      help="one JSON object per image: path, caption, log_prob, in_domain, confidence (+ n_best)")
     cap.add_argument("--neighbours", type=int, default=0, metavar="K",
@@ -98,6 +100,7 @@ def caption(args) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.neighbours < 0:
         raise ValueError("--neighbours must be 0 or more")
+    engine = engine_from_args(args)                  # --engine ray without Ray: how to install it, now
     strategy_overrides(args)                         # a decoding mistake, whatever the bundle (its length: below)
     bundle = Path(args.bundle) if args.bundle else artifacts_dir() / "default"
     manifest = read_manifest(bundle)                 # cheap; names the real folder when CAPTIONING_ARTIFACTS is set
@@ -146,7 +149,8 @@ def caption(args) -> int:
         summary = caption_files(captioner, paths, config, args.out, args.batch_size,
                                 on_result=show if writer is None else writer_callback(writer, show),
                                 progress=sys.stderr.isatty(), neighbours=args.neighbours, run=run,
-                                recaption=args.recaption)
+                                recaption=args.recaption, **(engine.caption_files_options(
+                                    captioner, config, args.batch_size, args.neighbours) if engine else {}))
     except (EncoderWeightsError, BundleError) as exc:     # the encoder is built with the first batch
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -161,6 +165,10 @@ def caption(args) -> int:
     if writer is not None:                                # what went into the photos, interrupted or not
         writer.close()
         print(writer.line(), file=sys.stderr)
+    if engine is not None and engine.failure:            # what came back before is saved; a rerun goes on
+        print(f"error: {engine.failure}" + (f"; {args.out} holds what was captioned: rerun the same command to "
+                                            f"go on" if args.out else ""), file=sys.stderr)
+        return 1
     if summary.interrupted:
         if args.out is None:
             said = f"interrupted: {summary.line()}"

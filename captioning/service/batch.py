@@ -22,6 +22,7 @@ import math
 import os
 import re
 import tempfile
+import time
 import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -526,13 +527,18 @@ def caption_files(captioner, paths: Sequence[str], config: DecodeConfig, out: st
                   batch_size: int = DEFAULT_BATCH_SIZE,
                   on_result: Callable[[BatchResult], None] | None = None,
                   progress: bool = False, neighbours: int = 0, run: dict | None = None,
-                  recaption: bool = False) -> RunSummary:
+                  recaption: bool = False, stream: Callable[[list[str]], Iterable[BatchResult]] | None = None,
+                  save_share: float | None = None) -> RunSummary:
     """Caption the image files ``paths`` (folders already gathered) and, with ``out``, keep the records there.
 
     With ``out``, the photos it already holds without an error are skipped (resume, see :func:`plan_resume`;
     ``run`` and ``recaption`` as there), and it is rewritten atomically after every batch in its format (by
     suffix), every earlier row and every column the user added kept. ``on_result`` sees every new result.
-    Ctrl-C stops the run after saving what was captioned (``summary.interrupted``).
+    Ctrl-C stops the run after saving what was captioned (``summary.interrupted``). ``stream`` (the photos to
+    caption -> their results, in any order) replaces this process's :func:`caption_stream`, e.g. a Ray pipeline
+    (:mod:`captioning.ray_engine`); with ``save_share``, the file is rewritten after a batch only once the time
+    since the last save is at least that save's duration / ``save_share`` (a large file is not rewritten for
+    every 16 photos).
     """
     suffix = output_format(out) if out is not None else None
     plan = plan_resume(out, paths, run, recaption)
@@ -549,16 +555,26 @@ def caption_files(captioner, paths: Sequence[str], config: DecodeConfig, out: st
             rows[key] = len(records)
             records.append(record)
 
+    saved = [0.0, 0.0]                              # when the last save ended, how long it took
+
     def save() -> None:
         if out is not None:
+            began = time.monotonic()
             atomic_write(out, records_text(records, suffix, plan.header), newline="")
+            ended = time.monotonic()
+            saved[:] = ended, ended - began
+
+    def save_due() -> bool:
+        return save_share is None or time.monotonic() - saved[0] >= saved[1] / save_share
 
     from tqdm.auto import tqdm
 
     pending = 0
+    results = stream(plan.todo) if stream is not None else caption_stream(captioner, plan.todo, config, batch_size,
+                                                                          neighbours=neighbours)
     try:
         with tqdm(total=len(plan.todo), unit="img", desc="captioning", disable=not progress or not plan.todo) as bar:
-            for result in caption_stream(captioner, plan.todo, config, batch_size, neighbours=neighbours):
+            for result in results:
                 result = judged(result)
                 if result.ok:
                     summary.captioned += 1
@@ -567,11 +583,13 @@ def caption_files(captioner, paths: Sequence[str], config: DecodeConfig, out: st
                 keep(result, on_result(result) if on_result is not None else None)
                 bar.update(1)
                 pending += 1
-                if pending == batch_size:
+                if pending >= batch_size and save_due():
                     save()
                     pending = 0
     except KeyboardInterrupt:
         summary.interrupted = True
+    finally:
+        getattr(results, "close", lambda: None)()  # a pipeline stopped early lets go of its workers now
     if pending or not plan.todo:
         save()
     return summary
