@@ -70,7 +70,8 @@ class Cluster:
         # Token authentication with a secret of this cluster's own (never written to ~/.ray): the driver gets it
         # through ``driver_env``.
         self.env = {**os.environ, **FAST_FAILURE, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-                    "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+                    "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1",
+                    "RAY_worker_niceness": "0"}             # workers at the test's priority, not 9 steps below
         self.nodes: list[Node] = []
         self.head = self._start(["--head", f"--port={self.port}", "--node-ip-address=127.0.0.1",
                                  f"--num-cpus={head_cpus}", "--include-dashboard=false",
