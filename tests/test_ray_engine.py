@@ -1,4 +1,4 @@
-"""`caption --engine ray` (captioning/ray_engine.py) on a real multi-process Ray cluster on loopback.
+"""`caption --engine ray` (captioning/service/ray_engine.py) on a real multi-process Ray cluster on loopback.
 
 One cluster for the module (a head and a worker node, one CPU each, each its own `ray start` process group and
 temp dir; stopped in teardown). One story on it: the single-process command captions 40 Flickr8k photos and a
@@ -128,10 +128,10 @@ def test_cluster_options_go_with_the_ray_engine(capsys, folder):
 
 
 def test_results_cross_as_json_with_every_number_exact():
-    from captioning.batch import BatchResult, to_record
-    from captioning.decoding import Caption
-    from captioning.ray_engine import result_from_json, result_json
-    from captioning.retrieval import Assessment, Neighbour
+    from captioning.decoding.search import Caption
+    from captioning.evaluation.trust import Assessment, Neighbour
+    from captioning.service.batch import BatchResult, to_record
+    from captioning.service.ray_engine import result_from_json, result_json
 
     captions = [Caption(["a", "dog"], -1.2345678901234567, -0.6, [0.3, 0.7, 0.99]),
                 Caption([], float("-inf"), float("-inf"), [0.0], finished=False)]
@@ -144,7 +144,7 @@ def test_results_cross_as_json_with_every_number_exact():
 
 
 def test_a_local_object_store_is_an_eighth_of_the_ram_within_bounds():
-    from captioning.ray_engine import object_store_bytes
+    from captioning.service.ray_engine import object_store_bytes
 
     assert object_store_bytes(24 * 2**30) == 2 * 2**30                   # 24 GB: capped (Ray's own: 7.2 GB)
     assert object_store_bytes(8 * 2**30) == 2**30

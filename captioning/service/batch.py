@@ -536,7 +536,7 @@ def caption_files(captioner, paths: Sequence[str], config: DecodeConfig, out: st
     suffix), every earlier row and every column the user added kept. ``on_result`` sees every new result.
     Ctrl-C stops the run after saving what was captioned (``summary.interrupted``). ``stream`` (the photos to
     caption -> their results, in any order) replaces this process's :func:`caption_stream`, e.g. a Ray pipeline
-    (:mod:`captioning.ray_engine`); with ``save_share``, the file is rewritten after a batch only once the time
+    (:mod:`captioning.service.ray_engine`); with ``save_share``, the file is rewritten after a batch only once the time
     since the last save is at least that save's duration / ``save_share`` (a large file is not rewritten for
     every 16 photos).
     """
