@@ -8,8 +8,7 @@ loaded to the last photo, the time to the first photo (Ray: instance, actors and
 rate (photos per second over the second half of the run), the driver's peak RSS, the workers' peak RSS (the
 actors, the read tasks, the raylet that holds the object store) and the object store's size. The result files
 of all configurations must hold the same captions (and log p), or the script fails. ``--listing N`` adds a run
-over N paths that do not exist (every one an error result, the pipeline without the model's work) to show the
-driver's and workers' memory under a long listing.
+that hands Ray Data a listing of N paths and streams it back, to show the driver's memory under a long listing.
 
     python bench/ray_batch.py [--bundle artifacts/xception-merge] [--photos 500] [--workers 1 2] \\
         [--batch-size 16] [--listing 100000] [--json out.json]
@@ -90,11 +89,8 @@ def child(args) -> dict:
 
     captioner = Captioner.from_bundle(args.bundle)
     config = captioner.default_config                           # the CLI's default: beam search, 5 beams
-    if args.child == "listing":
-        paths = [f"/nonexistent/ray-bench/{i:07d}.jpg" for i in range(args.listing)]
-    else:
-        images = Path(args.data_dir) / "Images"
-        paths = [str(images / n) for n in sorted(os.listdir(images))[: args.photos]]
+    images = Path(args.data_dir) / "Images"
+    paths = [str(images / n) for n in sorted(os.listdir(images))[: args.photos]]
     out = Path(args.out)
     engine = {} if args.child == "local" else RayEngine(None, int(args.child.split(":")[1]) if ":" in args.child
                                                        else 1).caption_files_options(captioner, config,
@@ -118,6 +114,34 @@ def child(args) -> dict:
             "object_store_mb": None if args.child == "local" else round(object_store_bytes() / 2**20)}
 
 
+def listing_child(args) -> dict:
+    """The driver's memory for a listing of ``args.listing`` paths handed to Ray Data and streamed back (what
+    the read tasks consume), on a local instance: the path strings, the listing blocks, the iteration."""
+    from captioning.service.ray_engine import BLOCKS_PER_BATCH, RayEngine, listing, object_store_bytes
+
+    RayEngine()                                       # this run's token and niceness, before Ray is imported
+    import ray
+
+    ray.init(address="local", num_cpus=2, object_store_memory=object_store_bytes(), include_dashboard=False,
+             _node_ip_address="127.0.0.1", log_to_driver=False, logging_level="warning")
+    try:
+        small = listing(ray, [f"/photos/{i}.jpg" for i in range(1000)], args.batch_size * BLOCKS_PER_BATCH)
+        sum(len(b["index"]) for b in small.iter_batches(batch_size=None, batch_format="numpy"))
+        del small                                         # Ray Data, pyarrow and pandas imported: the baseline
+        figures = {"config": "listing", "paths": args.listing, "driver_rss_after_1000_paths_mb": round(rss_mb())}
+        paths = [f"/photos/library/folder{i // 1000:04d}/IMG_{i:08d}.jpg" for i in range(args.listing)]
+        figures["driver_rss_after_paths_mb"] = round(rss_mb())
+        started = time.perf_counter()
+        dataset = listing(ray, paths, args.batch_size * BLOCKS_PER_BATCH)
+        figures["driver_rss_after_listing_mb"] = round(rss_mb())
+        rows = sum(len(b["index"]) for b in dataset.iter_batches(batch_size=None, batch_format="numpy"))
+        figures.update(rows=rows, seconds=round(time.perf_counter() - started, 1),
+                       driver_rss_after_stream_mb=round(rss_mb()), driver_peak_rss_mb=round(rss_mb("self", "VmHWM")))
+        return figures
+    finally:
+        ray.shutdown()
+
+
 def captions_of(path: Path) -> list[tuple]:
     with open(path, newline="", encoding="utf-8") as fh:
         return [(r["path"], r["caption"], r["log_prob"], r["error"]) for r in csv.DictReader(fh)]
@@ -129,14 +153,14 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=500)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--listing", type=int, default=0, help="also run the pipeline over this many paths")
+    parser.add_argument("--listing", type=int, default=0, help="also hand Ray Data a listing of this many paths")
     parser.add_argument("--data-dir", default=os.environ.get("FLICKR8K_DIR", str(ROOT.parent / "shared" / "flickr8k")))
     parser.add_argument("--json", default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(child(args)), flush=True)
+        print("RESULT " + json.dumps(listing_child(args) if args.child == "listing" else child(args)), flush=True)
         return
 
     load = [Path("/proc/loadavg").read_text().split()[0]]
@@ -162,7 +186,7 @@ def main() -> None:
     print(f"\n{args.photos} Flickr8k photos, {Path(args.bundle).name}, beam 5, batch {args.batch_size}; "
           f"load average {load[0]} -> {load[1]} (2 cores); captions identical across engines: {same}")
     print(f"{'config':<9} {'wall s':>7} {'first s':>8} {'steady/s':>9} {'x local':>8} {'driver MB':>10}  workers MB")
-    for r in rows:
+    for r in (r for r in rows if r["config"] != "listing"):
         ratio = r["steady_rate"] / local["steady_rate"] if r["steady_rate"] and local["steady_rate"] else None
         print(f"{r['config']:<9} {r['wall_s']:>7} {r['first_s']:>8} {r['steady_rate'] or '-':>9} "
               f"{(f'{ratio:.2f}' if ratio else '-'):>8} {r['driver_peak_rss_mb']:>10}  {r['worker_peak_rss_mb']}")
@@ -173,6 +197,12 @@ def main() -> None:
             days = 10_000_000 / (per_worker * machines) / 86400
             print(f"paper estimate, 10 million photos at {per_worker:.2f} photos/s per worker, one worker per "
                   f"machine like this one, {machines} machines: {days:.1f} days")
+    for r in (r for r in rows if r["config"] == "listing"):
+        print(f"listing of {r['paths']:,} paths through Ray Data and back ({r['seconds']} s): driver RSS "
+              f"{r['driver_rss_after_1000_paths_mb']} MB after a listing of 1,000, "
+              f"{r['driver_rss_after_paths_mb']} with the paths, {r['driver_rss_after_listing_mb']} with the "
+              f"listing blocks, {r['driver_rss_after_stream_mb']} after streaming them back (peak "
+              f"{r['driver_peak_rss_mb']})")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "load": load, "identical": same}, indent=1))
     if not same:
