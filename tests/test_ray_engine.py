@@ -20,7 +20,7 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import ROOT, missing
+from conftest import ROOT
 
 from captioning.__main__ import main
 
@@ -33,7 +33,7 @@ def cluster():
     try:
         import ray  # noqa: F401
     except ImportError:
-        missing("Ray is not installed (pip install '.[ray]')")
+        pytest.skip("needs Ray, the optional extra: pip install '.[ray]' (not in requirements-dev.txt)")
     from ray_cluster import Cluster
 
     started = Cluster(head_cpus=1)
