@@ -5,11 +5,11 @@ import streamlit as st
 
 from ui.charts import word_probabilities
 from ui.lab import remember_photo
-from ui.labels import literal, model_knows, sentence
+from ui.labels import literal, model_knows, quick_note, sentence
 from ui.shell import require_shell
 from ui.state import current_manifest, decode_slot, get_captioner
 from ui.trust import assess_caption, neighbour_strip, trust_line
-from ui.widgets import attention_panel, cached_features, choose_image, decoding_controls, references_panel
+from ui.widgets import attention_panel, choose_image, decoding_controls, photo_features, references_panel
 
 require_shell()
 st.title("Caption a photo")
@@ -21,18 +21,20 @@ remember_photo(chosen)                                   # the Compare page star
 options = decoding_controls("caption", default_beam=5)   # beam 5: .006 dev CIDEr-D behind beam 10 at half its cost
 
 # Widgets first so the page is usable at once; the model loads (once per process) while a photo is chosen.
-captioner = get_captioner()
+captioner = get_captioner(quick=chosen is not None)   # an ensemble still loading: one member's caption first
 if chosen is not None:
     left, right = st.columns([2, 3], gap="large")
     left.image(chosen.image, caption=literal(chosen.label), width="stretch")
     start = time.perf_counter()
-    features = cached_features(captioner, captioner.bundle.name, chosen.digest, chosen.image)
+    features = photo_features(captioner, chosen)
     with decode_slot():
         best = captioner.decode(features, **options)[0][0]
     seconds = time.perf_counter() - start
     trust = assess_caption(captioner, features, best)
     with right:
         st.markdown(f"### “{sentence(best.text)}”")
+        if captioner.quick_of:
+            st.info(quick_note(captioner), icon=":material/hourglass_top:")
         trust_line(trust, captioner.bundle.path)
         label = captioner.config(**options).describe()       # labels come only from describe()
         m1, m2, m3 = st.columns(3)
@@ -44,3 +46,6 @@ if chosen is not None:
         attention_panel(chosen.image, best)
         if chosen.flickr_name:
             references_panel(chosen.flickr_name, best.words)
+if captioner.quick_of:                 # the rest of the ensemble: wait for it, then caption again with all of it
+    get_captioner()
+    st.rerun()

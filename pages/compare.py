@@ -16,7 +16,7 @@ from ui.labels import human_caption, literal
 from ui.shell import require_shell
 from ui.state import current_results, decode_slot, get_captioner, get_dataset
 from ui.trust import assess_caption, trust_line
-from ui.widgets import attention_panel, cached_features, choose_image
+from ui.widgets import attention_panel, choose_image, photo_features
 
 DEFAULTS = ["Beam 5", "Sample, top-p 0.9", "Diverse, 3 groups", "Greedy"]
 
@@ -47,7 +47,7 @@ for slot, col in enumerate(columns):
         configs.append(strategy_picker(slot, DEFAULTS[slot] if DEFAULTS[slot] in PRESETS else "Greedy", max_length))
 
 if chosen is not None:
-    features = cached_features(captioner, captioner.bundle.name, chosen.digest, chosen.image)
+    features = photo_features(captioner, chosen)
     left, right = st.columns([1, 3])
     left.image(chosen.image, caption=literal(chosen.label), width="stretch")
     badge = right.container()                  # the trust level, filled once the first caption is decoded
