@@ -143,6 +143,7 @@ def test_an_ensemble_bundle_captions_and_shows_its_members(monkeypatch, tiny_run
     assert not at.exception, at.exception
     assert [m for m in at.markdown if m.value.startswith("### “")]
     assert "Where the model looked, word by word" in texts(at)      # the attention member's maps
+    assert "A first caption from one of" not in texts(at)           # the whole ensemble's caption, in the end
     at.switch_page("pages/evaluation.py").run()
     assert not at.exception, at.exception
 

@@ -173,6 +173,38 @@ def decode_slot(show_wait: bool = True):
         slots.semaphore.release()
 
 
+def _selected_load() -> StagedLoad | None:
+    path = selected_bundle()
+    try:
+        key = _bundle_key(path) if path is not None else None
+    except OSError:
+        return None
+    with _warm_lock:
+        return _warming.get(key)
+
+
+def still_loading() -> bool:
+    """Whether the selected bundle's model is still loading in the background (pages need not wait for it yet)."""
+    load = _selected_load()
+    return load is not None and not load.full.done()
+
+
+def wait_for_whole(captioner) -> None:
+    """Under a first caption from an ensemble's own decoder alone: wait for the whole ensemble, saying so, then
+    run the page again with it. Waits in short steps that each touch the page, so a new upload or click (a rerun
+    request) is not held up behind the load."""
+    import concurrent.futures
+
+    load = _selected_load()
+    note = st.empty()
+    while load is not None and not load.full.done():
+        note.caption(f":material/hourglass_top: Loading the other {captioner.quick_of - 1} models of the "
+                     "ensemble…")
+        concurrent.futures.wait([load.full], timeout=0.5)
+    note.empty()
+    st.rerun()
+
+
 def get_captioner(quick: bool = False):
     """The selected bundle's Captioner, or a clear message and st.stop(). ``quick``: while an ensemble is still
     loading, its bundle's own decoder alone as soon as that is ready (its ``quick_of`` says so; the Caption page
