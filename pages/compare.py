@@ -92,7 +92,7 @@ elif frame.empty or "distinct_captions" not in frame:
     bundle = captioner.bundle.path
     st.info("This bundle's evaluation has no diversity scores yet. Score strategies with "
             f"`python train.py evaluate --out {bundle} --decode greedy beam:5 sample:temperature=0.7,top_p=0.9,n=5 "
-            "diverse:beams=6,groups=3,penalty=0.5`.", icon=":material/insights:")
+            "diverse:beams=6,groups=3,penalty=0.5,n=5`.", icon=":material/insights:")
 else:
     split, n_images = frame["split"].iloc[0], int(frame["n_images"].iloc[0])
     st.caption(f"{split.capitalize()} split, {n_images:,} photos, from the bundle's evaluation. Quality is scored "
