@@ -62,7 +62,7 @@ def one_run(args, photo: Path) -> dict:
         time.sleep(max(0.0, args.arrive_after - (time.perf_counter() - t0)))
         arrived = time.perf_counter() - t0
         driver.get(url)
-        upload = WebDriverWait(driver, 300).until(EC.presence_of_element_located((By.CSS_SELECTOR,
+        upload = WebDriverWait(driver, 600).until(EC.presence_of_element_located((By.CSS_SELECTOR,
                                                                                     'input[type="file"]')))
         uploaded = time.perf_counter() - t0
         upload.send_keys(str(photo))
