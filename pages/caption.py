@@ -46,7 +46,8 @@ with right:
     label = captioner.config(**options).describe()       # labels come only from describe()
     m1, m2, m3 = st.columns(3)
     m1.metric("Decoding", label)
-    m2.metric("Time", f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s", help="encoder + decoder, from image to caption")
+    m2.metric("Time", f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s",
+              help="encoder + decoder, from image to caption")
     m3.metric("Mean log p", f"{best.normalized_log_prob:.2f}", help="per emitted token; closer to 0 = surer")
     neighbour_strip(trust)
     st.altair_chart(word_probabilities(best, "How sure the model was of each word"), width="stretch")
