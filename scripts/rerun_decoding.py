@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the label of the run to replace (default: the same strategy and options)")
     parser.add_argument("--data-dir", default=os.environ.get("FLICKR8K_DIR", str(ROOT.parent / "shared" / "flickr8k")))
     parser.add_argument("--cache-dir", default=str(ROOT / ".cache"))
+    parser.add_argument("--keep-time", action="store_true",
+                        help="keep the old run's decoding seconds (the same search; a time measured on a busy "
+                             "machine would not compare with the other runs')")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
@@ -83,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                                     split=old["split"], progress=not args.quiet, meteor="meteor" in old,
                                     training_captions=training)
     new = results[0]
+    if args.keep_time and "decode_seconds" in old:
+        new["decode_seconds"] = old["decode_seconds"]
     label = old.get("label", old["decoding"])
     kept = predictions[predictions["label"] != label]
     first = predictions.index[predictions["label"] == label]
