@@ -5,10 +5,10 @@ import streamlit as st
 
 from ui.charts import word_probabilities
 from ui.lab import remember_photo
-from ui.labels import literal, model_knows, sentence
-from ui.state import current_manifest, decode_slot, get_captioner
+from ui.labels import literal, model_knows, quick_note, sentence
+from ui.state import current_manifest, decode_slot, get_captioner, still_loading, wait_for_whole
 from ui.trust import assess_caption, neighbour_strip, trust_line
-from ui.widgets import attention_panel, cached_features, choose_image, decoding_controls, references_panel
+from ui.widgets import attention_panel, choose_image, decoding_controls, photo_features, references_panel
 
 st.title("Caption a photo")
 knows = model_knows(current_manifest())
@@ -18,27 +18,39 @@ chosen = choose_image("caption")
 remember_photo(chosen)                                   # the Compare page starts from the same photo
 options = decoding_controls("caption", default_beam=5)   # beam 5: .006 dev CIDEr-D behind beam 10 at half its cost
 
-# Widgets first so the page is usable at once; the model loads (once per process) while a photo is chosen.
-captioner = get_captioner()
-if chosen is not None:
-    left, right = st.columns([2, 3], gap="large")
-    left.image(chosen.image, caption=literal(chosen.label), width="stretch")
-    start = time.perf_counter()
-    features = cached_features(captioner, captioner.bundle.name, chosen.digest, chosen.image)
-    with decode_slot():
-        best = captioner.decode(features, **options)[0][0]
-    seconds = time.perf_counter() - start
-    trust = assess_caption(captioner, features, best)
-    with right:
-        st.markdown(f"### “{sentence(best.text)}”")
-        trust_line(trust, captioner.bundle.path)
-        label = captioner.config(**options).describe()       # labels come only from describe()
-        m1, m2, m3 = st.columns(3)
-        m1.metric("Decoding", label)
-        m2.metric("Time", f"{seconds * 1000:.0f} ms", help="encoder + decoder, from image to caption")
-        m3.metric("Mean log p", f"{best.normalized_log_prob:.2f}", help="per emitted token; closer to 0 = surer")
-        neighbour_strip(trust)
-        st.altair_chart(word_probabilities(best, "How sure the model was of each word"), width="stretch")
-        attention_panel(chosen.image, best)
-        if chosen.flickr_name:
-            references_panel(chosen.flickr_name, best.words)
+# Widgets first so the page is usable at once. The model loads in the background from the server's start: with no
+# photo yet the page does not wait for it, and an ensemble still loading captions first with its own decoder alone.
+if chosen is None:
+    if still_loading():
+        st.caption(":material/hourglass_top: The captioning model is still loading in the background; choose a "
+                   "photo meanwhile.")
+    else:
+        get_captioner()                                  # a missing or broken bundle is said at once
+    st.stop()
+captioner = get_captioner(quick=True)
+left, right = st.columns([2, 3], gap="large")
+left.image(chosen.image, caption=literal(chosen.label), width="stretch")
+start = time.perf_counter()
+features = photo_features(captioner, chosen)
+with decode_slot():
+    best = captioner.decode(features, **options)[0][0]
+seconds = time.perf_counter() - start
+trust = assess_caption(captioner, features, best)
+with right:
+    st.markdown(f"### “{sentence(best.text)}”")
+    if captioner.quick_of:
+        st.info(quick_note(captioner), icon=":material/hourglass_top:")
+    trust_line(trust, captioner.bundle.path)
+    label = captioner.config(**options).describe()       # labels come only from describe()
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Decoding", label)
+    m2.metric("Time", f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s",
+              help="encoder + decoder, from image to caption")
+    m3.metric("Mean log p", f"{best.normalized_log_prob:.2f}", help="per emitted token; closer to 0 = surer")
+    neighbour_strip(trust)
+    st.altair_chart(word_probabilities(best, "How sure the model was of each word"), width="stretch")
+    attention_panel(chosen.image, best)
+    if chosen.flickr_name:
+        references_panel(chosen.flickr_name, best.words)
+if captioner.quick_of:           # the rest of the ensemble: wait for it, then caption again with all of it
+    wait_for_whole(captioner)

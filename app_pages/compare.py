@@ -15,7 +15,7 @@ from ui.lab import (
 from ui.labels import human_caption, literal
 from ui.state import current_results, decode_slot, get_captioner, get_dataset
 from ui.trust import assess_caption, trust_line
-from ui.widgets import attention_panel, cached_features, choose_image
+from ui.widgets import attention_panel, choose_image, photo_features
 
 DEFAULTS = ["Beam 5", "Sample, top-p 0.9", "Diverse, 3 groups", "Greedy"]
 
@@ -45,7 +45,7 @@ for slot, col in enumerate(columns):
         configs.append(strategy_picker(slot, DEFAULTS[slot] if DEFAULTS[slot] in PRESETS else "Greedy", max_length))
 
 if chosen is not None:
-    features = cached_features(captioner, captioner.bundle.name, chosen.digest, chosen.image)
+    features = photo_features(captioner, chosen)
     left, right = st.columns([1, 3])
     left.image(chosen.image, caption=literal(chosen.label), width="stretch")
     badge = right.container()                  # the trust level, filled once the first caption is decoded
@@ -90,7 +90,7 @@ elif frame.empty or "distinct_captions" not in frame:
     bundle = captioner.bundle.path
     st.info("This bundle's evaluation has no diversity scores yet. Score strategies with "
             f"`python train.py evaluate --out {bundle} --decode greedy beam:5 sample:temperature=0.7,top_p=0.9,n=5 "
-            "diverse:beams=6,groups=3,penalty=0.5`.", icon=":material/insights:")
+            "diverse:beams=6,groups=3,penalty=0.5,n=5`.", icon=":material/insights:")
 else:
     split, n_images = frame["split"].iloc[0], int(frame["n_images"].iloc[0])
     st.caption(f"{split.capitalize()} split, {n_images:,} photos, from the bundle's evaluation. Quality is scored "

@@ -5,7 +5,9 @@ headless Chromium, uploads a photo and waits for the caption.
     python bench/app_first_caption.py [--via launch|streamlit] [--arrive-after 5] [--runs 1] [--json out.json]
 
 Times (seconds from launching `streamlit run`): the server answering its health check, the user opening the
-page, and the caption appearing; plus "upload to caption", the wait the user actually sits through. Uses the
+page, and the caption appearing; plus "upload to caption", the wait the user actually sits through. While an
+ensemble still loads, the first caption comes from its own decoder alone (labelled as such): "ensemble" is when
+the whole ensemble's caption replaced it (the same moment when the first caption was already the ensemble's). Uses the
 bundles under $CAPTIONING_ARTIFACTS (default artifacts/, whose default bundle the Caption page opens) and a
 Flickr8k test photo. Needs Chromium + chromedriver (`bash scripts/setup.sh test`).
 """
@@ -22,6 +24,15 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+QUICK_NOTE = "A first caption from one of the ensemble's"      # ui.labels.quick_note: the rest still loading
+
+
+def caption_shown(driver) -> bool:
+    """A caption heading and the metrics under it (rendered after the quick-caption note, when there is one)."""
+    from selenium.webdriver.common.by import By
+
+    return (any(e.text.startswith("“") for e in driver.find_elements(By.TAG_NAME, "h3"))
+            and "Mean log p" in driver.find_element(By.TAG_NAME, "body").text)
 
 
 def one_run(args, photo: Path) -> dict:
@@ -51,19 +62,30 @@ def one_run(args, photo: Path) -> dict:
         time.sleep(max(0.0, args.arrive_after - (time.perf_counter() - t0)))
         arrived = time.perf_counter() - t0
         driver.get(url)
-        upload = WebDriverWait(driver, 300).until(EC.presence_of_element_located((By.CSS_SELECTOR,
+        upload = WebDriverWait(driver, 600).until(EC.presence_of_element_located((By.CSS_SELECTOR,
                                                                                     'input[type="file"]')))
         uploaded = time.perf_counter() - t0
         upload.send_keys(str(photo))
-        WebDriverWait(driver, 300).until(lambda d: any(e.text.startswith("“") for e in d.find_elements(By.TAG_NAME,
-                                                                                                         "h3")))
+        WebDriverWait(driver, 600).until(caption_shown)
         captioned = time.perf_counter() - t0
+        first_was_quick = QUICK_NOTE in driver.find_element(By.TAG_NAME, "body").text
+        # An ensemble still loading shows its own decoder's caption first, labelled (QUICK_NOTE), then reruns
+        # with the whole ensemble: the time that label goes and the whole ensemble's caption stands.
+        WebDriverWait(driver, 600).until(lambda d: caption_shown(d) and QUICK_NOTE not in d.find_element(
+            By.TAG_NAME, "body").text)
+        whole = time.perf_counter() - t0
     finally:
         driver.quit()
         server.terminate()
-        server.wait(30)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:            # a busy machine: do not leave the server behind
+            server.kill()
+            server.wait()
     return {"healthy_s": round(healthy, 2), "user_arrives_s": round(arrived, 2), "upload_s": round(uploaded, 2),
-            "first_caption_s": round(captioned, 2), "upload_to_caption_s": round(captioned - uploaded, 2)}
+            "first_caption_s": round(captioned, 2), "upload_to_caption_s": round(captioned - uploaded, 2),
+            "first_from_one_decoder": first_was_quick, "ensemble_caption_s": round(whole, 2),
+            "upload_to_ensemble_s": round(whole - uploaded, 2)}
 
 
 def main() -> None:
@@ -83,14 +105,19 @@ def main() -> None:
     runs = [one_run(args, photo) for _ in range(args.runs)]
     print(f"app {args.app_dir} (via {args.via}): user arrives {args.arrive_after:g} s after `streamlit run`, "
           f"uploads {name}")
-    print(f"{'run':>4} {'healthy':>8} {'arrives':>8} {'upload':>8} {'caption':>8} {'waited':>8}   (s from launch)")
+    print(f"{'run':>4} {'healthy':>8} {'arrives':>8} {'upload':>8} {'caption':>8} {'waited':>8} {'ensemble':>9} "
+          f"{'waited':>8}   (s from launch; 'caption' is the first shown, 'ensemble' the whole ensemble's)")
     for i, r in enumerate(runs, 1):
         print(f"{i:>4} {r['healthy_s']:8.2f} {r['user_arrives_s']:8.2f} {r['upload_s']:8.2f} "
-              f"{r['first_caption_s']:8.2f} {r['upload_to_caption_s']:8.2f}")
+              f"{r['first_caption_s']:8.2f} {r['upload_to_caption_s']:8.2f} {r['ensemble_caption_s']:9.2f} "
+              f"{r['upload_to_ensemble_s']:8.2f}" + ("   (first from one decoder)" if r["first_from_one_decoder"]
+                                                     else ""))
     summary = {"runs": runs, "median_first_caption_s": statistics.median(r["first_caption_s"] for r in runs),
-               "median_upload_to_caption_s": statistics.median(r["upload_to_caption_s"] for r in runs)}
+               "median_upload_to_caption_s": statistics.median(r["upload_to_caption_s"] for r in runs),
+               "median_upload_to_ensemble_s": statistics.median(r["upload_to_ensemble_s"] for r in runs)}
     print(f"median: first caption {summary['median_first_caption_s']:.2f} s after launch, "
-          f"{summary['median_upload_to_caption_s']:.2f} s after the upload")
+          f"{summary['median_upload_to_caption_s']:.2f} s after the upload; the whole ensemble's "
+          f"{summary['median_upload_to_ensemble_s']:.2f} s after it")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
 

@@ -82,6 +82,7 @@ def main() -> None:
             driver.get(f"{url}/{path}")
             prepare(driver, first, inputs)
             wait_for_text_(driver, done)
+            whole_ensemble(driver)
             time.sleep(4)                         # charts and images draw after the last element arrives
             if args.full:                         # Streamlit scrolls inside its main block, not the window
                 height = driver.execute_script(
@@ -111,6 +112,22 @@ def main() -> None:
         for f in files.iterdir():
             f.unlink()
         files.rmdir()
+
+
+def whole_ensemble(driver) -> None:
+    """Wait while the page is still running (elements from the last run shown greyed out, "stale") or the Caption
+    page shows an ensemble's first caption from one decoder (the rest still loading): a busy machine took the
+    shot half-way through a rerun."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    note = "A first caption from one of the ensemble's"            # ui.labels.quick_note
+
+    def settled(d) -> bool:
+        return (note not in d.find_element(By.TAG_NAME, "body").text
+                and not d.find_elements(By.CSS_SELECTOR, '[data-stale="true"]'))
+
+    WebDriverWait(driver, 900).until(settled)
 
 
 def wait_for_text_(driver, text: str) -> None:

@@ -143,6 +143,7 @@ def test_an_ensemble_bundle_captions_and_shows_its_members(monkeypatch, tiny_run
     assert not at.exception, at.exception
     assert [m for m in at.markdown if m.value.startswith("### “")]
     assert "Where the model looked, word by word" in texts(at)      # the attention member's maps
+    assert "A first caption from one of" not in texts(at)           # the whole ensemble's caption, in the end
     at.switch_page("app_pages/evaluation.py").run()
     assert not at.exception, at.exception
 
@@ -498,10 +499,31 @@ def test_the_default_bundle_warms_once_per_process_and_the_first_user_gets_that_
     state.warm_in_background(path)                                  # a second call starts nothing new
     assert warmers() <= started
     key = (str(path), (path / "manifest.json").stat().st_mtime)
-    future = state._warming[key]
-    warm = future.result(timeout=300)
+    load = state._warming[key]
+    warm = load.full.result(timeout=300)
+    assert load.quick.result() is warm                              # one decoder: one stage
     assert state._captioner(*key) is warm                           # the cached loader hands it over
     assert key not in state._warming and key in state._warm_started
+
+
+def test_make_app_starts_loading_the_default_bundle_before_the_server_starts(app_env, tmp_path, monkeypatch):
+    from streamlit.web import cli
+
+    from ui import launch, state
+
+    root = copy_bundles(app_env, tmp_path / "artifacts", ("tiny",))        # a bundle no one warmed yet
+    monkeypatch.setenv("CAPTIONING_ARTIFACTS", str(root))
+    key = state._bundle_key(root / "tiny")
+    seen = {}
+
+    def server(args):                   # streamlit's own start, before any session can arrive
+        seen["args"], seen["loading"] = args, state._warming.get(key)
+
+    monkeypatch.setattr(cli, "main", server)
+    launch.main(["--server.headless=true"])
+    assert seen["args"][0] == "run" and seen["args"][-1] == "--server.headless=true"
+    assert seen["loading"] is not None, "the default bundle was not loading when the server started"
+    assert seen["loading"].full.result(timeout=300).bundle.path == root / "tiny"
 
 
 def test_only_a_few_uploads_are_decoded_at_once():

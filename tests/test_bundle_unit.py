@@ -139,6 +139,10 @@ def test_update_results_replaces_metrics_and_keeps_the_models(copy):
     b = load_bundle(copy)                                                  # checksums were rewritten
     assert b.metrics == new and b.predictions["caption"].tolist() == ["a dog runs"]
     assert [p.name for p in copy.parent.iterdir()] == ["b"]
+    again = {"results": [{"decoding": "beam 3", "bleu_1": 0.8}]}
+    update_results(copy, again)                    # metrics only: the captions stay (they were silently dropped)
+    b = load_bundle(copy)
+    assert b.metrics == again and b.predictions["caption"].tolist() == ["a dog runs"]
 
 
 def test_list_bundles_default_first_then_by_name(tmp_path, saved, monkeypatch):

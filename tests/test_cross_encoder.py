@@ -314,3 +314,28 @@ def test_the_app_names_both_encoders_and_each_members_encoder(cross_run, flickr_
     members = next(d.value for d in at.dataframe if "Member" in d.value.columns)
     assert list(members["Encoder"]) == ["MobileNetV2 x0.35", "EfficientNet-Lite0"]
     assert "How it was trained" in texts(at)
+
+
+def test_the_app_loads_an_ensemble_in_two_stages_its_own_decoder_first(cross_run, flickr_dir, mobilenet_weights):
+    """captioning.service.warm_load: the bundle's own decoder on its own encoder is ready (and captions as that bundle
+    alone does) before the other encoder is even built; then the whole ensemble, reusing what was built."""
+    from captioning.service.captioner import Captioner
+    from captioning.service.warm_load import StagedLoad
+
+    out, attention, lite = cross_run
+    load, order = StagedLoad(out), []
+    load.quick.add_done_callback(lambda f: order.append(("quick", set(f.result()._encoders))))
+    load.full.add_done_callback(lambda f: order.append(("full", set(f.result()._encoders))))
+    load.run()
+    own, other = "mobilenetv2-a0.35-224", "efficientnetlite0-224"
+    assert order == [("quick", {own}), ("full", {own, other})]
+    quick, full = load.quick.result(), load.full.result()
+    assert quick.quick_of == 2 and full.quick_of is None and len(quick.bundle.decoders) == 1
+    assert quick.steps is full.steps.members[0] and quick._encoders is full._encoders     # traced once, shared
+    assert list(load.timings) == ["decoders", f"encoder {own}", f"trace encoder {own}", "trace quick decoding",
+                                  f"encoder {other}", f"trace encoder {other}", "trace full decoding"]
+    image = flickr_dir / "Images" / load_bundle(out).predictions["image"].iloc[0]
+    alone = Captioner.from_bundle(attention, mobilenet_weights).caption(image, beam_width=3)[0]
+    assert quick.caption(image, beam_width=3)[0].words == alone.words
+    whole = Captioner.from_bundle(out, mobilenet_weights).caption(image, beam_width=3)[0]
+    assert full.caption(image, beam_width=3)[0].words == whole.words

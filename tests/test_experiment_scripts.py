@@ -147,3 +147,42 @@ def test_rerank_mbr_runs_on_a_bundle(tiny_run, flickr_dir, tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "rerank_mbr.py"), str(artifacts / "tiny"),
                           "--samples", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "--samples at least 2" in bad.stderr
+
+
+def test_rerun_decoding_gives_the_diverse_run_its_n_best_and_changes_nothing_else(tiny_run, flickr_dir, tmp_path):
+    """scripts/rerun_decoding.py: the diverse run, evaluated with one caption per photo, re-run with its 3-best in
+    place: it gains self-BLEU and oracle CIDEr-D; its first-caption scores and every other run stay as they were."""
+    import shutil
+
+    import train
+
+    artifacts, cache = tiny_run
+    bundle = tmp_path / "tiny"
+    shutil.copytree(artifacts / "tiny", bundle)
+    common = ["--data-dir", str(flickr_dir), "--limit", "60", "--cache-dir", str(cache), "--quiet", "--no-human",
+              "--no-meteor"]
+    assert train.main(["evaluate", "--out", str(bundle), "--decode", "beam:3", "diverse:beams=4,groups=2,penalty=0.5",
+                       *common]) == 0
+    before = load_bundle(bundle)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "rerun_decoding.py"), str(bundle), "--decode",
+                           "diverse:beams=4,groups=2,penalty=0.5,n=3", "--data-dir", str(flickr_dir),
+                           "--cache-dir", str(cache), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = load_bundle(bundle)                                  # checksums rewritten with the files
+    (beam, old), (beam_again, new) = before.metrics["results"], after.metrics["results"]
+    assert beam_again == beam and after.metrics.get("sweep") == before.metrics.get("sweep")
+    # up to 3 distinct captions per photo (the tiny model finds only 2 for some photos; the run counts the fewest)
+    assert "self_bleu_4" not in old and 2 <= new["captions_per_image"] <= 3 and 0 <= new["self_bleu_4"] <= 1
+    assert new["oracle_cider"] >= new["cider"]                   # the best of three is no worse than the first
+    changed = {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    assert changed == {"options", "decode_seconds", "captions_per_image", "self_bleu_4", "distinct_2_all",
+                       "oracle_cider"}
+    assert new["label"] == old["label"] and new["options"]["num_return_sequences"] == 3
+    p, q = before.predictions, after.predictions
+    assert q[q["label"] == "beam 3"].reset_index(drop=True).equals(p[p["label"] == "beam 3"].reset_index(drop=True))
+    diverse = q[q["label"] == old["label"]]
+    ranks = diverse.groupby("image")["rank"].max()
+    assert ranks.between(2, 3).all() and ranks.min() == new["captions_per_image"]
+    firsts = diverse[diverse["rank"] == 1].reset_index(drop=True)
+    assert list(firsts["caption"]) == list(p[p["label"] == old["label"]]["caption"])
+    assert "self_bleu_4" in done.stdout                         # the old and new numbers, side by side

@@ -1,5 +1,6 @@
 """The Compare page as the decoding lab, under streamlit.testing's AppTest with the tiny bundle."""
 import json
+import re
 import shutil
 
 from test_app import jpeg_bytes, navigation_like_the_server, start, texts  # noqa: F401  (the autouse fixture)
@@ -17,12 +18,16 @@ def test_lab_decodes_three_strategies_side_by_side_with_scores_against_the_refer
     at = _lab_with_test_photo(start("app_pages/compare.py"))
     heads = [s.value for s in at.subheader]
     assert heads == ["Beam 5", "Sample T 0.7, top-p 0.9, n 5", "Diverse 6 beams / 3 groups, penalty 0.5"]
-    tables = [t.value for t in at.table[:3]]
-    assert [len(t) for t in tables] == [1, 5, 3]                   # beam's best, 5 samples, 3 from 3 groups
-    for t in tables:                                               # plain tables: nothing cut in a narrow column
-        assert {"Mean log p", "BLEU-4", "CIDEr-D"} <= set(t.columns) and "Words" not in t.columns
-        assert "Score" not in t.columns or not t["Score"].equals(t["Mean log p"])   # no column twice
-        assert t["CIDEr-D"].astype(float).ge(0).all() and t["BLEU-4"].astype(float).between(0, 1).all()
+    # each caption with its scores on a line beneath it (no table: its headers wrapped in a quarter of the page)
+    blocks = [m.value.replace("\u2011", "-").replace("\u00a0", " ") for m in at.markdown
+              if m.value.lstrip("1. ").startswith("**“")]
+    assert [b.count(":gray[") for b in blocks] == [1, 5, 3]       # beam's best, 5 samples, 3 from 3 groups
+    for block in blocks:
+        for line in re.findall(r":gray\[(.*?)\]", block):
+            scores = dict(item.rsplit(" ", 1) for item in line.split(" · "))
+            assert set(scores) <= {"BLEU-4", "CIDEr-D", "mean log p", "score"} and "mean log p" in scores
+            assert 0 <= float(scores["BLEU-4"]) <= 1 and float(scores["CIDEr-D"]) >= 0
+            assert scores.get("score") != scores["mean log p"]                        # never the same number twice
     page = texts(at)
     assert sum(badge in page for badge in ("Familiar photo", "Unusual photo", "Unfamiliar photo")) == 1  # trust
     assert "Human captions" in texts(at)

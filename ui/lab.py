@@ -105,33 +105,40 @@ def strategy_picker(slot: int, default_preset: str, max_length: int) -> DecodeCo
         return None
 
 
-def show_captions(captions, scorer=None, references=None) -> None:
-    """A strategy's captions (best first), then a small table of their scores against the references.
+NOBREAK_HYPHEN, NOBREAK_SPACE = "\u2011", "\u00a0"
 
-    A plain table (st.table), not a data grid: a quarter of the page is narrow, and a grid would cut its columns
-    and lay its toolbar over the captions. Score is shown only where it differs from the mean log-probability
-    (a length penalty other than 1, or a repetition penalty): otherwise the two columns would repeat each other.
-    """
+
+def score_line(caption, scorer=None, references=None) -> str:
+    """One caption's scores as one line of text, e.g. ``BLEU-4 0.25 · CIDEr-D 2.29 · mean log p -0.56``: against
+    the references when there are some, then its mean log-probability, and its score only where that differs (a
+    length penalty other than 1, or a repetition penalty). Each name stays with its number when the line wraps."""
     from captioning.evaluation.metrics import sentence_bleu_scores
 
-    rows = []
+    items = []
+    if references is not None:
+        items.append(("BLEU-4", f"{sentence_bleu_scores(references, caption.words)['bleu_4']:.2f}"))
+        items.append(("CIDEr-D", f"{scorer.score(caption.words, references):.2f}"))
+    mean = f"{caption.normalized_log_prob:.2f}"
+    items.append(("mean log p", mean))
+    if f"{caption.score:.2f}" != mean:
+        items.append(("score", f"{caption.score:.2f}"))
+    return " · ".join(f"{name}{NOBREAK_SPACE}{value}".replace("-", NOBREAK_HYPHEN).replace(" ", NOBREAK_SPACE)
+                      for name, value in items)
+
+
+def show_captions(captions, scorer=None, references=None) -> None:
+    """A strategy's captions, best first, each with its scores on a grey line beneath it.
+
+    Lines, not a table: a quarter of the page (4 columns at 1400 px) is too narrow for a table's headers, which
+    wrapped into "BLEU- / 4" and "Mean log / p"; a line of "name number" pairs wraps between pairs only.
+    """
+    lines = []
     for rank, cap in enumerate(captions, 1):
-        row = {"#": str(rank)}
-        if references is not None:
-            row["BLEU-4"] = f"{sentence_bleu_scores(references, cap.words)['bleu_4']:.2f}"
-            row["CIDEr-D"] = f"{scorer.score(cap.words, references):.2f}"
-        row["Mean log p"] = f"{cap.normalized_log_prob:.2f}"
-        row["Score"] = f"{cap.score:.2f}"
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    if (table["Score"] == table["Mean log p"]).all():
-        table = table.drop(columns="Score")
-    st.markdown(f"**“{sentence(captions[0].text)}”**")
-    if len(captions) > 1:
-        st.markdown("\n".join(f"{rank}. {sentence(cap.text)}" for rank, cap in enumerate(captions[1:], 2)))
-    if len(table) == 1:                                # one caption: no rank to show, more room for the scores
-        table = table.drop(columns="#")
-    st.table(table, hide_index=True)
+        text = f"“{sentence(cap.text)}”"
+        text = f"**{text}**" if rank == 1 else text
+        lines.append((f"{rank}. " if len(captions) > 1 else "") + f"{text}  \n" + ("   " if len(captions) > 1 else "")
+                     + f":gray[{score_line(cap, scorer, references)}]")
+    st.markdown("\n".join(lines))
 
 
 def results_frame(report: EvaluationReport | None) -> pd.DataFrame:

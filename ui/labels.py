@@ -87,3 +87,12 @@ def model_knows(manifest: Manifest | None) -> str | None:
     return (f"Trained on {train:,} {name} photos" + (f" ({scenes})" if scenes else "")
             + (f" and a vocabulary of {words:,} words" if isinstance(words, int) else "")
             + ": it describes photos like those best; anything else gets its closest guess in those terms.")
+
+
+def quick_note(captioner) -> str:
+    """What the Caption page says under a caption from an ensemble's first decoder alone (``quick_of`` set)."""
+    encoder = captioner.bundle.encoder.label
+    kind = getattr(captioner.bundle.manifest.decoder, "kind", None) or "LSTM"
+    others = captioner.quick_of - 1
+    return (f"A first caption from one of the ensemble's {captioner.quick_of} models ({encoder} + {kind} LSTM) "
+            f"while the other {others} finish loading: the whole ensemble's caption replaces it here in a moment.")

@@ -3,7 +3,9 @@
 The default bundle's Captioner is loaded and warmed in a background thread as soon as the server process starts
 (``python -m ui.launch``, what ``make app`` runs) or, under a plain ``streamlit run``, when the first visitor
 arrives: :func:`warm_in_background` starts it once per process and :func:`_captioner` (the st.cache_resource
-loader) hands its result over, so the first person to upload a photo gets the already-warm model.
+loader) hands its result over, so the first person to upload a photo gets the already-warm model. An ensemble
+loads in two stages (captioning.service.warm_load): the Caption page captions with the bundle's own decoder as soon as
+that is ready (clearly labelled), then replaces the caption with the whole ensemble's.
 
 :data:`DECODE_SLOTS` lets only a few sessions decode and caption uploads at once; see :func:`decode_slot`.
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from concurrent.futures import Future
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +23,7 @@ from captioning.artifacts.bundle import ARTIFACTS_ENV, BundleError, artifacts_di
 from captioning.artifacts.manifest import EvaluationReport, Manifest
 from captioning.data.flickr8k import ENV_VAR, DataError, Flickr8k, resolve_data_dir
 from captioning.data.text import tokenize
+from captioning.service.warm_load import StagedLoad
 from captioning.vision.encoders import EncoderWeightsError
 
 DATA_HINT = (f"Set `{ENV_VAR}` to the folder holding `captions.txt` and the `Flickr_8k.*Images.txt` files "
@@ -74,58 +76,62 @@ def remember_bundle() -> None:
     st.session_state[LAST_BUNDLE] = st.session_state.get("bundle_path")
 
 
-def _build_captioner(path: str):
-    """Load a bundle for captioning (its metrics.json / predictions.csv are not needed) and warm it up."""
-    from captioning.artifacts.bundle import load_bundle
-    from captioning.service.captioner import Captioner
-
-    captioner = Captioner(load_bundle(path, load_results=False))
-    captioner.warm_up()
-    return captioner
-
-
-_warming: dict[tuple[str, float], Future] = {}      # started in the background, not yet handed to the cache
+_warming: dict[tuple[str, float], StagedLoad] = {}   # started in the background, not yet handed to the cache
 _warm_started: set[tuple[str, float]] = set()       # once per process and bundle version
 _warm_lock = threading.Lock()
+_loaded: set[tuple[str, float]] = set()             # handed to the cache: no spinner any more
+
+
+def _bundle_key(path: str | os.PathLike) -> tuple[str, float]:
+    return str(path), (Path(path) / "manifest.json").stat().st_mtime
 
 
 def warm_in_background(path: str | os.PathLike | None = None) -> None:
     """Load and warm a bundle's Captioner (default: the first bundle, the one the sidebar opens) in a daemon
-    thread; does nothing when it was started before in this process."""
+    thread, in two stages (captioning.service.warm_load: one member first, then the whole ensemble); does nothing
+    when it was started before in this process."""
     if path is None:
         bundles = list_bundles()
         if not bundles:
             return
         path = bundles[0]
     try:
-        key = (str(path), (Path(path) / "manifest.json").stat().st_mtime)
+        key = _bundle_key(path)
     except OSError:
         return
     with _warm_lock:
         if key in _warm_started:
             return
         _warm_started.add(key)
-        future = _warming[key] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(_build_captioner(key[0]))
-        except BaseException as exc:            # surfaced by _captioner to the page that asks for it
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name="captioner-warm-up", daemon=True).start()
+        _warming[key] = StagedLoad(key[0]).start()
 
 
-@st.cache_resource(show_spinner="Loading the captioning model (first time only)…", max_entries=3)
+@st.cache_resource(show_spinner=False, max_entries=3)
 def _captioner(path: str, mtime: float):
     with _warm_lock:
-        future = _warming.pop((path, mtime), None)
-    if future is not None:
+        load = _warming.pop((path, mtime), None)
+    if load is not None:
         try:
-            return future.result()               # the background warm-up: wait for the rest of it, if any
+            return load.full.result()              # the background load: wait for the rest of it, if any
         except Exception:                           # noqa: BLE001  (load again below: the page shows the error)
             pass
-    return _build_captioner(path)
+    load = StagedLoad(path)
+    load.run()
+    return load.full.result()
+
+
+def _quick_captioner(key: tuple[str, float]):
+    """While the background load of ``key`` is still on its first stage or between stages: the Captioner over
+    the bundle's own decoder alone (``quick_of`` set), once it is ready; None when there is none to wait for."""
+    with _warm_lock:
+        load = _warming.get(key)
+    if load is None or load.full.done():
+        return None
+    try:
+        quick = load.quick.result()
+    except Exception:                               # noqa: BLE001  (the full load reports it)
+        return None
+    return None if load.full.done() else quick
 
 
 # At most this many sessions decode an upload and caption it at the same time (default 2, one per core here):
@@ -167,14 +173,59 @@ def decode_slot(show_wait: bool = True):
         slots.semaphore.release()
 
 
-def get_captioner():
-    """The selected bundle's Captioner, or a clear message and st.stop()."""
+def _selected_load() -> StagedLoad | None:
+    path = selected_bundle()
+    try:
+        key = _bundle_key(path) if path is not None else None
+    except OSError:
+        return None
+    with _warm_lock:
+        return _warming.get(key)
+
+
+def still_loading() -> bool:
+    """Whether the selected bundle's model is still loading in the background (pages need not wait for it yet)."""
+    load = _selected_load()
+    return load is not None and not load.full.done()
+
+
+def wait_for_whole(captioner) -> None:
+    """Under a first caption from an ensemble's own decoder alone: wait for the whole ensemble, saying so, then
+    run the page again with it. Waits in short steps that each touch the page, so a new upload or click (a rerun
+    request) is not held up behind the load."""
+    import concurrent.futures
+
+    load = _selected_load()
+    note = st.empty()
+    while load is not None and not load.full.done():
+        note.caption(f":material/hourglass_top: Loading the other {captioner.quick_of - 1} models of the "
+                     "ensemble…")
+        concurrent.futures.wait([load.full], timeout=0.5)
+    note.empty()
+    st.rerun()
+
+
+def get_captioner(quick: bool = False):
+    """The selected bundle's Captioner, or a clear message and st.stop(). ``quick``: while an ensemble is still
+    loading, its bundle's own decoder alone as soon as that is ready (its ``quick_of`` says so; the Caption page
+    labels its caption and calls this again without ``quick`` for the whole ensemble)."""
     path = selected_bundle()
     if path is None:
         no_bundle_message()
         st.stop()
+    key = _bundle_key(path)
     try:
-        return _captioner(str(path), (path / "manifest.json").stat().st_mtime)
+        if quick and key not in _loaded:
+            with st.spinner("Loading the captioning model (first time only)…"):
+                early = _quick_captioner(key)
+            if early is not None:
+                return early
+        if key in _loaded:
+            return _captioner(*key)
+        with st.spinner("Loading the captioning model (first time only)…"):
+            captioner = _captioner(*key)
+        _loaded.add(key)
+        return captioner
     except (BundleError, EncoderWeightsError) as exc:
         st.error(str(exc), icon=":material/block:")
         st.stop()

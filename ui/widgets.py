@@ -101,6 +101,13 @@ def cached_features(_captioner, bundle: str, digest: str, _image: Image.Image) -
         return _captioner.features(_image)
 
 
+def photo_features(captioner, chosen: ChosenImage):
+    """The chosen picture's features for ``captioner``, cached per bundle and picture; an ensemble's first decoder
+    alone (the Caption page's first caption while the rest loads) reads fewer encoders, so it has its own entry."""
+    key = f"{captioner.bundle.name}/{'first decoder' if captioner.quick_of else 'all decoders'}"
+    return cached_features(captioner, key, chosen.digest, chosen.image)
+
+
 def references_panel(name: str, words: list[str]) -> None:
     """The five human captions of a Flickr8k image and the caption's BLEU against them."""
     ds = get_dataset()

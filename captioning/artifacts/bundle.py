@@ -292,6 +292,8 @@ def update_results(path: str | os.PathLike, metrics: dict, predictions=None) -> 
         for name in ("decoder.keras", "vocab.json", *(m["file"] for m in manifest.get("members", [])),
                      *_index_files(target, manifest)):
             shutil.copy2(target / name, tmp / name)
+        if predictions is None and (target / "predictions.csv").is_file():     # metrics only: keep the captions
+            shutil.copy2(target / "predictions.csv", tmp / "predictions.csv")
         _write_results(tmp, metrics, predictions)
         _finish_manifest(tmp, manifest)
 

@@ -41,6 +41,8 @@ class Captioner:
         self.encoders = {get_spec(e.name, e.alpha).key: e for e in bundle.encoders}
         self._encoders: dict[str, object] = {}
         self._lock = threading.Lock()
+        self._building: dict[str, threading.Lock] = {}
+        self.quick_of: int | None = None    # set on first_decoder()'s Captioner: how many decoders the full one has
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, weights: str | os.PathLike | None = None) -> Captioner:
@@ -53,7 +55,9 @@ class Captioner:
     def _forward(self, key: str | None = None):
         """The compiled encoder ``key`` (default: the bundle's own): uint8 (N, 224, 224, 3) -> tensor features."""
         key = key or self.spec.key
-        with self._lock:                     # build once, even when several sessions ask at once
+        with self._lock:                     # one lock per encoder: several build at once, each only once
+            building = self._building.setdefault(key, threading.Lock())
+        with building:
             if key not in self._encoders:
                 import tensorflow as tf
 
@@ -75,6 +79,21 @@ class Captioner:
                     encode, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
             return self._encoders[key]
 
+    def first_decoder(self) -> Captioner:
+        """This bundle's own decoder alone on its own encoder, sharing this Captioner's built encoders and that
+        decoder's compiled functions: what the app captions with while an ensemble's other members still load
+        (``quick_of`` says how many decoders the whole has). The trust index reads the same encoder, so it works."""
+        from dataclasses import replace as record
+
+        if len(self.bundle.decoders) == 1:
+            return self
+        alone = record(self.bundle, manifest=record(self.bundle.manifest, members=()), members=())
+        quick = Captioner(alone, self.weights)
+        quick.steps = self.steps.members[0]         # same tf.functions: traced once for both
+        quick._encoders, quick._lock, quick._building = self._encoders, self._lock, self._building
+        quick.quick_of = len(self.bundle.decoders)
+        return quick
+
     def encode(self, arrays: np.ndarray) -> np.ndarray | MultiFeatures:
         """Features of canonical uint8 (N, 224, 224, 3) photos: (N, D) or (N, P, D), or for a cross-encoder
         ensemble :class:`~captioning.models.stepper.MultiFeatures` (each encoder run once per photo)."""
@@ -83,14 +102,14 @@ class Captioner:
         arrays = np.asarray(arrays, np.uint8)
         return MultiFeatures({key: self._forward(key)(arrays).numpy() for key in self.encoders})
 
-    def warm_up(self) -> None:
+    def warm_up(self, widths: Sequence[int] = (1, 5, 3)) -> None:
         """Build the encoder and trace every compiled function once, so the first user waits less.
 
         Greedy steps one row, beam 5 one row then five; a third row count (beam 3) makes TensorFlow trace a
         shape-generic step that serves every later beam width without tracing again.
         """
         image = np.zeros((8, 8, 3), np.uint8) + 128
-        for width in (1, 5, 3):
+        for width in widths:
             self.caption(image, beam_width=width)
 
     def features(self, images: Sequence[ImageSource] | ImageSource) -> np.ndarray | MultiFeatures:

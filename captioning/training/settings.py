@@ -130,7 +130,7 @@ class EvaluateSettings:
     beam_widths: str = option("3,5", "beam widths evaluated beside greedy")
     decode: list[str] | None = option(None, "evaluate: decoding runs to score instead of greedy + {beam_widths}, "
                                             "e.g. greedy beam:5 sample:temperature=0.7,top_p=0.9,n=5,seed=0 "
-                                            "diverse:beams=6,groups=3,penalty=0.5", nargs="+", metavar="SPEC")
+                                            "diverse:beams=6,groups=3,penalty=0.5,n=5", nargs="+", metavar="SPEC")
     split: str = option("test", "split that evaluate scores", choices=["dev", "test"])
     no_meteor: bool = option(False, "skip METEOR (needs Java)")
     no_human: bool = option(False, "skip the metric-vs-expert-judgment agreement (ExpertAnnotations.txt)")
