@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from . import import_tensorflow_quietly
+from .memory_cli import add_memory_options, build_memory, memory_lines, memory_tag, read_memory_file
 
 
 def main(argv=None) -> int:
@@ -33,6 +34,7 @@ def main(argv=None) -> int:
                      help="one JSON object per image: path, caption, log_prob, in_domain, confidence (+ n_best)")
     cap.add_argument("--neighbours", type=int, default=0, metavar="K",
                      help="also list the K most similar training photos (with one of their human captions)")
+    add_memory_options(cap)
     srv = sub.add_parser("serve", help="serve the REST API (POST /v1/captions; docs at /docs)")
     srv.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine "
                      "only; 0.0.0.0 opens it to the network)")
@@ -97,7 +99,10 @@ def caption(args) -> int:
     paths = gather_images(args.images)
     if not paths:
         raise ValueError(f"no image files (jpg, jpeg, png, webp, bmp, gif) in {' '.join(args.images)}")
+    remembered = read_memory_file(args)              # --memory: every row checked now, features after the load
     run = run_record(bundle, manifest, config)
+    if remembered is not None:
+        run["decoding"] += f" + {memory_tag(remembered)}"
     if args.out is not None:
         check_output(args.out)                       # a folder, an unwritable path, a file it cannot read
         plan_resume(args.out, paths, run, args.recaption)       # another model or decoding: refused now
@@ -114,6 +119,7 @@ def caption(args) -> int:
         print(f"error: bundle {captioner.bundle.path} has no retrieval index for --neighbours; add one with: "
               f"python train.py index --out {captioner.bundle.path}", file=sys.stderr)
         return 2
+    memory = build_memory(remembered, captioner, args.memory_k) if remembered is not None else None
 
     def show(result) -> None:
         name = path_text(result.name)                # one line per photo, whatever bytes its name holds
@@ -132,13 +138,15 @@ def caption(args) -> int:
                 print(f"{name}\twarning: {trust.explanation}")
             for n in trust.neighbours[: args.neighbours] if trust else []:
                 print(f"{name}\tnear {n.name} ({n.similarity:.3f}): {n.captions[0] if n.captions else ''}")
+            for line in memory_lines(name, result):
+                print(line)
 
     start = time.perf_counter()
     try:
         summary = caption_files(captioner, paths, config, args.out, args.batch_size,
                                 on_result=show if writer is None else writer_callback(writer, show),
                                 progress=sys.stderr.isatty(), neighbours=args.neighbours, run=run,
-                                recaption=args.recaption)
+                                recaption=args.recaption, memory=memory)
     except (EncoderWeightsError, BundleError) as exc:     # the encoder is built with the first batch
         print(f"error: {exc}", file=sys.stderr)
         return 2
