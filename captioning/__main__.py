@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     srv.add_argument("--bundle", default=None, help="artifact bundle folder (default: artifacts/default)")
     srv.add_argument("--weights", default=None, help="encoder ImageNet weights file")
     srv.add_argument("--max-concurrent", type=int, default=2, help="requests decoded at once (default 2)")
+    add_memory_options(srv)
     add_serve_limits(srv)
     setup = sub.add_parser("setup-weights", help="store an encoder's ImageNet weights under weights/")
     setup.add_argument("--encoder", default="xception")
@@ -207,7 +208,7 @@ def serve_command(args) -> int:
                                   args.rate_burst, args.body_timeout, api_key(args.api_key_file),
                                   tuple(args.cors_origin))
         serve(args.bundle or artifacts_dir() / "default", args.host, args.port, args.weights, settings=settings,
-              insecure_no_auth=args.insecure_no_auth)
+              insecure_no_auth=args.insecure_no_auth, memory_data=read_memory_file(args))
     except (BundleError, EncoderWeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

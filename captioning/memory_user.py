@@ -16,7 +16,8 @@ BATCH = 16
 
 
 def default_cache_root() -> Path:
-    from .config import PROJECT_ROOT
+    """The project's feature cache (``$CAPTIONING_CACHE_DIR`` or ``.cache``, as the Train page's jobs use)."""
+    from .bundle import PROJECT_ROOT
 
     return Path(os.environ.get("CAPTIONING_CACHE_DIR") or PROJECT_ROOT / ".cache") / "features"
 

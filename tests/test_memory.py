@@ -77,7 +77,8 @@ def test_user_photos_above_the_floor_come_first_below_it_they_compete_on_similar
 def test_a_training_store_comes_from_the_trust_index_and_extends_with_a_user_memory(tmp_path):
     rng = np.random.default_rng(0)
     feats = np.abs(rng.normal(size=(20, 16))).astype(np.float32)
-    index = build_index([f"t{i}.jpg" for i in range(20)], feats, [[f"t {i} a", f"t {i} b", "t c"] for i in range(20)], "enc-1")
+    captions = [[f"t {i} a", f"t {i} b", "t c"] for i in range(20)]
+    index = build_index([f"t{i}.jpg" for i in range(20)], feats, captions, "enc-1")
     train = training_datastore(index)
     assert train.photo_count == 20 and len(train) == 40 and train.user_floor == memory.USER_FLOOR
     user, _ = store(n=3, d=16, user={0, 1, 2}, floor=0.5)

@@ -20,6 +20,7 @@ PAGES = (  # (script, title, icon, default)
     ("pages/evaluation.py", "Evaluation", ":material/monitoring:", False),
     ("pages/dataset.py", "Dataset", ":material/photo_library:", False),
     ("pages/train.py", "Train", ":material/model_training:", False),
+    ("pages/memory.py", "Your photos", ":material/photo_library:", False),
 )
 
 
