@@ -1,6 +1,6 @@
 """What retrieval costs per photo (issue 38, experiment c): the memory's search with a 6,000-photo datastore (the
-shipped bundle's trust index: Flickr8k's training photos) and a 100,000-photo one, exact numpy vs HNSW (hnswlib),
-and the HNSW search's recall@k against the exact one.
+shipped bundle's trust index: Flickr8k's training photos) and a 100,000-photo one, exact numpy vs the approximate
+backends (faiss IVF; hnswlib HNSW up to --hnsw-max photos), and their recall@k against the exact search.
 
 The 100,000-photo store is the 6,000 real vectors plus 94,000 synthetic ones of the real dimension: each a random
 mix of two real training photos' features plus ReLU'd noise, renormalised (so the synthetic photos crowd the real
@@ -60,7 +60,9 @@ def main() -> None:
                                                             "flickr8k"))
     p.add_argument("--queries", type=int, default=300)
     p.add_argument("--size", type=int, default=100_000)
-    p.add_argument("--k", type=int, default=10, help="hits retrieved per photo (recall@k: share of the exact search's photos among them that HNSW finds too)")
+    p.add_argument("--k", type=int, default=10, help="hits retrieved per photo (recall@k: share of the exact search's "
+                   "photos among them that HNSW finds too)")
+    p.add_argument("--hnsw-max", type=int, default=20_000, help="build HNSW only for stores up to this size")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -88,20 +90,27 @@ def main() -> None:
         store.ann_min_photos = 10**9                                   # exact
         row = {"photos": len(photos), "default_backend": default, "exact": timed(store, queries, args.k)}
         truth = {k: [{h.entry.image for h in hs} for hs in store.search(queries, k)] for k in (1, args.k)}
-        try:
-            import hnswlib  # noqa: F401
-        except ImportError:
-            row["hnsw"] = "hnswlib not installed (pip install -e '.[memory]')"
-        else:
-            store.ann_min_photos = 1
+        from captioning import memory_ann
+
+        for kind, module in (("ivf", "faiss"), ("hnsw", "hnswlib")):
+            try:
+                __import__(module)
+            except ImportError:
+                row[kind] = f"{module} not installed (pip install -e '.[memory]')"
+                continue
+            if kind == "hnsw" and len(photos) > args.hnsw_max:
+                row[kind] = f"not built: over --hnsw-max {args.hnsw_max:,} photos (its build is the slow part)"
+                continue
+            store.ann_min_photos, store._ann = 1, None
+            memory_ann.available = lambda kind=kind: kind
             start = time.perf_counter()
-            store._hnsw()
-            row["hnsw_build_seconds"] = round(time.perf_counter() - start, 1)
-            row["hnsw"] = timed(store, queries, args.k)
+            store.ann()
+            row[f"{kind}_build_seconds"] = round(time.perf_counter() - start, 1)
+            row[kind] = timed(store, queries, args.k)
             for k, want in truth.items():
                 got = [{h.entry.image for h in hs} for hs in store.search(queries, k)]
-                row[f"hnsw_recall_at_{k}"] = round(float(np.mean([len(g & w) / len(w) for g, w in zip(got, want)])),
-                                                   4)
+                row[f"{kind}_recall_at_{k}"] = round(float(np.mean([len(g & w) / len(w)
+                                                                    for g, w in zip(got, want)])), 4)
         del store
         report["stores"][label] = row
         print(label, json.dumps(row), flush=True)

@@ -11,10 +11,10 @@ A :class:`Datastore` holds captioned photos of ONE encoder (key like ``xception-
 The floor is the bundle's calibrated "familiar" threshold when its trust index has one (a user photo at least as
 close as the neighbourhood of a typical familiar photo is "a photo like this one"), else :data:`USER_FLOOR`.
 
-Search is exact (one float32 matrix product) up to :data:`ANN_MIN_PHOTOS` photos; above it, when ``hnswlib`` is
-installed (``pip install -e '.[memory]'``), an HNSW graph (inner product on unit vectors) finds the candidates and
-their exact similarities are recomputed; the user's photos are always searched exactly, so the rule holds.
-bench/memory_latency.py measures both.
+Search is exact (one float32 matrix product) up to :data:`ANN_MIN_PHOTOS` training photos; above it, when faiss-cpu
+or hnswlib is installed (``pip install -e '.[memory]'``, :mod:`captioning.memory_ann`), an approximate index over the
+training photos finds the candidates and their exact similarities are recomputed; the user's photos are always
+searched exactly, so the rule holds. bench/memory_latency.py measures both.
 
 Files (no pickle)::
 
@@ -41,8 +41,7 @@ SOURCES = ("training", "user")
 K = 5                          # captions retrieved per photo by default
 USER_FLOOR = 0.635             # without a calibrated index: xception-299's dev "familiar" threshold (the 25%
 #                                quantile of the dev photos' mean similarity to their 5 nearest training photos)
-ANN_MIN_PHOTOS = 20_000        # exact below; HNSW above when hnswlib is installed (bench/memory_latency.py)
-HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 200, 128
+ANN_MIN_PHOTOS = 20_000        # training photos: exact below; approximate above, when installed (memory_ann)
 USER_FIRST_RULE = ("user entries whose cosine similarity to the photo reaches the user floor (the bundle's "
                    "calibrated 'familiar' threshold, else 0.635) come first, most similar first; then every "
                    "other entry by similarity")
@@ -86,6 +85,7 @@ class Datastore:
         self.encoder, self.user_floor, self.ann_min_photos = str(encoder), float(user_floor), int(ann_min_photos)
         self._matrix = self.vectors.astype(np.float32)                     # (M, D)
         self._user = np.flatnonzero([s == "user" for _, s in self.photos])  # rows of the user's photos
+        self._train = np.flatnonzero([s == "training" for _, s in self.photos])    # rows the ANN index covers
         self._ann = None
         self.imported = None          # the UserDataset a user memory was read from (its bad rows), when known
 
@@ -132,8 +132,11 @@ class Datastore:
         if other.encoder != self.encoder or other.dim != self.dim:
             raise ValueError(f"a memory of {other.encoder} ({other.dim}-d) cannot join one of {self.encoder} "
                              f"({self.dim}-d): build it with the same bundle's encoder")
-        return Datastore(np.concatenate([self.vectors, other.vectors]), self.photos + other.photos,
-                         self.captions + other.captions, self.encoder, self.user_floor, self.ann_min_photos)
+        out = Datastore(np.concatenate([self.vectors, other.vectors]), self.photos + other.photos,
+                        self.captions + other.captions, self.encoder, self.user_floor, self.ann_min_photos)
+        if self._ann is not None and not other._train.size:                    # the same training rows
+            out._ann = self._ann
+        return out
 
     def without(self, images: set[str], source: str = "user") -> Datastore:
         """A copy without the photos ``images`` of ``source``."""
@@ -144,41 +147,34 @@ class Datastore:
     # --- search -----------------------------------------------------------------------------------------------
     @property
     def backend(self) -> str:
-        """``exact`` or ``hnsw`` (large stores, hnswlib installed)."""
-        if self.photo_count < self.ann_min_photos:
+        """``exact``, or ``ivf`` / ``hnsw`` (a store of many training photos, the library installed)."""
+        if len(self._train) < self.ann_min_photos:
             return "exact"
-        try:
-            import hnswlib  # noqa: F401
-        except ImportError:
-            return "exact"
-        return "hnsw"
+        from .memory_ann import available
 
-    def _hnsw(self):
+        return available() or "exact"
+
+    def ann(self):
+        """The approximate index over the training photos (built on first use, kept by :meth:`extended`)."""
         if self._ann is None:
-            import hnswlib
+            from .memory_ann import AnnIndex
 
-            index = hnswlib.Index(space="ip", dim=self.dim)
-            index.init_index(max_elements=self.photo_count, ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M,
-                             random_seed=0)
-            index.add_items(self._matrix, np.arange(self.photo_count), num_threads=1)
-            self._ann = index
+            self._ann = AnnIndex(self._matrix[self._train], self.backend)
         return self._ann
 
-    def _candidates(self, q: np.ndarray, n: int) -> np.ndarray:
-        """(Q, <=n) photo rows to rank exactly: the best n by the backend, plus every user photo when few."""
-        n = min(n, self.photo_count)
-        if self.backend == "hnsw":
-            index = self._hnsw()
-            index.set_ef(max(HNSW_EF_SEARCH, n))
-            rows, _ = index.knn_query(q, k=n, num_threads=1)                # (Q, n)
-            rows = rows.astype(np.int64)
-            if len(self._user):                                              # the user's photos: always exact
-                user_sims = q @ self._matrix[self._user].T                  # (Q, U)
-                take = min(n, len(self._user))
-                best = np.argpartition(-user_sims, take - 1, axis=1)[:, :take]
-                rows = np.concatenate([rows, self._user[best]], axis=1)
-            return rows
-        return np.broadcast_to(np.arange(self.photo_count), (len(q), self.photo_count))
+    def _candidates(self, q: np.ndarray, n: int) -> np.ndarray | None:
+        """(Q, C) photo rows to rank exactly: the approximate index's best n training photos plus the best n user
+        photos (searched exactly); None for an exact search of every row."""
+        if self.backend == "exact":
+            return None
+        found = self.ann().query(q, n)                                       # (Q, n) rows of self._train, -1
+        rows = np.where(found >= 0, self._train[np.maximum(found, 0)], -1)
+        if len(self._user):
+            user_sims = q @ self._matrix[self._user].T                       # (Q, U)
+            take = min(n, len(self._user))
+            best = np.argpartition(-user_sims, take - 1, axis=1)[:, :take]
+            rows = np.concatenate([rows, self._user[best]], axis=1)
+        return rows
 
     def search(self, features, k: int = K, exclude_images: Sequence[set[str]] | None = None) -> list[list[Hit]]:
         """Q lists of up to ``k`` Hits (one per caption), best first by :data:`USER_FIRST_RULE`; features are
@@ -191,9 +187,12 @@ class Datastore:
         if exclude_images is not None and len(exclude_images) != len(q):
             raise ValueError(f"exclude_images has {len(exclude_images)} sets for {len(q)} photos")
         most_excluded = max((len(s) for s in exclude_images), default=0) if exclude_images else 0
-        rows = self._candidates(q, k + most_excluded)                        # (Q, C)
-        sims = np.einsum("qd,qcd->qc", q, self._matrix[rows]) if self.backend == "hnsw" \
-            else q @ self._matrix.T                                          # (Q, C)
+        rows = self._candidates(q, k + most_excluded)                        # (Q, C) or None: every row
+        if rows is None:
+            rows = np.broadcast_to(np.arange(self.photo_count), (len(q), self.photo_count))
+            sims = q @ self._matrix.T                                        # (Q, M)
+        else:
+            sims = np.where(rows >= 0, np.einsum("qd,qcd->qc", q, self._matrix[np.maximum(rows, 0)]), -np.inf)
         is_user = np.isin(rows, self._user)
         rank = sims + 4.0 * (is_user & (sims >= self.user_floor))           # cosines in [-1, 1]: +4 sorts first
         out = []
@@ -205,8 +204,8 @@ class Datastore:
             skip = exclude_images[i] if exclude_images else ()
             for c in top:
                 r = int(rows[i, c])
-                image, source = self.photos[r]
-                if r in seen or image in skip:
+                image, source = self.photos[r] if r >= 0 else ("", "")
+                if r < 0 or r in seen or image in skip:
                     continue
                 seen.add(r)
                 hits += [Hit(MemoryEntry(image, cap, source), float(sims[i, c])) for cap in self.captions[r]]
