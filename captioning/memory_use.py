@@ -5,8 +5,10 @@ the caption.
 the batch runner (``caption_stream(..., memory=...)``); for every photo it returns the hits used (``memory_hits``:
 image, caption, similarity, source) and the caption's copied words, and the n-best list it changed:
 
-* a retrieval-augmented bundle (``captioner.reads_memory``, helper ``rag``'s decoder) gets the hits as its
-  decoder input (``captioner.decode(features, config, memory_hits=hits)``) and reports which words it copied;
+* a retrieval-augmented bundle (helper ``rag``'s decoder: a step decoder with a ``memory``) reads this store:
+  a shallow copy of its step decoder (the shared Captioner is never changed) gets the store as its memory, so the
+  decoder attends over the user-first hits and can copy their words; its captions name the hits they read
+  (``memory_hits``) and the words only those hold (``copied_words``);
 * any other bundle decodes as usual and the n-best list is reranked by :func:`consensus_rerank` with the USER
   hits that clear the store's floor (:data:`captioning.memory.USER_FIRST_RULE`): a photo with no such hit keeps
   the model's caption, so a memory of boats never touches a caption of a dog.
@@ -23,7 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from .memory import Datastore, Hit, K
+from .memory import Datastore, Hit, K, MemoryEntry
 from .text import tokenize
 
 CONSENSUS_WEIGHT = 1.0
@@ -97,11 +99,11 @@ class CaptionMemory:
 
     def decode(self, captioner, features, config) -> tuple[list[list], list[MemoryUse]]:
         """n-best lists and one MemoryUse per photo of ``features`` (what captioner.encode returned)."""
+        steps = getattr(captioner, "steps", None)
+        if hasattr(steps, "memory") and hasattr(steps, "lookup"):         # rag's retrieval-augmented decoder
+            return self._read_by_decoder(captioner, steps, features, config)
         query = features.of(captioner.spec.key) if hasattr(features, "of") else features   # the store's encoder
         hits = self.store.search(query, self.k)
-        if getattr(captioner, "reads_memory", False):                      # rag's retrieval-augmented decoder
-            decoded, copied = captioner.decode(features, config, memory_hits=hits)
-            return decoded, [MemoryUse(h, list(c)) for h, c in zip(hits, copied)]
         wide = config
         if config.kind == "beam" and config.beam_width > 1:               # the candidates the hook reranks
             wide = replace(config, num_return_sequences=min(config.beam_width,
@@ -116,3 +118,31 @@ class CaptionMemory:
                                   bool(nbest) and best is not nbest[0]))
             out.append(ranked[: config.num_return_sequences])
         return out, uses
+
+    def _read_by_decoder(self, captioner, steps, features, config):
+        import copy
+
+        from .decoding import decode
+
+        own = copy.copy(steps)                       # shares the model and its compiled functions
+        own.memory = _StoreMemory(self.store)
+        decoded = decode(own, features, captioner.vocab, config)
+        uses = []
+        for nbest in decoded:
+            best = nbest[0] if nbest else None
+            hits = [Hit(MemoryEntry(h["image"], h["caption"], h["source"]), float(h["similarity"]))
+                    for h in getattr(best, "memory_hits", None) or []]
+            uses.append(MemoryUse(hits, list(getattr(best, "copied_words", None) or [])))
+        return decoded, uses
+
+
+class _StoreMemory:
+    """A Datastore as the retrieval decoder's memory: ``retrieve(features, k)`` -> per photo (caption, image,
+    similarity, source), user-first."""
+
+    def __init__(self, store: Datastore):
+        self.store = store
+
+    def retrieve(self, features, k: int) -> list[list[tuple]]:
+        return [[(h.entry.caption, h.entry.image, float(h.similarity), h.entry.source) for h in hits]
+                for hits in self.store.search(features, k)]

@@ -212,3 +212,39 @@ def test_records_carry_memory_hits_and_copied_words_in_json_and_csv():
     import io
     back = _record_from_csv(next(csv.DictReader(io.StringIO(text))))
     assert records_csv([back]) == text                             # a rerun keeps the cells as they were
+
+
+def test_a_retrieval_decoder_reads_the_store_through_its_own_copy_and_reports_hits(monkeypatch):
+    """rag's decoder: a step decoder with a ``memory``; mem hands a shallow copy the store (user-first hits) and
+    reads back each caption's memory_hits / copied_words; the shared step decoder is never changed."""
+    import captioning.decoding
+
+    class Steps:
+        memory = "the bundle's own index"
+
+        def lookup(self, features):
+            raise AssertionError("not called here")
+
+    seen = {}
+
+    def fake_decode(steps, features, vocab, config):
+        seen["steps"] = steps
+        out = []
+        for photo in steps.memory.retrieve(features, 2):
+            c = cap("a dog by the zorblat", -1.0)
+            c.memory_hits = [{"image": img, "caption": text, "similarity": sim, "source": src}
+                             for text, img, sim, src in photo]
+            c.copied_words = ["zorblat"]
+            out.append([c])
+        return out
+
+    monkeypatch.setattr(captioning.decoding, "decode", fake_decode)
+    vectors = np.eye(3, dtype=np.float32)[:2] + 0.01
+    train = Datastore.from_arrays(vectors[:1], [MemoryEntry("t.jpg", "a dog", "training")], "enc-1", 0.9)
+    user = Datastore.from_arrays(vectors[1:], [MemoryEntry("z.jpg", "my zorblat", "user")], "enc-1")
+    captioner = FakeCaptioner()
+    captioner.steps, captioner.vocab = Steps(), None
+    decoded, uses = CaptionMemory(train.extended(user), k=2).decode(captioner, vectors[1:], DecodeConfig())
+    assert seen["steps"] is not captioner.steps and captioner.steps.memory == "the bundle's own index"
+    assert [(h.entry.image, h.entry.source) for h in uses[0].hits] == [("z.jpg", "user"), ("t.jpg", "training")]
+    assert uses[0].copied_words == ["zorblat"] and decoded[0][0].text == "a dog by the zorblat"
