@@ -87,7 +87,7 @@ def main() -> None:
             driver.get(f"{url}/{path}")
             prepare(driver, first, inputs)
             wait_for_text_(driver, done)
-            time.sleep(4)                         # charts and images draw after the last element arrives
+            time.sleep(12 if name in NEEDS_MEMORY else 4)   # charts and images draw after the last element
             if args.full:                         # Streamlit scrolls inside its main block, not the window
                 height = driver.execute_script(
                     "const m = document.querySelector('[data-testid=\"stMain\"]'); return m ? m.scrollHeight : 0;")

@@ -14,9 +14,10 @@ from captioning.images import InvalidImageError
 from captioning.memory import USER_FIRST_RULE, MemoryFileError, training_datastore
 from captioning.memory_bank import MemoryBank
 from captioning.memory_use import RERANK_RULE, CaptionMemory
+from captioning.text import tokenize
 from captioning.user_data import load_user_data
 
-from .labels import literal, sentence
+from .labels import human_caption, literal, sentence
 
 PER_ROW = 4
 ADDED_KEY = "memory_added"      # what the last add did, shown after the rerun
@@ -80,7 +81,7 @@ def memory_used(captioner, use) -> None:
     b = bank(captioner)
     words = ", ".join(f"**{literal(w)}**" for w in use.copied_words)
     st.markdown("**From your photos** — the caption used what you wrote about these"
-                + (f" (copied: {words})" if words else ""),
+                + (f" (your words in it: {words})" if words else ""),
                 help=f"Remembered photos come first when at least this similar: {USER_FIRST_RULE}. "
                      f"How they change the caption: {RERANK_RULE}.")
     by_photo: dict[str, list] = {}
@@ -92,8 +93,10 @@ def memory_used(captioner, use) -> None:
             thumb = b.photo_file(image)
             if thumb.is_file():
                 st.image(str(thumb), width="stretch")
-            text = " / ".join(highlighted_caption(h.entry.caption, use.copied_words) for h in hits)
-            st.caption(f"{text}  \n{literal(image)} · similarity {hits[0].similarity:.2f}")
+            shown = max(hits, key=lambda h: sum(w in use.copied_words for w in tokenize(h.entry.caption)))
+            more = f" (+{len(hits) - 1} more)" if len(hits) > 1 else ""
+            st.caption(f"“{highlighted_caption(human_caption(shown.entry.caption), use.copied_words)}”{more}  \n"
+                       f"similarity {hits[0].similarity:.2f} · {literal(image)}")
 
 
 def _add_dataset(captioner, captions: Path, images: Path) -> None:
@@ -182,7 +185,7 @@ def photo_list(captioner) -> None:
                 if item["photo"].is_file():
                     st.image(str(item["photo"]), width="stretch")
                 st.caption(f"**{literal(item['image'])}**  \n"
-                           + "  \n".join(f"“{literal(c)}”" for c in item["captions"][:3])
+                           + "  \n".join(f"“{literal(human_caption(c))}”" for c in item["captions"][:3])
                            + (f"  \n(+{len(item['captions']) - 3} more)" if len(item["captions"]) > 3 else ""))
                 if st.button("Remove", key=f"memory_remove_{item['image']}", icon=":material/delete:"):
                     try:
