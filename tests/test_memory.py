@@ -248,3 +248,19 @@ def test_a_retrieval_decoder_reads_the_store_through_its_own_copy_and_reports_hi
     assert seen["steps"] is not captioner.steps and captioner.steps.memory == "the bundle's own index"
     assert [(h.entry.image, h.entry.source) for h in uses[0].hits] == [("z.jpg", "user"), ("t.jpg", "training")]
     assert uses[0].copied_words == ["zorblat"] and decoded[0][0].text == "a dog by the zorblat"
+
+
+def test_a_memory_may_hold_a_single_photo_where_fine_tuning_needs_three(tmp_path):
+    from PIL import Image
+
+    from captioning.data import DataError
+    from captioning.user_data import load_user_data
+
+    Image.new("RGB", (32, 24), (200, 40, 40)).save(tmp_path / "boat.png")
+    (tmp_path / "c.csv").write_text("image,caption\nboat.png,my red boat\nboat.png,the boat\nboat.png,\ngone.png,x\n",
+                                    encoding="utf-8")
+    data = load_user_data(tmp_path / "c.csv", tmp_path, split=False)
+    assert data.captions == {"boat.png": ["my red boat", "the boat"]} and data.splits == {}
+    assert [(b.line, b.kind) for b in data.bad] == [(4, "empty_caption"), (5, "missing_photo")]
+    with pytest.raises(DataError, match="at least 3"):
+        load_user_data(tmp_path / "c.csv", tmp_path)
