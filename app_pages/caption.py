@@ -6,6 +6,7 @@ import streamlit as st
 from ui.charts import word_probabilities
 from ui.lab import remember_photo
 from ui.labels import literal, model_knows, quick_note, sentence
+from ui.memory import caption_memory, highlighted_caption, memory_used
 from ui.state import current_manifest, decode_slot, get_captioner, still_loading, wait_for_whole
 from ui.trust import assess_caption, neighbour_strip, trust_line
 from ui.widgets import attention_panel, choose_image, decoding_controls, photo_features, references_panel
@@ -32,12 +33,21 @@ left, right = st.columns([2, 3], gap="large")
 left.image(chosen.image, caption=literal(chosen.label), width="stretch")
 start = time.perf_counter()
 features = photo_features(captioner, chosen)
+memory = caption_memory(captioner)                       # "Your photos": None while none is remembered
+use = None
 with decode_slot():
-    best = captioner.decode(features, **options)[0][0]
+    if memory is None:
+        best = captioner.decode(features, **options)[0][0]
+    else:
+        decoded, uses = memory.decode(captioner, features, captioner.config(**options))
+        best, use = decoded[0][0], uses[0]
 seconds = time.perf_counter() - start
 trust = assess_caption(captioner, features, best)
 with right:
-    st.markdown(f"### “{sentence(best.text)}”")
+    if use is not None and use.copied_words:
+        st.markdown(f"### “{highlighted_caption(best.text, use.copied_words)}”")
+    else:
+        st.markdown(f"### “{sentence(best.text)}”")
     if captioner.quick_of:
         st.info(quick_note(captioner), icon=":material/hourglass_top:")
     trust_line(trust, captioner.bundle.path)
@@ -47,6 +57,7 @@ with right:
     m2.metric("Time", f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s",
               help="encoder + decoder, from image to caption")
     m3.metric("Mean log p", f"{best.normalized_log_prob:.2f}", help="per emitted token; closer to 0 = surer")
+    memory_used(captioner, use)
     neighbour_strip(trust)
     st.altair_chart(word_probabilities(best, "How sure the model was of each word"), width="stretch")
     attention_panel(chosen.image, best)

@@ -29,7 +29,8 @@ from ui.jobs import (
     zip_folder_name,
 )
 from ui.labels import literal
-from ui.state import bundle_paths, no_bundle_message, selected_bundle
+from ui.memory import remember_button
+from ui.state import bundle_paths, get_captioner, no_bundle_message, selected_bundle
 
 CAPTION_SUFFIXES = (".csv", ".jsonl", ".json", ".txt")
 REFRESH_SECONDS = 2.0         # while a job is queued or running
@@ -257,6 +258,11 @@ if summary is not None:
                         st.caption(":material/broken_image: unreadable")
                     lines = item.get("captions") or [item.get("caption", "")]
                     st.caption(f"**{literal(item['image'])}**  \n" + "  \n".join(f"“{literal(c)}”" for c in lines[:3]))
+
+if summary is not None and usable_captions(summary) != 0:
+    st.caption("No time to train? Remember them instead: photos like these are then described with your words at "
+               "once, by the model chosen in the sidebar.")
+    remember_button(get_captioner, captions, images, key="train_remember")
 
 # ---- 3. settings and start --------------------------------------------------------------------------------
 st.subheader("3. Settings")

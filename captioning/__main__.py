@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from captioning import import_tensorflow_quietly
+from captioning.service.memory.cli import add_memory_options, build_memory, memory_lines, memory_tag, read_memory_file
 from captioning.service.ray_engine import add_engine_options, engine_from_args
 
 
@@ -35,6 +36,7 @@ def main(argv=None) -> int:
                      help="one JSON object per image: path, caption, log_prob, in_domain, confidence (+ n_best)")
     cap.add_argument("--neighbours", type=int, default=0, metavar="K",
                      help="also list the K most similar training photos (with one of their human captions)")
+    add_memory_options(cap)
     srv = sub.add_parser("serve", help="serve the REST API (POST /v1/captions; docs at /docs)")
     srv.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine "
                      "only; 0.0.0.0 opens it to the network)")
@@ -42,6 +44,7 @@ def main(argv=None) -> int:
     srv.add_argument("--bundle", default=None, help="artifact bundle folder (default: artifacts/default)")
     srv.add_argument("--weights", default=None, help="encoder ImageNet weights file")
     srv.add_argument("--max-concurrent", type=int, default=2, help="requests decoded at once (default 2)")
+    add_memory_options(srv)
     add_serve_limits(srv)
     setup = sub.add_parser("setup-weights", help="store an encoder's ImageNet weights under weights/")
     setup.add_argument("--encoder", default="xception")
@@ -108,7 +111,12 @@ def caption(args) -> int:
     paths = gather_images(args.images)
     if not paths:
         raise ValueError(f"no image files (jpg, jpeg, png, webp, bmp, gif) in {' '.join(args.images)}")
+    remembered = read_memory_file(args)              # --memory: every row checked now, features after the load
+    if remembered is not None and engine is not None:
+        raise ValueError("--memory works with the single-process engine only; drop --engine ray, or --memory")
     run = run_record(bundle, manifest, config)
+    if remembered is not None:
+        run["decoding"] += f" + {memory_tag(remembered)}"
     if args.out is not None:
         check_output(args.out)                       # a folder, an unwritable path, a file it cannot read
         plan_resume(args.out, paths, run, args.recaption)       # another model or decoding: refused now
@@ -125,6 +133,7 @@ def caption(args) -> int:
         print(f"error: bundle {captioner.bundle.path} has no retrieval index for --neighbours; add one with: "
               f"python train.py index --out {captioner.bundle.path}", file=sys.stderr)
         return 2
+    memory = build_memory(remembered, captioner, args.memory_k) if remembered is not None else None
 
     def show(result) -> None:
         name = path_text(result.name)                # one line per photo, whatever bytes its name holds
@@ -143,13 +152,15 @@ def caption(args) -> int:
                 print(f"{name}\twarning: {trust.explanation}")
             for n in trust.neighbours[: args.neighbours] if trust else []:
                 print(f"{name}\tnear {n.name} ({n.similarity:.3f}): {n.captions[0] if n.captions else ''}")
+            for line in memory_lines(name, result):
+                print(line)
 
     start = time.perf_counter()
     try:
         summary = caption_files(captioner, paths, config, args.out, args.batch_size,
                                 on_result=show if writer is None else writer_callback(writer, show),
                                 progress=sys.stderr.isatty(), neighbours=args.neighbours, run=run,
-                                recaption=args.recaption, **(engine.caption_files_options(
+                                recaption=args.recaption, memory=memory, **(engine.caption_files_options(
                                     captioner, config, args.batch_size, args.neighbours) if engine else {}))
     except (EncoderWeightsError, BundleError) as exc:     # the encoder is built with the first batch
         print(f"error: {exc}", file=sys.stderr)
@@ -215,7 +226,7 @@ def serve_command(args) -> int:
                                   args.rate_burst, args.body_timeout, api_key(args.api_key_file),
                                   tuple(args.cors_origin))
         serve(args.bundle or artifacts_dir() / "default", args.host, args.port, args.weights, settings=settings,
-              insecure_no_auth=args.insecure_no_auth)
+              insecure_no_auth=args.insecure_no_auth, memory_data=read_memory_file(args))
     except (BundleError, EncoderWeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -35,7 +35,11 @@ SHOTS = {
     "dataset": ("dataset", "Caption statistics", None),
     # the Batch page's alt-text downloads and "write captions into the photos" options, on three test photos
     "batch-metadata": ("batch", "Captioned photos (zip)", "batch-metadata"),
+    # a caption that used "Your photos" (scripts/memory_screenshots.py prepares the memory, then takes these)
+    "caption-memory": ("", "From your photos", "memory"),
+    "memory": ("memory", "remembered photos", None),
 }
+NEEDS_MEMORY = ("caption-memory", "memory")     # not taken by default: they need scripts/memory_screenshots.py
 
 
 def main() -> None:
@@ -76,14 +80,15 @@ def main() -> None:
                 time.sleep(0.5)
         inputs = make_inputs(files, data_dir)
         only = [name for arg in args.only for name in arg.split(",") if name]
-        wanted = [name for name in only if name in SHOTS] or (list(SHOTS) if not only else [])
+        wanted = [name for name in only if name in SHOTS] or (
+            [n for n in SHOTS if n not in NEEDS_MEMORY] if not only else [])
         for name in wanted:
             path, done, first = SHOTS[name]
             driver.get(f"{url}/{path}")
             prepare(driver, first, inputs)
             wait_for_text_(driver, done)
             whole_ensemble(driver)
-            time.sleep(4)                         # charts and images draw after the last element arrives
+            time.sleep(12 if name in NEEDS_MEMORY else 4)   # charts and images draw after the last element
             if args.full:                         # Streamlit scrolls inside its main block, not the window
                 height = driver.execute_script(
                     "const m = document.querySelector('[data-testid=\"stMain\"]'); return m ? m.scrollHeight : 0;")
@@ -177,6 +182,9 @@ def prepare(driver, first, inputs: dict) -> None:
                               "(h.textContent.includes('Write captions')) h.scrollIntoView();")
         driver.execute_script("const m = document.querySelector('[data-testid=\"stMain\"]'); "
                               "if (m) m.scrollBy(0, -380);")
+    elif first == "memory":                            # a test photo like the remembered ones
+        wait_for_text_(driver, "Caption a photo")
+        file_input().send_keys(str(Path(os.environ["MEMORY_SCREENSHOT_PHOTO"]).resolve()))
     elif first == "sample":
         click_label(driver, "Sample from the test split", timeout=300)
     elif isinstance(first, int):                       # the lab: a test photo, then this many columns

@@ -76,7 +76,7 @@ def metric_values(at) -> dict:
 
 def test_dataset_page_browses_an_imported_dataset_by_split_with_word_counts(imported):
     mine, bundle, data = imported
-    at = start("pages/dataset.py")
+    at = start("app_pages/dataset.py")
     picker = at.selectbox(key="ds_dataset")
     assert picker.options == ["Flickr8k", LABEL]                   # Flickr8k first, then what was imported
     picker.select(LABEL).run()
@@ -107,7 +107,7 @@ def test_a_running_job_lists_its_data_and_a_changed_or_deleted_captions_file_is_
                                        run_dir=run, start=False)
     found = find_imported([bundle], [run])
     assert [f.bundle for f in found] == ["tiny-mine", None]
-    at = start("pages/dataset.py")
+    at = start("app_pages/dataset.py")
     label = "mine/captions.csv · 5 photos (a fine-tune not finished yet)"
     assert label in at.selectbox(key="ds_dataset").options
     at.selectbox(key="ds_dataset").select(label).run()
@@ -119,7 +119,7 @@ def test_a_running_job_lists_its_data_and_a_changed_or_deleted_captions_file_is_
 
 def test_evaluation_page_shows_the_fine_tune_on_your_photos_and_flickr8k(imported):
     mine, bundle, data = imported
-    at = start("pages/evaluation.py")
+    at = start("app_pages/evaluation.py")
     at.sidebar.selectbox[0].select(str(bundle)).run()
     assert not at.exception, at.exception
     assert "On your photos: before and after fine-tuning" in [s.value for s in at.subheader]
@@ -142,7 +142,7 @@ def test_evaluation_page_of_a_fine_tuned_bundle_without_a_flickr8k_evaluation(im
     mine, bundle, data = imported
     for name in ("metrics.json", "predictions.csv"):                  # as train.py finetune writes a bundle
         (bundle / name).unlink(missing_ok=True)
-    at = start("pages/evaluation.py")
+    at = start("app_pages/evaluation.py")
     at.sidebar.selectbox[0].select(str(bundle)).run()
     assert not at.exception, at.exception
     assert "On your photos: before and after fine-tuning" in [s.value for s in at.subheader]

@@ -278,9 +278,11 @@ def _photo_problem(images_dir: Path, name: str) -> tuple[str, str] | tuple[None,
 
 
 def load_user_data(captions_file: str | Path, images_dir: str | Path, strict: bool = False,
-                   split_file: str | Path | None = None, seed: int = 42, check_photos: bool = True) -> UserDataset:
+                   split_file: str | Path | None = None, seed: int = 42, check_photos: bool = True,
+                   split: bool = True) -> UserDataset:
     """Read, check and split a user's captioned photos; DataError when the file cannot be used at all
-    (unknown format, too big, mostly bad rows, any bad row with ``strict``)."""
+    (unknown format, too big, mostly bad rows, any bad row with ``strict``). ``split=False`` (a memory of
+    captioned photos, any number of them) leaves ``splits`` empty."""
     captions_file, images_dir = Path(captions_file).expanduser(), Path(images_dir).expanduser()
     if not images_dir.is_dir():
         raise DataError(f"image folder {images_dir} not found; pass --images DIR (the folder the captions file's "
@@ -338,6 +340,8 @@ def load_user_data(captions_file: str | Path, images_dir: str | Path, strict: bo
         first = f"; first: {bad[0].describe()}" if bad else ""
         raise DataError(f"{captions_file}: {len(bad)} of {rows} rows are bad ({kinds or 'no rows'}){first}; is "
                         f"--images the folder the image paths are relative to?")
+    if not split:
+        return ds
     ds.splits, ds.split_source = (_read_split_file(Path(split_file).expanduser(), ds) if split_file
                                   else _seeded_split(list(captions), seed))
     return ds

@@ -51,6 +51,7 @@ class BatchResult:
     captions: list[Caption] | None
     error: str | None = None
     trust: object | None = None         # retrieval.Assessment of the best caption, where the bundle has an index
+    memory: object | None = None        # memory_use.MemoryUse: the remembered captions used, words copied
 
     @property
     def ok(self) -> bool:
@@ -63,13 +64,14 @@ class BatchResult:
 
 def caption_stream(captioner, sources: Iterable[ImageSource], config: DecodeConfig,
                    batch_size: int = DEFAULT_BATCH_SIZE, names: Sequence[str] | None = None,
-                   neighbours: int = 0) -> Iterator[BatchResult]:
+                   neighbours: int = 0, memory=None) -> Iterator[BatchResult]:
     """Caption every source through ``captioner``'s encoder and decoder ``batch_size`` at a time.
 
     Yields one :class:`BatchResult` per source, in input order, each batch as soon as it is decoded.
     Every file goes through :func:`captioning.vision.images.load_image`; one that fails gets an error result.
     Where the bundle has a retrieval index, each result carries its in-domain assessment (with ``neighbours``
-    nearest training photos).
+    nearest training photos). ``memory`` (a :class:`~captioning.service.memory.use.CaptionMemory`) decodes with the
+    remembered captions and gives each result its ``memory`` use.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size must be a whole number >= 1, got {batch_size!r}")
@@ -83,15 +85,19 @@ def caption_stream(captioner, sources: Iterable[ImageSource], config: DecodeConf
 
     def finish(job) -> Iterator[BatchResult]:              # runs in the caller's thread, overlapping the next encode
         start, chunk, errors, good, features = job.result()
-        decoded = captioner.decode(features, config) if good else []
-        nbest = dict(zip(good, decoded))
+        uses: list = []
+        if good and memory is not None:
+            decoded, uses = memory.decode(captioner, features, config)
+        else:
+            decoded = captioner.decode(features, config) if good else []
+        nbest, used = dict(zip(good, decoded)), dict(zip(good, uses))
         trust = {}
         if good and captioner.can_assess:
             trust = dict(zip(good, captioner.assess(features, [d[0] for d in decoded], neighbours)))
         for i in range(len(chunk)):
             index = start + i
             name = names[index] if names is not None else _name_of(chunk[i], index)
-            yield BatchResult(index, name, nbest.get(i), errors[i], trust.get(i))
+            yield BatchResult(index, name, nbest.get(i), errors[i], trust.get(i), used.get(i))
 
     with ThreadPoolExecutor(1, thread_name_prefix="encode") as encoder, \
             ThreadPoolExecutor(LOAD_WORKERS, thread_name_prefix="load") as loaders:
@@ -264,6 +270,8 @@ def to_record(result: BatchResult, n_best: int = 1, neighbours: int = 0, run: di
                                 for c in result.captions[:n_best]]
         if result.trust is not None:
             record.update(result.trust.to_json(neighbours))
+        if result.memory is not None:
+            record.update(result.memory.to_json())
         if run is not None:
             record.update(run)
     return finite(record)
@@ -272,7 +280,7 @@ def to_record(result: BatchResult, n_best: int = 1, neighbours: int = 0, run: di
 # The fields this module writes; any other key of a record (a column the user added to the CSV, a key added to
 # a JSON record) is the user's and is kept, on every row, through every rerun.
 OWN_FIELDS = frozenset({"path", "caption", "log_prob", "mean_log_prob", "error", "n_best", "in_domain",
-                        "confidence", "neighbours", "model", "decoding",
+                        "confidence", "neighbours", "model", "decoding", "memory_hits", "copied_words",
                         "alt_text", "metadata"})          # --write-metadata (__main__.py): replaced on a rerun
 _NBEST_COLUMN = re.compile(r"(caption|log_prob)_\d+")
 
@@ -292,6 +300,7 @@ def records_csv(records: Sequence[dict], header: Sequence[str] | None = None) ->
     if any("model" in r for r in records):
         columns += ["model", "decoding"]
     columns += [k for k in ("alt_text", "metadata") if any(k in r for r in records)]   # --write-metadata
+    columns += [k for k in ("memory_hits", "copied_words") if any(k in r for r in records)]   # --memory
     columns += ["error"]
     for r in records:
         columns += [k for k, v in r.items() if k not in columns and not _own(k) and not isinstance(v, (dict, list))]
@@ -302,6 +311,10 @@ def records_csv(records: Sequence[dict], header: Sequence[str] | None = None) ->
     writer.writeheader()
     for r in records:
         row = {k: ("" if r.get(k) is None else r[k]) for k in columns}
+        if isinstance(r.get("memory_hits"), list):        # a CSV cell each: 'image: caption (similarity)' | ...
+            row["memory_hits"] = " | ".join(f"{h['image']}: {h['caption']} ({h['similarity']})"
+                                            for h in r["memory_hits"])
+            row["copied_words"] = " ".join(r.get("copied_words") or [])
         for k, alt in enumerate((r.get("n_best") or [])[1:], 2):
             row[f"caption_{k}"] = alt["caption"]
             row[f"log_prob_{k}"] = "" if alt["log_prob"] is None else alt["log_prob"]
@@ -403,7 +416,7 @@ def _record_from_csv(row: dict) -> dict:
     for field in ("log_prob", "mean_log_prob", "in_domain"):
         if field in row or field != "in_domain":
             record[field] = _number(row.get(field))
-    for field in ("confidence", "model", "decoding", "alt_text", "metadata"):
+    for field in ("confidence", "model", "decoding", "alt_text", "metadata", "memory_hits", "copied_words"):
         if field in row:
             record[field] = row[field] or None
     alts = [{"caption": row[f"caption_{k}"], "log_prob": _number(row.get(f"log_prob_{k}"))}
@@ -528,7 +541,7 @@ def caption_files(captioner, paths: Sequence[str], config: DecodeConfig, out: st
                   on_result: Callable[[BatchResult], None] | None = None,
                   progress: bool = False, neighbours: int = 0, run: dict | None = None,
                   recaption: bool = False, stream: Callable[[list[str]], Iterable[BatchResult]] | None = None,
-                  save_share: float | None = None) -> RunSummary:
+                  save_share: float | None = None, memory=None) -> RunSummary:
     """Caption the image files ``paths`` (folders already gathered) and, with ``out``, keep the records there.
 
     With ``out``, the photos it already holds without an error are skipped (resume, see :func:`plan_resume`;
@@ -571,7 +584,7 @@ def caption_files(captioner, paths: Sequence[str], config: DecodeConfig, out: st
 
     pending = 0
     results = stream(plan.todo) if stream is not None else caption_stream(captioner, plan.todo, config, batch_size,
-                                                                          neighbours=neighbours)
+                                                                          neighbours=neighbours, memory=memory)
     try:
         with tqdm(total=len(plan.todo), unit="img", desc="captioning", disable=not progress or not plan.todo) as bar:
             for result in results:

@@ -423,6 +423,8 @@ def result_json(result, attention: bool = False) -> dict:
     trust = result.trust
     out["trust"] = None if trust is None else {**_finite(trust.to_json()), "level": trust.level,
                                                "explanation": trust.explanation}
+    if result.memory is not None:                  # a server with a memory: the remembered captions used
+        out.update(result.memory.to_json())
     return out
 
 
@@ -494,8 +496,11 @@ def _image_error(name: str, exc: InvalidImageError) -> tuple[int, str]:
     return (415 if isinstance(exc.__cause__, UnidentifiedImageError) else 422), f"{name}: {exc}"
 
 
-def create_app(captioner: "Captioner", max_concurrent: int | None = None, settings: ServerSettings | None = None):
-    """The FastAPI app serving ``captioner`` (loaded once, shared by every request), within ``settings``' limits."""
+def create_app(captioner: "Captioner", max_concurrent: int | None = None, settings: ServerSettings | None = None,
+               memory=None):
+    """The FastAPI app serving ``captioner`` (loaded once, shared by every request), within ``settings``' limits;
+    with ``memory`` (a :class:`~captioning.service.memory.routes.ServerMemory`) captions use it and /v1/memory
+    manages it."""
     settings = settings or ServerSettings(**({"max_concurrent": max_concurrent} if max_concurrent else {}))
     admission = Admission(settings)
     app = FastAPI(title="Captioning Studio API", version="1", docs_url=None, redoc_url=None,
@@ -539,7 +544,8 @@ def create_app(captioner: "Captioner", max_concurrent: int | None = None, settin
                     return arrays
                 start = time.perf_counter()
                 results = []
-                for result in caption_stream(captioner, arrays, config, batch_size=ENCODE_BATCH, names=names):
+                for result in caption_stream(captioner, arrays, config, batch_size=ENCODE_BATCH, names=names,
+                                             memory=memory.current() if memory is not None else None):
                     if gone.is_set():                         # stops between batches; nobody would read it
                         return []
                     results.append(result)
@@ -564,6 +570,10 @@ def create_app(captioner: "Captioner", max_concurrent: int | None = None, settin
         }
 
     add_photo_route(app, captioner, admission)              # the same queue and decoding slots
+    if memory is not None:
+        from captioning.service.memory.routes import add_memory_routes
+
+        add_memory_routes(app, captioner, admission, memory)
     return app
 
 
@@ -705,9 +715,10 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(bundle, host: str = "127.0.0.1", port: int = 8000, weights=None,
           max_concurrent: int = DEFAULT_CONCURRENCY, settings: ServerSettings | None = None,
-          insecure_no_auth: bool = False) -> None:
+          insecure_no_auth: bool = False, memory_data=None) -> None:
     """Check access and the port, then load the bundle once, warm it up, and serve the API with uvicorn until
-    interrupted. ValueError (one line) for a busy port or a network host without a key, before the model loads."""
+    interrupted. ValueError (one line) for a busy port or a network host without a key, before the model loads.
+    ``memory_data`` (a checked UserDataset, ``--memory``) is remembered beside the persisted memory."""
     import uvicorn
 
     from captioning import import_tensorflow_quietly
@@ -725,7 +736,9 @@ def serve(bundle, host: str = "127.0.0.1", port: int = 8000, weights=None,
     except BaseException:
         sock.close()
         raise
-    app = create_app(captioner, settings=settings)
+    from captioning.service.memory.routes import server_memory
+
+    app = create_app(captioner, settings=settings, memory=server_memory(captioner, memory_data))
     guard = "API key required" if settings.api_key else "no API key"
     print(f"Serving {captioner.bundle.name} on http://{host}:{port} (API docs: http://{host}:{port}/docs; "
           f"{guard})", flush=True)
