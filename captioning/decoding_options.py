@@ -168,6 +168,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("banned_words", tuple, (), "words never to emit", "Banned words", EVERY, "--ban", ("ban", "banned_words"),
            metavar="WORD"),
     Option("suppress_unk", bool, True, "never emit <unk>"),
+    Option("consensus", int, 0, "consensus reranking (Devlin et al. 2015): the beam's captions re-ranked by their "
+           "agreement (mean CIDEr-D) with the captions of this many nearest training photos (0 = off; needs the "
+           "bundle's retrieval index)", "Consensus neighbours (0 = off)", BEAMS, "--consensus", ("consensus",), 0,
+           100, slider=(0, 30, 1), metavar="K"),
+    Option("consensus_weight", float, 0.5, "consensus reranking: weight of each caption's own beam score beside its "
+           "agreement with the neighbours", "Consensus: weight of the model's score", BEAMS, "--consensus-weight",
+           ("consensus_weight", "cw"), 0.0, 100.0, slider=(0.0, 3.0, 0.1), metavar="W"),
 )
 OPTION = {o.name: o for o in OPTIONS}
 USER_OPTIONS = tuple(o for o in OPTIONS if o.flag)
