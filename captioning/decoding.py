@@ -616,6 +616,8 @@ def decode(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary, config
             out.extend(rerank.rerank(decoder, chunk, nbest, config))
         else:
             out.extend(beam_search(decoder, chunk, words, config, distinct=True))
+        if words is not vocab:                    # which remembered captions were read, which words copied
+            decoder.annotate(out[-len(chunk):])
         if progress:
             progress(len(chunk))
     return out

@@ -106,6 +106,16 @@ class RetrievalStepDecoder:
         self.last_hits = hits
         return extended_vocabulary(vocab, extra)
 
+    def annotate(self, nbest: list[list]) -> None:
+        """Give each caption of the batch :meth:`prepare` saw its ``memory_hits`` (the retrieved captions:
+        image, caption, similarity, source) and ``copied_words`` (its words that only a retrieved caption holds:
+        extended ids, which the vocabulary alone could not write)."""
+        for captions, hits in zip(nbest, self.last_hits):
+            read = [{"image": h[1], "caption": h[0], "similarity": round(h[2], 4), "source": h[3]} for h in hits]
+            for caption in captions:
+                caption.memory_hits = read
+                caption.copied_words = [w for w in caption.words if w not in self.vocab.stoi]
+
     def start(self, features, repeat: int = 1):
         if self._pending is not None and self._pending[0] == id(features):
             ids, ext = self._pending[1:]

@@ -41,6 +41,8 @@ def test_the_copy_gate_writes_an_out_of_vocabulary_word_of_a_retrieved_caption()
     assert all(n[0].words and set(n[0].words) <= {"a", "zeppelin", "over", "the", "water"} for n in copying)
     only = decode(_decoder(-30.0, text="Zeppelin"), FEATURES, VOCAB, DecodeConfig(beam_width=2, max_length=3))
     assert all(n[0].words[0] == "zeppelin" for n in only)
+    assert only[0][0].copied_words[0] == "zeppelin"
+    assert only[0][0].memory_hits == [{"image": "mine.jpg", "caption": "Zeppelin", "similarity": 0.9, "source": "user"}]
     generating = decode(_decoder(-30.0, copy=False, text="Zeppelin"), FEATURES, VOCAB,
                         DecodeConfig(max_length=4))                                    # the gate forced to 1
     assert not any("zeppelin" in n[0].words for n in generating)
