@@ -72,7 +72,7 @@ class DecodeConfig:
     no_repeat_word: bool = False
     banned_words: tuple[str, ...] = ()
     consensus: int = 0
-    consensus_weight: float = 0.5
+    consensus_weight: float = OPTION["consensus_weight"].default
 
     def __post_init__(self):
         if self.strategy not in ("auto", *STRATEGIES):
