@@ -596,12 +596,13 @@ def decode(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary, config
     images at a time and memory stays flat (an attention decoder keeps a (rows, P, F) context); the captions
     do not depend on the batching (samples neither: each image has its own random stream).
     """
-    from . import rerank
-
     batch_size = max(1, min(batch_size, max_rows // config.rows_per_image))
-    kind, reranks = config.kind, rerank.active(config)
-    if reranks:
-        rerank.source_of(decoder)                 # no index: one line before any decoding
+    kind = config.kind
+    reranks = kind in ("beam", "diverse") and config.consensus > 0
+    consensus = getattr(decoder, "consensus", None)       # the bundle's nearest training photos (rerank module)
+    if reranks and consensus is None:
+        raise ValueError("consensus reranking needs the bundle's retrieval index (the nearest training photos); "
+                         "add one with: python train.py index --out BUNDLE, or set consensus to 0")
     out: list[list[Caption]] = []
     for lo in range(0, len(features), batch_size):
         chunk = features[lo: lo + batch_size]
@@ -612,8 +613,9 @@ def decode(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary, config
         elif kind == "sample":
             out.extend(sample_search(decoder, chunk, words, config, first_index=lo))
         elif reranks:                             # every beam's caption, re-ranked by the neighbours' captions
-            nbest = beam_search(decoder, chunk, words, rerank.widened(config), distinct=True)
-            out.extend(rerank.rerank(decoder, chunk, nbest, config))
+            nbest = beam_search(decoder, chunk, words, replace(config, num_return_sequences=config.beam_width),
+                                distinct=True)
+            out.extend(consensus.rerank(chunk, nbest, config))
         else:
             out.extend(beam_search(decoder, chunk, words, config, distinct=True))
         if words is not vocab:                    # which remembered captions were read, which words copied

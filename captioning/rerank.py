@@ -15,8 +15,6 @@ that photo and the index alone (never on the other photos of a batch). The decod
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from .stepper import features_for
@@ -54,42 +52,20 @@ class ConsensusSource:
         _, rows = self.index.search(np.asarray(own, np.float32), k)                 # (Q, k)
         return [[c for r in photo for c in self.captions[r]] for photo in rows]
 
+    def scores(self, candidates: list[list[str]], neighbours: list[list[str]]) -> list[float]:
+        """Mean CIDEr-D of each candidate (words) against the neighbours' captions."""
+        return [self.cider.score(words, neighbours) if neighbours else 0.0 for words in candidates]
 
-def active(config) -> bool:
-    """Whether ``config`` reranks: a beam strategy with ``consensus`` neighbours > 0."""
-    return config.kind in ("beam", "diverse") and config.consensus > 0
-
-
-def widened(config):
-    """The config beam search runs so there is a list to rerank: every beam's caption (the n-best list as wide as
-    the beam)."""
-    return replace(config, num_return_sequences=config.beam_width)
-
-
-def source_of(decoder) -> ConsensusSource:
-    source = getattr(decoder, "consensus", None)
-    if source is None:
-        raise ValueError("consensus reranking needs the bundle's retrieval index (the nearest training photos); "
-                         "add one with: python train.py index --out BUNDLE, or set consensus to 0")
-    return source
-
-
-def consensus_scores(source: ConsensusSource, candidates: list[list[str]], neighbours: list[list[str]]) -> list[float]:
-    """Mean CIDEr-D of each candidate (words) against the neighbours' captions."""
-    return [source.cider.score(words, neighbours) if neighbours else 0.0 for words in candidates]
-
-
-def rerank(decoder, features, nbest: list[list], config) -> list[list]:
-    """Each photo's n-best list (from :func:`widened`) re-sorted by consensus + weight * beam score, cut to
-    ``config.num_return_sequences``. Each caption gets a ``consensus`` attribute (its mean CIDEr-D)."""
-    source = source_of(decoder)
-    neighbours = source.neighbour_captions(features, config.consensus)
-    out = []
-    for captions, refs in zip(nbest, neighbours):
-        scores = consensus_scores(source, [c.words for c in captions], refs)
-        for caption, value in zip(captions, scores):
-            caption.consensus = value
-        order = sorted(range(len(captions)),
-                       key=lambda i: -(scores[i] + config.consensus_weight * captions[i].score))
-        out.append([captions[i] for i in order][: config.num_return_sequences])
-    return out
+    def rerank(self, features, nbest: list[list], config) -> list[list]:
+        """Each photo's n-best list (every beam's caption) re-sorted by consensus + weight * beam score, cut to
+        ``config.num_return_sequences``. Each caption gets a ``consensus`` attribute (its mean CIDEr-D)."""
+        neighbours = self.neighbour_captions(features, config.consensus)
+        out = []
+        for captions, refs in zip(nbest, neighbours):
+            scores = self.scores([c.words for c in captions], refs)
+            for caption, value in zip(captions, scores):
+                caption.consensus = value
+            order = sorted(range(len(captions)),
+                           key=lambda i: -(scores[i] + config.consensus_weight * captions[i].score))
+            out.append([captions[i] for i in order][: config.num_return_sequences])
+        return out

@@ -15,8 +15,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from .retrieval import normalise, pooled
 from .text import Vocabulary, tokenize
+
+
+def pooled(features) -> np.ndarray:
+    """(B, D) pooled features, float32 (spatial maps (B, P, D) averaged over P, as the encoder pools)."""
+    x = np.asarray(features, np.float32)
+    return x.mean(axis=1) if x.ndim == 3 else x
+
+
+def normalise(features) -> np.ndarray:
+    """Rows scaled to unit L2 norm (all-zero rows stay zero)."""
+    return features / np.maximum(np.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
 
 
 class IndexMemory:

@@ -5,7 +5,7 @@ import pytest
 
 from captioning.decoding import Caption, DecodeConfig, decode, parse_spec
 from captioning.decoding_options import resolve
-from captioning.rerank import ConsensusSource, rerank
+from captioning.rerank import ConsensusSource
 from captioning.retrieval import RetrievalIndex, normalise
 from captioning.text import Vocabulary
 
@@ -27,17 +27,13 @@ def _cap(text, score):
 def test_the_candidate_agreeing_with_the_neighbours_wins_unless_the_model_score_dominates():
     index, query = _index()
     source = ConsensusSource(index)
-
-    class Decoder:
-        consensus = source
-
     nbest = [[_cap("a dog runs on the grass", -0.3), _cap("a cat sits on the sofa", -0.6)]]
-    near = rerank(Decoder(), query[None], [list(c) for c in nbest], DecodeConfig(beam_width=2, consensus=4,
+    near = source.rerank(query[None], [list(c) for c in nbest], DecodeConfig(beam_width=2, consensus=4,
                                                                                    consensus_weight=0.5,
                                                                                    num_return_sequences=2))
     assert near[0][0].text == "a cat sits on the sofa"          # the neighbours are cats on sofas
     assert near[0][0].consensus > near[0][1].consensus
-    trusted = rerank(Decoder(), query[None], [list(c) for c in nbest], DecodeConfig(beam_width=2, consensus=4,
+    trusted = source.rerank(query[None], [list(c) for c in nbest], DecodeConfig(beam_width=2, consensus=4,
                                                                                       consensus_weight=100,
                                                                                       num_return_sequences=2))
     assert trusted[0][0].text == "a dog runs on the grass"      # a huge weight keeps the beam's own order
@@ -45,12 +41,9 @@ def test_the_candidate_agreeing_with_the_neighbours_wins_unless_the_model_score_
 
 def test_rerank_keeps_the_requested_number_of_captions():
     index, query = _index()
-
-    class Decoder:
-        consensus = ConsensusSource(index)
-
     nbest = [[_cap("a dog", -0.1), _cap("a cat on a sofa", -0.2), _cap("a sofa", -0.3)]]
-    out = rerank(Decoder(), query[None], nbest, DecodeConfig(beam_width=3, consensus=2, num_return_sequences=2))
+    config = DecodeConfig(beam_width=3, consensus=2, num_return_sequences=2)
+    out = ConsensusSource(index).rerank(query[None], nbest, config)
     assert len(out[0]) == 2 and out[0][0].text == "a cat on a sofa"
 
 

@@ -76,7 +76,7 @@ def test_assess_lists_neighbours_with_their_captions_and_maps_scores_to_levels()
     far[0, 0] = 1.0                                                       # one feature only: unlike the rest
     near, odd = index.assess(np.concatenate([feats[:1], far]), neighbours=3)
     assert [n.name for n in near.neighbours][0] == "img0.jpg" and len(near.neighbours) == 3
-    assert near.neighbours[0].captions == ["caption 0 a", "caption 0 b"]
+    assert near.neighbours[0].captions == ["caption 0 a", "caption 0 b", "c"]
     assert near.in_domain == pytest.approx(min(1.0, index.similarity(feats[:1])[0]))
     assert near.in_domain > odd.in_domain
     assert odd.level == index.calibration.level(odd.in_domain)
