@@ -194,6 +194,7 @@ def test_level_table_and_bins_summarise_cider_by_score():
 def test_train_py_puts_a_calibrated_index_in_the_bundle(tiny_bundle, flickr_dir):
     from captioning import Flickr8k
     from captioning.bundle import load_bundle
+    from captioning.retrieval import CAPTIONS_PER_IMAGE
 
     bundle = load_bundle(tiny_bundle)
     manifest = bundle.manifest
@@ -202,7 +203,7 @@ def test_train_py_puts_a_calibrated_index_in_the_bundle(tiny_bundle, flickr_dir)
     assert len(index) == manifest["data"]["splits"]["train"] and index.dim == 1280
     assert index.encoder == bundle.encoder["key"]
     ds = Flickr8k.load(flickr_dir, check_images=False)
-    assert index.captions[0] == ds.captions[index.names[0]][:2]
+    assert index.captions[0] == ds.captions[index.names[0]][:CAPTIONS_PER_IMAGE]          # every caption (5)
     report = index.calibration.report
     assert report["dev_images"] == manifest["data"]["splits"]["dev"]
     assert sum(v["count"] for v in report["test_levels"].values()) == manifest["data"]["splits"]["test"]
