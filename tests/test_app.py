@@ -73,7 +73,8 @@ def test_caption_page_sample_shows_references_and_bleu(app_env):
     labels = {m.label for m in at.metric}
     assert {"BLEU-1", "BLEU-4"} <= labels
     assert "Human captions" in texts(at)
-    assert next(m for m in at.metric if m.label == "Decoding").value == "beam 5"     # the default
+    # the default: beam 5, re-ranked by consensus with the nearest training photos (the bundle has an index)
+    assert next(m for m in at.metric if m.label == "Decoding").value == "beam 5 (consensus 10, w 1.5)"
     at.segmented_control(key="caption_strategy").set_value("Greedy").run()
     assert not at.exception, at.exception
     assert next(m for m in at.metric if m.label == "Decoding").value == "greedy"

@@ -238,7 +238,8 @@ def test_spec_error_lists_every_key():
     with pytest.raises(ValueError) as err:
         parse_spec("sample:x=1")
     assert str(err.value) == ("decoding spec 'sample:x=1': unknown option 'x'; use one of ban, banned_words, "
-                              "beam_width, beams, diversity_penalty, groups, length_penalty, lp, max_length, "
+                              "beam_width, beams, consensus, consensus_weight, cw, diversity_penalty, groups, "
+                              "length_penalty, lp, max_length, "
                               "min_length, n, n_best, no_repeat_ngram, no_repeat_ngram_size, no_repeat_word, penalty, "
                               "repetition_penalty, seed, t, temperature, top_k, top_p, width")
 
@@ -653,7 +654,8 @@ def test_more_config_errors_are_exact(kwargs, message):
 def test_a_value_without_a_key_names_every_key():
     with pytest.raises(ValueError) as err:
         parse_spec("sample:5")
-    keys = ("ban, banned_words, beam_width, beams, diversity_penalty, groups, length_penalty, lp, max_length, "
+    keys = ("ban, banned_words, beam_width, beams, consensus, consensus_weight, cw, diversity_penalty, groups, "
+            "length_penalty, lp, max_length, "
             "min_length, n, n_best, no_repeat_ngram, no_repeat_ngram_size, no_repeat_word, penalty, "
             "repetition_penalty, seed, t, temperature, top_k, top_p, width")
     assert str(err.value) == f"decoding spec 'sample:5': '5' should be KEY=VALUE (keys: {keys})"

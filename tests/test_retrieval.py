@@ -51,7 +51,9 @@ def test_index_is_unit_float16_keeps_some_captions_and_a_training_photo_finds_it
     index, feats = random_index()
     assert index.vectors.dtype == np.float16
     np.testing.assert_allclose(np.linalg.norm(index.vectors.astype(np.float32), axis=1), 1.0, atol=2e-3)
-    assert index.captions[3] == ["caption 3 a", "caption 3 b"]           # CAPTIONS_PER_IMAGE human captions
+    from captioning.evaluation.trust import CAPTIONS_PER_IMAGE
+
+    assert index.captions[3] == ["caption 3 a", "caption 3 b", "c"][:CAPTIONS_PER_IMAGE]   # up to that many kept
     sims, rows = index.search(feats[[5, 42]], 1)
     assert list(rows[:, 0]) == [5, 42] and np.all(sims > 0.999)
 
@@ -74,7 +76,7 @@ def test_assess_lists_neighbours_with_their_captions_and_maps_scores_to_levels()
     far[0, 0] = 1.0                                                       # one feature only: unlike the rest
     near, odd = index.assess(np.concatenate([feats[:1], far]), neighbours=3)
     assert [n.name for n in near.neighbours][0] == "img0.jpg" and len(near.neighbours) == 3
-    assert near.neighbours[0].captions == ["caption 0 a", "caption 0 b"]
+    assert near.neighbours[0].captions == ["caption 0 a", "caption 0 b", "c"]
     assert near.in_domain == pytest.approx(min(1.0, index.similarity(feats[:1])[0]))
     assert near.in_domain > odd.in_domain
     assert odd.level == index.calibration.level(odd.in_domain)
@@ -192,6 +194,7 @@ def test_level_table_and_bins_summarise_cider_by_score():
 def test_train_py_puts_a_calibrated_index_in_the_bundle(tiny_bundle, flickr_dir):
     from captioning.artifacts.bundle import load_bundle
     from captioning.data.flickr8k import Flickr8k
+    from captioning.evaluation.trust import CAPTIONS_PER_IMAGE
 
     bundle = load_bundle(tiny_bundle)
     manifest = bundle.manifest
@@ -200,7 +203,7 @@ def test_train_py_puts_a_calibrated_index_in_the_bundle(tiny_bundle, flickr_dir)
     assert len(index) == manifest["data"]["splits"]["train"] and index.dim == 1280
     assert index.encoder == bundle.encoder["key"]
     ds = Flickr8k.load(flickr_dir, check_images=False)
-    assert index.captions[0] == ds.captions[index.names[0]][:2]
+    assert index.captions[0] == ds.captions[index.names[0]][:CAPTIONS_PER_IMAGE]          # every caption (5)
     report = index.calibration.report
     assert report["dev_images"] == manifest["data"]["splits"]["dev"]
     assert sum(v["count"] for v in report["test_levels"].values()) == manifest["data"]["splits"]["test"]

@@ -85,7 +85,7 @@ def test_the_default_caption_is_beam_5_from_the_api_and_the_cli(api, photo, tiny
     from captioning.__main__ import main
 
     body = post(api, upload(photo)).json()
-    assert body["strategy"] == "beam" and body["decoding_label"] == "beam 5"
+    assert body["strategy"] == "beam" and body["decoding_label"] == "beam 5 (consensus 10, w 1.5)"   # has an index
     assert main(["caption", str(photo), "--bundle", str(tiny_bundle), "--weights", str(mobilenet_weights)]) == 0
     line = capsys.readouterr().out.strip().splitlines()[0]
     assert line.split("\t")[1] == body["results"][0]["captions"][0]["text"]

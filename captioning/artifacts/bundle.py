@@ -141,12 +141,30 @@ class Bundle:
     def step_decoder(self):
         """What decoding runs: the decoder's compiled step API, or the ensemble of all the bundle's decoders
         (which decodes :class:`~captioning.models.stepper.MultiFeatures` when its decoders read several encoders)."""
-        from captioning.models.stepper import EnsembleStepDecoder, StepDecoder
+        from captioning.models.stepper import EnsembleStepDecoder
 
-        steps = [StepDecoder(d) for d in self.decoders]
-        if len(steps) == 1:
-            return steps[0]
-        return EnsembleStepDecoder(steps, self.decoder_keys if self.multi_encoder else None)
+        steps = [self._steps(d) for d in self.decoders]
+        out = steps[0] if len(steps) == 1 else \
+            EnsembleStepDecoder(steps, self.decoder_keys if self.multi_encoder else None)
+        if self.index is not None:                # consensus reranking reads the nearest training photos
+            from captioning.evaluation.rerank import ConsensusSource
+
+            out.consensus = ConsensusSource(self.index, encoder_key(self.encoder) if self.multi_encoder else None)
+        return out
+
+
+    def _steps(self, decoder):
+        """One decoder's step API; the retrieval decoder reads its datastore (the bundle's index)."""
+        from captioning.models.stepper import StepDecoder
+
+        if getattr(decoder, "uses_memory", False):
+            from captioning.models.retrieval_steps import IndexMemory, RetrievalStepDecoder
+
+            if self.index is None:
+                raise BundleError(f"Bundle {self.path}: its retrieval decoder needs the datastore (index.npy and "
+                                  f"index.json). Rebuild the index with: python train.py index --out {self.path}")
+            return RetrievalStepDecoder(decoder, IndexMemory(self.index), self.vocab)
+        return StepDecoder(decoder)
 
 
 def split_pick(arg: str) -> tuple[str, list[int] | None]:
@@ -341,6 +359,7 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool
 
     from captioning.evaluation.trust import INDEX_FILES
     from captioning.models import decoders as models  # noqa: F401  (registers the decoder classes for deserialisation)
+    from captioning.models import retrieval as retrieval_decoder  # noqa: F401  (registers the decoder classes for deserialisation)
     from captioning.vision.encoders import get_spec
 
     path = Path(path)

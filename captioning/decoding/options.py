@@ -25,6 +25,10 @@ STRATEGY_HELP = ("greedy: the likeliest word at each step; beam: beam search (th
 DEFAULT_STRATEGY = "beam"
 DEFAULT_BEAM_WIDTH = 5
 DIVERSE_DEFAULTS = {"num_groups": 2, "diversity_penalty": 0.5}      # beam width: 2 beams per group
+# Consensus reranking (captioning.evaluation.rerank), on by default for bundles with a retrieval index: k and the
+# weight of the beam score chosen on the dev split at beam 5 (docs/experiments.md, "Consensus reranking").
+DEFAULT_CONSENSUS = 10
+DEFAULT_CONSENSUS_WEIGHT = 1.5
 
 BEAMS = ("beam", "diverse")
 EVERY = STRATEGIES
@@ -168,6 +172,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("banned_words", tuple, (), "words never to emit", "Banned words", EVERY, "--ban", ("ban", "banned_words"),
            metavar="WORD"),
     Option("suppress_unk", bool, True, "never emit <unk>"),
+    Option("consensus", int, 0, "consensus reranking (Devlin et al. 2015): the beam's captions re-ranked by their "
+           "agreement (mean CIDEr-D) with the captions of the K nearest training photos (0 = off; default 10 when the "
+           "bundle has a retrieval index)", "Consensus neighbours (0 = off)", BEAMS, "--consensus", ("consensus",), 0,
+           100, slider=(0, 30, 1), metavar="K"),
+    Option("consensus_weight", float, DEFAULT_CONSENSUS_WEIGHT, "consensus reranking: weight of each caption's "
+           "own beam score beside its agreement with the neighbours", "Consensus: weight of the model's score",
+           BEAMS, "--consensus-weight", ("consensus_weight", "cw"), 0.0, 100.0, slider=(0.0, 5.0, 0.1),
+           metavar="W"),
 )
 OPTION = {o.name: o for o in OPTIONS}
 USER_OPTIONS = tuple(o for o in OPTIONS if o.flag)
@@ -254,7 +266,9 @@ def shown(config) -> dict:
     """A DecodeConfig as its front ends name it (API field -> value): the options its strategy uses, the n-best size
     and n-gram constraint always, the other constraints when set."""
     always = {"num_return_sequences", "no_repeat_ngram_size"}
+    off = set() if getattr(config, "consensus", 0) else {"consensus", "consensus_weight"}   # reranking when on
     return {o.field: list(getattr(config, o.name)) if o.kind is tuple else getattr(config, o.name)
             for o in USER_OPTIONS
             if o.uses(config.kind) and (o.strategies != EVERY or o.name in always
-                                        or getattr(config, o.name) != o.default) and o.name != "max_length"}
+                                        or getattr(config, o.name) != o.default) and o.name != "max_length"
+            and o.name not in off}

@@ -49,6 +49,9 @@ class DecodeConfig:
             multiplied by this (> 1 discourages repeats; 1 = off).
         no_repeat_word: never the same word twice in a row.
         banned_words: words never emitted (words the vocabulary lacks cannot be emitted anyway).
+        consensus: beam, diverse: rerank every beam's caption by its agreement with the captions of this many
+            nearest training photos (:mod:`captioning.evaluation.rerank`; 0 = off).
+        consensus_weight: the weight of a caption's beam score beside that agreement.
     """
 
     beam_width: int = 1
@@ -68,6 +71,8 @@ class DecodeConfig:
     repetition_penalty: float = 1.0
     no_repeat_word: bool = False
     banned_words: tuple[str, ...] = ()
+    consensus: int = 0
+    consensus_weight: float = OPTION["consensus_weight"].default
 
     def __post_init__(self):
         if self.strategy not in ("auto", *STRATEGIES):
@@ -123,6 +128,8 @@ class DecodeConfig:
             out.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed)
         if self.kind == "diverse":
             out.update(num_groups=self.num_groups, diversity_penalty=self.diversity_penalty)
+        if self.kind in ("beam", "diverse") and self.consensus:
+            out.update(consensus=self.consensus, consensus_weight=self.consensus_weight)
         out["num_return_sequences"] = self.num_return_sequences
         for name, off in (("min_length", 1), ("no_repeat_ngram_size", 0), ("repetition_penalty", 1.0),
                           ("no_repeat_word", False), ("banned_words", ())):
@@ -156,6 +163,8 @@ class DecodeConfig:
             extras.append("no word twice in a row")
         if self.banned_words:
             extras.append("banned " + " ".join(self.banned_words))
+        if kind in ("beam", "diverse") and self.consensus:
+            extras.append(f"consensus {self.consensus}, w {self.consensus_weight:g}")
         return text + (f" ({'; '.join(extras)})" if extras else "")
 
 
@@ -589,15 +598,28 @@ def decode(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary, config
     """
     batch_size = max(1, min(batch_size, max_rows // config.rows_per_image))
     kind = config.kind
+    reranks = kind in ("beam", "diverse") and config.consensus > 0
+    consensus = getattr(decoder, "consensus", None)       # the bundle's nearest training photos (rerank module)
+    if reranks and consensus is None:
+        raise ValueError("consensus reranking needs the bundle's retrieval index (the nearest training photos); "
+                         "add one with: python train.py index --out BUNDLE, or set consensus to 0")
     out: list[list[Caption]] = []
     for lo in range(0, len(features), batch_size):
         chunk = features[lo: lo + batch_size]
+        # A decoder with a memory retrieves the batch's captions; their new words extend the vocabulary.
+        words = decoder.prepare(chunk, vocab) if hasattr(decoder, "prepare") else vocab
         if kind == "greedy":
-            out.extend([c] for c in greedy_search(decoder, chunk, vocab, config))
+            out.extend([c] for c in greedy_search(decoder, chunk, words, config))
         elif kind == "sample":
-            out.extend(sample_search(decoder, chunk, vocab, config, first_index=lo))
+            out.extend(sample_search(decoder, chunk, words, config, first_index=lo))
+        elif reranks:                             # every beam's caption, re-ranked by the neighbours' captions
+            nbest = beam_search(decoder, chunk, words, replace(config, num_return_sequences=config.beam_width),
+                                distinct=True)
+            out.extend(consensus.rerank(chunk, nbest, config))
         else:
-            out.extend(beam_search(decoder, chunk, vocab, config, distinct=True))
+            out.extend(beam_search(decoder, chunk, words, config, distinct=True))
+        if words is not vocab:                    # which remembered captions were read, which words copied
+            decoder.annotate(out[-len(chunk):])
         if progress:
             progress(len(chunk))
     return out

@@ -32,7 +32,8 @@ INDEX_FILES = (VECTORS_FILE, META_FILE)
 
 # --- the knobs, in one place -----------------------------------------------------------------------------------
 K = 5                           # neighbours averaged into the similarity score (and shown)
-CAPTIONS_PER_IMAGE = 2          # human captions kept per training photo, so the app explains without Flickr8k
+CAPTIONS_PER_IMAGE = 5          # every human caption of a training photo: the app explains without Flickr8k and
+                                # consensus reranking compares with all of them (dev CIDEr-D .603 vs .595 with 2)
 UNFAMILIAR_QUANTILE = 0.05      # below the score of all but 5% of dev photos: unlike anything in training
 FAMILIAR_QUANTILE = 0.25        # above the score of the dev split's least typical quarter: familiar
 NORM_TOLERANCE = 0.01          # stored rows are unit vectors in float16 (|norm - 1| < 0.002 measured)

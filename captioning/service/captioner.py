@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from captioning.artifacts.bundle import Bundle, load_bundle
-from captioning.decoding.options import DEFAULT_BEAM_WIDTH
+from captioning.decoding.options import DEFAULT_BEAM_WIDTH, DEFAULT_CONSENSUS
 from captioning.decoding.search import Caption, DecodeConfig, decode
 from captioning.models.stepper import MultiFeatures, as_float32
 from captioning.vision.encoders import build_encoder, get_spec
@@ -35,8 +35,10 @@ class Captioner:
         self.weights = weights                      # that encoder's weights file (others: found as usual)
         self.steps = bundle.step_decoder()
         self.spatial = bundle.uses_spatial          # attention decoders read the map (merge members pool it)
-        # The one default of the CLI, the API and the app: beam 5 (beam_width=1 still means greedy).
-        self.default_config = DecodeConfig(max_length=bundle.max_length, beam_width=DEFAULT_BEAM_WIDTH)
+        # The one default of the CLI, the API and the app: beam 5 (beam_width=1 still means greedy), its captions
+        # re-ranked by consensus with the nearest training photos when the bundle has their index.
+        self.default_config = DecodeConfig(max_length=bundle.max_length, beam_width=DEFAULT_BEAM_WIDTH,
+                                           consensus=DEFAULT_CONSENSUS if bundle.index is not None else 0)
         # A cross-encoder ensemble runs each of its encoders once per photo; most bundles have one.
         self.encoders = {get_spec(e.name, e.alpha).key: e for e in bundle.encoders}
         self._encoders: dict[str, object] = {}

@@ -1,0 +1,87 @@
+"""Train the retrieval-augmented decoder (decoder kind ``retrieval``) on a bundle's training photos and write it
+as a bundle whose datastore is the training photos with every caption.
+
+    python scripts/train_retrieval.py --base artifacts/xception-merge --out artifacts/xception-retrieval \\
+        --data-dir $FLICKR8K_DIR --cache-dir .cache --epochs 4
+
+The training photos' features are the base bundle's index (pooled, unit rows: the decoder normalises its input,
+so they are what it reads at caption time); the dev photos' pooled features come from the feature cache
+(``python train.py features``). The merge decoder of ``--base`` warm-starts the shared layers.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np  # noqa: E402
+
+from captioning.artifacts.bundle import load_bundle, read_manifest  # noqa: E402
+from captioning.data.flickr8k import Flickr8k  # noqa: E402
+from captioning.models.retrieval import RetrievalDecoder, warm_start  # noqa: E402
+from captioning.training.retrieval import (  # noqa: E402
+    datastore_index,
+    nearest,
+    tokenised,
+    train,
+    write_bundle,
+)
+from captioning.vision.features import FeatureCache  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", default="artifacts/xception-merge", help="a merge bundle with a retrieval index")
+    ap.add_argument("--out", default="artifacts/xception-retrieval")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--cache-dir", default=".cache", help="holds features/<encoder>/ with the dev photos")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--neighbours", type=int, default=8, help="memory slots (captions read per photo, at most)")
+    ap.add_argument("--caption-tokens", type=int, default=16, help="tokens kept per retrieved caption")
+    ap.add_argument("--no-copy", action="store_true", help="train without the copy gate (the ablation)")
+    ap.add_argument("--learning-rate", type=float, default=5e-4)
+    ap.add_argument("--limit", type=int, default=None, help="smoke run: this many training and dev photos")
+    ap.add_argument("--no-dev", action="store_true", help="no dev loss (every epoch's model is written)")
+    args = ap.parse_args(argv)
+
+    base = load_bundle(args.base)
+    if base.index is None or base.decoder.kind != "merge":
+        print(f"{args.base}: needs a merge decoder and a retrieval index (python train.py index)", file=sys.stderr)
+        return 2
+    ds = Flickr8k.load(args.data_dir, check_images=False)
+    index = datastore_index(base.index, ds.captions)
+    train_names = index.names[: args.limit] if args.limit else index.names
+    vectors = index.vectors[: len(train_names)].astype(np.float32)
+    captions = tokenised(ds.captions, train_names)
+    neighbours = nearest(vectors, vectors, args.neighbours, exclude_self=True)
+    dev = None
+    if not args.no_dev:
+        dev_names = ds.splits["dev"][: args.limit] if args.limit else ds.splits["dev"]
+        dev_features = FeatureCache(Path(args.cache_dir) / "features", base.encoder.key).load(dev_names)
+        dev_features = dev_features.astype(np.float32)
+        # each dev photo is example row i; its neighbours are rows of the training captions, appended after
+        all_captions = captions + tokenised(ds.captions, dev_names)
+        dev_near = np.concatenate([np.zeros((len(train_names), args.neighbours), int),
+                                   nearest(vectors, dev_features, args.neighbours)])
+        dev_feats = np.concatenate([np.zeros((len(train_names), vectors.shape[1]), np.float32), dev_features])
+        dev = (dev_feats, all_captions, dev_near, list(range(len(train_names), len(all_captions))))
+    model = RetrievalDecoder(len(base.vocab), base.decoder.feature_dim, base.decoder.embed_dim, base.decoder.units,
+                             0.5, args.neighbours, args.caption_tokens, copy=not args.no_copy)
+    model.build()
+    print("warm start:", warm_start(model, base.decoder), flush=True)
+    command = "python scripts/train_retrieval.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    history: list[dict] = []
+
+    def on_epoch(epoch, entry, improved):
+        history.append(entry)
+        if improved or dev is None:
+            write_bundle(args.out, model, base.vocab, read_manifest(args.base), index, history, command)
+            print(f"epoch {epoch}: bundle written to {args.out}", flush=True)
+
+    train(model, vectors, captions, list(range(len(train_names))), neighbours, base.vocab, dev, args.epochs,
+          learning_rate=args.learning_rate, on_epoch=on_epoch, log=lambda s: print(s, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The retrieval-augmented decoder (captioning.models.retrieval / retrieval_steps): its copy gate writes a word
+found only in a retrieved caption, every decoding strategy and constraint runs with it, and training targets
+copy out-of-vocabulary words of the neighbours' captions."""
+import numpy as np
+import pytest
+
+from captioning.data.text import Vocabulary
+from captioning.decoding.search import DecodeConfig, decode
+from captioning.models.retrieval import RetrievalDecoder, copy_loss
+from captioning.models.retrieval_steps import RetrievalStepDecoder, encode_memory
+from captioning.training.retrieval import make_examples, nearest
+
+VOCAB = Vocabulary(["a", "boat", "on", "the", "water"])
+
+
+class Memory:
+    """Every photo retrieves the same remembered caption, holding a word the vocabulary lacks."""
+
+    def __init__(self, text="A zeppelin over the water"):
+        self.text = text
+
+    def retrieve(self, features, k):
+        return [[(self.text, "mine.jpg", 0.9, "user")] for _ in range(len(features))]
+
+
+def _decoder(copy_bias: float, copy=True, text="A zeppelin over the water"):
+    model = RetrievalDecoder(len(VOCAB), 6, embed_dim=8, units=8, dropout=0.0, neighbours=2, caption_tokens=5)
+    model.build()
+    w, _ = model.gate.get_weights()
+    model.gate.set_weights([np.zeros_like(w), np.full((1,), copy_bias, np.float32)])   # p_gen = sigmoid(bias)
+    return RetrievalStepDecoder(model, Memory(text), VOCAB, copy=copy)
+
+
+FEATURES = np.random.default_rng(0).random((3, 6)).astype(np.float32)
+
+
+def test_the_copy_gate_writes_an_out_of_vocabulary_word_of_a_retrieved_caption():
+    assert "zeppelin" not in VOCAB.stoi
+    # p_gen ~ 0: every word comes from the remembered caption (attention spreads over its words)
+    copying = decode(_decoder(-30.0), FEATURES, VOCAB, DecodeConfig(max_length=4))
+    assert all(n[0].words and set(n[0].words) <= {"a", "zeppelin", "over", "the", "water"} for n in copying)
+    only = decode(_decoder(-30.0, text="Zeppelin"), FEATURES, VOCAB, DecodeConfig(beam_width=2, max_length=3))
+    assert all(n[0].words[0] == "zeppelin" for n in only)
+    assert only[0][0].copied_words[0] == "zeppelin"
+    assert only[0][0].memory_hits == [{"image": "mine.jpg", "caption": "Zeppelin", "similarity": 0.9, "source": "user"}]
+    generating = decode(_decoder(-30.0, copy=False, text="Zeppelin"), FEATURES, VOCAB,
+                        DecodeConfig(max_length=4))                                    # the gate forced to 1
+    assert not any("zeppelin" in n[0].words for n in generating)
+
+
+@pytest.mark.parametrize("config", [
+    DecodeConfig(max_length=5),
+    DecodeConfig(beam_width=3, num_return_sequences=3, max_length=5),
+    DecodeConfig(strategy="sample", num_return_sequences=2, seed=1, max_length=5),
+    DecodeConfig(strategy="diverse", beam_width=4, num_groups=2, diversity_penalty=0.5, max_length=5),
+    DecodeConfig(beam_width=3, banned_words=("zeppelin",), max_length=5),
+    DecodeConfig(beam_width=3, no_repeat_word=True, no_repeat_ngram_size=2, repetition_penalty=1.5, max_length=5),
+])
+def test_every_strategy_and_constraint_runs_batched(config):
+    steps = _decoder(0.0)
+    one_by_one = decode(steps, FEATURES, VOCAB, config, batch_size=1)
+    batched = decode(steps, FEATURES, VOCAB, config, batch_size=2)
+    assert [[c.words for c in n] for n in batched] == [[c.words for c in n] for n in one_by_one]
+    for n in batched:
+        assert 1 <= len(n) <= config.num_return_sequences
+        for caption in n:
+            assert len(caption.token_probs) <= config.max_length
+            assert all(0.0 <= p <= 1.0 + 1e-6 for p in caption.token_probs)
+            if config.banned_words:
+                assert "zeppelin" not in caption.words
+            if config.no_repeat_word:
+                assert all(a != b for a, b in zip(caption.words, caption.words[1:]))
+
+
+def test_training_targets_copy_out_of_vocabulary_words_and_the_loss_is_finite():
+    captions = [[["a", "zeppelin", "on", "the", "water"]], [["a", "zeppelin", "over", "water"]],
+                [["a", "boat", "on", "the", "water"]]]
+    near = nearest(np.eye(3, 6, dtype=np.float32) + 0.1, np.eye(3, 6, dtype=np.float32) + 0.1, 2, exclude_self=True)
+    assert all(i not in row for i, row in enumerate(near))            # a photo never retrieves itself
+    memory, ext, inputs, targets, photo = make_examples([0, 1, 2], captions, near, VOCAB, 2, 5,
+                                                        np.random.default_rng(0), fixed_k=2)
+    row = list(photo).index(0)                 # photo 0's neighbours (1 and 2) hold "zeppelin": a copy target
+    assert targets[row, 1] >= len(VOCAB) and targets[row, 1] in ext[row]
+    assert inputs[row, 2] == VOCAB.unk_id      # the decoder reads an extended id back as <unk>
+    ids, ext_ids, extra = encode_memory([[["a", "zeppelin"]]], VOCAB, 2, 5)
+    assert ids[0, 1] == VOCAB.unk_id and extra == {"zeppelin": len(VOCAB)} and ext_ids[0, 1] == len(VOCAB)
+    model = RetrievalDecoder(len(VOCAB), 6, embed_dim=8, units=8, neighbours=2, caption_tokens=5)
+    model.build()
+    loss = copy_loss(model, (np.eye(3, 6, dtype=np.float32)[photo], memory, ext, inputs, targets), training=False)
+    assert np.isfinite(float(loss)) and float(loss) > 0
