@@ -11,7 +11,8 @@ from captioning.publish.alttext import html_snippets, markdown_list
 from captioning.publish.exiftool import EXIFTOOL_INSTALL_HINT, exiftool_available
 from captioning.publish.exports import captions_zip, zip_summary
 from captioning.publish.metadata import SIDECAR_NAMES
-from captioning.service.batch import caption_uploads, expand_uploads, records_text, to_record
+from captioning.service.records import records_text, to_record
+from captioning.service.uploads import caption_uploads, expand_uploads
 from captioning.vision.images import MAX_BYTES, SUPPORTED_TYPES
 from ui.labels import literal, sentence
 from ui.state import decode_slot, get_captioner

@@ -2,7 +2,7 @@
 """`caption --engine ray` against this process's batch path, on the same photos, measured in one run.
 
 Each configuration runs in a fresh process of its own (so that memory figures are its own): ``local`` (the
-single-process path, :func:`captioning.service.batch.caption_files` as the CLI runs it), then ``ray:N`` for each
+single-process path, :func:`captioning.service.folders.caption_files` as the CLI runs it), then ``ray:N`` for each
 ``--workers`` N (a local Ray instance, N captioning actors). Each reports its wall time from the driver's model
 loaded to the last photo, the time to the first photo (Ray: instance, actors and the first batch), the steady
 rate (photos per second over the second half of the run), the driver's peak RSS, the workers' peak RSS (the
@@ -83,9 +83,10 @@ def child(args) -> dict:
 
     import_tensorflow_quietly()
     from captioning.artifacts.bundle import read_manifest
-    from captioning.service.batch import caption_files, run_record
     from captioning.service.captioner import Captioner
+    from captioning.service.folders import caption_files
     from captioning.service.ray_engine import RayEngine, object_store_bytes
+    from captioning.service.records import run_record
 
     captioner = Captioner.from_bundle(args.bundle)
     config = captioner.default_config                           # the CLI's default: beam search, 5 beams

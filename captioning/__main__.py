@@ -87,16 +87,9 @@ def caption(args) -> int:
     model loads; then captions to the screen or into --out, resumable, Ctrl-C answered with exit code 130."""
     from captioning.artifacts.bundle import BundleError, artifacts_dir, read_manifest
     from captioning.decoding.search import DecodeConfig
-    from captioning.service.batch import (
-        caption_files,
-        check_output,
-        gather_images,
-        path_text,
-        plan_resume,
-        run_record,
-        to_record,
-    )
     from captioning.service.captioner import Captioner
+    from captioning.service.folders import caption_files, gather_images
+    from captioning.service.records import check_output, path_text, plan_resume, run_record, to_record
     from captioning.vision.encoders import EncoderWeightsError
 
     if args.batch_size < 1:
@@ -335,7 +328,7 @@ def writer_callback(writer, show):
         if not result.ok:
             return {}
         from captioning.publish.alttext import alt_text
-        from captioning.service.batch import path_text
+        from captioning.service.records import path_text
 
         outcome = writer.write(result.name, result.best.text, result.trust)
         said = path_text(str(outcome))                   # a path in it may hold bytes that are not UTF-8

@@ -41,6 +41,7 @@ LAYERS = {
 }
 # The facade the pages use: the modules whose names the app's pages need (captioning, services, types, labels).
 PAGE_ALLOWED = ("captioning", "captioning.service.captioner", "captioning.service.batch", "captioning.service.jobs",
+                "captioning.service.records", "captioning.service.uploads",
                 "captioning.training.jobs", "captioning.artifacts.manifest", "captioning.artifacts.bundle",
                 "captioning.decoding.search", "captioning.decoding.options", "captioning.evaluation.metrics",
                 "captioning.publish.alttext", "captioning.publish.exports", "captioning.publish.metadata",

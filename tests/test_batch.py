@@ -13,8 +13,10 @@ from PIL import Image
 from captioning.__main__ import main
 from captioning.artifacts.bundle import load_bundle
 from captioning.decoding.search import Caption
-from captioning.service.batch import BatchResult, caption_stream, gather_images, read_records, records_csv, to_record
+from captioning.service.batch import BatchResult, caption_stream
 from captioning.service.captioner import Captioner
+from captioning.service.folders import gather_images
+from captioning.service.records import read_records, records_csv, to_record
 from ui.labels import sentence
 
 
@@ -215,7 +217,7 @@ def not_loaded(monkeypatch):
 @pytest.mark.skipif(os.name == "nt", reason="file names are bytes only on POSIX")
 def test_cli_keeps_photos_whose_names_are_not_utf8_or_hold_a_newline(tiny_bundle, flickr_dir, tmp_path, capsys,
                                                                     cli_env):
-    from captioning.service.batch import path_from_text
+    from captioning.service.records import path_from_text
 
     folder = tmp_path / "odd"
     folder.mkdir()
@@ -270,16 +272,16 @@ def test_cli_refuses_a_changed_decoding_or_model_before_loading_and_recaptions_w
 
 def test_cli_ctrl_c_saves_what_is_done_exits_130_and_a_rerun_goes_on(tiny_bundle, photo_folder, tmp_path, capsys,
                                                                      cli_env, monkeypatch):
-    from captioning.service import batch
+    from captioning.service import folders
 
-    real = batch.caption_stream
+    real = folders.caption_stream
 
     def interrupted_after_one(*args, **kwargs):
         for i, result in enumerate(real(*args, **kwargs)):
             if i == 1:
                 raise KeyboardInterrupt
             yield result
-    monkeypatch.setattr(batch, "caption_stream", interrupted_after_one)
+    monkeypatch.setattr(folders, "caption_stream", interrupted_after_one)
     out = tmp_path / "captions.jsonl"
     code, _, stderr = run_cli(capsys, photo_folder / "a.jpg", photo_folder / "sub", "--bundle", tiny_bundle,
                               "--out", out, "--batch-size", "1")
@@ -287,7 +289,7 @@ def test_cli_ctrl_c_saves_what_is_done_exits_130_and_a_rerun_goes_on(tiny_bundle
     assert stderr.strip().splitlines()[-1] == f"interrupted: captioned 1, failed 0; saved in {out}: rerun the same " \
                                               f"command to go on"
     assert [r["path"] for r in read_records(out)] == [str(photo_folder / "a.jpg")]
-    monkeypatch.setattr(batch, "caption_stream", real)
+    monkeypatch.setattr(folders, "caption_stream", real)
     code, _, stderr = run_cli(capsys, photo_folder / "a.jpg", photo_folder / "sub", "--bundle", tiny_bundle,
                               "--out", out)
     assert code == 0 and "captioned 1, failed 0, skipped 1" in stderr
@@ -324,7 +326,7 @@ def zip_bytes(members: dict) -> bytes:
 
 
 def test_a_zip_gives_its_photos_and_refuses_unsafe_or_oversized_members(flickr_dir):
-    from captioning.service.batch import expand_uploads, photos_from_zip
+    from captioning.service.uploads import expand_uploads, photos_from_zip
     from captioning.vision.images import MAX_BYTES
 
     photo = (flickr_dir / "Images" / first_test_images(flickr_dir, 1)[0]).read_bytes()
@@ -352,7 +354,7 @@ def test_a_zip_gives_its_photos_and_refuses_unsafe_or_oversized_members(flickr_d
 
 
 def test_uploads_with_refused_members_keep_their_order(captioner, flickr_dir):
-    from captioning.service.batch import Upload, caption_uploads
+    from captioning.service.uploads import Upload, caption_uploads
 
     photo = (flickr_dir / "Images" / first_test_images(flickr_dir, 1)[0]).read_bytes()
     uploads = [Upload("bad-first", None, "refused"), Upload("a", photo), Upload("b", b"nope"),

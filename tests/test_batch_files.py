@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 
 from captioning.decoding.search import Caption, DecodeConfig
-from captioning.service.batch import (
-    BatchResult,
+from captioning.service.batch import BatchResult
+from captioning.service.folders import caption_files, gather_images
+from captioning.service.records import (
     ResumeConflict,
-    caption_files,
     check_output,
-    gather_images,
     path_from_text,
     path_text,
     plan_resume,
@@ -112,7 +111,7 @@ def refuse(constant):
 
 
 def test_non_finite_numbers_are_never_written_and_an_empty_caption_is_not_done(tmp_path):
-    from captioning.service.batch import judged
+    from captioning.service.records import judged
 
     empty = [Caption([], -math.inf, -math.inf, [0.0])]
     odd = [Caption(["a", "dog"], -math.inf, -math.inf, [0.5, 0.0, 0.0]), *a_caption()]

@@ -9,10 +9,11 @@ import pytest
 
 from captioning.decoding.search import Caption, DecodeConfig
 from captioning.evaluation.trust import build_index
-from captioning.service.batch import BatchResult, _record_from_csv, records_csv, to_record
+from captioning.service.batch import BatchResult
 from captioning.service.memory import store as memory
 from captioning.service.memory.store import Datastore, Hit, MemoryEntry, MemoryFileError, training_datastore
 from captioning.service.memory.use import CaptionMemory, MemoryUse, consensus_rerank, copied_words
+from captioning.service.records import _record_from_csv, records_csv, to_record
 
 
 def store(n=60, d=16, seed=0, user=(), floor=0.9, captions=2) -> tuple[Datastore, np.ndarray]:

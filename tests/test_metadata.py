@@ -22,7 +22,7 @@ from PIL.PngImagePlugin import PngInfo
 from captioning.publish.alttext import alt_text, html_snippets, is_unfamiliar, keywords, markdown_list
 from captioning.publish.exports import captions_zip
 from captioning.publish.metadata import MetadataWriter, embed_bytes, image_data, sidecar_path, xmp_packet
-from captioning.service.batch import Upload
+from captioning.service.uploads import Upload
 
 if not shutil.which("exiftool"):
     missing("needs ExifTool (bash scripts/setup.sh test installs it)")

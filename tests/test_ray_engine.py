@@ -130,8 +130,9 @@ def test_cluster_options_go_with_the_ray_engine(capsys, folder):
 def test_results_cross_as_json_with_every_number_exact():
     from captioning.decoding.search import Caption
     from captioning.evaluation.trust import Assessment, Neighbour
-    from captioning.service.batch import BatchResult, to_record
+    from captioning.service.batch import BatchResult
     from captioning.service.ray_engine import result_from_json, result_json
+    from captioning.service.records import to_record
 
     captions = [Caption(["a", "dog"], -1.2345678901234567, -0.6, [0.3, 0.7, 0.99]),
                 Caption([], float("-inf"), float("-inf"), [0.0], finished=False)]

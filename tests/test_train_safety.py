@@ -13,7 +13,7 @@ import pytest
 
 from captioning.data.flickr8k import DataError
 from captioning.data.user_data import MAX_PHOTOS, load_user_data
-from captioning.service.batch import dataset_from_zip
+from captioning.service.uploads import dataset_from_zip
 
 
 def png(color=(10, 120, 200)) -> bytes:

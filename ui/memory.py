@@ -11,10 +11,10 @@ import streamlit as st
 from captioning.data.flickr8k import DataError
 from captioning.data.text import tokenize
 from captioning.data.user_data import load_user_data
-from captioning.service.batch import dataset_from_zip
 from captioning.service.memory.bank import MemoryBank
 from captioning.service.memory.store import USER_FIRST_RULE, MemoryFileError, training_datastore
 from captioning.service.memory.use import RERANK_RULE, CaptionMemory
+from captioning.service.uploads import dataset_from_zip
 from captioning.vision.images import InvalidImageError
 
 from .labels import human_caption, literal, sentence

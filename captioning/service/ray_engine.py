@@ -5,7 +5,7 @@ through the one safe loader in parallel Ray tasks (uint8 224x224 arrays, or the 
 ``--workers`` actors, each holding the bundle once and captioning ``--batch-size`` photos at a time through
 :func:`captioning.service.batch.caption_stream` (the single-process path's own code) -> each photo's n-best list and
 trust as a JSON string, streamed back to the driver in input order. The driver keeps the result file through
-:func:`captioning.service.batch.caption_files` exactly as the single-process path does (same records, per-file errors,
+:func:`captioning.service.folders.caption_files` exactly as the single-process path does (same records, per-file errors,
 resume, ``--write-metadata``), so a killed driver resumes from the file; a lost worker is restarted by Ray Data
 and its batch redone, and a photo that still came back twice is kept once.
 
@@ -99,7 +99,7 @@ class RayEngine:
             os.environ.setdefault("RAY_worker_niceness", "0")
 
     def caption_files_options(self, captioner, config, batch_size: int, neighbours: int = 0) -> dict:
-        """:func:`captioning.service.batch.caption_files`'s ``stream`` (and how often to save) for this engine."""
+        """:func:`captioning.service.folders.caption_files`'s ``stream`` (and how often to save) for this engine."""
         return {"stream": self.stream(captioner, config, batch_size, neighbours), "save_share": SAVE_SHARE}
 
     def stream(self, captioner, config, batch_size: int,
