@@ -187,7 +187,7 @@ def caption(args) -> int:
 
 
 def add_serve_limits(srv: argparse.ArgumentParser) -> None:
-    """Who may call the API and how much it takes on (defaults: captioning.service.serve.ServerSettings)."""
+    """Who may call the API and how much it takes on (defaults: captioning.service.limits.ServerSettings)."""
     g = srv.add_argument_group("access and limits")
     g.add_argument("--api-key-file", default=None, metavar="PATH", help="require 'Authorization: Bearer KEY' with "
                    "the key on this file's first line (default: $CAPTIONING_API_KEY; required off loopback)")
@@ -209,7 +209,9 @@ def serve_command(args) -> int:
     """``serve``: one-line errors for a bad option, a network host without a key or a busy port, all before the
     model loads; then the API until interrupted."""
     from captioning.artifacts.bundle import BundleError, artifacts_dir
-    from captioning.service.serve import ServerSettings, api_key, serve
+    from captioning.service.guards import api_key
+    from captioning.service.limits import ServerSettings
+    from captioning.service.serve import serve
     from captioning.vision.encoders import EncoderWeightsError
 
     try:

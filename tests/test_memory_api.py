@@ -10,9 +10,10 @@ import pytest
 import requests
 
 from captioning.service.captioner import Captioner
+from captioning.service.limits import ServerSettings
 from captioning.service.memory.bank import MemoryBank
 from captioning.service.memory.routes import server_memory
-from captioning.service.serve import ServerSettings, bind, create_app
+from captioning.service.serve import bind, create_app
 
 KEY = "a-key-long-enough-to-count-1234"
 

@@ -19,7 +19,8 @@ from PIL import Image
 from captioning.artifacts.bundle import load_bundle
 from captioning.evaluation.trust import LEVELS
 from captioning.service.captioner import Captioner
-from captioning.service.serve import MAX_REQUEST_BYTES, caption_json
+from captioning.service.limits import MAX_REQUEST_BYTES
+from captioning.service.responses import caption_json
 from captioning.vision.images import MAX_BYTES, InvalidImageError, load_image
 
 

@@ -20,17 +20,10 @@ from fastapi import HTTPException
 from PIL import Image
 from test_serve import free_port, post, running_api
 
-from captioning.service.serve import (
-    Admission,
-    ClientGone,
-    RateLimit,
-    ServerSettings,
-    api_key,
-    bind,
-    check_access,
-    create_app,
-    is_loopback,
-)
+from captioning.service.admission import Admission, ClientGone
+from captioning.service.guards import RateLimit, api_key, check_access, is_loopback
+from captioning.service.limits import ServerSettings
+from captioning.service.serve import bind, create_app
 
 KEY = "k3y-for-the-tests-only-0123456789"
 

@@ -128,7 +128,7 @@ def add_memory_routes(app: FastAPI, captioner, admission, memory: ServerMemory) 
             memory.changed()
             return {"added": [name for name, _, _ in items], "count": store.photo_count}
 
-        from captioning.service.serve import ClientGone
+        from captioning.service.admission import ClientGone
 
         try:
             outcome = await admission.run(request, work)
