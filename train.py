@@ -28,6 +28,7 @@ import captioning  # (sets TensorFlow's log level before it loads)
 from captioning.data.flickr8k import DataError
 from captioning.training import recipes
 from captioning.training.fit import WorkerLost
+from captioning.training.inputs import peak_rss_mb, saved_since
 from captioning.training.settings import COMMANDS, SECTIONS, OptionError, RunConfig, settle
 from captioning.vision.encoders import EncoderWeightsError
 
@@ -136,14 +137,14 @@ def main(argv=None) -> int:
         sys.stdout.flush()
         os._exit(3)
     except KeyboardInterrupt:
-        if recipes.saved_since(config.workspace, wall_start):
+        if saved_since(config.workspace, wall_start):
             print("\ninterrupted: finished work is saved (feature shards, checkpoints); run the same command again "
                   "to resume", file=sys.stderr)
         else:
             print(f"\ninterrupted before this run saved anything (features are saved every {flag('shard_size')} "
                   "images, training after each epoch); nothing new to resume from", file=sys.stderr)
         return 130
-    print(f"done in {time.perf_counter() - start:.0f}s; peak memory {recipes.peak_rss_mb():.0f} MB")
+    print(f"done in {time.perf_counter() - start:.0f}s; peak memory {peak_rss_mb():.0f} MB")
     return 0
 
 

@@ -80,7 +80,7 @@ def held_out(bundles: dict[str, Path], flickr: Path, cache: Path, others: int = 
     from captioning.data.flickr8k import Flickr8k
     from captioning.decoding.search import DecodeConfig, decode
     from captioning.evaluation.metrics import coco_scores
-    from captioning.training.recipes import bundle_features, decoder_inputs
+    from captioning.training.inputs import bundle_features, decoder_inputs
     from captioning.training.settings import FeatureSettings, Workspace
 
     ds = Flickr8k.load(flickr, check_images=False)

@@ -64,7 +64,7 @@ def run(bundle_path: str, ds, names, refs, kind_n: int, captions: Path, flickr: 
     from captioning.evaluation.metrics import coco_scores
     from captioning.service.memory.store import training_datastore, user_floor_of
     from captioning.service.memory.use import CaptionMemory
-    from captioning.training.recipes import bundle_features, decoder_inputs
+    from captioning.training.inputs import bundle_features, decoder_inputs
     from captioning.training.settings import FeatureSettings, Workspace
     from captioning.vision.encoders import get_spec
     from captioning.vision.features import FeatureCache

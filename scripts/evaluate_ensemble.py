@@ -48,7 +48,7 @@ def main() -> None:
     from captioning.decoding.search import DecodeConfig
     from captioning.evaluation.runs import evaluate
     from captioning.models.stepper import EnsembleStepDecoder, MultiFeatures, StepDecoder
-    from captioning.training.recipes import split_names
+    from captioning.training.inputs import split_names
     from captioning.vision.encoders import get_spec
     from captioning.vision.features import FLIP_SUFFIX, FeatureCache
 

@@ -60,7 +60,7 @@ def main() -> None:
     from captioning.decoding.search import DecodeConfig, decode
     from captioning.evaluation.metrics import CiderD, coco_scores
     from captioning.models.stepper import MultiFeatures
-    from captioning.training.recipes import split_names
+    from captioning.training.inputs import split_names
     from captioning.vision.features import FeatureCache
 
     bundle = load_bundle(args.bundle, load_results=False)

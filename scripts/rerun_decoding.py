@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from captioning.decoding.search import parse_spec
     from captioning.evaluation.runs import evaluate
     from captioning.models.stepper import MultiFeatures
-    from captioning.training.recipes import split_names
+    from captioning.training.inputs import split_names
     from captioning.vision.features import FeatureCache
 
     bundle = load_bundle(args.bundle)

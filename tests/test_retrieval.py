@@ -416,14 +416,14 @@ def test_a_shipped_training_photo_is_familiar_from_its_stored_features_alone():
 def test_index_reuses_the_evaluated_test_captions_from_predictions_csv(tmp_path):
     import pandas as pd
 
-    from captioning.training import recipes
+    from captioning.training.commands.evaluate import evaluated_scores
 
     pd.DataFrame({"image": ["a.jpg", "b.jpg", "a.jpg", "b.jpg"], "decoding": ["greedy"] * 2 + ["beam"] * 2,
                   "beam_width": [1, 1, 5, 5], "caption": ["x", "x", "a dog runs", "a man"],
                   "log_prob": [-1.0, -1.0, -2.0, -3.0], "cider": [0.1, 0.2, 0.9, 0.4]}).to_csv(
         tmp_path / "predictions.csv", index=False)
-    cider, mean_logp = recipes.evaluated_scores(str(tmp_path), ["b.jpg", "a.jpg"], 5)
+    cider, mean_logp = evaluated_scores(str(tmp_path), ["b.jpg", "a.jpg"], 5)
     assert list(cider) == [0.4, 0.9]
     assert list(mean_logp) == [pytest.approx(-1.0), pytest.approx(-0.5)]      # per token: words + <end>
-    assert recipes.evaluated_scores(str(tmp_path), ["a.jpg", "c.jpg"], 5) is None     # not every image evaluated
-    assert recipes.evaluated_scores(str(tmp_path), ["a.jpg"], 3) is None               # nor at that beam width
+    assert evaluated_scores(str(tmp_path), ["a.jpg", "c.jpg"], 5) is None     # not every image evaluated
+    assert evaluated_scores(str(tmp_path), ["a.jpg"], 3) is None               # nor at that beam width

@@ -282,7 +282,7 @@ def _progress(run: Path, **state) -> None:
 def _cache_features(config: RunConfig, base, data: UserDataset, pool: list[str], flickr, run: Path) -> dict:
     """Cache the features of the user's photos for every encoder of the base bundle (through the safe loader),
     and of the replay pool's Flickr8k photos; returns the extraction stats per encoder key."""
-    from captioning.training.recipes import ensure_features
+    from captioning.training.inputs import ensure_features
     from captioning.vision.encoders import get_spec
     from captioning.vision.features import FeatureCache
 
@@ -309,7 +309,7 @@ def _cache_features(config: RunConfig, base, data: UserDataset, pool: list[str],
 def finetune(config: RunConfig) -> Path | None:
     """Fine-tune ``--from`` on the user's photos into ``--out`` (see the module docstring)."""
     from captioning.artifacts.bundle import replace_folder
-    from captioning.training.recipes import _load_bundle, peak_rss_mb
+    from captioning.training.inputs import _load_bundle, peak_rss_mb
 
     ws, tr, pipe, user = config.workspace, config.train, config.pipeline, config.user_data
     source_path = Path(pipe.source)
@@ -343,7 +343,7 @@ def finetune(config: RunConfig) -> Path | None:
     flickr_test = FlickrTest(config, base, flickr, lambda **s: _progress(run, **s))
 
     # 2. scores of the base bundle on the user's dev and test photos
-    from captioning.training.recipes import decoder_inputs
+    from captioning.training.inputs import decoder_inputs
 
     new_words = set(added)
     dev_ids = [ids[p] for p in data.splits["dev"]]
@@ -452,7 +452,7 @@ def _step_decoder(decoders: list, keys: list[str]):
 
 
 def _inputs(ws, decoders: list, keys: list[str], names: list[str]):
-    """The cached features these decoders read for ``names`` (as :func:`captioning.training.recipes.decoder_inputs`)."""
+    """The cached features these decoders read for ``names`` (as :func:`captioning.training.inputs.decoder_inputs`)."""
     from captioning.models.stepper import MultiFeatures
     from captioning.vision.features import FeatureCache
 

@@ -30,7 +30,7 @@ class FlickrTest:
         self.problem: str | None = None
         if flickr is None or self.wanted <= 0:
             return
-        from captioning.training.recipes import bundle_features
+        from captioning.training.inputs import bundle_features
 
         names = list(flickr.splits.get("test", []))[:self.wanted]
         if progress:
@@ -58,7 +58,7 @@ class FlickrTest:
         """The base bundle's scores, decoded by ``steps`` (its step decoder; None when nothing is scored)."""
         if not self.names:
             return None
-        from captioning.training.recipes import decoder_inputs
+        from captioning.training.inputs import decoder_inputs
 
         inputs = decoder_inputs(self.config.workspace, base, self.names)
         return self._score(steps, base.vocab, inputs, new_words, base.max_length)
