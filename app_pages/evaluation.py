@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from captioning.artifacts.manifest import Manifest
-from captioning.decoding.search import DecodeConfig
+from captioning.decoding.config import DecodeConfig
 from captioning.evaluation.metrics import reference_agreement, word_usage
 from ui.charts import bundle_bars, grouped_bleu, histogram, history, line, mean_by, signed_bars
 from ui.finetuned import finetune_section

@@ -146,7 +146,8 @@ def main() -> None:
     print(f"bundle {args.bundle}")
 
     from captioning.artifacts.bundle import BundleError, load_bundle
-    from captioning.decoding.search import DecodeConfig, decode
+    from captioning.decoding.config import DecodeConfig
+    from captioning.decoding.search import decode
     from captioning.models.stepper import StepDecoder
     from captioning.vision.features import FeatureCache
 

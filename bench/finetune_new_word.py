@@ -78,7 +78,8 @@ def run_finetune(base: str, captions: Path, flickr: Path, out: Path, cache: Path
 def held_out(bundles: dict[str, Path], flickr: Path, cache: Path, others: int = 150) -> dict:
     from captioning.artifacts.bundle import load_bundle
     from captioning.data.flickr8k import Flickr8k
-    from captioning.decoding.search import DecodeConfig, decode
+    from captioning.decoding.config import DecodeConfig
+    from captioning.decoding.search import decode
     from captioning.evaluation.metrics import coco_scores
     from captioning.training.inputs import bundle_features, decoder_inputs
     from captioning.training.settings import FeatureSettings, Workspace

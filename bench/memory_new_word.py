@@ -60,7 +60,8 @@ def user_store(captions: Path, flickr: Path, cache: Path, key: str, floor: float
 
 def run(bundle_path: str, ds, names, refs, kind_n: int, captions: Path, flickr: Path, cache_dir: Path) -> dict:
     from captioning.artifacts.bundle import load_bundle
-    from captioning.decoding.search import DecodeConfig, decode
+    from captioning.decoding.config import DecodeConfig
+    from captioning.decoding.search import decode
     from captioning.evaluation.metrics import coco_scores
     from captioning.service.memory.store import training_datastore, user_floor_of
     from captioning.service.memory.use import CaptionMemory

@@ -35,7 +35,8 @@ def main(argv=None) -> int:
 
     from captioning.data.flickr8k import Flickr8k
     from captioning.data.text import Vocabulary, tokenize
-    from captioning.decoding.search import DecodeConfig, decode
+    from captioning.decoding.config import DecodeConfig
+    from captioning.decoding.search import decode
     from captioning.models.decoders import build_decoder
     from captioning.models.stepper import StepDecoder
     from captioning.training.fit import TrainConfig, encode_captions, fit, make_dataset

@@ -134,7 +134,8 @@ def main() -> None:
 
     from captioning.data.flickr8k import Flickr8k
     from captioning.data.text import Vocabulary, tokenize
-    from captioning.decoding.search import DecodeConfig, decode
+    from captioning.decoding.config import DecodeConfig
+    from captioning.decoding.search import decode
     from captioning.evaluation.metrics import corpus_bleu_scores
     from captioning.models.decoders import build_decoder
     from captioning.models.stepper import StepDecoder

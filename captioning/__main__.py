@@ -86,7 +86,7 @@ def caption(args) -> int:
     """The ``caption`` command: every check that can fail (options, photos, --out and what it holds) before the
     model loads; then captions to the screen or into --out, resumable, Ctrl-C answered with exit code 130."""
     from captioning.artifacts.bundle import BundleError, artifacts_dir, read_manifest
-    from captioning.decoding.search import DecodeConfig
+    from captioning.decoding.config import DecodeConfig
     from captioning.service.captioner import Captioner
     from captioning.service.folders import caption_files, gather_images
     from captioning.service.records import check_output, path_text, plan_resume, run_record, to_record

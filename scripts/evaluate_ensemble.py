@@ -45,7 +45,7 @@ def main() -> None:
 
     from captioning.artifacts.bundle import load_bundle
     from captioning.data.flickr8k import Flickr8k
-    from captioning.decoding.search import DecodeConfig
+    from captioning.decoding.config import DecodeConfig
     from captioning.evaluation.runs import evaluate
     from captioning.models.stepper import EnsembleStepDecoder, MultiFeatures, StepDecoder
     from captioning.training.inputs import split_names

@@ -57,7 +57,8 @@ def main() -> None:
 
     from captioning.artifacts.bundle import load_bundle
     from captioning.data.flickr8k import Flickr8k
-    from captioning.decoding.search import DecodeConfig, decode
+    from captioning.decoding.config import DecodeConfig
+    from captioning.decoding.search import decode
     from captioning.evaluation.metrics import CiderD, coco_scores
     from captioning.models.stepper import MultiFeatures
     from captioning.training.inputs import split_names

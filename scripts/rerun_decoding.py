@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from captioning.artifacts.bundle import load_bundle, update_results
     from captioning.data.flickr8k import Flickr8k
-    from captioning.decoding.search import parse_spec
+    from captioning.decoding.config import parse_spec
     from captioning.evaluation.runs import evaluate
     from captioning.models.stepper import MultiFeatures
     from captioning.training.inputs import split_names

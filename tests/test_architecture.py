@@ -43,7 +43,8 @@ LAYERS = {
 PAGE_ALLOWED = ("captioning", "captioning.service.captioner", "captioning.service.batch", "captioning.service.jobs",
                 "captioning.service.records", "captioning.service.uploads",
                 "captioning.training.jobs", "captioning.artifacts.manifest", "captioning.artifacts.bundle",
-                "captioning.decoding.search", "captioning.decoding.options", "captioning.evaluation.metrics",
+                "captioning.decoding.search", "captioning.decoding.options", "captioning.decoding.config",
+                "captioning.decoding.captions", "captioning.evaluation.metrics",
                 "captioning.publish.alttext", "captioning.publish.exports", "captioning.publish.metadata",
                 "captioning.publish.exiftool", "captioning.vision.images", "captioning.data.text",
                 "captioning.data.flickr8k", "ui", "streamlit", "pandas", "altair", "numpy", "PIL")

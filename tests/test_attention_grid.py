@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from captioning.data.text import Vocabulary
-from captioning.decoding.search import DecodeConfig, decode
+from captioning.decoding.config import DecodeConfig
+from captioning.decoding.search import decode
 from captioning.models.stepper import EnsembleStepDecoder, resample_attention
 
 

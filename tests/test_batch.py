@@ -12,7 +12,7 @@ from PIL import Image
 
 from captioning.__main__ import main
 from captioning.artifacts.bundle import load_bundle
-from captioning.decoding.search import Caption
+from captioning.decoding.captions import Caption
 from captioning.service.batch import BatchResult, caption_stream
 from captioning.service.captioner import Captioner
 from captioning.service.folders import gather_images

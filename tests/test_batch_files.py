@@ -13,7 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-from captioning.decoding.search import Caption, DecodeConfig
+from captioning.decoding.captions import Caption
+from captioning.decoding.config import DecodeConfig
 from captioning.service.batch import BatchResult
 from captioning.service.folders import caption_files, gather_images
 from captioning.service.records import (

@@ -235,7 +235,7 @@ def test_the_server_listens_on_loopback_unless_told_otherwise(tiny_run, flickr_d
 
 CHART_PAGE = '''
 import streamlit as st
-from captioning.decoding.search import Caption
+from captioning.decoding.captions import Caption
 from ui.charts import word_probabilities
 
 CAPTIONS = {"first": "a dog runs through the grass", "second": "two dog runs near the grass with small children"}

@@ -17,7 +17,8 @@ from test_app import navigation_like_the_server, start, texts  # noqa: F401  (th
 
 from captioning.artifacts.bundle import BundleError, load_bundle, read_manifest, save_bundle
 from captioning.data.text import Vocabulary
-from captioning.decoding.search import DecodeConfig, decode
+from captioning.decoding.config import DecodeConfig
+from captioning.decoding.search import decode
 from captioning.models.decoders import build_decoder
 from captioning.models.stepper import EnsembleStepDecoder, MultiFeatures, StepDecoder, as_float32, features_for
 

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from captioning.data.text import Vocabulary
-from captioning.decoding.search import DecodeConfig, beam_search, decode, greedy_search
+from captioning.decoding.config import DecodeConfig
+from captioning.decoding.search import beam_search, decode, greedy_search
 from captioning.models.stepper import EnsembleStepDecoder
 
 
@@ -247,7 +248,8 @@ def test_any_valid_config_decodes_without_error_and_stops_within_max_length(
 
 
 # --- the strategy menu: sampling, diverse beam search, constraints every strategy honours ---------------
-from captioning.decoding.search import parse_spec, sampling_distribution  # noqa: E402
+from captioning.decoding.config import parse_spec  # noqa: E402
+from captioning.decoding.constraints import sampling_distribution  # noqa: E402
 
 
 def _rows_counter(model):

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from test_decoding import MarkovDecoder
 
 from captioning.data.text import Vocabulary
-from captioning.decoding.search import DecodeConfig, beam_search, decode, greedy_search
+from captioning.decoding.config import DecodeConfig
+from captioning.decoding.search import beam_search, decode, greedy_search
 
 
 def reference_beam_search(model, feature, vocab, cfg):
@@ -144,7 +145,9 @@ def test_every_decoded_caption_respects_no_repeat_and_min_length(seed, beam_widt
 
 
 # --- exact labels, option records, spec parsing and sampling distributions ---------------------------------
-from captioning.decoding.search import Sampler, parse_spec, sample_search, sampling_distribution, with_beam  # noqa: E402
+from captioning.decoding.config import parse_spec  # noqa: E402
+from captioning.decoding.constraints import sampling_distribution  # noqa: E402
+from captioning.decoding.search import Sampler, sample_search, with_beam  # noqa: E402
 
 
 @pytest.mark.parametrize("config, options, label", [
@@ -448,7 +451,7 @@ def _ban_reference(log_probs, history, t, cfg, vocab):
 
 @pytest.mark.parametrize("seed", range(12))
 def test_constraints_on_one_step_equal_a_word_by_word_reference(seed):
-    from captioning.decoding.search import _ban
+    from captioning.decoding.constraints import _ban
 
     rng = np.random.default_rng(seed)
     vocab = big_vocab(6)                                                  # ids 4..9 are words
@@ -466,7 +469,7 @@ def test_constraints_on_one_step_equal_a_word_by_word_reference(seed):
 
 
 def test_a_repetition_penalty_of_exactly_two_applies_and_end_is_never_penalised():
-    from captioning.decoding.search import _ban
+    from captioning.decoding.constraints import _ban
 
     vocab = big_vocab(3)
     log_probs = np.log(np.full((1, len(vocab)), 1 / len(vocab)))
@@ -673,7 +676,7 @@ def test_nucleus_ties_split_at_the_boundary_equal_the_reference(seed):
 
 
 def test_a_row_whose_constraints_forbid_every_word_may_still_end():
-    from captioning.decoding.search import _ban
+    from captioning.decoding.constraints import _ban
 
     vocab = Vocabulary(["a"])                                             # one word, id 4
     log_probs = np.log(np.array([[0.1, 0.1, 0.1, 0.3, 0.4], [0.1, 0.1, 0.1, 0.3, 0.4]]))

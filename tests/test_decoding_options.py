@@ -13,8 +13,10 @@ from test_decoding import MarkovDecoder, tiny_vocab
 
 from captioning.__main__ import add_strategy_options, main, strategy_overrides
 from captioning.data.text import Vocabulary
+from captioning.decoding.config import DecodeConfig
+from captioning.decoding.constraints import sampling_distribution
 from captioning.decoding.options import DEFAULT_BEAM_WIDTH, OPTION, OPTIONS, STRATEGIES, USER_OPTIONS, resolve, shown
-from captioning.decoding.search import DecodeConfig, beam_search, decode, sampling_distribution
+from captioning.decoding.search import beam_search, decode
 
 
 def parser() -> argparse.ArgumentParser:

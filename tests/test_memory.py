@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from captioning.decoding.search import Caption, DecodeConfig
+from captioning.decoding.captions import Caption
+from captioning.decoding.config import DecodeConfig
 from captioning.evaluation.trust import build_index
 from captioning.service.batch import BatchResult
 from captioning.service.memory import store as memory

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from captioning.data.text import Vocabulary
-from captioning.decoding.search import DecodeConfig, beam_search, greedy_search
+from captioning.decoding.config import DecodeConfig
+from captioning.decoding.search import beam_search, greedy_search
 from captioning.models.decoders import MergeDecoder, build_decoder
 from captioning.models.stepper import EnsembleStepDecoder, StepDecoder
 

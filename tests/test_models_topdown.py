@@ -5,7 +5,8 @@ import pytest
 
 from captioning.artifacts.bundle import load_bundle, save_bundle
 from captioning.data.text import Vocabulary
-from captioning.decoding.search import DecodeConfig, beam_search, greedy_search
+from captioning.decoding.config import DecodeConfig
+from captioning.decoding.search import beam_search, greedy_search
 from captioning.models.decoders import TopDownDecoder, build_decoder
 from captioning.models.stepper import EnsembleStepDecoder, StepDecoder
 

@@ -104,7 +104,8 @@ def start_workers(args, tmp_path):
 def test_two_workers_train_survive_a_killed_peer_resume_and_match_one_process(
         shared_cache, flickr_dir, mobilenet_weights, tmp_path):
     from captioning.artifacts.bundle import load_bundle
-    from captioning.decoding.search import DecodeConfig, decode
+    from captioning.decoding.config import DecodeConfig
+    from captioning.decoding.search import decode
     from captioning.vision.features import FeatureCache
 
     t_start = time.monotonic()

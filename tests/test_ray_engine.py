@@ -128,7 +128,7 @@ def test_cluster_options_go_with_the_ray_engine(capsys, folder):
 
 
 def test_results_cross_as_json_with_every_number_exact():
-    from captioning.decoding.search import Caption
+    from captioning.decoding.captions import Caption
     from captioning.evaluation.trust import Assessment, Neighbour
     from captioning.service.batch import BatchResult
     from captioning.service.ray_engine import result_from_json, result_json

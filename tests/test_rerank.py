@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from captioning.data.text import Vocabulary
+from captioning.decoding.captions import Caption
+from captioning.decoding.config import DecodeConfig, parse_spec
 from captioning.decoding.options import resolve
-from captioning.decoding.search import Caption, DecodeConfig, decode, parse_spec
+from captioning.decoding.search import decode
 from captioning.evaluation.rerank import ConsensusSource
 from captioning.evaluation.trust import RetrievalIndex, normalise
 

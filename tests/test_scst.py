@@ -68,7 +68,8 @@ def test_sampler_draws_words_then_pads_after_end(kind):
 def test_sampler_is_the_decoding_engines_sampling():
     """One implementation: SCST's samples are sample_search's (temperature 1, no truncation, <end> allowed at
     once), call k drawing from the stream (seed, k); every call draws fresh captions."""
-    from captioning.decoding.search import DecodeConfig, sample_search
+    from captioning.decoding.config import DecodeConfig
+    from captioning.decoding.search import sample_search
     from captioning.models.stepper import StepDecoder
 
     vocab = _vocab()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-from captioning.decoding.search import Caption
+from captioning.decoding.captions import Caption
 
 from .labels import label
 

@@ -7,8 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from captioning.artifacts.manifest import EvaluationReport
+from captioning.decoding.config import DecodeConfig
 from captioning.decoding.options import OPTION, STRATEGY_LABELS
-from captioning.decoding.search import DecodeConfig
 from ui.charts import run_order
 from ui.labels import sentence
 

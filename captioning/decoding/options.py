@@ -2,7 +2,7 @@
 strategies that use it, its command-line flag (the REST API's field is the same name with underscores), its label
 in the app and its help.
 
-Everything else reads this table: :class:`~captioning.decoding.search.DecodeConfig` validates against its ranges and
+Everything else reads this table: :class:`~captioning.decoding.config.DecodeConfig` validates against its ranges and
 ``parse_spec`` takes its spec keys; ``python -m captioning caption`` builds its flags from it, the REST API its form
 fields and OpenAPI schema (:mod:`captioning.service.api_options`), the app its sliders. :func:`resolve` turns what a
 user gave into DecodeConfig fields, refusing an option the chosen strategy does not use, or a value out of range, in one

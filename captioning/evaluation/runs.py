@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from captioning.data.text import Vocabulary
-from captioning.decoding.search import DecodeConfig, decode
+from captioning.decoding.config import DecodeConfig
+from captioning.decoding.search import decode
 from captioning.evaluation.metrics import (
     BLEU_WEIGHTS,
     IMPLEMENTATION,

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from captioning.decoding.search import Caption, DecodeConfig
+from captioning.decoding.captions import Caption
+from captioning.decoding.config import DecodeConfig
 from captioning.vision.images import ImageSource, InvalidImageError, load_image, to_canonical
 
 DEFAULT_BATCH_SIZE = 16

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from captioning.artifacts.bundle import Bundle, load_bundle
+from captioning.decoding.captions import Caption
+from captioning.decoding.config import DecodeConfig
 from captioning.decoding.options import DEFAULT_BEAM_WIDTH, DEFAULT_CONSENSUS
-from captioning.decoding.search import Caption, DecodeConfig, decode
+from captioning.decoding.search import decode
 from captioning.models.stepper import MultiFeatures, as_float32
 from captioning.vision.encoders import build_encoder, get_spec
 from captioning.vision.features import image_pipeline

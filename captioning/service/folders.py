@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from captioning.decoding.search import DecodeConfig
+from captioning.decoding.config import DecodeConfig
 from captioning.files import atomic_write
 from captioning.service.batch import DEFAULT_BATCH_SIZE, BatchResult, caption_stream
 from captioning.service.records import (

@@ -259,7 +259,7 @@ def result_json(result) -> str:
 
 
 def result_from_json(result_type, index: int, name: str, text: str):
-    from captioning.decoding.search import Caption
+    from captioning.decoding.captions import Caption
     from captioning.evaluation.trust import Assessment, Neighbour
 
     data = json.loads(text)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from captioning.decoding.search import DecodeConfig
+from captioning.decoding.config import DecodeConfig
 from captioning.service.batch import BatchResult
 
 OUTPUT_FORMATS = (".csv", ".jsonl", ".json")

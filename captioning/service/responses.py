@@ -14,7 +14,7 @@ from captioning.publish.metadata import xmp_packet
 from captioning.vision.images import MAX_BYTES, SUPPORTED_TYPES, InvalidImageError, _too_big, load_image, to_canonical
 
 if TYPE_CHECKING:
-    from captioning.decoding.search import Caption
+    from captioning.decoding.captions import Caption
     from captioning.service.captioner import Captioner
 from captioning.service.limits import MAX_BEAM_WIDTH, MAX_IMAGES_PER_REQUEST
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from captioning.decoding.search import DecodeConfig
+from captioning.decoding.config import DecodeConfig
 from captioning.service.batch import DEFAULT_BATCH_SIZE, BatchResult, caption_stream
 from captioning.service.folders import IMAGE_SUFFIXES
 from captioning.service.records import judged

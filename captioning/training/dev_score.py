@@ -32,7 +32,8 @@ def dev_score_callback(run_dir: str | Path, load_features, references: list, voc
     ``load_features()`` returns their features (called once, at the first epoch's end)."""
     import keras
 
-    from captioning.decoding.search import DecodeConfig, decode
+    from captioning.decoding.config import DecodeConfig
+    from captioning.decoding.search import decode
     from captioning.evaluation.metrics import coco_scores
     from captioning.models.stepper import StepDecoder
 

@@ -258,7 +258,8 @@ def score(steps, vocab: Vocabulary, feats, refs, new_words: set[str], max_length
           photos: list[str] | None = None) -> dict:
     """CIDEr-D and BLEU-4 of beam-3 captions, the share of them using a new word (refs: the same share), and each
     photo's caption (the first 500, keyed by ``photos``: a page shows base and fine-tuned side by side)."""
-    from captioning.decoding.search import DecodeConfig, decode
+    from captioning.decoding.config import DecodeConfig
+    from captioning.decoding.search import decode
     from captioning.evaluation.metrics import coco_scores
 
     hyps = [n[0].words for n in decode(steps, feats, vocab, DecodeConfig(beam_width=SCORE_BEAM,

@@ -206,7 +206,7 @@ def settle(config: RunConfig) -> list[OptionError]:
     file of another width is reported here rather than by Keras after minutes of work. The default ``out``
     is filled in last (it needs the encoder).
     """
-    from captioning.decoding.search import parse_spec
+    from captioning.decoding.config import parse_spec
     from captioning.vision.encoders import MOBILENET_ALPHAS, EncoderWeightsError, get_spec, infer_alpha
 
     ws, feats, tr, ev, pipe = config.workspace, config.features, config.train, config.evaluate, config.pipeline

@@ -20,7 +20,7 @@ def evaluate_bundle(ws: Workspace, settings: EvaluateSettings, features: Feature
     """Score the bundle at ``ws.out`` on a split with every decoding run; rewrites metrics.json and
     predictions.csv (keeping the dev sweep and the metric-vs-human agreement it does not recompute)."""
     from captioning.artifacts.bundle import BundleError, read_metrics, update_results
-    from captioning.decoding.search import DecodeConfig, parse_spec
+    from captioning.decoding.config import DecodeConfig, parse_spec
     from captioning.evaluation.human import metric_human_agreement
     from captioning.evaluation.runs import evaluate, implementations
 

@@ -27,7 +27,8 @@ def build_retrieval_index(ws: Workspace, features: FeatureSettings, ds: Flickr8k
     import numpy as np
 
     from captioning.artifacts.bundle import BundleError, read_index, save_index
-    from captioning.decoding.search import DecodeConfig, decode
+    from captioning.decoding.config import DecodeConfig
+    from captioning.decoding.search import decode
     from captioning.evaluation.metrics import coco_scores
     from captioning.evaluation.trust import LEVELS, build_index, calibrate, in_domain_score, level_table, spearman
 

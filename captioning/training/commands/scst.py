@@ -29,7 +29,8 @@ def finetune_scst(ws: Workspace, settings: TrainSettings, pipeline: PipelineSett
 
     from captioning.artifacts.bundle import save_bundle
     from captioning.data.text import tokenize
-    from captioning.decoding.search import DecodeConfig, decode
+    from captioning.decoding.config import DecodeConfig
+    from captioning.decoding.search import decode
     from captioning.evaluation.metrics import coco_scores
     from captioning.models.stepper import StepDecoder
     from captioning.training.scst import SCSTConfig, finetune

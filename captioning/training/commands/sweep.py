@@ -13,7 +13,7 @@ from captioning.training.settings import (
 def sweep_bundle(ws: Workspace, features: FeatureSettings, ds: Flickr8k, names: Splits) -> list[dict]:
     """Beam widths 1, 2, 3, 5, 10 and length penalties 0..2 on the dev split, stored in metrics.json."""
     from captioning.artifacts.bundle import update_results
-    from captioning.decoding.search import DecodeConfig
+    from captioning.decoding.config import DecodeConfig
     from captioning.evaluation.runs import decoding_sweep
 
     bundle = _load_bundle(ws.out)
