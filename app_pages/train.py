@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from captioning.service.jobs import DuplicateJob, JobError, jobs_dir, read_progress
+from captioning.service.jobs import DuplicateJob, JobError, jobs_dir
+from captioning.service.progress import read_progress
 from captioning.service.uploads import dataset_from_zip
 from captioning.training.jobs import FinetuneSettings, check_name, default_name, start_finetune
 from captioning.vision.images import InvalidImageError, load_image

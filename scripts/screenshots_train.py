@@ -90,7 +90,7 @@ def first_job(driver, url: str, queue, upload: Path, shoot) -> None:
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from captioning.service.jobs import read_progress
+    from captioning.service.progress import read_progress
     from ui.browser import wait_for_text
 
     driver.get(f"{url}/train")
@@ -129,7 +129,8 @@ def main() -> None:
     args = parser.parse_args()
     from PIL import Image
 
-    from captioning.service.jobs import JobQueue, read_progress
+    from captioning.service.jobs import JobQueue
+    from captioning.service.progress import read_progress
     from captioning.training.jobs import FinetuneSettings, start_finetune
     from ui.browser import choose_option, new_driver, wait_for_text
 

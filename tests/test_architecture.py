@@ -41,7 +41,7 @@ LAYERS = {
 }
 # The facade the pages use: the modules whose names the app's pages need (captioning, services, types, labels).
 PAGE_ALLOWED = ("captioning", "captioning.service.captioner", "captioning.service.batch", "captioning.service.jobs",
-                "captioning.service.records", "captioning.service.uploads",
+                "captioning.service.records", "captioning.service.uploads", "captioning.service.progress",
                 "captioning.training.jobs", "captioning.artifacts.manifest", "captioning.artifacts.bundle",
                 "captioning.decoding.search", "captioning.decoding.options", "captioning.decoding.config",
                 "captioning.decoding.captions", "captioning.evaluation.metrics",

@@ -14,7 +14,8 @@ import pytest
 from test_browser import OUT, assert_no_error_shown, running_app, settle
 
 from captioning.service import jobs
-from captioning.service.jobs import JobQueue, read_progress
+from captioning.service.jobs import JobQueue
+from captioning.service.progress import read_progress
 from captioning.service.uploads import dataset_from_zip
 from captioning.training.jobs import FinetuneSettings, start_finetune
 from ui.browser import choose_option, new_driver, wait_for_text

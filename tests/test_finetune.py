@@ -147,7 +147,7 @@ def test_tiny_finetune_end_to_end(tmp_path, flickr_dir, mobilenet_weights):
         assert len(json.loads((run / f"decoder-{i}" / "state.json").read_text())["epochs"]) == 2
         scores = json.loads((run / f"decoder-{i}" / "dev_scores.json").read_text())   # dev CIDEr-D per epoch
         assert sorted(scores) == ["1", "2"] and all(0 <= s["dev_cider"] <= 10 for s in scores.values())
-    from captioning.service.jobs import read_progress
+    from captioning.service.progress import read_progress
 
     epochs = read_progress(run, 2).epochs                                       # the Train page's curves read it
     assert [isinstance(e.get("dev_cider"), float) and isinstance(e.get("val_loss"), float) for e in epochs] == \

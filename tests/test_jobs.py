@@ -13,7 +13,9 @@ import pytest
 from conftest import ROOT
 
 from captioning.service import jobs
-from captioning.service.jobs import DuplicateJob, JobError, JobQueue, alive, read_progress
+from captioning.service.jobs import DuplicateJob, JobError, JobQueue
+from captioning.service.processes import alive
+from captioning.service.progress import read_progress
 
 FAKE = str(ROOT / "tests" / "fake_finetune.py")
 

@@ -11,7 +11,8 @@ import sys
 import pytest
 from conftest import ROOT
 
-from captioning.service.jobs import JobQueue, read_progress
+from captioning.service.jobs import JobQueue
+from captioning.service.progress import read_progress
 from captioning.training.jobs import FinetuneSettings, import_check, start_finetune
 
 

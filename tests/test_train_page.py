@@ -11,7 +11,8 @@ import pytest
 from conftest import ROOT
 from test_app import navigation_like_the_server, start, texts  # noqa: F401  (the fixture applies here too)
 
-from captioning.service.jobs import JobQueue, read_progress
+from captioning.service.jobs import JobQueue
+from captioning.service.progress import read_progress
 from captioning.service.uploads import dataset_from_zip
 
 PAGE = "app_pages/train.py"

@@ -8,7 +8,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from captioning.service.jobs import Job, JobQueue, Progress, jobs_dir
+from captioning.service.jobs import Job, JobQueue, jobs_dir
+from captioning.service.progress import Progress
 from captioning.training.jobs import ImportCheckError, import_check
 
 from .widgets import thumbnail

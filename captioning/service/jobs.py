@@ -10,7 +10,8 @@ State lives in one SQLite database (standard library, WAL mode) in the jobs fold
 
 The files a job writes (checkpoints, ``state.json``, the bundle) are the source of truth for its progress: the
 database only says which command runs where. A job runs in its own session (process group) under a small
-supervisor, ``python -m captioning.service.jobs exec DIR ID``, which waits for the command and records how it ended, so
+supervisor, ``python -m captioning.service.supervisor exec DIR ID``, which waits for the command and records how it
+ended, so
 it outlives page reloads, closed tabs and the web server itself. At most one job runs at a time: the others
 wait as ``queued`` and whoever polls next (:meth:`JobQueue.tick`, every page refresh) starts the oldest.
 
@@ -32,6 +33,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from captioning.service.processes import _pid_exists, _signal_group, _stop, alive, process_start
 
 JOBS_ENV = "CAPTIONING_JOBS_DIR"
 JOB_ID_ENV = "CAPTIONING_JOB_ID"          # set in a job's environment: the command is already registered
@@ -126,55 +129,6 @@ def jobs_dir() -> Path:
 def job_key(*parts) -> str:
     """A stable key of JSON-serialisable parts (what makes two jobs the same)."""
     return hashlib.sha256(json.dumps(list(parts), sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-# ---- processes ---------------------------------------------------------------------------------------------
-
-def process_start(pid: int) -> str | None:
-    """The process's start time (clock ticks since boot, from /proc), or None where there is no /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]         # field 22; the name in brackets may hold spaces
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-def alive(pid: int | None, start: str | None = None) -> bool:
-    """Whether ``pid`` runs and is the same process (same start time) as when it was recorded; zombies are dead."""
-    if not pid or not _pid_exists(pid):
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True                                    # no /proc (macOS): the signal check is all there is
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
-        return False
-    return start is None or fields[19] == start
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-def _stop(job: Job, sig: int) -> None:
-    """Signal a job: an app job's whole process group (its supervisor leads it), a CLI command its process."""
-    if job.origin == "app":
-        _signal_group(job.pid, sig)
-    else:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(job.pid, sig)
 
 
 # ---- the queue ---------------------------------------------------------------------------------------------
@@ -306,7 +260,7 @@ class JobQueue:
                 return None
             job = self._job(row)
             job.job_dir.mkdir(parents=True, exist_ok=True)
-            proc = subprocess.Popen([sys.executable, "-m", "captioning.service.jobs", "exec", str(self.root),
+            proc = subprocess.Popen([sys.executable, "-m", "captioning.service.supervisor", "exec", str(self.root),
                                      str(job.id)], cwd=job.cwd, start_new_session=True, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             _children[proc.pid] = proc
@@ -429,214 +383,3 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def track(argv: Sequence[str], title: str, **kwargs):
     """:meth:`JobQueue.track` on the default jobs folder: ``with jobs.track(sys.argv, "fine-tune X", out=...)``."""
     return JobQueue().track(argv, title, **kwargs)
-
-
-# ---- progress, read from the run directory ------------------------------------------------------------------
-
-@dataclass
-class Progress:
-    """A run's progress as its files tell it.
-
-    ``state.json`` (written after every epoch by ``train.py``'s training, in the run directory or, for a fine-tune,
-    in ``decoder-N/`` per decoder) gives the finished epochs; ``progress.json`` (a fine-tune's) the phase, the
-    decoder, and the current step and running loss; ``steps.jsonl`` (the job supervisor samples ``progress.json``
-    into it) the step losses so far.
-    """
-
-    epochs: list[dict]                  # [{"epoch": 1, "loss": .., "val_loss": .., "seconds": .., ...}, ...]
-    steps: list[dict]                   # [{"decoder": 1, "epoch": 1, "step": 3, "steps": 9, "loss": ..}, ...]
-    best_epoch: int | None
-    total_epochs: int | None
-    stopped_early: bool
-    updated: float | None               # when state.json was last written (the last epoch's end)
-    live: dict = field(default_factory=dict)   # progress.json as it is now
-
-    @property
-    def done(self) -> int:
-        return len(self.epochs)
-
-    @property
-    def decoders(self) -> int:
-        return int(self.live.get("decoders") or 1)
-
-    @property
-    def decoder(self) -> int:
-        return int(self.live.get("decoder") or 1)
-
-    @property
-    def phase(self) -> str | None:
-        return self.live.get("phase")
-
-    def _epoch_fraction(self) -> float:
-        """Finished epochs plus the running epoch's share of its steps, over the planned epochs (this decoder)."""
-        if self.stopped_early:
-            return 1.0
-        if not self.total_epochs:
-            return 0.0
-        done = float(self.done)
-        live = self.live
-        if live.get("phase") == "training" and live.get("epoch") == self.done + 1 and live.get("steps"):
-            done += min(1.0, float(live.get("step") or 0) / float(live["steps"]))
-        return min(1.0, done / self.total_epochs)
-
-    @property
-    def fraction(self) -> float:
-        if self.phase == "done":
-            return 1.0
-        if self.phase == "features" or (self.phase is None and not self.epochs):
-            return 0.0
-        return min(1.0, (self.decoder - 1 + self._epoch_fraction()) / self.decoders)
-
-    def seconds_left(self, now: float | None = None) -> float | None:
-        """Mean epoch time x epochs left (this decoder's and the next decoders'), less the time the current epoch
-        has run; None before the first epoch."""
-        times = [e["seconds"] for e in self.epochs if isinstance(e.get("seconds"), (int, float))]
-        if not times or not self.total_epochs:
-            return None
-        per_epoch = sum(times) / len(times)
-        left_here = 0 if self.stopped_early else max(0, self.total_epochs - self.done)
-        left = per_epoch * (left_here + self.total_epochs * (self.decoders - self.decoder))
-        running = max(0.0, (now or time.time()) - self.updated) if self.updated and left_here else 0.0
-        return max(0.0, left - min(running, per_epoch))
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def read_progress(run_dir: str | os.PathLike | None, total_epochs: int | None = None,
-                  steps_file: str | os.PathLike | None = None) -> Progress:
-    """What ``run_dir`` says so far (empty before its first epoch, or where a file is unreadable)."""
-    epochs, steps, best, stopped, updated, live = [], [], None, False, None, {}
-    folder = Path(run_dir) if run_dir else None
-    if folder is not None:
-        live = _read_json(folder / "progress.json")
-        state_path = folder / "state.json"
-        if not state_path.is_file():              # a fine-tune: one run per decoder; the one training now
-            states = sorted(folder.glob("decoder-*/state.json"), key=lambda p: p.stat().st_mtime)
-            state_path = states[-1] if states else state_path
-        state = _read_json(state_path)
-        with contextlib.suppress(OSError):
-            updated = state_path.stat().st_mtime
-        raw = state.get("epochs")
-        if isinstance(raw, dict):
-            for k in sorted((k for k in raw if str(k).isdigit()), key=int):
-                if isinstance(raw[k], dict):
-                    epochs.append({"epoch": int(k), **raw[k]})
-            best = state.get("best_epoch")
-            stopped = bool(state.get("stopped_early"))
-            scores = _read_json(state_path.parent / "dev_scores.json")   # a fine-tune's dev CIDEr-D per epoch
-            for e in epochs:                                            # (captioning/training/dev_score.py)
-                extra = scores.get(str(e["epoch"]))
-                e.update(extra if isinstance(extra, dict) else {})
-        for source in (folder / "steps.jsonl", Path(steps_file) if steps_file else None):
-            if source is None:
-                continue
-            try:
-                lines = source.read_text().splitlines()
-            except OSError:
-                continue
-            for line in lines:
-                with contextlib.suppress(ValueError):
-                    row = json.loads(line)
-                    if isinstance(row, dict) and isinstance(row.get("loss"), (int, float)):
-                        steps.append(row)
-    total = total_epochs or (live.get("epochs") if isinstance(live.get("epochs"), int) else None)
-    return Progress(epochs, steps, best, total, stopped, updated, live)
-
-
-class StepSampler:
-    """Appends each new (decoder, epoch, step, loss) of ``run_dir/progress.json`` to ``steps.jsonl`` (the job
-    supervisor calls it while the command runs), so the loss per step can be drawn after a page reload."""
-
-    def __init__(self, run_dir: str | os.PathLike | None, out: Path):
-        self.source = Path(run_dir) / "progress.json" if run_dir else None
-        self.out, self.last, self.mtime = out, None, None
-
-    def sample(self) -> None:
-        if self.source is None:
-            return
-        try:
-            mtime = self.source.stat().st_mtime
-        except OSError:
-            return
-        if mtime == self.mtime:
-            return
-        self.mtime = mtime
-        live = _read_json(self.source)
-        if live.get("phase") != "training" or not isinstance(live.get("loss"), (int, float)):
-            return
-        row = {k: live.get(k) for k in ("decoder", "epoch", "step", "steps", "loss")}
-        point = (row["decoder"], row["epoch"], row["step"])
-        if point != self.last:
-            self.last = point
-            with self.out.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-
-
-# ---- the supervisor: python -m captioning.service.jobs exec DIR ID -------------------------------------------------
-
-def supervise(root: str | os.PathLike, job_id: int) -> int:
-    """Run job ``job_id``'s command (this process leads its process group), its output in the job's log, and
-    record how it ended. SIGTERM (Cancel, sent to the whole group) reaches the command too; this process outlives
-    it to write the status, killing the command when it outstays the grace period."""
-    queue = JobQueue(root)
-    job = queue.get(job_id)
-    cancelled = False
-
-    def on_term(signum, frame):
-        nonlocal cancelled
-        cancelled = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    job.job_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, JOB_ID_ENV: str(job_id), JOBS_ENV: str(queue.root), "PYTHONUNBUFFERED": "1"}
-    with job.log_path.open("ab") as log:
-        log.write(f"$ {' '.join(job.argv)}\n".encode())
-        log.flush()
-        try:
-            proc = subprocess.Popen(job.argv, cwd=job.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT)
-        except OSError as exc:
-            log.write(f"error: the command could not start ({exc})\n".encode())
-            with queue._connect(write=True) as db:
-                queue._end(db, job_id, "failed", 127)
-            return 127
-        term_at = None
-        sampler = StepSampler(job.run_dir, job.job_dir / "steps.jsonl")
-        while True:
-            sampler.sample()
-            try:
-                code = proc.wait(timeout=0.2)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if cancelled and term_at is None:
-                term_at = time.monotonic()             # the group's SIGTERM reached the command too: not again
-            if term_at is not None and time.monotonic() - term_at > queue.grace:
-                proc.kill()
-        with queue._connect() as db:
-            asked = db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
-        status = "cancelled" if (cancelled or asked) else ("succeeded" if code == 0 else "failed")
-        log.write(f"--- {status} (exit code {code}) ---\n".encode())
-    with queue._connect(write=True) as db:
-        queue._end(db, job_id, status, code)
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) == 3 and args[0] == "exec":
-        return supervise(args[1], int(args[2]))
-    print("usage: python -m captioning.service.jobs exec DIR ID (the job supervisor; list jobs with "
-          "python -m captioning jobs list)", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

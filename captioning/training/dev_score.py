@@ -2,7 +2,7 @@
 page's score curve next to the losses.
 
 The scores go to ``dev_scores.json`` beside the decoder's ``state.json`` (``{"1": {"dev_cider": 0.41}, ...}``):
-:func:`captioning.service.jobs.read_progress` merges them into the epochs it reads. Greedy decoding of at most
+:func:`captioning.service.progress.read_progress` merges them into the epochs it reads. Greedy decoding of at most
 :data:`MAX_PHOTOS` dev photos keeps it to a second or two an epoch; early stopping still follows the dev loss
 (the checkpoints' rule), so the score is for people watching, not a second stopping rule.
 """
