@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from captioning.data.text import Vocabulary
-from captioning.training.finetune import grow_decoder, grow_vocabulary, read_glove
+from captioning.training.growth import grow_decoder, grow_vocabulary, read_glove
 
 
 def tiny_decoder(kind: str, vocab_size: int, seed: int = 0):

@@ -44,177 +44,19 @@ from pathlib import Path
 
 import numpy as np
 
-from captioning.data.flickr8k import DataError, Flickr8k
 from captioning.data.imported import dataset_record, write_record
 from captioning.data.text import Vocabulary, tokenize
-from captioning.data.user_data import UserDataset, load_user_data
+from captioning.data.user_data import UserDataset
 from captioning.files import atomic_write
 from captioning.training.dev_score import dev_score_callback
 from captioning.training.finetune_flickr import FlickrTest
+from captioning.training.growth import DEFAULT_GLOVE, grow_decoder, grow_vocabulary, read_glove
 from captioning.training.rundirs import RunDir, fingerprint
-from captioning.training.settings import PROJECT_ROOT, OptionError, RunConfig
+from captioning.training.settings import OptionError, RunConfig
+from captioning.training.user_photos import _flickr8k, extract_user_features, import_data, replay_pool
 
 DEFAULT_REPLAY = 0.5
-DEFAULT_GLOVE = PROJECT_ROOT / ".cache" / "glove.6B.50d.txt"
-NOISE = 0.1                 # new rows without a vector: mean of the old rows + this x their spread, as noise
-RIDGE = 1.0                 # regularisation of the GloVe -> decoder-row map
 SCORE_BEAM = 3
-
-
-# --- import --------------------------------------------------------------------------------------------------
-def import_data(config: RunConfig) -> UserDataset:
-    user, seed = config.user_data, config.train.seed
-    return load_user_data(user.captions, user.images, strict=user.strict, split_file=user.split_file, seed=seed)
-
-
-def import_check(config: RunConfig) -> dict:
-    """Print the import summary (``--json``: the machine-readable one) and return it."""
-    data = import_data(config)
-    summary = data.summary()
-    print(json.dumps(summary, ensure_ascii=False, indent=1) if config.user_data.json else data.describe())
-    return summary
-
-
-# --- vocabulary and decoder growth ---------------------------------------------------------------------------
-def grow_vocabulary(vocab: Vocabulary, captions: list[list[str]], min_count: int) -> tuple[Vocabulary, list[str]]:
-    """The base vocabulary with the new words of ``captions`` (count >= ``min_count``) appended, most frequent
-    first; old words keep their ids. Returns it and the added words."""
-    counts = Counter(w for words in captions for w in words)
-    added = sorted((w for w, c in counts.items() if c >= min_count and w not in vocab.stoi),
-                   key=lambda w: (-counts[w], w))
-    merged = {**vocab.counts, **{w: counts[w] for w in added}}
-    return Vocabulary(vocab.itos[4:] + added, merged, vocab.min_count), added
-
-
-def read_glove(path: Path | None, words: set[str]) -> dict[str, np.ndarray]:
-    """The vectors of ``words`` in a GloVe text file ({} without a file)."""
-    if path is None or not Path(path).is_file():
-        return {}
-    found = {}
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            word, _, rest = line.partition(" ")
-            if word in words and word not in found:
-                try:
-                    found[word] = np.asarray(rest.split(), np.float32)
-                except ValueError:
-                    continue
-    dims = Counter(len(v) for v in found.values())
-    dim = dims.most_common(1)[0][0] if dims else 0
-    return {w: v for w, v in found.items() if len(v) == dim}
-
-
-def _new_rows(old: np.ndarray, old_words: list[str], new_words: list[str], glove: dict[str, np.ndarray],
-              rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """Rows (len(new_words), D) for the new words from the old rows ``old`` (len(old_words), D): GloVe mapped
-    into the row space where the word has a vector, else mean + noise. Returns them and how many used GloVe."""
-    mean, spread = old.mean(axis=0), old.std(axis=0)
-    rows = mean + NOISE * spread * rng.standard_normal((len(new_words), old.shape[1])).astype(np.float32)
-    pairs = [i for i, w in enumerate(old_words) if w in glove]
-    mapped = [j for j, w in enumerate(new_words) if w in glove]
-    if len(pairs) >= 20 and mapped:
-        x = np.stack([glove[old_words[i]] for i in pairs])                         # (n, G)
-        y = old[pairs]                                                              # (n, D)
-        xm, ym = x.mean(axis=0), y.mean(axis=0)
-        xc = x - xm
-        w = np.linalg.solve(xc.T @ xc + RIDGE * np.eye(x.shape[1]), xc.T @ (y - ym))  # (G, D)
-        new = np.stack([glove[new_words[j]] for j in mapped])
-        rows[mapped] = (new - xm) @ w + ym
-        return rows.astype(np.float32), len(mapped)
-    return rows.astype(np.float32), 0
-
-
-def grow_decoder(decoder, old_vocab: Vocabulary, new_vocab: Vocabulary, glove: dict[str, np.ndarray],
-                 user_counts: Counter, seed: int = 0):
-    """A copy of ``decoder`` predicting ``new_vocab`` (``old_vocab`` + appended words): every weight copied, the
-    embedding and output layer extended by rows for the new words (see the module docstring). Returns the
-    decoder and a record of how the new rows started."""
-    old_n, new_n = len(old_vocab), len(new_vocab)
-    grown = type(decoder).from_config({**decoder.get_config(), "vocab_size": new_n})
-    grown.build()
-    old_words, new_words = old_vocab.itos[4:], new_vocab.itos[old_n:]
-    rng = np.random.default_rng(seed)
-    emb = decoder.embedding.embeddings.numpy()                                     # (V, E)
-    kernel, bias = decoder.classifier.kernel.numpy(), decoder.classifier.bias.numpy()   # (U, V), (V,)
-    new_emb, emb_glove = _new_rows(emb[4:], old_words, new_words, glove, rng)
-    new_cols, _ = _new_rows(kernel[:, 4:].T, old_words, new_words, glove, rng)
-    total = sum(user_counts.values()) or 1
-    shared = [bias[old_vocab.stoi[w]] - math.log(c / total) for w, c in user_counts.items() if w in old_vocab.stoi
-              and old_vocab.stoi[w] >= 4]
-    offset = float(np.median(shared)) if shared else 0.0
-    new_bias = np.array([math.log(max(user_counts.get(w, 1), 1) / total) + offset for w in new_words], np.float32)
-    replaced = {id(decoder.embedding.embeddings): np.concatenate([emb, new_emb]),
-                id(decoder.classifier.kernel): np.concatenate([kernel, new_cols.T], axis=1),
-                id(decoder.classifier.bias): np.concatenate([bias, new_bias])}
-    for old_w, new_w in zip(decoder.weights, grown.weights):
-        value = replaced.get(id(old_w), None)
-        value = old_w.numpy() if value is None else value
-        if tuple(value.shape) != tuple(new_w.shape):
-            raise ValueError(f"cannot grow {old_w.path}: {value.shape} into {tuple(new_w.shape)}")
-        new_w.assign(value)
-    return grown, {"new_words": len(new_words), "glove": emb_glove, "mean_plus_noise": len(new_words) - emb_glove,
-                   "bias_offset": round(offset, 4)}
-
-
-# --- features ------------------------------------------------------------------------------------------------
-def extract_user_features(spec, weights, photos: dict[str, Path], cache, spatial: bool, batch_size: int = 16,
-                          shard_size: int = 128, progress: bool = True, on_batch=None) -> dict:
-    """Cache the features of ``photos`` (cache id -> file) not cached yet, reading each through the safe loader
-    (:func:`captioning.vision.images.load_image`, so WebP and photos of any size work) at the canonical size. Shards
-    are written as they fill: Ctrl-C loses at most one shard. ``on_batch(done, total)`` after every batch."""
-    import tensorflow as tf
-    from tqdm.auto import tqdm
-
-    from captioning.vision.encoders import build_encoder
-    from captioning.vision.features import image_pipeline
-    from captioning.vision.images import load_image, to_canonical
-
-    cache.remove_temporaries()
-    todo = cache.missing(list(photos), spatial)
-    stats = {"images": len(todo), "cached": len(photos) - len(todo), "seconds": 0.0}
-    if not todo:
-        return stats
-    encoder, source = build_encoder(spec, weights, spatial=spatial)
-    stats["weights_source"] = source
-    to_input = image_pipeline(spec)
-    forward = tf.function(lambda x: encoder(to_input(x), training=False), reduce_retracing=True)
-    start = time.perf_counter()
-    names, pooled, maps = [], [], []
-    with tqdm(total=len(todo), unit="img", desc=f"features {spec.key} (your photos)", disable=not progress) as bar:
-        for lo in range(0, len(todo), batch_size):
-            batch = todo[lo:lo + batch_size]
-            images = np.stack([to_canonical(load_image(photos[n])) for n in batch])       # (B, 224, 224, 3)
-            out = forward(tf.constant(images))
-            names += batch
-            pooled.append((out[0] if isinstance(out, (list, tuple)) else out).numpy().astype(np.float16))
-            if spatial:
-                maps.append(out[1].numpy().astype(np.float16))
-            bar.update(len(batch))
-            if on_batch:
-                on_batch(lo + len(batch), len(todo))
-            if len(names) >= shard_size or lo + batch_size >= len(todo):
-                cache.add_shard(names, np.concatenate(pooled), np.concatenate(maps) if spatial else None)
-                names, pooled, maps = [], [], []
-    stats["seconds"] = round(time.perf_counter() - start, 1)
-    return stats
-
-
-def _flickr8k(config: RunConfig) -> Flickr8k | None:
-    """Flickr8k for replay when it is reachable (``--data-dir`` or $FLICKR8K_DIR), else None."""
-    try:
-        return Flickr8k.load(config.workspace.data_dir, check_images=False)
-    except DataError:
-        return None
-
-
-def replay_pool(ds: Flickr8k, user_captions: int, replay: float, seed: int) -> list[str]:
-    """Flickr8k training photos enough for every epoch's replay share (five captions a photo), seeded."""
-    if replay <= 0:
-        return []
-    needed = math.ceil(user_captions * replay / (1 - replay) / 5)
-    names = sorted(ds.splits["train"])
-    np.random.default_rng(seed).shuffle(names)
-    return sorted(names[:max(needed, 1)])
 
 
 # --- training ------------------------------------------------------------------------------------------------
@@ -532,28 +374,3 @@ def step_progress(run: Path, steps: int, every: float = 2.0):
                           loss=float(loss) if loss is not None else None)
 
     return _StepProgress()
-
-
-# --- training from scratch on a user's photos ----------------------------------------------------------------
-def user_records(config: RunConfig) -> Flickr8k:
-    """The user's photos as dataset records for ``train.py [train] --captions FILE --images DIR`` (training from
-    scratch): imported and split as for finetune, their features cached first through the safe loader, records
-    named by the photos' content ids (the names the feature cache knows them by)."""
-    from captioning.vision.encoders import get_spec
-    from captioning.vision.features import FeatureCache
-
-    data = import_data(config)
-    print(data.describe())
-    ids = data.photo_ids
-    feats = config.features
-    spec = get_spec(feats.encoder, feats.alpha)
-    cache = FeatureCache(Path(config.workspace.cache_dir) / "features", spec.key)
-    photos = {ids[p]: data.path(p) for split in data.splits.values() for p in split}
-    extract_user_features(spec, feats.weights, photos, cache, feats.spatial or config.train.spatial,
-                          progress=not config.workspace.quiet)
-    captions = {ids[p]: caps for p, caps in data.captions.items()}
-    splits = {s: [ids[p] for p in photos_] for s, photos_ in data.splits.items()}
-    if not splits.get("test"):
-        splits["test"] = list(splits["dev"])      # a split file without test photos: scores on dev
-    return Flickr8k(data.captions_file.parent, data.images_dir, captions, splits,
-                    name=f"user:{data.captions_file.name}")

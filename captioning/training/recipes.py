@@ -38,7 +38,8 @@ def run(config: RunConfig) -> Path | None:
         print(f"Flickr8k ready in {download(ws.data_dir, progress=not ws.quiet)}")
         return None
     if command in ("finetune", "import-check"):            # a user's own photos: captioning.training.finetune
-        from captioning.training.finetune import finetune, import_check
+        from captioning.training.finetune import finetune
+        from captioning.training.user_photos import import_check
 
         if command == "import-check":
             import_check(config)
@@ -46,7 +47,7 @@ def run(config: RunConfig) -> Path | None:
         return finetune(config)
     check_before_work(config, None, None)
     if config.user_data.captions:                       # training from scratch on a user's captioned photos
-        from captioning.training.finetune import user_records
+        from captioning.training.user_photos import user_records
 
         ds = user_records(config)
         config.evaluate.no_human = True                 # the expert judgments are of Flickr8k's photos
