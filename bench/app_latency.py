@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    from captioning.artifacts.bundle import BundleError
+    from captioning.artifacts.manifest import BundleError
     from captioning.service.captioner import Captioner
     from captioning.vision.encoders import EncoderWeightsError
 

@@ -145,7 +145,8 @@ def main() -> None:
         args.bundle, args.cache_dir = str(bundle_dir), str(cache_dir)
     print(f"bundle {args.bundle}")
 
-    from captioning.artifacts.bundle import BundleError, load_bundle
+    from captioning.artifacts.bundle import load_bundle
+    from captioning.artifacts.manifest import BundleError
     from captioning.decoding.config import DecodeConfig
     from captioning.decoding.search import decode
     from captioning.models.stepper import StepDecoder

@@ -82,7 +82,7 @@ def child(args) -> dict:
     from captioning import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from captioning.artifacts.bundle import read_manifest
+    from captioning.artifacts.manifest import read_manifest
     from captioning.service.captioner import Captioner
     from captioning.service.folders import caption_files
     from captioning.service.ray_engine import RayEngine, object_store_bytes

@@ -69,7 +69,7 @@ def main(argv=None) -> int:
 
 def _dispatch(args) -> int:
     import_tensorflow_quietly()
-    from captioning.artifacts.bundle import BundleError
+    from captioning.artifacts.manifest import BundleError
     from captioning.vision.encoders import EncoderWeightsError, setup_weights
 
     try:
@@ -85,7 +85,8 @@ def _dispatch(args) -> int:
 def caption(args) -> int:
     """The ``caption`` command: every check that can fail (options, photos, --out and what it holds) before the
     model loads; then captions to the screen or into --out, resumable, Ctrl-C answered with exit code 130."""
-    from captioning.artifacts.bundle import BundleError, artifacts_dir, read_manifest
+    from captioning.artifacts.bundle import artifacts_dir
+    from captioning.artifacts.manifest import BundleError, read_manifest
     from captioning.decoding.config import DecodeConfig
     from captioning.service.captioner import Captioner
     from captioning.service.folders import caption_files, gather_images
@@ -208,7 +209,8 @@ def add_serve_limits(srv: argparse.ArgumentParser) -> None:
 def serve_command(args) -> int:
     """``serve``: one-line errors for a bad option, a network host without a key or a busy port, all before the
     model loads; then the API until interrupted."""
-    from captioning.artifacts.bundle import BundleError, artifacts_dir
+    from captioning.artifacts.bundle import artifacts_dir
+    from captioning.artifacts.manifest import BundleError
     from captioning.service.guards import api_key
     from captioning.service.limits import ServerSettings
     from captioning.service.serve import serve

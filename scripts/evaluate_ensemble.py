@@ -135,7 +135,7 @@ def main() -> None:
 
 def pick_decoders(arg: str, load_bundle):
     """``PATH`` or ``PATH@1,3``: (the bundle, the chosen decoders, the encoder key each reads)."""
-    from captioning.artifacts.bundle import check_pick, split_pick
+    from captioning.training.picks import check_pick, split_pick
 
     try:
         path, indices = split_pick(arg)

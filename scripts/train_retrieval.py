@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np  # noqa: E402
 
-from captioning.artifacts.bundle import load_bundle, read_manifest  # noqa: E402
+from captioning.artifacts.bundle import load_bundle  # noqa: E402
+from captioning.artifacts.manifest import read_manifest  # noqa: E402
 from captioning.data.flickr8k import Flickr8k  # noqa: E402
 from captioning.models.retrieval import RetrievalDecoder, warm_start  # noqa: E402
 from captioning.training.retrieval import (  # noqa: E402

@@ -4,7 +4,8 @@ import shutil
 
 import pytest
 
-from captioning.artifacts.bundle import BundleError, list_bundles, load_bundle, read_manifest, save_bundle
+from captioning.artifacts.bundle import list_bundles, load_bundle, save_bundle
+from captioning.artifacts.manifest import BundleError, read_manifest
 from captioning.data.text import Vocabulary
 
 

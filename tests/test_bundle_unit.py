@@ -12,16 +12,13 @@ import pytest
 from captioning.artifacts import bundle as bundle_module
 from captioning.artifacts.bundle import (
     ARTIFACTS_ENV,
-    FORMAT_VERSION,
-    BundleError,
     artifacts_dir,
     list_bundles,
     load_bundle,
-    read_manifest,
-    read_metrics,
     save_bundle,
     update_results,
 )
+from captioning.artifacts.manifest import FORMAT_VERSION, BundleError, read_manifest, read_metrics
 from captioning.data.text import Vocabulary
 from captioning.models.decoders import build_decoder
 

@@ -15,7 +15,8 @@ import pytest
 from conftest import missing
 from test_app import navigation_like_the_server, start, texts  # noqa: F401  (the app's page-navigation fixture)
 
-from captioning.artifacts.bundle import BundleError, load_bundle, read_manifest, save_bundle
+from captioning.artifacts.bundle import load_bundle, save_bundle
+from captioning.artifacts.manifest import BundleError, read_manifest
 from captioning.data.text import Vocabulary
 from captioning.decoding.config import DecodeConfig
 from captioning.decoding.search import decode

@@ -242,7 +242,8 @@ def test_index_command_adds_the_index_to_an_existing_bundle(tiny_run, flickr_dir
 
 
 def test_a_damaged_index_is_refused_with_the_command_that_rebuilds_it(tiny_bundle, tmp_path):
-    from captioning.artifacts.bundle import BundleError, _finish_manifest, load_bundle
+    from captioning.artifacts.bundle import _finish_manifest, load_bundle
+    from captioning.artifacts.manifest import BundleError
 
     copy = tmp_path / "tiny"
     shutil.copytree(tiny_bundle, copy)

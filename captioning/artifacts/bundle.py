@@ -1,4 +1,5 @@
-"""The artifact bundle: everything the app and CLI need to caption, validated on load.
+"""The artifact bundle: everything the app and CLI need to caption, validated on load. Its manifest's types are in
+:mod:`captioning.artifacts.manifest`; decoders are written at half size by :mod:`captioning.artifacts.float16`.
 
 ``artifacts/<name>/``::
 
@@ -33,10 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from captioning.artifacts.manifest import (  # noqa: F401  (re-exported: the bundle's readers live beside their types)
+from captioning.artifacts.float16 import _save_half, _without_optimizer
+from captioning.artifacts.manifest import (
     FORMAT_VERSION,
-    PREDICTION_COLUMNS,
-    REQUIRED_FILES,
     BundleError,
     EncoderInfo,
     EvaluationReport,
@@ -167,30 +167,6 @@ class Bundle:
         return StepDecoder(decoder)
 
 
-def split_pick(arg: str) -> tuple[str, list[int] | None]:
-    """``PATH`` or ``PATH@1,3``: a bundle, or some decoders of an ensemble bundle (numbered from 1 in decoder
-    order, the order of its manifest's ``ensemble_of``). Returns the path and the 0-based indices (None: all)."""
-    path, at, picks = str(arg).rpartition("@")
-    if not at or Path(arg).exists():
-        return str(arg), None
-    try:
-        numbers = [int(x) for x in picks.split(",")]
-    except ValueError:
-        raise ValueError(f"{arg}: after @ give decoder numbers separated by commas, e.g. {path}@1,3") from None
-    if min(numbers) < 1 or len(set(numbers)) != len(numbers):
-        raise ValueError(f"{arg}: decoder numbers start at 1 and each is picked at most once")
-    return path, [n - 1 for n in numbers]
-
-
-def check_pick(arg: str, indices: list[int] | None, n_decoders: int) -> list[int]:
-    """The chosen decoder indices of a bundle with ``n_decoders`` decoders (all when ``indices`` is None)."""
-    if indices is None:
-        return list(range(n_decoders))
-    if max(indices) >= n_decoders:
-        raise ValueError(f"{arg}: the bundle has decoders 1 to {n_decoders}")
-    return indices
-
-
 def replace_folder(new: Path, target: Path) -> None:
     """Put the finished folder ``new`` at ``target``; an old ``target`` is moved aside only now, then removed."""
     old = None
@@ -220,40 +196,6 @@ def _finish_manifest(folder: Path, manifest: dict) -> None:
     manifest["format_version"] = FORMAT_VERSION
     manifest["files"] = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.name != "manifest.json"}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
-
-
-def _save_half(model, file: Path) -> None:
-    """Save a decoder as ``.keras`` with its float32 weights stored as float16 (half the file).
-
-    Keras loads them back into float32 variables, so the model computes exactly as the stored numbers say;
-    bundles are evaluated after saving, so their metrics describe these weights.
-    """
-    import io
-    import zipfile
-
-    import h5py
-
-    full = file.with_name(file.name + ".f32.keras")
-    model.save(full)
-    with zipfile.ZipFile(full) as zin, zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename.endswith(".weights.h5"):
-                out = io.BytesIO()
-                with h5py.File(io.BytesIO(data), "r") as src, h5py.File(out, "w") as dst:
-                    def copy(name, obj):
-                        if isinstance(obj, h5py.Dataset):
-                            arr = obj[()]
-                            dst.create_dataset(name, data=arr.astype(np.float16) if arr.dtype == np.float32 else arr)
-                        else:
-                            dst.require_group(name)
-                        dst[name].attrs.update(obj.attrs)
-                    src.visititems(copy)
-                    dst.attrs.update(src.attrs)
-                data = out.getvalue()
-            item.compress_type = zipfile.ZIP_DEFLATED     # writestr(ZipInfo) uses the entry's own setting, not zout's
-            zout.writestr(item, data)
-    full.unlink()
 
 
 def _member_file(i: int) -> str:
@@ -289,16 +231,6 @@ def save_bundle(path: str | os.PathLike, decoder, vocab: Vocabulary, manifest: M
 
     _write_dir_atomically(target, fill)
     return target
-
-
-def _without_optimizer(decoder):
-    """A copy that carries weights only: the optimizer's state would triple the file for nothing."""
-    if getattr(decoder, "optimizer", None) is None:
-        return decoder
-    clean = type(decoder).from_config(decoder.get_config())
-    clean.build()
-    clean.set_weights(decoder.get_weights())
-    return clean
 
 
 def update_results(path: str | os.PathLike, metrics: dict, predictions=None) -> Path:

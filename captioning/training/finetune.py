@@ -266,7 +266,7 @@ def _manifest(config: RunConfig, base, picks: list[int], data: UserDataset, reco
               train_captions: int) -> tuple[dict, list]:
     """The fine-tuned bundle's manifest (the base's encoder and records, ``finetune``: base, dataset, skipped rows,
     settings, vocabulary, training, scores) and the member encoder blocks of its decoders after the first."""
-    from captioning.artifacts.bundle import encoder_key
+    from captioning.artifacts.manifest import encoder_key
 
     chosen = [base.manifest.decoder_encoders[i] for i in picks]
     member_encoders = [None if encoder_key(e) == encoder_key(chosen[0]) else dict(e.raw) for e in chosen[1:]]

@@ -118,7 +118,8 @@ def decoder_inputs(ws: Workspace, bundle, names: list[str]):
 
 
 def _load_bundle(path: str, **kwargs):
-    from captioning.artifacts.bundle import BundleError, load_bundle
+    from captioning.artifacts.bundle import load_bundle
+    from captioning.artifacts.manifest import BundleError
 
     try:
         return load_bundle(path, **kwargs)
@@ -129,7 +130,7 @@ def _load_bundle(path: str, **kwargs):
 # --- checks before work -----------------------------------------------------------------------------------
 def check_before_work(config: RunConfig, ds: Flickr8k | None, names: Splits | None) -> None:
     """What can be checked before minutes of work: the bundle to read, a checkpoint to finish, the vocabulary."""
-    from captioning.artifacts.bundle import BundleError, read_manifest
+    from captioning.artifacts.manifest import BundleError, read_manifest
 
     ws, tr = config.workspace, config.train
     if config.command in ("evaluate", "sweep"):

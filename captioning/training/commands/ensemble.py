@@ -18,8 +18,9 @@ def build_ensemble(ws: Workspace, members: list[str] | None) -> Path:
 
     Members may read different encoders (a cross-encoder ensemble): the first member's encoder is the bundle's,
     every decoder that reads another keeps that encoder's block in the manifest."""
-    from captioning.artifacts.bundle import check_pick, save_bundle, split_pick
+    from captioning.artifacts.bundle import save_bundle
     from captioning.artifacts.manifest import encoder_key
+    from captioning.training.picks import check_pick, split_pick
 
     too_few = OptionError("ensemble needs {members} with at least two trained bundles, e.g. {members} "
                           "artifacts/default artifacts/xception-merge (or decoders of one: artifacts/default@1,3)")

@@ -19,7 +19,8 @@ def evaluate_bundle(ws: Workspace, settings: EvaluateSettings, features: Feature
                     names: Splits) -> list[dict]:
     """Score the bundle at ``ws.out`` on a split with every decoding run; rewrites metrics.json and
     predictions.csv (keeping the dev sweep and the metric-vs-human agreement it does not recompute)."""
-    from captioning.artifacts.bundle import BundleError, read_metrics, update_results
+    from captioning.artifacts.bundle import update_results
+    from captioning.artifacts.manifest import BundleError, read_metrics
     from captioning.decoding.config import DecodeConfig, parse_spec
     from captioning.evaluation.human import metric_human_agreement
     from captioning.evaluation.runs import evaluate, implementations

@@ -26,7 +26,8 @@ def build_retrieval_index(ws: Workspace, features: FeatureSettings, ds: Flickr8k
     features are needed)."""
     import numpy as np
 
-    from captioning.artifacts.bundle import BundleError, read_index, save_index
+    from captioning.artifacts.bundle import read_index, save_index
+    from captioning.artifacts.manifest import BundleError
     from captioning.decoding.config import DecodeConfig
     from captioning.decoding.search import decode
     from captioning.evaluation.metrics import coco_scores
