@@ -14,6 +14,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from captioning.vision.encoders import ENCODER_NAMES, get_spec
+
 FORMAT_VERSION = 1
 REQUIRED_FILES = ("manifest.json", "decoder.keras", "vocab.json")
 
@@ -171,9 +173,7 @@ class _Record(Mapping):
         return len(self.raw)
 
 
-ENCODER_LABELS = {"xception": "Xception", "inceptionv3": "InceptionV3", "resnet50": "ResNet50",
-                  "mobilenetv2": "MobileNetV2", "efficientnetlite0": "EfficientNet-Lite0",
-                  "efficientnetlite1": "EfficientNet-Lite1", "efficientnetlite2": "EfficientNet-Lite2"}
+ENCODER_LABELS = {get_spec(name).name: get_spec(name).label for name in ENCODER_NAMES}    # from the registry
 
 
 @dataclass(frozen=True, eq=False)

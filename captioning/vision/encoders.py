@@ -55,6 +55,7 @@ class EncoderSpec:
         feature_dim: channels of the last convolutional map (= pooled feature size).
         builder: ``keras.applications`` constructor name.
         module: ``keras.applications`` sub-module holding ``preprocess_input``.
+        title: the name people know it by, where it is not ``builder`` (the ported EfficientNet-Lite).
     """
 
     name: str
@@ -64,6 +65,12 @@ class EncoderSpec:
     module: str
     weights_file: str
     alpha: float | None = None
+    title: str = ""
+
+    @property
+    def label(self) -> str:
+        """The name people know it by: ``Xception``, ``MobileNetV2``, ``EfficientNet-Lite0``."""
+        return self.title or self.builder
 
     @property
     def key(self) -> str:
@@ -113,14 +120,15 @@ REGISTRY = {
                                "inception_v3_imagenet_notop.weights.h5"),
     "resnet50": EncoderSpec("resnet50", 224, 2048, "ResNet50", "resnet50", "resnet50_imagenet_notop.weights.h5"),
     # ported from PyTorch by setup-weights (captioning/vision/efficientnet_lite.py); the file keeps the classifier
-    "efficientnetlite0": EncoderSpec("efficientnetlite0", 224, 1280, "captioning.vision.efficientnet_lite:application",
-                                     "captioning.vision.efficientnet_lite", "efficientnet_lite0_imagenet.weights.h5"),
+    "efficientnetlite0": EncoderSpec(
+        "efficientnetlite0", 224, 1280, "captioning.vision.efficientnet_lite:application",
+        "captioning.vision.efficientnet_lite", "efficientnet_lite0_imagenet.weights.h5", title="EfficientNet-Lite0"),
     "efficientnetlite1": EncoderSpec(
         "efficientnetlite1", 240, 1280, "captioning.vision.efficientnet_lite:application_lite1",
-        "captioning.vision.efficientnet_lite", "efficientnet_lite1_imagenet.weights.h5"),
+        "captioning.vision.efficientnet_lite", "efficientnet_lite1_imagenet.weights.h5", title="EfficientNet-Lite1"),
     "efficientnetlite2": EncoderSpec(
         "efficientnetlite2", 260, 1280, "captioning.vision.efficientnet_lite:application_lite2",
-        "captioning.vision.efficientnet_lite", "efficientnet_lite2_imagenet.weights.h5"),
+        "captioning.vision.efficientnet_lite", "efficientnet_lite2_imagenet.weights.h5", title="EfficientNet-Lite2"),
 }
 ENCODER_NAMES = ("xception", "inceptionv3", "resnet50", "mobilenetv2", "efficientnet-lite0", "efficientnet-lite1",
                  "efficientnet-lite2")
