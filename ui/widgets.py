@@ -13,6 +13,7 @@ from PIL import Image
 
 from captioning.decoding.options import DEFAULT_BEAM_WIDTH, OPTION
 from captioning.evaluation.metrics import sentence_bleu_scores
+from captioning.service.records import bundle_checksum
 from captioning.vision.images import MAX_BYTES, SUPPORTED_TYPES, InvalidImageError, load_image
 
 from .labels import human_caption, literal
@@ -96,15 +97,17 @@ def decoding_controls(key: str, default_beam: int = 1, allow_greedy: bool = True
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def cached_features(_captioner, bundle: str, digest: str, _image: Image.Image) -> np.ndarray:
-    """Encoder features of one picture, computed once per bundle and picture (in a decode slot)."""
+    """Encoder features of one picture, computed once per bundle content (``bundle``: the checksum of its model
+    files) and picture (in a decode slot)."""
     with decode_slot(show_wait=False):                  # no elements inside a cached function
         return _captioner.features(_image)
 
 
-def photo_features(captioner, chosen: ChosenImage):
-    """The chosen picture's features for ``captioner``, cached per bundle and picture; an ensemble's first decoder
-    alone (the Caption page's first caption while the rest loads) reads fewer encoders, so it has its own entry."""
-    key = f"{captioner.bundle.name}/{'first decoder' if captioner.quick_of else 'all decoders'}"
+def photo_features(captioner, chosen: ChosenImage) -> np.ndarray:
+    """The chosen picture's features for ``captioner``, cached by the bundle's content (the checksum of its model
+    files), not its name, so a bundle retrained under the same name gets its own features; an ensemble's first
+    decoder alone (the Caption page's first caption while the rest loads) reads fewer encoders: its own entry."""
+    key = f"{bundle_checksum(captioner.bundle.manifest)}/{'first decoder' if captioner.quick_of else 'all decoders'}"
     return cached_features(captioner, key, chosen.digest, chosen.image)
 
 
