@@ -15,26 +15,28 @@ KILLED = {1, 3, 36, 24, -24, 152,
           255}      # a failing test, pytest's internal error, or a timeout (mutmut counts these)
 SURVIVED = {0}
 NO_TESTS = {5, 33}
-# The core modules by the short names docs/mutation.md uses -> their path under captioning/.
-MODULES = {"text": "data/text", "images": "vision/images", "metrics": "evaluation/metrics",
-           "bundle": "artifacts/bundle", "manifest": "artifacts/manifest", "models": "models/decoders",
-           "decoding": "decoding/search", "stepper": "models/stepper"}
+# The core modules by the short names docs/mutation.md uses -> their paths under captioning/ (a module split by
+# job is scored file by file).
+MODULES = {"text": ["data/text"], "images": ["vision/images"], "metrics": ["evaluation/metrics"],
+           "bundle": ["artifacts/bundle", "artifacts/float16", "training/picks"], "manifest": ["artifacts/manifest"],
+           "models": ["models/decoders"], "stepper": ["models/stepper"],
+           "decoding": ["decoding/search", "decoding/config", "decoding/constraints", "decoding/captions"]}
 
 
-def module_path(name: str) -> str:
-    """A short name (``text``) or a path under captioning/ (``data/text``, ``data.text``) -> ``data/text``."""
+def module_paths(name: str) -> list[str]:
+    """A short name (``text``) or a path under captioning/ (``data/text``, ``data.text``) -> ``["data/text"]``."""
     name = name.removesuffix(".py")
-    return MODULES.get(name, name.replace(".", "/"))
+    return MODULES.get(name, [name.replace(".", "/")])
 
 
 def main(argv: list[str]) -> int:
     root = Path(__file__).resolve().parents[1] / "mutants" / "captioning"
-    if argv[:1] == ["--path"]:                  # for scripts/mutation.sh
-        print(module_path(argv[1]))
+    if argv[:1] == ["--path"]:                  # for scripts/mutation.sh: one path per line
+        print("\n".join(module_paths(argv[1])))
         return 0
     if argv[:1] == ["--rejudge"]:
-        for module in argv[1:]:
-            meta = root / f"{module_path(module)}.py.meta"
+        for module in [path for name in argv[1:] for path in module_paths(name)]:
+            meta = root / f"{module}.py.meta"
             if not meta.is_file():
                 print(f"error: no mutmut results for captioning/{module}.py; run `make mutation MODULES={module}`",
                       file=sys.stderr)
