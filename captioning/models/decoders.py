@@ -41,6 +41,42 @@ class _Decoder(keras.Model):
         return cls(**config)
 
 
+class _AttendingDecoder(_Decoder):
+    """What the attention and top-down decoders share: soft additive attention over the projected map
+    (Bahdanau-style, queried by an LSTM state) and the step API over [projected map, attention keys].
+
+    The layers keep the attribute names and creation order they had in each decoder, so the weights of bundles
+    saved before this class existed load unchanged.
+    """
+
+    def _attention_layers(self, attention_dim: int) -> None:
+        self.att_keys = layers.Dense(attention_dim, name="att_keys")
+        self.att_query = layers.Dense(attention_dim, name="att_query")
+        self.att_score = layers.Dense(1, name="att_score")
+
+    def _build_attention(self) -> None:
+        self.att_keys.build((None, None, self.feature_proj_dim))
+        self.att_query.build((None, self.units))
+        self.att_score.build((None, None, self.attention_dim))
+
+    def attend(self, feats, keys, query):
+        """feats (B, P, F), keys (B, P, A), query (B, U) -> weights alpha (B, P), attended feature (B, F)."""
+        energy = self.att_score(ops.tanh(keys + ops.expand_dims(self.att_query(query), 1)))  # (B, P, 1)
+        alpha = ops.softmax(ops.squeeze(energy, -1), axis=-1)                               # (B, P)
+        return alpha, ops.sum(feats * ops.expand_dims(alpha, -1), axis=1)                   # (B, F)
+
+    # --- step API --------------------------------------------------------------------------------
+    def start(self, features):
+        """(B, P, D) -> context (B, P, F + A): projected map and attention keys side by side; the initial state."""
+        feats, keys, state = self._encode(features)
+        return ops.concatenate([feats, keys], axis=-1), state
+
+    def step(self, context, tokens, state):
+        feats, keys = context[..., : self.feature_proj_dim], context[..., self.feature_proj_dim:]
+        logits, state, alpha = self._attend_and_step(feats, keys, self.embedding(tokens), list(state))
+        return ops.log_softmax(logits, axis=-1), state, alpha
+
+
 @keras.saving.register_keras_serializable(package="captioning")
 class MergeDecoder(_Decoder):
     """The "merge" architecture (Tanti et al. 2018; the seed tutorials).
@@ -112,7 +148,7 @@ class MergeDecoder(_Decoder):
 
 
 @keras.saving.register_keras_serializable(package="captioning")
-class AttentionDecoder(_Decoder):
+class AttentionDecoder(_AttendingDecoder):
     """Show, Attend and Tell (Xu et al. 2015) with soft additive attention over the encoder's spatial map.
 
     At every step: attention weights over the P locations from the LSTM state, a gated context vector
@@ -139,9 +175,7 @@ class AttentionDecoder(_Decoder):
         self.feature_proj = layers.Dense(feature_proj, activation="relu", name="feature_proj")
         self.init_h = layers.Dense(units, activation="tanh", name="init_h")
         self.init_c = layers.Dense(units, activation="tanh", name="init_c")
-        self.att_keys = layers.Dense(attention_dim, name="att_keys")
-        self.att_query = layers.Dense(attention_dim, name="att_query")
-        self.att_score = layers.Dense(1, name="att_score")
+        self._attention_layers(attention_dim)
         self.gate = layers.Dense(feature_proj, activation="sigmoid", name="gate")
         self.embedding = layers.Embedding(vocab_size, embed_dim, name="embedding")
         self.cell = layers.LSTMCell(units, name="lstm_cell")
@@ -153,9 +187,7 @@ class AttentionDecoder(_Decoder):
         self.feature_proj.build((None, None, self.feature_dim))
         self.init_h.build((None, f))
         self.init_c.build((None, f))
-        self.att_keys.build((None, None, f))
-        self.att_query.build((None, u))
-        self.att_score.build((None, None, self.attention_dim))
+        self._build_attention()
         self.gate.build((None, u))
         self.embedding.build((None,))
         self.cell.build((None, self.embed_dim + f))
@@ -169,9 +201,7 @@ class AttentionDecoder(_Decoder):
 
     def _attend_and_step(self, feats, keys, words, state, training=False):
         h = state[0]                                                                     # (B, U)
-        energy = self.att_score(ops.tanh(keys + ops.expand_dims(self.att_query(h), 1)))  # (B, P, 1)
-        alpha = ops.softmax(ops.squeeze(energy, -1), axis=-1)                           # (B, P)
-        context = ops.sum(feats * ops.expand_dims(alpha, -1), axis=1)                   # (B, F)
+        alpha, context = self.attend(feats, keys, h)                                     # (B, P), (B, F)
         context = self.gate(h) * context                                                 # (B, F)
         h, state = self.cell(ops.concatenate([words, context], axis=-1), state, training=training)
         logits = self.classifier(self.dropout(h, training=training))                    # (B, V)
@@ -198,17 +228,6 @@ class AttentionDecoder(_Decoder):
             self.add_loss(self.alpha_c * ops.mean((1.0 - coverage) ** 2))                  # mean over B and P
         return logits
 
-    # --- step API --------------------------------------------------------------------------------
-    def start(self, features):
-        """(B, P, D) -> context (B, P, F + A): projected map and attention keys side by side; state [h, c]."""
-        feats, keys, state = self._encode(features)
-        return ops.concatenate([feats, keys], axis=-1), state
-
-    def step(self, context, tokens, state):
-        feats, keys = context[..., : self.feature_proj_dim], context[..., self.feature_proj_dim:]
-        logits, state, alpha = self._attend_and_step(feats, keys, self.embedding(tokens), state)
-        return ops.log_softmax(logits, axis=-1), state, alpha
-
     def get_config(self):
         return {"name": self.name, "vocab_size": self.vocab_size, "feature_dim": self.feature_dim,
                 "embed_dim": self.embed_dim, "units": self.units, "attention_dim": self.attention_dim,
@@ -217,7 +236,7 @@ class AttentionDecoder(_Decoder):
 
 
 @keras.saving.register_keras_serializable(package="captioning")
-class TopDownDecoder(_Decoder):
+class TopDownDecoder(_AttendingDecoder):
     """Top-down attention (Anderson et al. 2018, "Bottom-Up and Top-Down Attention"): two LSTMs per word.
 
     attention LSTM   input [language h(t-1), mean feature, word embedding]      -> h1 (B, U)
@@ -245,9 +264,7 @@ class TopDownDecoder(_Decoder):
         self.embed_dim, self.units, self.attention_dim = int(embed_dim), int(units), int(attention_dim)
         self.feature_proj_dim, self.dropout_rate = int(feature_proj), float(dropout)
         self.feature_proj = layers.Dense(feature_proj, activation="relu", name="feature_proj")
-        self.att_keys = layers.Dense(attention_dim, name="att_keys")
-        self.att_query = layers.Dense(attention_dim, name="att_query")
-        self.att_score = layers.Dense(1, name="att_score")
+        self._attention_layers(attention_dim)
         self.embedding = layers.Embedding(vocab_size, embed_dim, name="embedding")
         self.attention_cell = layers.LSTMCell(units, name="attention_lstm")
         self.language_cell = layers.LSTMCell(units, name="language_lstm")
@@ -257,9 +274,7 @@ class TopDownDecoder(_Decoder):
     def build(self, input_shape=None):
         f, u = self.feature_proj_dim, self.units
         self.feature_proj.build((None, None, self.feature_dim))
-        self.att_keys.build((None, None, f))
-        self.att_query.build((None, u))
-        self.att_score.build((None, None, self.attention_dim))
+        self._build_attention()
         self.embedding.build((None,))
         self.attention_cell.build((None, u + f + self.embed_dim))
         self.language_cell.build((None, f + u))
@@ -276,9 +291,7 @@ class TopDownDecoder(_Decoder):
         mean = ops.mean(feats, axis=1)                                                   # (B, F)
         h1, (_, c1) = self.attention_cell(ops.concatenate([h2, mean, words], axis=-1), [h1, c1],
                                           training=training)                             # (B, U)
-        energy = self.att_score(ops.tanh(keys + ops.expand_dims(self.att_query(h1), 1)))  # (B, P, 1)
-        alpha = ops.softmax(ops.squeeze(energy, -1), axis=-1)                           # (B, P)
-        attended = ops.sum(feats * ops.expand_dims(alpha, -1), axis=1)                  # (B, F)
+        alpha, attended = self.attend(feats, keys, h1)                                  # (B, P), (B, F)
         h2, (_, c2) = self.language_cell(ops.concatenate([attended, h1], axis=-1), [h2, c2],
                                          training=training)                              # (B, U)
         logits = self.classifier(self.dropout(h2, training=training))                   # (B, V)
@@ -299,17 +312,6 @@ class TopDownDecoder(_Decoder):
         init = (*state, ops.zeros((batch, self.vocab_size)), ops.zeros(ops.shape(keys)[:2]))
         outputs = ops.scan(step, init, words)[1]
         return ops.transpose(outputs[4], (1, 0, 2))                                      # (B, T, V)
-
-    # --- step API --------------------------------------------------------------------------------
-    def start(self, features):
-        """(B, P, D) -> context (B, P, F + A): projected map and attention keys side by side; state [h1, c1, h2, c2]."""
-        feats, keys, state = self._encode(features)
-        return ops.concatenate([feats, keys], axis=-1), state
-
-    def step(self, context, tokens, state):
-        feats, keys = context[..., : self.feature_proj_dim], context[..., self.feature_proj_dim:]
-        logits, state, alpha = self._attend_and_step(feats, keys, self.embedding(tokens), list(state))
-        return ops.log_softmax(logits, axis=-1), state, alpha
 
     def get_config(self):
         return {"name": self.name, "vocab_size": self.vocab_size, "feature_dim": self.feature_dim,
