@@ -10,6 +10,7 @@ from captioning.artifacts.manifest import EvaluationReport
 from captioning.decoding.config import DecodeConfig
 from captioning.decoding.options import OPTION, STRATEGY_LABELS
 from ui.charts import run_order
+from ui.evaluation import runs_frame
 from ui.labels import sentence
 
 SHARED_PHOTO = "chosen_photo"      # the last photo chosen on the Caption or Compare page (a ChosenImage)
@@ -145,11 +146,8 @@ def results_frame(report: EvaluationReport | None) -> pd.DataFrame:
     """The evaluation's decoding runs with a label each (older entries: greedy / beam K)."""
     if report is None or not report.runs:
         return pd.DataFrame()
-    frame = pd.DataFrame(report.runs)
-    if "label" not in frame:
-        frame["label"] = None
-    fallback = [DecodeConfig(beam_width=int(w)).describe() for w in frame["beam_width"]]
-    frame["label"] = [lab if isinstance(lab, str) and lab else fb for lab, fb in zip(frame["label"], fallback)]
+    frame = runs_frame(report.runs)
+    frame["label"] = frame.pop("run")
     return frame
 
 
