@@ -112,6 +112,9 @@ def test_decoding_multi_features_in_batches_equals_decoding_them_at_once():
     alone = decode(EnsembleStepDecoder([StepDecoder(merge), StepDecoder(attention)], ["m", "x"]), feats[3:4],
                    VOCAB, config)
     assert alone[0][0].words == whole[3][0].words
+    # each member's step traced once for batches of 5, 2 and 1 photos and every beam's rows (issue 39: a CLI run
+    # printed "triggered tf.function retracing" warnings)
+    assert [member._step.experimental_get_tracing_count() for member in steps.members] == [1, 1]
 
 
 # --- the bundle format ------------------------------------------------------------------------------------

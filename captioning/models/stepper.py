@@ -20,7 +20,21 @@ class StepDecoder:
         # so a run over batches of several sizes does not retrace it (issue 39's retracing warnings).
         rank = 3 if getattr(model, "uses_spatial", False) else 2
         self._start = tf.function(model.start, input_signature=[tf.TensorSpec([None] * rank, tf.float32)])
-        self._step = tf.function(model.step, reduce_retracing=True)
+        self._step = None                           # traced once, on the first step (its shapes: see _compiled)
+
+    def _compiled(self, context, tokens, state):
+        """``model.step`` as one tf.function for any batch size and memory length: its signature has every
+        dimension unknown, taken from the first call's ranks and dtypes, so each decoder traces once (a run over
+        batches of several sizes printed tf.function retracing warnings; issue 39)."""
+        import tensorflow as tf
+
+        if self._step is None:
+            def spec(x):
+                return tf.TensorSpec([None] * len(x.shape), tf.as_dtype(x.dtype))
+
+            self._step = tf.function(self.model.step, input_signature=[
+                spec(context), spec(tokens), [spec(s) for s in state]])
+        return self._step
 
     def start(self, features: np.ndarray, repeat: int = 1):
         """Context (kept as a tensor: it never changes between steps) and numpy state, each row repeated."""
@@ -45,7 +59,8 @@ class StepDecoder:
         return tf.repeat(context, times, axis=0)
 
     def step(self, context, tokens, state):
-        log_probs, state, extras = self._step(context, np.asarray(tokens, np.int32), state)
+        tokens, state = np.asarray(tokens, np.int32), list(state)
+        log_probs, state, extras = self._compiled(context, tokens, state)(context, tokens, state)
         return (log_probs.numpy(), [s.numpy() for s in state],
                 None if extras is None else extras.numpy())
 
