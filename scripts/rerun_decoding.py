@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-time", action="store_true",
                         help="keep the old run's decoding seconds (the same search; a time measured on a busy "
                              "machine would not compare with the other runs')")
+    parser.add_argument("--add", action="store_true",
+                        help="score the decoding as a new run after the others instead of replacing one (e.g. "
+                             "beam:5,consensus=10,cw=1.5, the app's default decoding); same split as the others")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
@@ -62,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(str(exc))
     runs = metrics["results"]
     found = [i for i, r in enumerate(runs) if (r.get("label") == args.replace if args.replace else same_run(r, config))]
+    if args.add:
+        if found and not args.replace:
+            sys.exit(f"{args.bundle} already has a run of {args.decode!r}; drop --add to re-run it in place")
+        found = [len(runs)]
+        runs = [*runs, dict(runs[0], label=None)]          # the split, size and METEOR of the others
     if len(found) != 1:
         sys.exit(f"{len(found)} runs of {args.bundle} match {args.replace or args.decode!r}; its runs are: "
                  + "; ".join(r.get("label", r["decoding"]) for r in runs) + ". Name one with --replace LABEL")
@@ -85,17 +93,20 @@ def main(argv: list[str] | None = None) -> int:
                                     split=old["split"], progress=not args.quiet, meteor="meteor" in old,
                                     training_captions=training)
     new = results[0]
-    if args.keep_time and "decode_seconds" in old:
+    if args.keep_time and "decode_seconds" in old and not args.add:
         new["decode_seconds"] = old["decode_seconds"]
-    label = old.get("label", old["decoding"])
-    kept = predictions[predictions["label"] != label]
-    first = predictions.index[predictions["label"] == label]
+    label = old.get("label") or old["decoding"]
+    # --add: nothing to take out, the new rows go after the others
+    kept = predictions if args.add else predictions[predictions["label"] != label]
+    first = [] if args.add else predictions.index[predictions["label"] == label]
     place = int(first[0]) if len(first) else len(predictions)
     before, after = kept[kept.index < place], kept[kept.index >= place]
     merged = pd.concat([before, rows[predictions.columns.intersection(rows.columns)], after], ignore_index=True)
     update_results(bundle.path, {**metrics, "results": [*runs[:at], new, *runs[at + 1:]]}, merged)
     for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
+        if args.add:
+            print(f"{key:<22} {new.get(key)!s}")
+        elif old.get(key) != new.get(key):
             print(f"{key:<22} {old.get(key)!s:>44} -> {new.get(key)!s}")
     for note in notes:
         print(note)

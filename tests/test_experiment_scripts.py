@@ -186,3 +186,18 @@ def test_rerun_decoding_gives_the_diverse_run_its_n_best_and_changes_nothing_els
     firsts = diverse[diverse["rank"] == 1].reset_index(drop=True)
     assert list(firsts["caption"]) == list(p[p["label"] == old["label"]]["caption"])
     assert "self_bleu_4" in done.stdout                         # the old and new numbers, side by side
+    # --add scores a decoding the bundle has no run of (the app's default: beam with consensus reranking) after the
+    # others, leaving them and their predictions as they were; adding it a second time is refused
+    add = [sys.executable, str(ROOT / "scripts" / "rerun_decoding.py"), str(bundle), "--decode",
+           "beam:3,consensus=5,cw=1.5", "--add", "--data-dir", str(flickr_dir), "--cache-dir", str(cache), "--quiet"]
+    done = subprocess.run(add, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    third = load_bundle(bundle)
+    assert third.metrics["results"][:2] == after.metrics["results"] and len(third.metrics["results"]) == 3
+    added = third.metrics["results"][2]
+    assert added["label"] == "beam 3 (consensus 5, w 1.5)" and added["split"] == new["split"]
+    r = third.predictions
+    assert r[r["label"] != added["label"]].reset_index(drop=True).equals(q.reset_index(drop=True))
+    assert (r["label"] == added["label"]).sum() == len(firsts)
+    again = subprocess.run(add, capture_output=True, text=True, timeout=600)
+    assert again.returncode != 0 and "already has a run" in again.stderr
