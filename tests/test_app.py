@@ -336,10 +336,13 @@ def test_captions_have_one_style_on_caption_and_compare(app_env):
     assert headline[0].isupper() and headline.endswith(".")
     at.switch_page("app_pages/compare.py").run()            # the decoding lab starts from the Caption page's photo
     assert not at.exception, at.exception
-    bold = [m.value.strip("*“”") for m in at.markdown if m.value.startswith("**“") and m.value.endswith("”**")]
+    import re
+
+    # each strategy's captions in one block, best first in bold, each with its scores on a grey line beneath
+    blocks = [m.value for m in at.markdown if ":gray[" in m.value and "“" in m.value]
+    bold = [b for block in blocks for b in re.findall(r"\*\*“([^”]+)”\*\*", block)]
     assert len(bold) >= 2 and all(b[0].isupper() and b.endswith(".") for b in bold)   # one per strategy
-    listed = [line.split(". ", 1)[1] for m in at.markdown if m.value[:3] == "2. "    # the n-best under the best
-              for line in m.value.splitlines()]
+    listed = [c for block in blocks for c in re.findall(r"^\d+\. “([^”]+)”", block, re.MULTILINE)]   # the n-best
     assert listed and all(c[0].isupper() and c.endswith(".") for c in listed)
 
 

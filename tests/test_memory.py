@@ -82,7 +82,8 @@ def test_a_training_store_comes_from_the_trust_index_and_extends_with_a_user_mem
     captions = [[f"t {i} a", f"t {i} b", "t c"] for i in range(20)]
     index = build_index([f"t{i}.jpg" for i in range(20)], feats, captions, "enc-1")
     train = training_datastore(index)
-    assert train.photo_count == 20 and len(train) == 40 and train.user_floor == memory.USER_FLOOR
+    # every caption the index keeps per photo (all three of these: it keeps up to CAPTIONS_PER_IMAGE, now 5)
+    assert train.photo_count == 20 and len(train) == 60 and train.user_floor == memory.USER_FLOOR
     user, _ = store(n=3, d=16, user={0, 1, 2}, floor=0.5)
     both = train.extended(user)
     assert both.photo_count == 23 and both.user_floor == train.user_floor

@@ -124,6 +124,12 @@ def test_one_caption_with_n_best_scores_and_word_probabilities(api, photos, tiny
     r = post(url, [(name, data, "image/jpeg")], beam_width=3, n_best=2)
     assert r.status_code == 200, r.text
     body = r.json()
+    # the API's default reranks the beam's captions by consensus with the nearest training photos
+    assert body["decoding"] == {"beam_width": 3, "length_penalty": 1.0, "no_repeat_ngram_size": 0, "n_best": 2,
+                                "consensus": 10, "consensus_weight": 1.5}
+    r = post(url, [(name, data, "image/jpeg")], beam_width=3, n_best=2, consensus=0)      # plain beam search
+    assert r.status_code == 200, r.text
+    body = r.json()
     assert body["decoding"] == {"beam_width": 3, "length_penalty": 1.0, "no_repeat_ngram_size": 0, "n_best": 2}
     [result] = body["results"]
     assert result["filename"] == name and len(result["captions"]) == 2

@@ -93,7 +93,10 @@ class Captioner:
             return self
         alone = record(self.bundle, manifest=record(self.bundle.manifest, members=()), members=())
         quick = Captioner(alone, self.weights)
+        consensus = getattr(quick.steps, "consensus", None)     # its own bundle's reranking (on the one encoder)
         quick.steps = self.steps.members[0]         # same tf.functions: traced once for both
+        if consensus is not None:                   # read only when the member decodes alone
+            quick.steps.consensus = consensus
         quick._encoders, quick._lock, quick._building = self._encoders, self._lock, self._building
         quick.quick_of = len(self.bundle.decoders)
         return quick
