@@ -15,7 +15,7 @@ PAGES = (  # (script, title, icon, default)
     ("app_pages/evaluation.py", "Evaluation", ":material/monitoring:", False),
     ("app_pages/dataset.py", "Dataset", ":material/photo_library:", False),
     ("app_pages/train.py", "Train", ":material/model_training:", False),
-    ("app_pages/memory.py", "Your photos", ":material/photo_library:", False),
+    ("app_pages/memory.py", "Your photos", ":material/bookmarks:", False),
 )
 
 
