@@ -225,3 +225,13 @@ def test_every_project_root_is_the_checkout():
 
     for module in (bundle, jobs, settings, encoders):
         assert module.PROJECT_ROOT == ROOT, module.__name__
+
+
+def test_every_package_is_installed():
+    """pyproject.toml lists its packages by hand: a sub-package missing there is missing from an install (and a
+    name that is not a package fails `pip install -e .` itself)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    found = {module_name(init, ROOT) for top in ("captioning", "ui") for init in (ROOT / top).rglob("__init__.py")}
+    assert listed == found
