@@ -451,7 +451,7 @@ def _ban_reference(log_probs, history, t, cfg, vocab):
 
 @pytest.mark.parametrize("seed", range(12))
 def test_constraints_on_one_step_equal_a_word_by_word_reference(seed):
-    from captioning.decoding.constraints import _ban
+    from captioning.decoding.constraints import constraints_for
 
     rng = np.random.default_rng(seed)
     vocab = big_vocab(6)                                                  # ids 4..9 are words
@@ -464,17 +464,17 @@ def test_constraints_on_one_step_equal_a_word_by_word_reference(seed):
     logits = rng.normal(size=(8, len(vocab)))
     log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
     got = log_probs.copy()
-    _ban(got, history, t, cfg, vocab)                                     # the banned ids worked out inside
+    constraints_for(cfg, vocab)(got, history, t)
     np.testing.assert_array_equal(got, _ban_reference(log_probs, history, t, cfg, vocab))
 
 
 def test_a_repetition_penalty_of_exactly_two_applies_and_end_is_never_penalised():
-    from captioning.decoding.constraints import _ban
+    from captioning.decoding.constraints import constraints_for
 
     vocab = big_vocab(3)
     log_probs = np.log(np.full((1, len(vocab)), 1 / len(vocab)))
     history = np.array([[4, 3]])                                           # "w0 <end>"
-    _ban(log_probs, history, 2, DecodeConfig(repetition_penalty=2.0), vocab)
+    constraints_for(DecodeConfig(repetition_penalty=2.0), vocab)(log_probs, history, 2)
     assert log_probs[0, 4] == pytest.approx(2 * np.log(1 / 7)) and log_probs[0, 5] == pytest.approx(np.log(1 / 7))
     assert log_probs[0, vocab.end_id] == pytest.approx(np.log(1 / 7))
 
@@ -676,12 +676,12 @@ def test_nucleus_ties_split_at_the_boundary_equal_the_reference(seed):
 
 
 def test_a_row_whose_constraints_forbid_every_word_may_still_end():
-    from captioning.decoding.constraints import _ban
+    from captioning.decoding.constraints import constraints_for
 
     vocab = Vocabulary(["a"])                                             # one word, id 4
     log_probs = np.log(np.array([[0.1, 0.1, 0.1, 0.3, 0.4], [0.1, 0.1, 0.1, 0.3, 0.4]]))
     history = np.array([[4], [3]])                                        # "a" just emitted; a finished row
-    _ban(log_probs, history, 1, DecodeConfig(no_repeat_word=True, min_length=2), vocab)
+    constraints_for(DecodeConfig(no_repeat_word=True, min_length=2), vocab)(log_probs, history, 1)
     # row 0: "a" may not repeat and <end> is too early: nothing is left, so <end> keeps its probability
     assert log_probs[0].tolist() == [-np.inf, -np.inf, -np.inf, pytest.approx(np.log(0.3)), -np.inf]
     assert log_probs[1].tolist() == [-np.inf, -np.inf, -np.inf, -np.inf, pytest.approx(np.log(0.4))]

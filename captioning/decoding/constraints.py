@@ -12,47 +12,101 @@ from captioning.decoding.config import DecodeConfig
 NEG_INF = -np.inf
 
 
-def _banned_ids(config: DecodeConfig, vocab: Vocabulary) -> np.ndarray:
-    """Token ids never emitted: ``<pad>``, ``<start>``, ``<unk>`` when suppressed, and the banned words."""
-    ids = [vocab.pad_id, vocab.start_id] + ([vocab.unk_id] if config.suppress_unk else [])
-    ids += [vocab.stoi[w] for w in config.banned_words if w in vocab.stoi and vocab.stoi[w] >= 4]
-    return np.asarray(ids, np.int64)
+class BanTokens:
+    """Never emit these ids: ``<pad>``, ``<start>``, ``<unk>`` when suppressed, and the banned words."""
+
+    def __init__(self, config: DecodeConfig, vocab: Vocabulary):
+        ids = [vocab.pad_id, vocab.start_id] + ([vocab.unk_id] if config.suppress_unk else [])
+        ids += [vocab.stoi[w] for w in config.banned_words if w in vocab.stoi and vocab.stoi[w] >= 4]
+        self.ids = np.asarray(ids, np.int64)
+
+    def __call__(self, log_probs: np.ndarray, history: np.ndarray, t: int) -> None:
+        log_probs[:, self.ids] = NEG_INF
 
 
-def _ban(log_probs: np.ndarray, history: np.ndarray, t: int, config: DecodeConfig, vocab: Vocabulary,
-         banned: np.ndarray | None = None) -> None:
-    """In place: every strategy's constraints on the next token of each row.
+class MinLength:
+    """No ``<end>`` before ``min_length`` words."""
 
-    Forbids specials, banned words, too-early <end>, the previous word again (``no_repeat_word``) and
-    tokens that would repeat an n-gram; applies the CTRL repetition penalty to words already emitted
-    (log-probabilities are <= 0, so multiplying by a penalty > 1 lowers them). A row whose constraints
-    forbid every token (a tiny vocabulary with a long min_length or no-repeat n-grams) may still end:
-    <end> keeps its probability there, so no caption is left without a way out.
-    """
-    end_log_probs = log_probs[:, vocab.end_id].copy()
-    log_probs[:, _banned_ids(config, vocab) if banned is None else banned] = NEG_INF
-    if t < config.min_length:
-        log_probs[:, vocab.end_id] = NEG_INF
-    rows = np.arange(history.shape[0])
-    if t and config.repetition_penalty != 1.0:
-        seen = np.zeros(log_probs.shape, bool)
-        seen[rows[:, None], history] = True
-        seen[:, vocab.end_id] = False
-        log_probs[seen] *= config.repetition_penalty
-    if t and config.no_repeat_word:
-        previous = history[:, -1]
-        words = previous >= 4                    # a row parked on <end> has nothing to repeat
-        log_probs[rows[words], previous[words]] = NEG_INF
-    n = config.no_repeat_ngram_size
-    if n and t + 1 >= n:
+    def __init__(self, min_length: int, end_id: int):
+        self.min_length, self.end_id = min_length, end_id
+
+    def __call__(self, log_probs: np.ndarray, history: np.ndarray, t: int) -> None:
+        if t < self.min_length:
+            log_probs[:, self.end_id] = NEG_INF
+
+
+class RepetitionPenalty:
+    """CTRL's penalty on every word already emitted (log-probabilities are <= 0, so multiplying by a penalty > 1
+    lowers them); ``<end>`` is never penalised."""
+
+    def __init__(self, penalty: float, end_id: int):
+        self.penalty, self.end_id = penalty, end_id
+
+    def __call__(self, log_probs: np.ndarray, history: np.ndarray, t: int) -> None:
+        if t:
+            seen = np.zeros(log_probs.shape, bool)
+            seen[np.arange(history.shape[0])[:, None], history] = True
+            seen[:, self.end_id] = False
+            log_probs[seen] *= self.penalty
+
+
+class NoRepeatWord:
+    """Not the previous word again (a row parked on ``<end>`` has nothing to repeat)."""
+
+    def __call__(self, log_probs: np.ndarray, history: np.ndarray, t: int) -> None:
+        if t:
+            previous = history[:, -1]
+            words = previous >= 4
+            log_probs[np.arange(history.shape[0])[words], previous[words]] = NEG_INF
+
+
+class NoRepeatNgram:
+    """No token that would repeat an n-gram of the row's history."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, log_probs: np.ndarray, history: np.ndarray, t: int) -> None:
+        n = self.n
+        if t + 1 < n:
+            return
         for row in range(history.shape[0]):
             seq = history[row].tolist()
             prefix = tuple(seq[t - n + 1:]) if n > 1 else ()
             banned_next = [seq[i + n - 1] for i in range(t - n + 1) if tuple(seq[i:i + n - 1]) == prefix]
             if banned_next:
                 log_probs[row, banned_next] = NEG_INF
-    stuck = np.isneginf(log_probs).all(axis=1)
-    log_probs[stuck, vocab.end_id] = end_log_probs[stuck]
+
+
+class Constraints:
+    """The processors a decoding's settings call for, applied in order, in place, to each step's (R, V)
+    log-probabilities given each row's (R, t) history (Hugging Face's ``LogitsProcessorList``). A row they leave
+    with no token at all (a tiny vocabulary with a long min_length or no-repeat n-grams) may still end: ``<end>``
+    keeps its probability there, so no caption is left without a way out. A new constraint is one more class with
+    ``__call__(log_probs, history, t)`` and a line in :func:`constraints_for`."""
+
+    def __init__(self, processors: list, end_id: int):
+        self.processors, self.end_id = processors, end_id
+
+    def __call__(self, log_probs: np.ndarray, history: np.ndarray, t: int) -> None:
+        end_log_probs = log_probs[:, self.end_id].copy()
+        for process in self.processors:
+            process(log_probs, history, t)
+        stuck = np.isneginf(log_probs).all(axis=1)
+        log_probs[stuck, self.end_id] = end_log_probs[stuck]
+
+
+def constraints_for(config: DecodeConfig, vocab: Vocabulary) -> Constraints:
+    """Every strategy's constraints on the next token, from ``config``: banned ids, too-early ``<end>``, the
+    repetition penalty, no repeated word, no repeated n-gram (in that order)."""
+    processors: list = [BanTokens(config, vocab), MinLength(config.min_length, vocab.end_id)]
+    if config.repetition_penalty != 1.0:
+        processors.append(RepetitionPenalty(config.repetition_penalty, vocab.end_id))
+    if config.no_repeat_word:
+        processors.append(NoRepeatWord())
+    if config.no_repeat_ngram_size:
+        processors.append(NoRepeatNgram(config.no_repeat_ngram_size))
+    return Constraints(processors, vocab.end_id)
 
 
 def sampling_distribution(log_probs: np.ndarray, temperature: float = 1.0, top_k: int = 0,

@@ -16,7 +16,7 @@ import numpy as np
 from captioning.data.text import Vocabulary
 from captioning.decoding.captions import COMPACT_BELOW, Caption, _make_caption, distinct_captions
 from captioning.decoding.config import DecodeConfig
-from captioning.decoding.constraints import NEG_INF, _ban, _banned_ids, sampling_distribution
+from captioning.decoding.constraints import NEG_INF, constraints_for, sampling_distribution
 from captioning.models.stepper import StepDecoder, repeat_rows, select_rows
 
 
@@ -58,7 +58,7 @@ def _rowwise_search(decoder, features: np.ndarray, vocab: Vocabulary, config: De
                     pick: Callable[[np.ndarray, np.ndarray], np.ndarray] | None) -> list[list[Caption]]:
     """Greedy (``pick`` None: argmax) or sampling over ``n`` independent rows per image."""
     b = len(features) * n
-    banned = _banned_ids(config, vocab)
+    constrain = constraints_for(config, vocab)
     context, state = decoder.start(features)      # one row per image; widened to n after the first step
     history = np.zeros((b, 0), np.int64)
     logps = np.zeros((b, 0))
@@ -79,7 +79,7 @@ def _rowwise_search(decoder, features: np.ndarray, vocab: Vocabulary, config: De
             context = repeat_rows(decoder, context, n)
         else:
             step_lp, state, extras = decoder.step(context, tokens[running], state)   # (R, V)
-        _ban(step_lp, history[running], t, config, vocab, banned)
+        constrain(step_lp, history[running], t)
         tokens = np.full(b, vocab.end_id)       # finished rows repeat <end>; never read past their length
         tokens[running] = step_lp.argmax(axis=1) if pick is None else pick(step_lp, running)
         step_logp = np.zeros(b)
@@ -128,7 +128,7 @@ def beam_search(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
     width = config.beam_width
     k = width // groups                         # beams per unit: unit u = image u // G, group u % G
     units = b * groups
-    banned = _banned_ids(config, vocab)
+    constrain = constraints_for(config, vocab)
     penalty = config.diversity_penalty if groups > 1 else 0.0
     # The K beams of an image are one and the same at the first step: run one row per image, then widen.
     context, state = decoder.start(features)                                      # rows (B, ...)
@@ -158,7 +158,7 @@ def beam_search(decoder: StepDecoder, features: np.ndarray, vocab: Vocabulary,
             context, state = repeat_rows(decoder, context, width), [np.repeat(s, width, axis=0) for s in state]
         else:
             log_probs, step_state, extras = decoder.step(context, tokens[rows], [s[rows] for s in state])  # (R*k, V)
-        _ban(log_probs, history[rows], t, config, vocab, banned)
+        constrain(log_probs, history[rows], t)
         v = log_probs.shape[1]
         r = len(running)
         totals = (scores[running].reshape(-1, 1) + log_probs).reshape(r, k, v)   # (R, k, V)
