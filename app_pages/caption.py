@@ -11,6 +11,9 @@ from ui.state import current_manifest, decode_slot, get_captioner, still_loading
 from ui.trust import assess_caption, neighbour_strip, trust_line
 from ui.widgets import attention_panel, choose_image, decoding_controls, photo_features, references_panel
 
+DECODING_HELP = ("consensus k, w: the beam's captions re-ranked by how well they agree with what people wrote about "
+                 "the k most similar training photos, plus w times the model's own score for each")
+
 st.title("Caption a photo")
 knows = model_knows(current_manifest())
 if knows:
@@ -53,7 +56,10 @@ with right:
     trust_line(trust, captioner.bundle.path)
     label = captioner.config(**options).describe()       # labels come only from describe()
     m1, m2, m3 = st.columns(3)
-    m1.metric("Decoding", label)
+    search, _, extras = label.partition(" (")            # "beam 5 (consensus 10, w 1.5)": the rest under it
+    m1.metric("Decoding", search, help=f"{label}: {DECODING_HELP}" if extras else None)
+    if extras:
+        m1.caption(f"+ {extras.rstrip(')')}")
     m2.metric("Time", f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s",
               help="encoder + decoder, from image to caption")
     m3.metric("Mean log p", f"{best.normalized_log_prob:.2f}", help="per emitted token; closer to 0 = surer")

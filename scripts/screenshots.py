@@ -213,6 +213,7 @@ def click_button(driver, text: str) -> None:
 
 def check_word_chart_order(driver, url: str, inputs: dict) -> str:
     """Caption two photos in one session; the second word chart's x labels must read 1, 2, 3 ... in order."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
@@ -229,7 +230,8 @@ def check_word_chart_order(driver, url: str, inputs: dict) -> str:
         upload = WebDriverWait(driver, 300).until(EC.presence_of_element_located((By.CSS_SELECTOR,
                                                                                     'input[type="file"]')))
         upload.send_keys(str(photo.resolve()))
-        headline = WebDriverWait(driver, 300).until(new_headline)
+        headline = WebDriverWait(driver, 300, ignored_exceptions=(StaleElementReferenceException,)).until(
+            new_headline)                         # a heading re-rendered while read is read again
         wait_for_text_(driver, "How sure the model was")
         time.sleep(4)
         orders.append(word_chart_labels(driver))

@@ -74,7 +74,10 @@ def test_caption_page_sample_shows_references_and_bleu(app_env):
     assert {"BLEU-1", "BLEU-4"} <= labels
     assert "Human captions" in texts(at)
     # the default: beam 5, re-ranked by consensus with the nearest training photos (the bundle has an index)
-    assert next(m for m in at.metric if m.label == "Decoding").value == "beam 5 (consensus 10, w 1.5)"
+    # (the metric holds the search, the reranking is written under it: the whole label did not fit the column)
+    decoding = next(m for m in at.metric if m.label == "Decoding")
+    assert decoding.value == "beam 5" and "+ consensus 10, w 1.5" in texts(at)
+    assert decoding.help.startswith("beam 5 (consensus 10, w 1.5): consensus k, w:")
     at.segmented_control(key="caption_strategy").set_value("Greedy").run()
     assert not at.exception, at.exception
     assert next(m for m in at.metric if m.label == "Decoding").value == "greedy"
