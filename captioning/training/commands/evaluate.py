@@ -72,11 +72,15 @@ def evaluated_scores(out: str, names: list[str], beam: int):
     """(per-image CIDEr-D, mean log-prob per token) of the bundle's evaluated beam captions for ``names``, from
     predictions.csv (what ``evaluate`` just scored, so not decoded twice), or None when it lacks them."""
     from captioning.artifacts.manifest import EvaluationReport
+    from captioning.decoding.config import DecodeConfig
 
     predictions = EvaluationReport.read_predictions_loosely(out)
     if predictions is None or not {"log_prob", "cider"} <= set(predictions.columns):
         return None
-    rows = predictions[predictions["beam_width"] == beam].drop_duplicates("image").set_index("image")
+    rows = predictions[predictions["beam_width"] == beam]
+    if "label" in rows:           # plain beam search only, not a run re-ranked by consensus at the same width
+        rows = rows[rows["label"].isin([DecodeConfig(beam_width=beam).describe(), "", None]) | rows["label"].isna()]
+    rows = rows.drop_duplicates("image").set_index("image")
     if not set(names) <= set(rows.index):
         return None
     rows = rows.loc[names]
