@@ -42,8 +42,7 @@ def finetune_scst(ws: Workspace, settings: TrainSettings, pipeline: PipelineSett
                           f"ensemble with: python train.py ensemble --members ... --out {ws.out}")
     if Path(ws.bundle).resolve() == Path(source_path).resolve():
         raise OptionError("scst writes a new bundle: give {out} a folder other than {source}")
-    config = SCSTConfig(learning_rate=settings.learning_rate, epochs=settings.epochs, patience=settings.patience,
-                        batch_size=settings.batch_size, samples=pipeline.samples, seed=settings.seed)
+    config = SCSTConfig.from_settings(settings)
     spatial = source.uses_spatial
     train_names, dev_names = names["train"], names["dev"]
     cache, _ = bundle_features(ws, features, source, ds, {"train": train_names, "dev": dev_names})

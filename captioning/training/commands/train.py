@@ -43,13 +43,8 @@ def train_decoder(ws: Workspace, settings: TrainSettings, features: FeatureSetti
     spec = get_spec(features.encoder, features.alpha)
     cache = FeatureCache(Path(ws.cache_dir) / "features", spec.key)
     spatial = settings.spatial
-    config = TrainConfig(embed_dim=settings.embed_dim, units=settings.units_for(), dropout=settings.dropout,
-                         learning_rate=settings.learning_rate, batch_size=settings.batch_size, epochs=settings.epochs,
-                         patience=settings.patience, min_count=settings.min_count, seed=settings.seed,
-                         label_smoothing=settings.label_smoothing, lr_decay=settings.lr_decay,
-                         max_words=settings.max_words)
-    if settings.embeddings:
-        config.embeddings = Path(settings.embeddings).name
+    config = TrainConfig.from_settings(settings, units=settings.units_for(),
+                                       embeddings=Path(settings.embeddings).name if settings.embeddings else None)
 
     def pairs(split):
         split_names = names[split]
