@@ -269,21 +269,20 @@ def _manifest(config: RunConfig, base, picks: list[int], data: UserDataset, reco
               train_captions: int) -> tuple[dict, list]:
     """The fine-tuned bundle's manifest (the base's encoder and records, ``finetune``: base, dataset, skipped rows,
     settings, vocabulary, training, scores) and the member encoder blocks of its decoders after the first."""
-    from captioning.artifacts.manifest import encoder_key
+    from captioning.artifacts.manifest import DataInfo, encoder_key, manifest_entries
 
     chosen = [base.manifest.decoder_encoders[i] for i in picks]
-    member_encoders = [None if encoder_key(e) == encoder_key(chosen[0]) else dict(e.raw) for e in chosen[1:]]
-    manifest = {k: v for k, v in base.manifest.raw.items()
-                if k not in ("files", "members", "name", "created", "versions", "index", "decoder", "vocab_size",
-                             "ensemble_of")}
+    member_encoders = [None if encoder_key(e) == encoder_key(chosen[0]) else e for e in chosen[1:]]
+    manifest = base.manifest.inherit("members", "index", "decoder", "vocab_size", "ensemble_of")
     summary = data.summary(sample=0)
     dataset = dataset_record(data)
     target, user = Path(config.workspace.out), config.user_data
-    manifest.update(encoder=dict(chosen[0].raw), trained_as=target.name,
-                    data={"dataset": "user", "splits": summary["splits"], "train_captions": train_captions},
-                    finetune={**record, "dataset": dataset, "skipped_rows": summary["bad_rows"][:1000]},
-                    command=f"python train.py finetune --from {config.pipeline.source} --captions {user.captions} "
-                            f"--images {user.images} --out {target}")
+    manifest.update(manifest_entries(
+        encoder=chosen[0], trained_as=target.name,
+        data=DataInfo.create(dataset="user", splits=summary["splits"], train_captions=train_captions),
+        finetune={**record, "dataset": dataset, "skipped_rows": summary["bad_rows"][:1000]},
+        command=f"python train.py finetune --from {config.pipeline.source} --captions {user.captions} "
+                f"--images {user.images} --out {target}"))
     return manifest, member_encoders
 
 
