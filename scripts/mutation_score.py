@@ -18,7 +18,8 @@ NO_TESTS = {5, 33}
 # The core modules by the short names docs/mutation.md uses -> their paths under captioning/ (a module split by
 # job is scored file by file).
 MODULES = {"text": ["data/text"], "images": ["vision/images"], "metrics": ["evaluation/metrics"],
-           "bundle": ["artifacts/bundle", "artifacts/float16", "training/picks"], "manifest": ["artifacts/manifest"],
+           "bundle": ["artifacts/bundle", "artifacts/float16", "training/picks"],
+           "manifest": ["artifacts/manifest", "artifacts/report", "artifacts/schema"],
            "models": ["models/decoders"], "stepper": ["models/stepper"],
            "decoding": ["decoding/search", "decoding/config", "decoding/constraints", "decoding/captions"]}
 

@@ -18,7 +18,8 @@ from captioning.artifacts.bundle import (
     save_bundle,
     update_results,
 )
-from captioning.artifacts.manifest import FORMAT_VERSION, BundleError, read_manifest, read_metrics
+from captioning.artifacts.manifest import FORMAT_VERSION, BundleError, read_manifest
+from captioning.artifacts.report import read_metrics
 from captioning.data.text import Vocabulary
 from captioning.models.decoders import build_decoder
 
@@ -351,13 +352,12 @@ def test_save_index_adds_the_index_and_results_updates_keep_it(copy):
 from captioning.artifacts.manifest import (  # noqa: E402
     DecoderInfo,
     EncoderInfo,
-    EvaluationReport,
     Manifest,
-    _manifest_problem,
     _rebuild_hint,
     previous_encoder,
-    read_predictions,
 )
+from captioning.artifacts.report import EvaluationReport, read_predictions  # noqa: E402
+from captioning.artifacts.schema import manifest_problem as _manifest_problem  # noqa: E402
 
 DIGEST = "0" * 64
 

@@ -6,7 +6,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from captioning.artifacts.manifest import EvaluationReport
+from captioning.artifacts.report import EvaluationReport
 from captioning.decoding.config import DecodeConfig
 from captioning.decoding.options import OPTION, STRATEGY_LABELS
 from ui.charts import run_order

@@ -20,7 +20,8 @@ import pandas as pd
 import streamlit as st
 
 from captioning.artifacts.bundle import ARTIFACTS_ENV, artifacts_dir, list_bundles
-from captioning.artifacts.manifest import BundleError, EvaluationReport, Manifest
+from captioning.artifacts.manifest import BundleError, Manifest
+from captioning.artifacts.report import EvaluationReport
 from captioning.data.flickr8k import ENV_VAR, DataError, Flickr8k, resolve_data_dir
 from captioning.data.text import tokenize
 from captioning.service.warm_load import StagedLoad

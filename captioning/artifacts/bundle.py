@@ -38,15 +38,15 @@ from captioning.artifacts.float16 import _save_half, _without_optimizer
 from captioning.artifacts.manifest import (
     FORMAT_VERSION,
     BundleError,
+    DecoderInfo,
     EncoderInfo,
-    EvaluationReport,
     Manifest,
     _rebuild_hint,
     encoder_key,
+    manifest_entries,
     read_manifest,
-    read_metrics,
-    read_predictions,
 )
+from captioning.artifacts.report import EvaluationReport, read_metrics, read_predictions
 from captioning.data.text import Vocabulary
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]       # captioning/<folder>/<module>.py -> the checkout
@@ -192,10 +192,17 @@ def _write_dir_atomically(target: Path, fill) -> None:
 
 
 def _finish_manifest(folder: Path, manifest: dict) -> None:
-    manifest = dict(manifest)
-    manifest["format_version"] = FORMAT_VERSION
-    manifest["files"] = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.name != "manifest.json"}
+    manifest = {**manifest, **manifest_entries(
+        format_version=FORMAT_VERSION,
+        files={p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.name != "manifest.json"})}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def _as_encoder(encoder) -> EncoderInfo | None:
+    """A member's encoder block (an EncoderInfo, or its parsed JSON) as the type, None for the bundle's own."""
+    if not encoder:
+        return None
+    return encoder if isinstance(encoder, EncoderInfo) else EncoderInfo.from_dict(dict(encoder))
 
 
 def _member_file(i: int) -> str:
@@ -209,17 +216,16 @@ def save_bundle(path: str | os.PathLike, decoder, vocab: Vocabulary, manifest: M
     ``member_encoders``: for each member, the encoder block of the encoder it reads when that is not the
     bundle's own (None for those that read the bundle's)."""
     target = Path(path)
-    manifest = {**manifest, "name": target.name, "vocab_size": len(vocab),
-                "decoder": {"kind": decoder.kind, "config": decoder.get_config()},
-                "created": manifest.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "versions": manifest.get("versions") or library_versions(), "weights_dtype": "float16"}
+    manifest = {**manifest, **manifest_entries(
+        name=target.name, vocab_size=len(vocab), decoder=DecoderInfo.of(decoder),
+        created=manifest.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        versions=manifest.get("versions") or library_versions(), weights_dtype="float16")}
     if member_encoders is not None and len(member_encoders) != len(members):
         raise ValueError(f"{len(members)} members but {len(member_encoders)} member encoders")
     if members:
-        encoders = member_encoders or [None] * len(members)
-        manifest["members"] = [{"file": _member_file(i), "kind": m.kind, "config": m.get_config(),
-                                **({"encoder": dict(enc)} if enc else {})}
-                               for i, (m, enc) in enumerate(zip(members, encoders), 1)]
+        encoders = [_as_encoder(enc) for enc in member_encoders or [None] * len(members)]
+        manifest.update(manifest_entries(members=[DecoderInfo.of(m, _member_file(i), enc)
+                                                  for i, (m, enc) in enumerate(zip(members, encoders), 1)]))
 
     def fill(tmp: Path):
         _save_half(_without_optimizer(decoder), tmp / "decoder.keras")
@@ -269,8 +275,8 @@ def save_index(path: str | os.PathLike, index) -> Path:
             if name not in INDEX_FILES and (target / name).is_file():
                 shutil.copy2(target / name, tmp / name)
         index.save(tmp)
-        _finish_manifest(tmp, {**manifest, "index": {"images": len(index), "dim": index.dim, "k": index.k,
-                                                     "calibrated": index.calibration is not None}})
+        _finish_manifest(tmp, {**manifest, **manifest_entries(index={
+            "images": len(index), "dim": index.dim, "k": index.k, "calibrated": index.calibration is not None})})
 
     _write_dir_atomically(target, fill)
     return target

@@ -6,21 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from captioning.artifacts.manifest import (  # noqa: F401  (re-exported: the bundle's readers live beside their types)
-    FORMAT_VERSION,
-    PREDICTION_COLUMNS,
-    REQUIRED_FILES,
-    BundleError,
-    EncoderInfo,
-    EvaluationReport,
-    Manifest,
-    _rebuild_hint,
-    encoder_key,
-    read_manifest,
-    read_metrics,
-    read_predictions,
-)
-
 
 def _save_half(model, file: Path) -> None:
     """Save a decoder as ``.keras`` with its float32 weights stored as float16 (half the file).

@@ -1,19 +1,20 @@
-"""A bundle's data as types: the manifest (:class:`Manifest`) and the evaluation report (:class:`EvaluationReport`),
-with the validating loaders that read them (no model is loaded here; :mod:`captioning.artifacts.bundle` loads models).
+"""A bundle's manifest as types (:class:`Manifest`), with the validating loader that reads it (no model is loaded
+here; :mod:`captioning.artifacts.bundle` loads models), and the blocks the writers build it from.
 
 The types keep the parsed JSON as ``raw`` and read as mappings too (``manifest["vocab_size"]``), so files written
-by older versions load unchanged; new code reads their attributes (``manifest.encoder.name``).
+by older versions load unchanged; new code reads their attributes (``manifest.encoder.name``). The evaluation
+report (metrics.json, predictions.csv) is :mod:`captioning.artifacts.report`.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from captioning.artifacts.schema import PLAIN_NAME, manifest_problem
 from captioning.vision.encoders import ENCODER_NAMES, get_spec
 
 FORMAT_VERSION = 1
@@ -22,10 +23,6 @@ REQUIRED_FILES = ("manifest.json", "decoder.keras", "vocab.json")
 
 class BundleError(RuntimeError):
     """A bundle is missing, damaged or inconsistent; the message names it and the rebuild command."""
-
-
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _rebuild_hint(path: Path, manifest: dict | None = None) -> str:
@@ -37,52 +34,12 @@ def _rebuild_hint(path: Path, manifest: dict | None = None) -> str:
     if isinstance(manifest, dict) and manifest.get("ensemble_of"):
         parts = manifest["ensemble_of"] if isinstance(manifest["ensemble_of"], list) else []
         names = list(dict.fromkeys(p.get("bundle") for p in parts if isinstance(p, dict)))
-        if names and all(isinstance(n, str) and _PLAIN_NAME.fullmatch(n) for n in names):
+        if names and all(isinstance(n, str) and PLAIN_NAME.fullmatch(n) for n in names):
             members = " ".join(shlex.quote(str(path.parent / n)) for n in names)
         else:
             members = "BUNDLE BUNDLE ..."
         return f"Rebuild it with: python train.py ensemble --members {members} --out {out}"
     return f"Rebuild it with: python train.py --out {out}"
-
-
-def read_metrics(path: str | os.PathLike) -> dict | None:
-    """A bundle's metrics.json (None when it has none yet); no model is loaded."""
-    file = Path(path) / "metrics.json"
-    if not file.is_file():
-        return None
-    try:
-        metrics = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"Bundle {path}: metrics.json is not valid JSON ({exc}). "
-                          f"Re-evaluate with: python train.py evaluate --out {path}") from None
-    if not isinstance(metrics, dict):
-        raise BundleError(f"Bundle {path}: metrics.json holds no metrics object. "
-                          f"Re-evaluate with: python train.py evaluate --out {path}")
-    return metrics
-
-
-PREDICTION_COLUMNS = ("image", "decoding", "beam_width", "caption")
-
-
-def read_predictions(path: str | os.PathLike):
-    """A bundle's predictions.csv as a DataFrame (None when it has none); errors name the bundle and the file."""
-    import pandas as pd
-
-    file = Path(path) / "predictions.csv"
-    if not file.is_file():
-        return None
-    fix = f"Re-evaluate with: python train.py evaluate --out {shlex.quote(str(path))}"
-    try:
-        table = pd.read_csv(file, keep_default_na=False)
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        reason = " ".join(str(exc).split())[:120]
-        raise BundleError(f"Bundle {path}: predictions.csv is not a valid table ({reason}). {fix}") from None
-    missing = [c for c in PREDICTION_COLUMNS if c not in table.columns]
-    if missing:
-        raise BundleError(f"Bundle {path}: predictions.csv lacks the column(s) {', '.join(missing)}. {fix}")
-    if not pd.api.types.is_integer_dtype(table["beam_width"]):
-        raise BundleError(f"Bundle {path}: predictions.csv has non-numeric beam widths. {fix}")
-    return table
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
@@ -104,64 +61,42 @@ def read_manifest(path: str | os.PathLike) -> dict:
     for key in ("encoder", "decoder", "vocab_size", "files"):
         if key not in manifest:
             raise BundleError(f"Bundle {path}: manifest.json lacks '{key}'. {_rebuild_hint(path)}")
-    problem = _manifest_problem(manifest)
+    problem = manifest_problem(manifest)
     if problem:
         raise BundleError(f"Bundle {path}: manifest.json {problem}. {_rebuild_hint(path, manifest)}")
     return manifest
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+class JsonRecord(Mapping):
+    """Typed attributes over the parsed JSON (``raw``), still readable as a mapping.
 
-
-def _manifest_problem(manifest: dict) -> str | None:
-    """What is wrong with a parsed manifest's schema (None when nothing is)."""
-    problem = _encoder_problem(manifest["encoder"], "encoder")
-    if problem:
-        return problem
-    if not isinstance(manifest["decoder"], dict):
-        return "has a malformed 'decoder' (expected an object)"
-    if not _is_int(manifest["vocab_size"]) or manifest["vocab_size"] < 5:
-        return "has a malformed 'vocab_size' (expected a whole number above 4)"
-    if "max_length" in manifest and not (_is_int(manifest["max_length"]) and 1 <= manifest["max_length"] <= 1000):
-        return "has a malformed 'max_length' (expected a whole number from 1 to 1000)"
-    files = manifest["files"]
-    if not isinstance(files, dict) or not files:
-        return "has a malformed 'files' (expected an object of file name -> SHA-256)"
-    for name, digest in files.items():
-        if not _PLAIN_NAME.fullmatch(name) or name in ("manifest.json",):
-            return (f"lists {name!r} in 'files': only plain file names inside the bundle folder are allowed "
-                    f"(no folders, '..' or absolute paths)")
-        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
-            return f"has a malformed checksum for {name} in 'files' (expected 64 hex digits)"
-    for name in ("decoder.keras", "vocab.json"):
-        if name not in files:
-            return f"does not list {name} in 'files'"
-    members = manifest.get("members", [])
-    if not isinstance(members, list) or not all(isinstance(m, dict) and isinstance(m.get("file"), str)
-                                                and _PLAIN_NAME.fullmatch(m["file"]) for m in members):
-        return "has a malformed 'members' list"
-    for i, member in enumerate(members, 1):
-        if "encoder" in member:
-            problem = _encoder_problem(member["encoder"], f"members[{i}].encoder")
-            if problem:
-                return problem
-    return None
-
-
-def _encoder_problem(enc, where: str) -> str | None:
-    """What is wrong with an encoder block (the bundle's, or an ensemble member's own), None when nothing is."""
-    if not isinstance(enc, dict) or not isinstance(enc.get("name"), str) or not isinstance(enc.get("key", ""), str):
-        return f"has a malformed '{where}' (expected an object with a 'name')"
-    if enc.get("alpha") is not None and (isinstance(enc["alpha"], bool) or not isinstance(enc["alpha"], (int, float))):
-        return f"has a malformed '{where}.alpha' (expected a number or null)"
-    return None
-
-
-class _Record(Mapping):
-    """Typed attributes over the parsed JSON (``raw``), still readable as a mapping."""
+    Read: ``from_dict(parsed JSON)``. Written: ``create(field=value, ...)`` by a writer, its JSON exactly those
+    fields (a name that is not a field is a TypeError; a field's JSON key is its name, or its ``key`` metadata),
+    and ``to_dict()`` the JSON again, every key it was read with kept.
+    """
 
     raw: dict
+
+    @classmethod
+    def json_keys(cls) -> dict[str, str]:
+        """Field name -> its key in the JSON."""
+        return {f.name: f.metadata.get("key", f.name) for f in fields(cls) if f.name != "raw"}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return cls(**{name: d.get(key) for name, key in cls.json_keys().items() if key in d}, raw=d)
+
+    @classmethod
+    def create(cls, **values):
+        """A new record, as a writer builds it: the JSON holds exactly ``values`` (records as their JSON)."""
+        keys = cls.json_keys()
+        unknown = sorted(set(values) - set(keys))
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field {', '.join(unknown)}")
+        return cls.from_dict({keys[name]: as_json(value) for name, value in values.items()})
+
+    def to_dict(self) -> dict:
+        return dict(self.raw)
 
     def __getitem__(self, key):
         return self.raw[key]
@@ -173,11 +108,22 @@ class _Record(Mapping):
         return len(self.raw)
 
 
+def as_json(value):
+    """A record (or records in a list, tuple or dict) as JSON values; anything else as it is."""
+    if isinstance(value, JsonRecord):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [as_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: as_json(v) for k, v in value.items()}
+    return value
+
+
 ENCODER_LABELS = {get_spec(name).name: get_spec(name).label for name in ENCODER_NAMES}    # from the registry
 
 
 @dataclass(frozen=True, eq=False)
-class EncoderInfo(_Record):
+class EncoderInfo(JsonRecord):
     """The image encoder a bundle's decoders were trained on."""
 
     name: str
@@ -205,9 +151,17 @@ class EncoderInfo(_Record):
                    weights_source=d.get("weights_source"), weights_file=hint if isinstance(hint, dict) else None,
                    raw=d)
 
+    @classmethod
+    def from_spec(cls, spec, spatial: bool, weights_source: str, weights_file: dict | None) -> EncoderInfo:
+        """What a training run writes of its encoder (an :class:`~captioning.vision.encoders.EncoderSpec`):
+        ``spatial_grid`` only when its decoder reads the spatial map."""
+        return cls.create(name=spec.name, alpha=spec.alpha, input_size=spec.input_size, key=spec.key,
+                          feature_dim=spec.feature_dim, spatial_grid=spec.spatial_grid if spatial else None,
+                          weights_source=weights_source, weights_file=weights_file)
+
 
 @dataclass(frozen=True, eq=False)
-class DecoderInfo(_Record):
+class DecoderInfo(JsonRecord):
     """One decoder of a bundle: its kind (merge, attention, topdown), Keras config and file, and for an ensemble
     member that reads another encoder than the bundle's, that encoder (None: the bundle's own)."""
 
@@ -224,13 +178,65 @@ class DecoderInfo(_Record):
         return cls(kind=str(d.get("kind", "?")), config=config if isinstance(config, dict) else {},
                    file=d.get("file", file), encoder=encoder, raw=d)
 
+    @classmethod
+    def of(cls, model, file: str | None = None, encoder: EncoderInfo | None = None) -> DecoderInfo:
+        """A Keras decoder's entry: kind and config; an ensemble member's ``file``, and its ``encoder`` when it
+        reads another than the bundle's."""
+        extra = {"file": file} if file else {}
+        return cls.create(kind=model.kind, config=model.get_config(), **extra,
+                          **({"encoder": encoder} if encoder is not None else {}))
+
     @property
     def units(self) -> int | None:
         return self.config.get("units")
 
 
 @dataclass(frozen=True, eq=False)
-class Manifest(_Record):
+class DataInfo(JsonRecord):
+    """What a bundle was trained on: the dataset, the image limit, each split's image count, training captions."""
+
+    dataset: str | None = None
+    limit: int | None = None
+    splits: dict | None = None
+    train_captions: int | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingInfo(JsonRecord):
+    """A teacher-forced run: the fit loop's config (TrainConfig), the strategy, each epoch, the best one, costs."""
+
+    config: dict | None = None
+    strategy: str | None = None
+    replicas: int | None = None
+    epochs_run: int | None = None
+    best_epoch: int | None = None
+    best_val_loss: float | None = None
+    epochs: list | None = None
+    feature_seconds: float | None = None
+    feature_images: int | None = None
+    peak_rss_mb: float | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, eq=False)
+class SCSTInfo(JsonRecord):
+    """A self-critical fine-tuning: the bundle it started from, its config (SCSTConfig), reward, each epoch."""
+
+    source: str | None = field(default=None, metadata={"key": "from"})
+    config: dict | None = None
+    reward: str | None = None
+    baseline: str | None = None
+    start_dev: dict | None = None
+    best_epoch: int | None = None
+    best_dev_cider: float | None = None
+    epochs: list | None = None
+    peak_rss_mb: float | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, eq=False)
+class Manifest(JsonRecord):
     """A bundle's manifest.json, validated (:func:`read_manifest`)."""
 
     name: str | None
@@ -241,13 +247,22 @@ class Manifest(_Record):
     members: tuple[DecoderInfo, ...] = ()
     max_length: int = 30
     min_count: int | None = None
-    data: dict = field(default_factory=dict)        # dataset, limit, splits (image counts), train_captions
-    training: dict = field(default_factory=dict)    # config, epochs, best epoch, ... (none for an ensemble)
-    scst: dict | None = None                        # the self-critical fine-tuning, when the bundle had one
+    data: DataInfo = field(default_factory=DataInfo)
+    training: TrainingInfo = field(default_factory=TrainingInfo)    # (none for an ensemble)
+    scst: SCSTInfo | None = None                    # the self-critical fine-tuning, when the bundle had one
     ensemble_of: tuple[dict, ...] = ()              # an ensemble's member bundles
     trained_as: str | None = None
     command: str | None = None
+    finetune: dict | None = None                    # a fine-tune on a user's photos: base, settings, scores
+    index: dict | None = None                       # the retrieval index: images, dim, k, calibrated
+    created: str | None = None
+    versions: dict | None = None
+    weights_dtype: str | None = None
+    format_version: int | None = None
     raw: dict = field(default_factory=dict, repr=False)
+
+    # What save_bundle writes for every bundle itself: a bundle made from another never inherits them.
+    OWN = ("files", "name", "created", "versions")
 
     @classmethod
     def from_dict(cls, d: dict) -> Manifest:
@@ -259,10 +274,18 @@ class Manifest(_Record):
         return cls(name=d.get("name"), encoder=EncoderInfo.from_dict(d["encoder"]),
                    decoder=DecoderInfo.from_dict(d["decoder"]), vocab_size=d["vocab_size"], files=d["files"],
                    members=tuple(DecoderInfo.from_dict(m) for m in members), max_length=int(d.get("max_length", 30)),
-                   min_count=d.get("min_count"), data=obj("data"), training=obj("training"),
-                   scst=d.get("scst") if isinstance(d.get("scst"), dict) else None,
+                   min_count=d.get("min_count"), data=DataInfo.from_dict(obj("data")),
+                   training=TrainingInfo.from_dict(obj("training")),
+                   scst=SCSTInfo.from_dict(d["scst"]) if isinstance(d.get("scst"), dict) else None,
                    ensemble_of=tuple(p for p in parts if isinstance(p, dict)), trained_as=d.get("trained_as"),
-                   command=d.get("command"), raw=d)
+                   command=d.get("command"), finetune=d.get("finetune"), index=d.get("index"),
+                   created=d.get("created"), versions=d.get("versions"), weights_dtype=d.get("weights_dtype"),
+                   format_version=d.get("format_version"), raw=d)
+
+    def inherit(self, *drop: str) -> dict:
+        """The entries a bundle made from this one (scst, finetune, ensemble) starts from: all but the bundle's
+        own (:attr:`OWN`) and ``drop``."""
+        return {k: v for k, v in self.raw.items() if k not in (*self.OWN, *drop)}
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Manifest:
@@ -304,6 +327,15 @@ class Manifest(_Record):
         return bool(self.ensemble_of or self.training.get("epochs") or self.scst)
 
 
+def manifest_entries(**values) -> dict:
+    """Top-level manifest entries as a writer gives them (before :func:`~captioning.artifacts.bundle.save_bundle`
+    adds the rest): each a field of :class:`Manifest` (a TypeError otherwise), records as their JSON."""
+    unknown = sorted(set(values) - set(Manifest.json_keys()))
+    if unknown:
+        raise TypeError(f"a manifest has no entry {', '.join(unknown)}")
+    return {key: as_json(value) for key, value in values.items()}
+
+
 def encoder_key(encoder: EncoderInfo) -> str:
     """The encoder's feature-cache key (``xception-299``), always from its spec (name and alpha), never from the
     manifest's free ``key`` field. Raises ValueError for an unknown encoder."""
@@ -327,63 +359,3 @@ def previous_encoder(path: str | os.PathLike) -> dict:
     if isinstance(encoder.get("weights_file"), dict):
         found["weights_file"] = encoder["weights_file"]
     return found
-
-
-RESULT_KEYS = {"decoding", "beam_width", "split", "n_images"}
-
-
-@dataclass(frozen=True, eq=False)
-class EvaluationReport(_Record):
-    """A bundle's evaluation: metrics.json (decoding runs, dev sweep, metric-vs-human agreement) and
-    predictions.csv (one row per image and decoding run)."""
-
-    runs: list[dict]                                # one entry per decoding run: label, beam_width, split, scores
-    sweep: list[dict] | None = None
-    human_agreement: dict | None = None
-    implementations: dict = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    predictions: object | None = None               # pandas.DataFrame with PREDICTION_COLUMNS, or None
-    raw: dict = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_dict(cls, metrics: dict, predictions=None) -> EvaluationReport:
-        runs = metrics.get("results")
-        agreement = metrics.get("human_agreement")
-        return cls(runs=runs if isinstance(runs, list) else [], sweep=metrics.get("sweep") or None,
-                   human_agreement=agreement if isinstance(agreement, dict) else None,
-                   implementations=metrics.get("implementations") or {}, notes=list(metrics.get("notes") or []),
-                   predictions=predictions, raw=metrics)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> EvaluationReport | None:
-        """The bundle's report (None when it has no metrics.json and no predictions.csv yet).
-
-        Raises :class:`BundleError` naming the file and the command that rewrites it when either is damaged:
-        metrics.json without a list of decoding runs, predictions.csv without its columns.
-        """
-        metrics = read_metrics(path)
-        if metrics is not None:
-            runs = metrics.get("results")
-            if not isinstance(runs, list) or not all(isinstance(r, dict) and RESULT_KEYS <= set(r) for r in runs):
-                raise BundleError(f"Bundle {path}: metrics.json holds no list of results. "
-                                  f"Re-evaluate with: python train.py evaluate --out {path}")
-        predictions = read_predictions(path)
-        if metrics is None and predictions is None:
-            return None
-        return cls.from_dict(metrics or {}, predictions)
-
-    @staticmethod
-    def read_predictions_loosely(path: str | os.PathLike):
-        """predictions.csv when it is a readable table with its columns, else None (for reuse, not display)."""
-        try:
-            return read_predictions(path)
-        except BundleError:
-            return None
-
-    @property
-    def evaluated(self) -> bool:
-        """Whether it holds any decoding run's scores."""
-        return bool(self.runs)
-
-    def runs_on(self, split: str) -> list[dict]:
-        return [r for r in self.runs if r.get("split") == split]

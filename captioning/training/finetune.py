@@ -26,9 +26,10 @@ Steps (the base bundle is only read, never written):
 5. Score base and fine-tuned bundle on the user's dev and test photos (beam 3: CIDEr-D, BLEU-4, how often a new
    word is used), write the bundle to a hidden sibling of ``--out`` and swap it in only when complete.
 
-Replay default (:data:`DEFAULT_REPLAY`, 0.5), chosen against 0 by ``bench/finetune_new_word.py``
-(docs/experiments.md): on held-out Flickr8k photos, 0.5 kept the other scenes' CIDEr-D where the base had it
-(.466 vs .465) and taught the new word almost as often (59% vs 65%), while 0 lost .064 CIDEr-D on them.
+Replay default (``replay`` in :mod:`captioning.training.options`, 0.5), chosen against 0 by
+``bench/finetune_new_word.py`` (docs/experiments.md): on held-out Flickr8k photos, 0.5 kept the other scenes'
+CIDEr-D where the base had it (.466 vs .465) and taught the new word almost as often (59% vs 65%), while 0 lost
+.064 CIDEr-D on them.
 """
 from __future__ import annotations
 
@@ -55,8 +56,10 @@ from captioning.training.rundirs import RunDir, fingerprint
 from captioning.training.settings import OptionError, RunConfig
 from captioning.training.user_photos import _flickr8k, extract_user_features, import_data, replay_pool
 
-DEFAULT_REPLAY = 0.5
 SCORE_BEAM = 3
+# Fit-loop options fine-tuning leaves off: its captions are whole, and ``--embeddings`` is where new words' vectors
+# come from (growth.py), not the embedding's start.
+FINETUNE_LEAVES_OFF = ("label_smoothing", "lr_decay", "max_words", "embeddings")
 
 
 # --- training ------------------------------------------------------------------------------------------------
@@ -266,21 +269,20 @@ def _manifest(config: RunConfig, base, picks: list[int], data: UserDataset, reco
               train_captions: int) -> tuple[dict, list]:
     """The fine-tuned bundle's manifest (the base's encoder and records, ``finetune``: base, dataset, skipped rows,
     settings, vocabulary, training, scores) and the member encoder blocks of its decoders after the first."""
-    from captioning.artifacts.manifest import encoder_key
+    from captioning.artifacts.manifest import DataInfo, encoder_key, manifest_entries
 
     chosen = [base.manifest.decoder_encoders[i] for i in picks]
-    member_encoders = [None if encoder_key(e) == encoder_key(chosen[0]) else dict(e.raw) for e in chosen[1:]]
-    manifest = {k: v for k, v in base.manifest.raw.items()
-                if k not in ("files", "members", "name", "created", "versions", "index", "decoder", "vocab_size",
-                             "ensemble_of")}
+    member_encoders = [None if encoder_key(e) == encoder_key(chosen[0]) else e for e in chosen[1:]]
+    manifest = base.manifest.inherit("members", "index", "decoder", "vocab_size", "ensemble_of")
     summary = data.summary(sample=0)
     dataset = dataset_record(data)
     target, user = Path(config.workspace.out), config.user_data
-    manifest.update(encoder=dict(chosen[0].raw), trained_as=target.name,
-                    data={"dataset": "user", "splits": summary["splits"], "train_captions": train_captions},
-                    finetune={**record, "dataset": dataset, "skipped_rows": summary["bad_rows"][:1000]},
-                    command=f"python train.py finetune --from {config.pipeline.source} --captions {user.captions} "
-                            f"--images {user.images} --out {target}")
+    manifest.update(manifest_entries(
+        encoder=chosen[0], trained_as=target.name,
+        data=DataInfo.create(dataset="user", splits=summary["splits"], train_captions=train_captions),
+        finetune={**record, "dataset": dataset, "skipped_rows": summary["bad_rows"][:1000]},
+        command=f"python train.py finetune --from {config.pipeline.source} --captions {user.captions} "
+                f"--images {user.images} --out {target}"))
     return manifest, member_encoders
 
 
@@ -311,6 +313,7 @@ def _train_one(config: RunConfig, decoder, vocab: Vocabulary, data: UserDataset,
                key: str, replay: float, run_dir: Path) -> dict:
     """Teacher-forced training of one grown decoder (resumable from ``run_dir``); returns its state."""
     from captioning.training.fit import MAX_TOKENS, TrainConfig, encode_captions, fit, make_dataset
+    from captioning.training.options import OPTION
     from captioning.vision.features import FeatureCache
 
     ws, tr = config.workspace, config.train
@@ -330,9 +333,9 @@ def _train_one(config: RunConfig, decoder, vocab: Vocabulary, data: UserDataset,
     dev_idx, dev_caps = pairs(data.splits["dev"], lambda p: data.captions[p])
     load = cache.rows if spatial else cache.load
     train_feats, dev_feats = load(names, spatial), load([ids[p] for p in data.splits["dev"]], spatial)
-    cfg = TrainConfig(embed_dim=decoder.embed_dim, units=decoder.units, dropout=decoder.dropout_rate,
-                      learning_rate=tr.learning_rate, batch_size=tr.batch_size, epochs=tr.epochs,
-                      patience=tr.patience, min_count=tr.min_count, seed=tr.seed)
+    # The base decoder's shape; the options fine-tuning does not apply stay at their declared off values.
+    cfg = TrainConfig.from_settings(tr, embed_dim=decoder.embed_dim, units=decoder.units, dropout=decoder.dropout_rate,
+                                    **{name: OPTION[name].default for name in FINETUNE_LEAVES_OFF})
     user_tokens = encode_captions(user_caps, vocab, MAX_TOKENS)
     replay_tokens = encode_captions(replay_caps, vocab, MAX_TOKENS) if replay_caps else np.zeros((0, 2), np.int32)
     train_ds = mixed_dataset(train_feats, user_idx, user_tokens, replay_idx, replay_tokens, tr.batch_size, replay,

@@ -15,34 +15,38 @@ from pathlib import Path
 import numpy as np
 
 from captioning.data.text import Vocabulary
+from captioning.training.options import MAX_TOKENS, OPTION, check, default, record
 from captioning.training.rundirs import RunDir
-
-MAX_TOKENS = 40   # <start> + words + <end>; longer Flickr8k captions (a handful) are cut
 
 
 @dataclass
 class TrainConfig:
-    """Every training knob in one visible block."""
+    """What the fit loop reads (and a bundle's manifest records as ``training.config``): options of
+    :mod:`captioning.training.options`, their defaults ``train``'s and their ranges checked there."""
 
-    embed_dim: int = 256
-    units: int = 256
-    dropout: float = 0.5
-    learning_rate: float = 1e-3
-    batch_size: int = 64
-    epochs: int = 20
-    patience: int = 3
-    min_count: int = 5
-    seed: int = 42
-    label_smoothing: float = 0.0   # share of each target's probability spread over the vocabulary
-    lr_decay: float = 1.0          # learning rate x this after an epoch without a better dev loss (1 = off)
-    embeddings: str | None = None  # pretrained word vectors the embedding started from (file name)
-    max_words: int | None = None   # training captions cut to this many words (None = whole, up to MAX_TOKENS)
+    embed_dim: int = default("embed_dim")
+    units: int = default("units")
+    dropout: float = default("dropout")
+    learning_rate: float = default("learning_rate")
+    batch_size: int = default("batch_size")
+    epochs: int = default("epochs")
+    patience: int = default("patience")
+    min_count: int = default("min_count")
+    seed: int = default("seed")
+    label_smoothing: float = default("label_smoothing")   # share of each target's probability over the vocabulary
+    lr_decay: float = default("lr_decay")                 # learning rate x this after an epoch without a better dev
+    #                                                       loss (1 = off)
+    embeddings: str | None = default("embeddings")        # pretrained word vectors the embedding started from (file)
+    max_words: int | None = default("max_words")          # training captions cut to this many words (None = whole)
 
     def __post_init__(self):
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0.0 < self.lr_decay <= 1.0:
-            raise ValueError(f"learning-rate decay must be in (0, 1] (1 = constant), got {self.lr_decay}")
+        check(self)
+
+    @classmethod
+    def from_settings(cls, settings, **given) -> TrainConfig:
+        """From a :class:`~captioning.training.settings.TrainSettings` (or any object with these names) by name;
+        ``given`` overrides (e.g. the decoder's resolved ``units``)."""
+        return record(cls, settings, **given)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,8 +55,8 @@ class TrainConfig:
         """The settings that identify a run; options left at their off value are omitted, so runs
         checkpointed before those options existed still resume."""
         d = self.to_dict()
-        for key, off in (("label_smoothing", 0.0), ("lr_decay", 1.0), ("embeddings", None), ("max_words", None)):
-            if d[key] == off:
+        for key in ("label_smoothing", "lr_decay", "embeddings", "max_words"):
+            if d[key] == OPTION[key].default:
                 del d[key]
         return d
 
@@ -193,7 +197,7 @@ class Checkpointer:
 
 
 STRATEGIES = ("default", "mirrored", "multiworker")
-PEER_TIMEOUT = 60.0   # seconds a multi-worker run waits on a silent peer before it fails
+PEER_TIMEOUT = OPTION["peer_timeout"].default   # seconds a multi-worker run waits on a silent peer before it fails
 
 
 class WorkerLost(RuntimeError):

@@ -13,11 +13,11 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from captioning.service.jobs import Job, JobQueue, job_key
-from captioning.training.settings import DEFAULT_EPOCHS, DEFAULT_LEARNING_RATE, TrainSettings, UserDataSettings
+from captioning.training.options import OPTION
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]       # captioning/<folder>/<module>.py -> the checkout
 TRAIN_SCRIPT_ENV = "CAPTIONING_TRAIN_SCRIPT"
@@ -29,8 +29,8 @@ class ImportCheckError(ValueError):
     """The captions file and photos could not be checked; the message is the command's own one-line error."""
 
 
-def _command_default(section, name: str):
-    return next(f.default for f in fields(section) if f.name == name)
+def _finetune_default(name: str):
+    return OPTION[name].value_for("finetune")
 
 
 @dataclass
@@ -38,12 +38,12 @@ class FinetuneSettings:
     """The settings that matter on the Train page (the command line has more), defaulting to ``train.py
     finetune``'s own defaults (captioning.training.settings), so the page and the terminal train alike."""
 
-    epochs: int = DEFAULT_EPOCHS["finetune"]                 # most epochs; early stopping usually ends sooner
-    learning_rate: float = DEFAULT_LEARNING_RATE["finetune"]
-    replay: float = _command_default(UserDataSettings, "replay")    # share of each batch from Flickr8k (0 = yours)
-    min_count: int = _command_default(TrainSettings, "min_count")   # a new word joins after this many occurrences
-    patience: int = _command_default(TrainSettings, "patience")
-    seed: int = _command_default(TrainSettings, "seed")
+    epochs: int = _finetune_default("epochs")                # most epochs; early stopping usually ends sooner
+    learning_rate: float = _finetune_default("learning_rate")
+    replay: float = _finetune_default("replay")              # share of each batch from Flickr8k (0 = yours)
+    min_count: int = _finetune_default("min_count")          # a new word joins after this many occurrences
+    patience: int = _finetune_default("patience")
+    seed: int = _finetune_default("seed")
 
     def problems(self) -> list[str]:
         found = []

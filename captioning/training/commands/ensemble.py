@@ -19,7 +19,7 @@ def build_ensemble(ws: Workspace, members: list[str] | None) -> Path:
     Members may read different encoders (a cross-encoder ensemble): the first member's encoder is the bundle's,
     every decoder that reads another keeps that encoder's block in the manifest."""
     from captioning.artifacts.bundle import save_bundle
-    from captioning.artifacts.manifest import encoder_key
+    from captioning.artifacts.manifest import encoder_key, manifest_entries
     from captioning.training.picks import check_pick, split_pick
 
     too_few = OptionError("ensemble needs {members} with at least two trained bundles, e.g. {members} "
@@ -48,12 +48,12 @@ def build_ensemble(ws: Workspace, members: list[str] | None) -> Path:
     decoders = [b.decoders[i] for b, pick in zip(bundles, picks) for i in pick]
     encoders = [b.manifest.decoder_encoders[i] for b, pick in zip(bundles, picks) for i in pick]
     primary = encoder_key(first.encoder)
-    member_encoders = [None if encoder_key(e) == primary else dict(e.raw) for e in encoders[1:]]
-    manifest = {k: v for k, v in first.manifest.raw.items()
-                if k not in ("files", "members", "name", "created", "versions")}
-    manifest["max_length"] = max(b.max_length for b in bundles)
-    manifest["ensemble_of"] = [_ensemble_parts(b)[i] for b, pick in zip(bundles, picks) for i in pick]
-    manifest["command"] = "python train.py ensemble --members " + " ".join(members) + f" --out {ws.bundle}"
+    member_encoders = [None if encoder_key(e) == primary else e for e in encoders[1:]]
+    manifest = first.manifest.inherit("members")
+    manifest.update(manifest_entries(
+        max_length=max(b.max_length for b in bundles),
+        ensemble_of=[_ensemble_parts(b)[i] for b, pick in zip(bundles, picks) for i in pick],
+        command="python train.py ensemble --members " + " ".join(members) + f" --out {ws.bundle}"))
     path = save_bundle(ws.out, decoders[0], first.vocab, manifest, members=decoders[1:],
                        member_encoders=member_encoders)
     kinds = ", ".join(d.kind for d in decoders)

@@ -20,7 +20,8 @@ def evaluate_bundle(ws: Workspace, settings: EvaluateSettings, features: Feature
     """Score the bundle at ``ws.out`` on a split with every decoding run; rewrites metrics.json and
     predictions.csv (keeping the dev sweep and the metric-vs-human agreement it does not recompute)."""
     from captioning.artifacts.bundle import update_results
-    from captioning.artifacts.manifest import BundleError, read_metrics
+    from captioning.artifacts.manifest import BundleError
+    from captioning.artifacts.report import read_metrics
     from captioning.decoding.config import DecodeConfig, parse_spec
     from captioning.evaluation.human import metric_human_agreement
     from captioning.evaluation.runs import evaluate, implementations
@@ -71,7 +72,7 @@ def evaluate_bundle(ws: Workspace, settings: EvaluateSettings, features: Feature
 def evaluated_scores(out: str, names: list[str], beam: int):
     """(per-image CIDEr-D, mean log-prob per token) of the bundle's evaluated beam captions for ``names``, from
     predictions.csv (what ``evaluate`` just scored, so not decoded twice), or None when it lacks them."""
-    from captioning.artifacts.manifest import EvaluationReport
+    from captioning.artifacts.report import EvaluationReport
     from captioning.decoding.config import DecodeConfig
 
     predictions = EvaluationReport.read_predictions_loosely(out)

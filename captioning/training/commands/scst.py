@@ -28,6 +28,7 @@ def finetune_scst(ws: Workspace, settings: TrainSettings, pipeline: PipelineSett
     import numpy as np
 
     from captioning.artifacts.bundle import save_bundle
+    from captioning.artifacts.manifest import SCSTInfo, manifest_entries
     from captioning.data.text import tokenize
     from captioning.decoding.config import DecodeConfig
     from captioning.decoding.search import decode
@@ -42,8 +43,7 @@ def finetune_scst(ws: Workspace, settings: TrainSettings, pipeline: PipelineSett
                           f"ensemble with: python train.py ensemble --members ... --out {ws.out}")
     if Path(ws.bundle).resolve() == Path(source_path).resolve():
         raise OptionError("scst writes a new bundle: give {out} a folder other than {source}")
-    config = SCSTConfig(learning_rate=settings.learning_rate, epochs=settings.epochs, patience=settings.patience,
-                        batch_size=settings.batch_size, samples=pipeline.samples, seed=settings.seed)
+    config = SCSTConfig.from_settings(settings)
     spatial = source.uses_spatial
     train_names, dev_names = names["train"], names["dev"]
     cache, _ = bundle_features(ws, features, source, ds, {"train": train_names, "dev": dev_names})
@@ -78,16 +78,15 @@ def finetune_scst(ws: Workspace, settings: TrainSettings, pipeline: PipelineSett
     if run.claim(fingerprint(settings_key, source.manifest.files, ws.limit)):
         print(f"scst: settings or source changed since the checkpoints in {run.path}; starting afresh")
     state = finetune(decoder, vocab, train_feats, train_refs, evaluate_dev, config, run.path, progress=not ws.quiet)
-    manifest = {k: v for k, v in source.manifest.raw.items()
-                if k not in ("files", "name", "created", "versions", "trained_as", "command")}
-    manifest["scst"] = {"from": source.manifest.trained_as or source.name, "config": config.to_dict(),
-                        "reward": "CIDEr-D (document frequencies of the training references)",
-                        "baseline": "mean reward of the image's other samples",
-                        "start_dev": state.get("start_dev"), "best_epoch": state["best_epoch"],
-                        "best_dev_cider": state["best_dev_cider"],
-                        "epochs": [state["epochs"][k] for k in sorted(state["epochs"], key=int)],
-                        "peak_rss_mb": peak_rss_mb()}
-    manifest["command"] = f"python train.py scst --from {source_path} --out {ws.bundle}"
+    manifest = source.manifest.inherit("trained_as", "command")
+    manifest.update(manifest_entries(
+        scst=SCSTInfo.create(source=source.manifest.trained_as or source.name, config=config.to_dict(),
+                             reward="CIDEr-D (document frequencies of the training references)",
+                             baseline="mean reward of the image's other samples", start_dev=state.get("start_dev"),
+                             best_epoch=state["best_epoch"], best_dev_cider=state["best_dev_cider"],
+                             epochs=[state["epochs"][k] for k in sorted(state["epochs"], key=int)],
+                             peak_rss_mb=peak_rss_mb()),
+        command=f"python train.py scst --from {source_path} --out {ws.bundle}"))
     path = save_bundle(ws.out, decoder, vocab, manifest)
     print(f"scst: best epoch {state['best_epoch']} (dev CIDEr-D {state['best_dev_cider']:.4f}, "
           f"from {state['start_dev']['cider']:.4f}); bundle {ws.bundle} (once evaluated)")

@@ -25,6 +25,7 @@ def train_decoder(ws: Workspace, settings: TrainSettings, features: FeatureSetti
     import numpy as np
 
     from captioning.artifacts.bundle import save_bundle
+    from captioning.artifacts.manifest import DataInfo, EncoderInfo, TrainingInfo, manifest_entries
     from captioning.data.embeddings import EmbeddingsError, load_word_vectors
     from captioning.data.text import Vocabulary, tokenize
     from captioning.models.decoders import build_decoder
@@ -43,13 +44,8 @@ def train_decoder(ws: Workspace, settings: TrainSettings, features: FeatureSetti
     spec = get_spec(features.encoder, features.alpha)
     cache = FeatureCache(Path(ws.cache_dir) / "features", spec.key)
     spatial = settings.spatial
-    config = TrainConfig(embed_dim=settings.embed_dim, units=settings.units_for(), dropout=settings.dropout,
-                         learning_rate=settings.learning_rate, batch_size=settings.batch_size, epochs=settings.epochs,
-                         patience=settings.patience, min_count=settings.min_count, seed=settings.seed,
-                         label_smoothing=settings.label_smoothing, lr_decay=settings.lr_decay,
-                         max_words=settings.max_words)
-    if settings.embeddings:
-        config.embeddings = Path(settings.embeddings).name
+    config = TrainConfig.from_settings(settings, units=settings.units_for(),
+                                       embeddings=Path(settings.embeddings).name if settings.embeddings else None)
 
     def pairs(split):
         split_names = names[split]
@@ -124,25 +120,20 @@ def train_decoder(ws: Workspace, settings: TrainSettings, features: FeatureSetti
     feature_stats = feature_stats or {}
     weights_file = find_weights(spec, features.weights)
     previous = _previous_encoder(ws.bundle)
-    manifest = {
-        "encoder": {"name": spec.name, "alpha": spec.alpha, "input_size": spec.input_size, "key": spec.key,
-                    "feature_dim": spec.feature_dim, "spatial_grid": spec.spatial_grid if spatial else None,
-                    "weights_source": feature_stats.get("weights_source") or previous.get(
-                        "weights_source", "unknown (features were cached by an earlier run)"),
-                    # A hint, verified by checksum, so captioning finds the same file without --weights.
-                    "weights_file": weights_hint(weights_file) if weights_file else previous.get("weights_file")},
-        "min_count": config.min_count,
-        "max_length": int(min(train_tokens.shape[1] - 1, 40)),
-        "data": {"dataset": ds.name, "limit": ws.limit,
-                 "splits": {k: len(v) for k, v in names.items()}, "train_captions": len(train_caps)},
-        "training": {"config": config.to_dict(), "strategy": settings.strategy,
-                     "replicas": strategy.num_replicas_in_sync, "epochs_run": len(epochs),
-                     "best_epoch": state["best_epoch"],
-                     "best_val_loss": state["best_val_loss"], "epochs": epochs,
-                     "feature_seconds": round(feature_stats.get("seconds", 0.0), 1),
-                     "feature_images": feature_stats.get("images", 0),
-                     "peak_rss_mb": peak_rss_mb()},
-    }
+    encoder = EncoderInfo.from_spec(
+        spec, spatial, weights_source=feature_stats.get("weights_source") or previous.get(
+            "weights_source", "unknown (features were cached by an earlier run)"),
+        # A hint, verified by checksum, so captioning finds the same file without --weights.
+        weights_file=weights_hint(weights_file) if weights_file else previous.get("weights_file"))
+    manifest = manifest_entries(
+        encoder=encoder, min_count=config.min_count, max_length=int(min(train_tokens.shape[1] - 1, 40)),
+        data=DataInfo.create(dataset=ds.name, limit=ws.limit, splits={k: len(v) for k, v in names.items()},
+                             train_captions=len(train_caps)),
+        training=TrainingInfo.create(config=config.to_dict(), strategy=settings.strategy,
+                                     replicas=strategy.num_replicas_in_sync, epochs_run=len(epochs),
+                                     best_epoch=state["best_epoch"], best_val_loss=state["best_val_loss"],
+                                     epochs=epochs, feature_seconds=round(feature_stats.get("seconds", 0.0), 1),
+                                     feature_images=feature_stats.get("images", 0), peak_rss_mb=peak_rss_mb()))
     path = save_bundle(ws.out, decoder, vocab, manifest)
     if ws.bundle == ws.out:
         when = ""

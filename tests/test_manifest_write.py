@@ -1,0 +1,77 @@
+"""Manifests are written through the same typed records that read them (captioning.artifacts.manifest): the shipped
+bundles' manifests are rebuilt byte for byte from their typed fields, and a writer cannot add a key the types do not
+know."""
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from captioning.artifacts.manifest import (
+    DataInfo,
+    DecoderInfo,
+    EncoderInfo,
+    Manifest,
+    SCSTInfo,
+    TrainingInfo,
+    manifest_entries,
+)
+from captioning.vision.encoders import get_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(p for p in (ROOT / "artifacts").iterdir() if (p / "manifest.json").is_file())
+
+
+def typed_values(record) -> dict:
+    """A record's fields that its JSON holds, as the typed values (nested records as records)."""
+    keys = type(record).json_keys()
+    return {name: getattr(record, name) for name in keys if keys[name] in record.raw}
+
+
+@pytest.mark.parametrize("bundle", SHIPPED, ids=lambda p: p.name)
+def test_a_shipped_manifest_is_rebuilt_byte_for_byte_from_its_typed_fields(bundle):
+    text = (bundle / "manifest.json").read_text(encoding="utf-8")
+    manifest = Manifest.load(bundle)
+    rebuilt = manifest_entries(**typed_values(manifest))            # a key the types do not know: TypeError
+    assert json.dumps(rebuilt, indent=2, sort_keys=True) == text       # as bundle._finish_manifest writes it
+    for record, cls in ((manifest.encoder, EncoderInfo), (manifest.data, DataInfo), (manifest.training, TrainingInfo),
+                        *(((manifest.scst, SCSTInfo),) if manifest.scst else ())):
+        assert isinstance(record, cls)
+        assert cls.create(**typed_values(record)).to_dict() == record.raw     # each block through its type
+    for decoder in manifest.decoders:
+        assert DecoderInfo.create(**typed_values(decoder)).to_dict() == decoder.raw
+
+
+def test_a_writer_cannot_write_a_key_the_types_do_not_know():
+    with pytest.raises(TypeError, match="no entry epoch"):
+        manifest_entries(epoch=3)
+    with pytest.raises(TypeError, match="TrainingInfo has no field best_loss"):
+        TrainingInfo.create(best_loss=1.0)
+    assert SCSTInfo.create(source="a").to_dict() == {"from": "a"}         # a field's JSON key may differ from it
+
+
+def test_what_a_training_run_writes_covers_every_key_the_shipped_bundles_hold():
+    written = EncoderInfo.from_spec(get_spec("xception"), True, weights_source="keras", weights_file=None).to_dict()
+    assert written["spatial_grid"] == get_spec("xception").spatial_grid and written["weights_file"] is None
+    assert EncoderInfo.from_spec(get_spec("xception"), False, "keras", None).to_dict()["spatial_grid"] is None
+    training_keys = {f.name for f in fields(TrainingInfo)} - {"raw"}
+    for bundle in SHIPPED:
+        raw = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+        assert set(raw["encoder"]) <= set(written)
+        assert set(raw["training"]) <= training_keys and set(raw["data"]) <= set(DataInfo.json_keys())
+
+
+class _Model:
+    kind = "merge"
+
+    def get_config(self):
+        return {"units": 8}
+
+
+def test_decoder_entries_as_save_bundle_writes_them():
+    assert DecoderInfo.of(_Model()).to_dict() == {"kind": "merge", "config": {"units": 8}}
+    enc = EncoderInfo.from_spec(get_spec("xception"), False, "keras", None)
+    member = DecoderInfo.of(_Model(), "member-1.keras", enc)
+    assert member.to_dict() == {"kind": "merge", "config": {"units": 8}, "file": "member-1.keras",
+                                "encoder": enc.to_dict()}
+    assert member.encoder.name == enc.name and member.file == "member-1.keras"
