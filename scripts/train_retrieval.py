@@ -43,6 +43,15 @@ def main(argv=None) -> int:
     ap.add_argument("--learning-rate", type=float, default=5e-4)
     ap.add_argument("--limit", type=int, default=None, help="smoke run: this many training and dev photos")
     ap.add_argument("--no-dev", action="store_true", help="no dev loss (every epoch's model is written)")
+    ap.add_argument("--copy-rate", type=float, default=0.5,
+                    help="share of training examples with a copy-only target: a word of the caption that the "
+                         "retrieved captions hold, hidden from the vocabulary (0: none, the first training's way)")
+    ap.add_argument("--gate-bias", type=lambda v: None if v.lower() == "none" else float(v), default=2.0,
+                    help="the warm start's copy gate: p_gen = sigmoid(this) everywhere, the memory's context at "
+                         "zero, so training starts from the merge decoder ('none': random, the first training's way)")
+    ap.add_argument("--all-captions", action="store_true", help="every caption of each photo per epoch (5x longer)")
+    ap.add_argument("--keep-epochs", action="store_true",
+                    help="also write each epoch's bundle to OUT-epochN (to choose one on dev scores afterwards)")
     args = ap.parse_args(argv)
 
     base = load_bundle(args.base)
@@ -69,7 +78,7 @@ def main(argv=None) -> int:
     model = RetrievalDecoder(len(base.vocab), base.decoder.feature_dim, base.decoder.embed_dim, base.decoder.units,
                              0.5, args.neighbours, args.caption_tokens, copy=not args.no_copy)
     model.build()
-    print("warm start:", warm_start(model, base.decoder), flush=True)
+    print("warm start:", warm_start(model, base.decoder, args.gate_bias), flush=True)
     command = "python scripts/train_retrieval.py " + " ".join(sys.argv[1:] if argv is None else argv)
     history: list[dict] = []
 
@@ -78,9 +87,13 @@ def main(argv=None) -> int:
         if improved or dev is None:
             write_bundle(args.out, model, base.vocab, read_manifest(args.base), index, history, command)
             print(f"epoch {epoch}: bundle written to {args.out}", flush=True)
+        if args.keep_epochs:
+            write_bundle(f"{args.out}-epoch{epoch}", model, base.vocab, read_manifest(args.base), index, history,
+                         command)
 
     train(model, vectors, captions, list(range(len(train_names))), neighbours, base.vocab, dev, args.epochs,
-          learning_rate=args.learning_rate, on_epoch=on_epoch, log=lambda s: print(s, flush=True))
+          learning_rate=args.learning_rate, on_epoch=on_epoch, log=lambda s: print(s, flush=True),
+          copy_rate=args.copy_rate, one_caption=not args.all_captions)
     return 0
 
 

@@ -7,7 +7,7 @@ import pytest
 from captioning.data.text import Vocabulary
 from captioning.decoding.config import DecodeConfig
 from captioning.decoding.search import decode
-from captioning.models.retrieval import RetrievalDecoder, copy_loss
+from captioning.models.retrieval import RetrievalDecoder, copy_loss, mixed_probability
 from captioning.models.retrieval_steps import RetrievalStepDecoder, encode_memory
 from captioning.training.retrieval import make_examples, nearest
 
@@ -78,8 +78,9 @@ def test_training_targets_copy_out_of_vocabulary_words_and_the_loss_is_finite():
                 [["a", "boat", "on", "the", "water"]]]
     near = nearest(np.eye(3, 6, dtype=np.float32) + 0.1, np.eye(3, 6, dtype=np.float32) + 0.1, 2, exclude_self=True)
     assert all(i not in row for i, row in enumerate(near))            # a photo never retrieves itself
-    memory, ext, inputs, targets, photo = make_examples([0, 1, 2], captions, near, VOCAB, 2, 5,
-                                                        np.random.default_rng(0), fixed_k=2)
+    memory, ext, inputs, targets, photo, hidden = make_examples([0, 1, 2], captions, near, VOCAB, 2, 5,
+                                                                np.random.default_rng(0), fixed_k=2)
+    assert not hidden.any()                    # no copy-only targets unless asked
     row = list(photo).index(0)                 # photo 0's neighbours (1 and 2) hold "zeppelin": a copy target
     assert targets[row, 1] >= len(VOCAB) and targets[row, 1] in ext[row]
     assert inputs[row, 2] == VOCAB.unk_id      # the decoder reads an extended id back as <unk>
@@ -89,3 +90,47 @@ def test_training_targets_copy_out_of_vocabulary_words_and_the_loss_is_finite():
     model.build()
     loss = copy_loss(model, (np.eye(3, 6, dtype=np.float32)[photo], memory, ext, inputs, targets), training=False)
     assert np.isfinite(float(loss)) and float(loss) > 0
+
+
+def test_copy_only_targets_hide_a_shared_content_word_from_the_vocabulary():
+    vocab = Vocabulary(["a", "dog", "on", "the", "grass", "runs"])
+    target = ["a", "dog", "runs", "on", "the", "grass"]
+    captions = [[target], [["a", "dog", "on", "the", "grass"]], [["the", "dog", "runs"]]]
+    near = np.array([[1, 2], [0, 2], [0, 1]])
+    seen = set()
+    for seed in range(12):
+        memory, ext, inputs, targets, photo, hidden = make_examples(
+            [0], captions, near, vocab, 2, 6, np.random.default_rng(seed), fixed_k=2, copy_rate=1.0)
+        word = vocab.itos[hidden[0, 0]]
+        seen.add(word)
+        assert word in {"dog", "grass", "runs"}                          # shared content words only, never "a"/"the"
+        at = target.index(word)
+        copy_id = targets[0, at]
+        assert copy_id >= len(vocab)                                      # only copying can produce it ...
+        slots = [j for j, t in enumerate(memory[0]) if ext[0, j] == copy_id]
+        assert slots and all(memory[0, j] == vocab.unk_id for j in slots)  # ... from the memory, where it reads <unk>
+        assert not any(memory[0] == vocab.stoi[word])
+        assert inputs[0, at + 1] == vocab.unk_id                          # the decoder reads it back as <unk>
+        others = [vocab.stoi.get(w) for w in target if w != word]
+        assert [t for i, t in enumerate(targets[0, :len(target)]) if target[i] != word] == others
+    assert seen == {"dog", "grass", "runs"}
+    _, _, _, targets, _, hidden = make_examples([0], captions, near, vocab, 2, 6, np.random.default_rng(0),
+                                                fixed_k=2, copy_rate=0.0)
+    assert not hidden.any() and targets[0, 0] == vocab.stoi["a"] and all(targets[0, :6] < len(vocab))
+
+
+def test_the_generator_cannot_emit_a_hidden_word_and_the_rest_is_renormalised():
+    v = 6
+    probs = np.array([[[0.0, 0.1, 0.0, 0.1, 0.6, 0.2]] * 2], np.float32)   # (1, 2, V): word 4 holds 60%
+    log_vocab = np.log(np.maximum(probs, 1e-12)).astype(np.float32)
+    p_gen = np.ones((1, 2, 1), np.float32)                                  # generator only
+    alpha, memory_ext = np.array([[[1.0, 0.0]] * 2], np.float32), np.array([[7, 5]], np.int32)
+    targets = np.array([[4, 5]], np.int32)
+    free = np.asarray(mixed_probability(log_vocab, p_gen, alpha, memory_ext, targets, v))
+    assert np.allclose(free, [[0.6, 0.2]], atol=1e-5)
+    hid = np.asarray(mixed_probability(log_vocab, p_gen, alpha, memory_ext, np.array([[7, 5]]), v,
+                                       hidden=np.array([[4, 0]])))
+    assert np.allclose(hid, [[0.0, 0.5]], atol=1e-5)   # word 4 copy-only: no generator mass, 0.2 / (1 - 0.6)
+    copying = np.asarray(mixed_probability(log_vocab, np.zeros_like(p_gen), alpha, memory_ext, np.array([[7, 5]]),
+                                           v, hidden=np.array([[4, 0]])))
+    assert np.allclose(copying, [[1.0, 0.0]], atol=1e-5)                  # the copy gate brings it from the memory

@@ -140,12 +140,21 @@ class RetrievalDecoder(_Decoder):
                 "neighbours": self.neighbours, "caption_tokens": self.caption_tokens, "copy": self.copy}
 
 
-def mixed_probability(log_vocab, p_gen, alpha, memory_ext, targets, vocab_size: int):
+def mixed_probability(log_vocab, p_gen, alpha, memory_ext, targets, vocab_size: int, hidden=None):
     """P(target) under the pointer-generator mixture, teacher-forced: log P_vocab (B, T, V), p_gen (B, T, 1),
-    alpha (B, T, M), memory_ext (B, M) extended ids of the memory, targets (B, T) extended ids -> (B, T)."""
+    alpha (B, T, M), memory_ext (B, M) extended ids of the memory, targets (B, T) extended ids -> (B, T).
+    ``hidden`` (B, H): per example, vocabulary ids the generator may not emit (0 = none; copy-only targets):
+    P_vocab is renormalised over the other words."""
+    targets, memory_ext = ops.cast(targets, "int32"), ops.cast(memory_ext, "int32")
     in_vocab = ops.less(targets, vocab_size)
     safe = ops.where(in_vocab, targets, 1)
     vocab_prob = ops.exp(ops.take_along_axis(log_vocab, ops.expand_dims(safe, -1), axis=-1)[..., 0])
+    if hidden is not None:
+        hidden = ops.cast(hidden, "int32")
+        removed = ops.exp(ops.take_along_axis(log_vocab, ops.expand_dims(hidden, 1) * ops.ones_like(
+            ops.expand_dims(targets, -1)), axis=-1))                                    # (B, T, H)
+        removed = ops.sum(removed * ops.cast(ops.expand_dims(ops.greater(hidden, 0), 1), "float32"), axis=-1)
+        vocab_prob = vocab_prob / ops.maximum(1.0 - removed, 1e-6)
     vocab_prob = ops.where(in_vocab, vocab_prob, 0.0)                                   # (B, T)
     same = ops.cast(ops.equal(ops.expand_dims(memory_ext, 1), ops.expand_dims(targets, -1)), "float32")
     copy_prob = ops.sum(alpha * same, axis=-1)                                          # (B, T)
@@ -154,18 +163,21 @@ def mixed_probability(log_vocab, p_gen, alpha, memory_ext, targets, vocab_size: 
 
 
 def copy_loss(model, batch, training=True):
-    """Masked mean negative log-likelihood of a batch ``(features, memory, memory_ext, inputs, targets)``."""
-    features, memory, memory_ext, inputs, targets = batch
+    """Masked mean negative log-likelihood of a batch ``(features, memory, memory_ext, inputs, targets)``, or
+    with a sixth array, each example's hidden vocabulary ids (B, H) (see :func:`mixed_probability`)."""
+    features, memory, memory_ext, inputs, targets = batch[:5]
+    hidden = batch[5] if len(batch) > 5 else None
     log_vocab, p_gen, alpha = model((features, memory, inputs), training=training)
     prob = mixed_probability(log_vocab, p_gen, alpha, ops.cast(memory_ext, "int32"), ops.cast(targets, "int32"),
-                             model.vocab_size)
+                             model.vocab_size, hidden)
     mask = ops.cast(ops.not_equal(targets, 0), "float32")
     return -ops.sum(ops.log(prob + 1e-9) * mask) / ops.maximum(ops.sum(mask), 1.0)
 
 
-def warm_start(model: RetrievalDecoder, merge) -> list[str]:
+def warm_start(model: RetrievalDecoder, merge, gate_bias: float | None = None) -> list[str]:
     """Copy the weights of a merge decoder's layers of the same shapes (embedding, LSTM, projections, classifier);
-    returns the names copied."""
+    returns the names copied. With ``gate_bias``, the memory's context enters the merge at zero (the new decoder
+    starts as the merge decoder) and the copy gate starts at p_gen = sigmoid(gate_bias) for every input."""
     copied = []
     for name in ("embedding", "lstm", "image_proj", "merge_proj", "classifier"):
         source, target = merge.get_layer(name), model.get_layer(name)
@@ -173,4 +185,8 @@ def warm_start(model: RetrievalDecoder, merge) -> list[str]:
         if [w.shape for w in weights] == [w.shape for w in target.get_weights()]:
             target.set_weights(weights)
             copied.append(name)
+    if gate_bias is not None:
+        model.context_proj.set_weights([np.zeros_like(w) for w in model.context_proj.get_weights()])
+        kernel, _ = model.gate.get_weights()
+        model.gate.set_weights([np.zeros_like(kernel), np.full((1,), gate_bias, np.float32)])
     return copied

@@ -54,10 +54,11 @@ class DatastoreMemory:
 
 
 def encode_memory(captions: list[list[list[str]]], vocab: Vocabulary, neighbours: int, caption_tokens: int,
-                  extra: dict[str, int] | None = None):
+                  extra: dict[str, int] | None = None, hidden=frozenset()):
     """Per photo, its retrieved captions (tokenised) -> memory ids (B, M) for the embedding (out-of-vocabulary
     words as <unk>), their extended ids (B, M) and the extended words (word -> id >= len(vocab), grown in place
-    when given). M = neighbours x caption_tokens; caption j fills slots [j*L, (j+1)*L)."""
+    when given). M = neighbours x caption_tokens; caption j fills slots [j*L, (j+1)*L). Words in ``hidden`` are
+    treated as outside the vocabulary (copy-only training targets, :mod:`captioning.training.copy_targets`)."""
     extra = {} if extra is None else extra
     b, m = len(captions), neighbours * caption_tokens
     ids, ext = np.zeros((b, m), np.int32), np.zeros((b, m), np.int32)
@@ -66,7 +67,7 @@ def encode_memory(captions: list[list[list[str]]], vocab: Vocabulary, neighbours
             for t, word in enumerate(words[:caption_tokens]):
                 at = j * caption_tokens + t
                 known = vocab.stoi.get(word)
-                if known is not None and known >= 4:
+                if known is not None and known >= 4 and word not in hidden:
                     ids[i, at] = ext[i, at] = known
                 else:
                     ids[i, at] = vocab.unk_id

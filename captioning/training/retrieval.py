@@ -18,6 +18,7 @@ import numpy as np
 from captioning.data.text import Vocabulary, tokenize
 from captioning.evaluation.trust import RetrievalIndex, normalise
 from captioning.models.retrieval_steps import encode_memory
+from captioning.training.copy_targets import hidden_ids, hidden_words
 from captioning.training.fit import MAX_TOKENS
 
 
@@ -34,34 +35,44 @@ def nearest(vectors: np.ndarray, queries: np.ndarray, k: int, exclude_self: bool
 
 def make_examples(photos: list[int], captions: list[list[list[str]]], neighbours: np.ndarray, vocab: Vocabulary,
                   slots: int, caption_tokens: int, rng: np.random.Generator, min_neighbours: int = 2,
-                  fixed_k: int | None = None, one_caption: bool = True):
+                  fixed_k: int | None = None, one_caption: bool = True, copy_rate: float = 0.0, most_hidden: int = 1):
     """One example per photo (one of its captions at random; ``one_caption=False``: one per caption): memory ids,
-    memory extended ids, decoder inputs and targets (extended ids).
+    memory extended ids, decoder inputs, targets (extended ids), the photo of each example and its hidden
+    vocabulary ids (n, ``most_hidden``; 0 = none).
 
     ``photos[i]`` indexes ``captions`` (all tokenised captions per photo) and ``neighbours`` (photo -> rows of
-    ``captions``); ``fixed_k`` reads exactly that many neighbours (dev), else a random count per example."""
+    ``captions``); ``fixed_k`` reads exactly that many neighbours (dev), else a random count per example.
+    ``copy_rate``: the share of examples with a word hidden from the vocabulary, a copy-only target
+    (:mod:`captioning.training.copy_targets`)."""
     rows = [(p, int(rng.integers(len(captions[p])))) for p in photos] if one_caption else \
         [(p, c) for p in photos for c in range(len(captions[p]))]
     n, m = len(rows), slots * caption_tokens
     memory, memory_ext = np.zeros((n, m), np.int32), np.zeros((n, m), np.int32)
     inputs, targets = np.zeros((n, MAX_TOKENS - 1), np.int32), np.zeros((n, MAX_TOKENS - 1), np.int32)
+    hidden = np.zeros((n, max(most_hidden, 1)), np.int32)
     for i, (p, c) in enumerate(rows):
         k = fixed_k or int(rng.integers(min_neighbours, slots + 1))
         near = [captions[r][int(rng.integers(len(captions[r])))] for r in neighbours[p][:k]]
-        ids, ext, extra = encode_memory([near], vocab, slots, caption_tokens)
-        memory[i], memory_ext[i] = ids[0], ext[0]
         words = captions[p][c][: MAX_TOKENS - 2]
-        seq = [vocab.start_id] + [vocab.stoi.get(w, extra.get(w, vocab.unk_id)) for w in words] + [vocab.end_id]
+        hide = hidden_words(words, [w[:caption_tokens] for w in near], vocab, rng, copy_rate, most_hidden)
+        ids, ext, extra = encode_memory([near], vocab, slots, caption_tokens, hidden=frozenset(hide))
+        memory[i], memory_ext[i], hidden[i] = ids[0], ext[0], hidden_ids(hide, vocab, most_hidden)
+        known = {w: t for w, t in vocab.stoi.items() if w not in hide} if hide else vocab.stoi
+        seq = [vocab.start_id] + [known.get(w, extra.get(w, vocab.unk_id)) for w in words] + [vocab.end_id]
         inputs[i, : len(seq) - 1] = [t if t < len(vocab) else vocab.unk_id for t in seq[:-1]]
         targets[i, : len(seq) - 1] = seq[1:]
-    return memory, memory_ext, inputs, targets, np.array([p for p, _ in rows], np.int32)
+    return memory, memory_ext, inputs, targets, np.array([p for p, _ in rows], np.int32), hidden
 
 
 def train(model, features: np.ndarray, captions: list[list[list[str]]], train_photos: list[int],
           neighbours: np.ndarray, vocab: Vocabulary, dev: tuple | None, epochs: int, batch_size: int = 64,
-          learning_rate: float = 5e-4, seed: int = 42, on_epoch=None, log=print) -> list[dict]:
+          learning_rate: float = 5e-4, seed: int = 42, on_epoch=None, log=print, copy_rate: float = 0.0,
+          one_caption: bool = True) -> list[dict]:
     """Adam on :func:`~captioning.models.retrieval.copy_loss`; ``dev`` = (features, captions, neighbours,
-    photos) scored after each epoch; ``on_epoch(epoch, dev_loss, improved)`` after each (e.g. save a bundle)."""
+    photos) scored after each epoch; ``on_epoch(epoch, entry, improved)`` after each (e.g. save a bundle).
+    ``copy_rate``: the share of training examples with a copy-only target (a word hidden from the vocabulary);
+    with it, the dev split is also scored with a word hidden wherever one can be (``dev_copy_loss``: the loss on
+    the hidden words' tokens only, i.e. how well the decoder copies a word it cannot generate)."""
     import keras
     import tensorflow as tf
 
@@ -87,27 +98,32 @@ def train(model, features: np.ndarray, captions: list[list[list[str]]], train_ph
         dev_features, dev_captions, dev_neighbours, dev_photos = dev
         d = make_examples(dev_photos, dev_captions, dev_neighbours, vocab, model.neighbours, model.caption_tokens,
                           np.random.default_rng(0), fixed_k=min(5, model.neighbours))
-        dev_batches = (dev_features, d)
+        hid = make_examples(dev_photos, dev_captions, dev_neighbours, vocab, model.neighbours, model.caption_tokens,
+                            np.random.default_rng(0), fixed_k=min(5, model.neighbours), copy_rate=1.0)
+        only = hid[3] >= len(vocab)                             # score the hidden words' tokens only
+        hid = hid[:3] + (np.where(only, hid[3], 0),) + hid[4:]
+        keep = only.any(axis=1)
+        dev_batches = (dev_features, d, tuple(a[keep] for a in hid) if copy_rate > 0 else None)
     history, best = [], np.inf
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
-        memory, memory_ext, inputs, targets, photo = make_examples(
-            train_photos, captions, neighbours, vocab, model.neighbours, model.caption_tokens, rng)
+        memory, memory_ext, inputs, targets, photo, hidden = make_examples(
+            train_photos, captions, neighbours, vocab, model.neighbours, model.caption_tokens, rng,
+            one_caption=one_caption, copy_rate=copy_rate)
         order = rng.permutation(len(photo))
         losses = []
         for lo in range(0, len(order) - batch_size + 1, batch_size):      # whole batches: one compiled shape
             idx = order[lo: lo + batch_size]
             t = _length(targets[idx])
             batch = (features[photo[idx]].astype(np.float32), memory[idx], memory_ext[idx], inputs[idx, :t],
-                     targets[idx, :t])
+                     targets[idx, :t], hidden[idx])
             losses.append(float(train_step(batch)))
         entry = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(time.perf_counter() - start, 1)}
         if dev_batches is not None:
-            feats, (dm, de, di, dt, dp) = dev_batches
-            dl = [float(eval_step((feats[dp[lo: lo + 256]].astype(np.float32), dm[lo: lo + 256], de[lo: lo + 256],
-                                   di[lo: lo + 256], dt[lo: lo + 256])))
-                  for lo in range(0, len(dp), 256)]
-            entry["dev_loss"] = float(np.mean(dl))
+            feats, plain, hid = dev_batches
+            entry["dev_loss"] = _dev_loss(eval_step, feats, plain)
+            if hid is not None:
+                entry["dev_copy_loss"] = _dev_loss(eval_step, feats, hid)
         improved = entry.get("dev_loss", -epoch) < best
         best = min(best, entry.get("dev_loss", -epoch))
         history.append(entry)
@@ -115,6 +131,15 @@ def train(model, features: np.ndarray, captions: list[list[list[str]]], train_ph
         if on_epoch:
             on_epoch(epoch, entry, improved)
     return history
+
+
+def _dev_loss(eval_step, features: np.ndarray, examples: tuple, size: int = 256) -> float:
+    """Mean of the batches' losses over ``examples`` (make_examples' arrays)."""
+    memory, ext, inputs, targets, photo, hidden = examples
+    return float(np.mean([float(eval_step((features[photo[lo: lo + size]].astype(np.float32), memory[lo: lo + size],
+                                           ext[lo: lo + size], inputs[lo: lo + size], targets[lo: lo + size],
+                                           hidden[lo: lo + size])))
+                          for lo in range(0, len(photo), size)]))
 
 
 def _length(targets: np.ndarray) -> int:
