@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 OLD, NEW = "beach", "strand"
 
 
-def test_photos(flickr: Path, others: int = 150):
+def test_photos(flickr: Path, others: int = 150, split: str = "test"):
     from captioning.data.flickr8k import Flickr8k
 
     ds = Flickr8k.load(flickr, check_images=False)
-    refs = {n: ds.references([n])[0] for n in ds.splits["test"]}
+    refs = {n: ds.references([n])[0] for n in ds.splits[split]}
     kind = [n for n, rs in refs.items() if sum(OLD in r for r in rs) >= 2]
     rest = [n for n, rs in refs.items() if not any(OLD in r for r in rs)]
     rest = sorted(np.random.default_rng(1).choice(rest, others, replace=False))      # as finetune_new_word.py
@@ -147,10 +147,12 @@ def main() -> None:
     p.add_argument("--flickr", type=Path, default=Path(os.environ.get("FLICKR8K_DIR") or ROOT.parent / "shared" /
                                                             "flickr8k"))
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--split", choices=("test", "dev"), default="test",
+                   help="the held-out photos: the test split (the record) or dev (to choose a bundle on)")
     args = p.parse_args()
-    ds, refs, kind, rest = test_photos(args.flickr)
+    ds, refs, kind, rest = test_photos(args.flickr, split=args.split)
     names = kind + rest
-    report = {"kind_photos": len(kind), "other_photos": len(rest), "decoding": "beam 3",
+    report = {"split": args.split, "kind_photos": len(kind), "other_photos": len(rest), "decoding": "beam 3",
               "load_average_start": os.getloadavg(), "runs": []}
     for bundle in args.bundle:
         report["runs"].append(run(bundle, ds, names, refs, len(kind), args.captions, args.flickr, args.cache_dir))

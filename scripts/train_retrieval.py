@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gate-bias", type=lambda v: None if v.lower() == "none" else float(v), default=2.0,
                     help="the warm start's copy gate: p_gen = sigmoid(this) everywhere, the memory's context at "
                          "zero, so training starts from the merge decoder ('none': random, the first training's way)")
+    ap.add_argument("--unk-gate", action="store_true",
+                    help="the copy gate also reads how much attention falls on the memory's unknown words")
     ap.add_argument("--all-captions", action="store_true", help="every caption of each photo per epoch (5x longer)")
     ap.add_argument("--keep-epochs", action="store_true",
                     help="also write each epoch's bundle to OUT-epochN (to choose one on dev scores afterwards)")
@@ -76,7 +78,8 @@ def main(argv=None) -> int:
         dev_feats = np.concatenate([np.zeros((len(train_names), vectors.shape[1]), np.float32), dev_features])
         dev = (dev_feats, all_captions, dev_near, list(range(len(train_names), len(all_captions))))
     model = RetrievalDecoder(len(base.vocab), base.decoder.feature_dim, base.decoder.embed_dim, base.decoder.units,
-                             0.5, args.neighbours, args.caption_tokens, copy=not args.no_copy)
+                             0.5, args.neighbours, args.caption_tokens, copy=not args.no_copy,
+                             unk_gate=args.unk_gate)
     model.build()
     print("warm start:", warm_start(model, base.decoder, args.gate_bias), flush=True)
     command = "python scripts/train_retrieval.py " + " ".join(sys.argv[1:] if argv is None else argv)

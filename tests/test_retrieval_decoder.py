@@ -24,11 +24,15 @@ class Memory:
         return [[(self.text, "mine.jpg", 0.9, "user")] for _ in range(len(features))]
 
 
-def _decoder(copy_bias: float, copy=True, text="A zeppelin over the water"):
-    model = RetrievalDecoder(len(VOCAB), 6, embed_dim=8, units=8, dropout=0.0, neighbours=2, caption_tokens=5)
+def _decoder(copy_bias: float, copy=True, text="A zeppelin over the water", unk_weight: float | None = None):
+    model = RetrievalDecoder(len(VOCAB), 6, embed_dim=8, units=8, dropout=0.0, neighbours=2, caption_tokens=5,
+                             unk_gate=unk_weight is not None)
     model.build()
     w, _ = model.gate.get_weights()
-    model.gate.set_weights([np.zeros_like(w), np.full((1,), copy_bias, np.float32)])   # p_gen = sigmoid(bias)
+    w = np.zeros_like(w)
+    if unk_weight is not None:
+        w[-1] = unk_weight                      # the gate's input: the attention on <unk> memory words
+    model.gate.set_weights([w, np.full((1,), copy_bias, np.float32)])   # p_gen = sigmoid(bias + ...)
     return RetrievalStepDecoder(model, Memory(text), VOCAB, copy=copy)
 
 
@@ -134,3 +138,14 @@ def test_the_generator_cannot_emit_a_hidden_word_and_the_rest_is_renormalised():
     copying = np.asarray(mixed_probability(log_vocab, np.zeros_like(p_gen), alpha, memory_ext, np.array([[7, 5]]),
                                            v, hidden=np.array([[4, 0]])))
     assert np.allclose(copying, [[1.0, 0.0]], atol=1e-5)                  # the copy gate brings it from the memory
+
+
+def test_the_unk_gate_copies_when_the_attention_is_on_a_word_the_vocabulary_lacks():
+    # p_gen = sigmoid(30 - 60 x attention on <unk> words): a memory of one unknown word is copied, a memory of
+    # known words never is (the generator alone writes)
+    unknown = decode(_decoder(30.0, text="Zeppelin", unk_weight=-60.0), FEATURES, VOCAB,
+                     DecodeConfig(beam_width=2, max_length=3))
+    assert all(n[0].words[0] == "zeppelin" for n in unknown)
+    steps = _decoder(30.0, text="water", unk_weight=-60.0)
+    decode(steps, FEATURES, VOCAB, DecodeConfig(max_length=3))
+    assert np.all(steps.last_gate > 0.99)

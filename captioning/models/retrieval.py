@@ -8,7 +8,7 @@ augmentation as in Ramos et al. 2023, SmallCap, and Sarto et al. 2022).
     words -> embedding -> LSTM(U)                                                              (B, T, U)
     at every step: scaled dot-product attention of the LSTM output over the memory -> context (B, T, U)
     vocabulary distribution: Dense(U, relu)(h + image + W context) -> Dense(V) -> softmax       (B, T, V)
-    copy gate p_gen = sigmoid(Dense(1)([h, context, word]))                                    (B, T, 1)
+    copy gate p_gen = sigmoid(Dense(1)([h, context, word(, attention on <unk> memory words)])) (B, T, 1)
     P(w) = p_gen * P_vocab(w) + (1 - p_gen) * sum of the attention on the memory positions holding w
 
 Words of the retrieved captions outside the vocabulary get extended ids >= V, per photo
@@ -40,11 +40,13 @@ class RetrievalDecoder(_Decoder):
     uses_memory = True
 
     def __init__(self, vocab_size: int, feature_dim: int, embed_dim: int = 256, units: int = 256,
-                 dropout: float = 0.5, neighbours: int = 5, caption_tokens: int = 20, copy: bool = True, **kwargs):
+                 dropout: float = 0.5, neighbours: int = 5, caption_tokens: int = 20, copy: bool = True,
+                 unk_gate: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.feature_dim = int(vocab_size), int(feature_dim)
         self.embed_dim, self.units, self.dropout_rate = int(embed_dim), int(units), float(dropout)
         self.neighbours, self.caption_tokens, self.copy = int(neighbours), int(caption_tokens), bool(copy)
+        self.unk_gate = bool(unk_gate)    # the gate also reads the attention on the memory's unknown words
         self.memory_length = self.neighbours * self.caption_tokens
         self.image_dropout = layers.Dropout(dropout, name="image_dropout")
         self.image_proj = layers.Dense(units, activation="relu", name="image_proj")
@@ -70,7 +72,7 @@ class RetrievalDecoder(_Decoder):
         self.context_proj.build((None, None, u))
         self.merge_proj.build((None, u))
         self.classifier.build((None, u))
-        self.gate.build((None, 2 * u + e))
+        self.gate.build((None, 2 * u + e + int(self.unk_gate)))
         self.built = True
 
     # --- shared pieces -------------------------------------------------------------------------------------
@@ -80,11 +82,12 @@ class RetrievalDecoder(_Decoder):
         return self.image_proj(self.image_dropout(x, training=training))                # (B, U)
 
     def _memory(self, memory):
-        """Memory token ids (B, M) -> keys/values (B, M, U) and a 0/1 mask (B, M)."""
+        """Memory token ids (B, M) -> keys/values (B, M, U), a 0/1 mask (B, M) and 0/1 unknown words (B, M)."""
         memory = ops.cast(memory, "int32")
         positions = ops.arange(self.memory_length)
         x = self.embedding(memory) + ops.expand_dims(self.position(positions), 0)     # (B, M, E)
-        return self.memory_proj(x), ops.cast(ops.not_equal(memory, 0), "float32")
+        return (self.memory_proj(x), ops.cast(ops.not_equal(memory, 0), "float32"),
+                ops.cast(ops.equal(memory, 1), "float32"))
 
     def _read(self, h, keys, mask):
         """Attention of outputs h (B, T, U) over the memory -> weights (B, T, M) and context (B, T, U)."""
@@ -95,11 +98,14 @@ class RetrievalDecoder(_Decoder):
         alpha = alpha / ops.maximum(ops.sum(alpha, axis=-1, keepdims=True), 1e-9)
         return alpha, ops.einsum("btm,bmu->btu", alpha, keys)
 
-    def _heads(self, h, image, context, words):
+    def _heads(self, h, image, context, words, alpha, unk):
         hidden = self.merge_proj(h + ops.expand_dims(image, 1) + self.context_proj(context))   # (B, T, U)
         log_vocab = ops.log_softmax(self.classifier(hidden), axis=-1)                   # (B, T, V)
         if self.copy:
-            p_gen = ops.sigmoid(self.gate(ops.concatenate([h, context, words], axis=-1)))   # (B, T, 1)
+            parts = [h, context, words]
+            if self.unk_gate:       # how much of the attention points at words the vocabulary lacks (B, T, 1)
+                parts.append(ops.sum(alpha * ops.expand_dims(unk, 1), axis=-1, keepdims=True))
+            p_gen = ops.sigmoid(self.gate(ops.concatenate(parts, axis=-1)))               # (B, T, 1)
         else:
             p_gen = ops.ones_like(h[..., :1])
         return log_vocab, p_gen
@@ -109,35 +115,37 @@ class RetrievalDecoder(_Decoder):
         attention over the memory (B, T, M))."""
         features, memory, tokens = inputs
         image = self._image(features, training)
-        keys, mask = self._memory(memory)
+        keys, mask, unk = self._memory(memory)
         words = self.word_dropout(self.embedding(ops.minimum(tokens, self.vocab_size - 1)), training=training)
         h = self.lstm(words, mask=ops.not_equal(tokens, 0), training=training)          # (B, T, U)
         alpha, context = self._read(h, keys, mask)
-        log_vocab, p_gen = self._heads(h, image, context, words)
+        log_vocab, p_gen = self._heads(h, image, context, words, alpha, unk)
         return log_vocab, p_gen, alpha
 
     # --- step API (numpy wrapper: captioning.models.retrieval_steps) --------------------------------------------------
     def start(self, features, memory):
-        """-> context (image (B, U), keys (B, M, U), mask (B, M)) and zero LSTM state [h, c]."""
+        """-> context (image (B, U), keys (B, M, U), mask (B, M), unknown words (B, M)) and zero LSTM state
+        [h, c]."""
         image = self._image(features)
-        keys, mask = self._memory(memory)
+        keys, mask, unk = self._memory(memory)
         zeros = ops.zeros((ops.shape(features)[0], self.units))
-        return (image, keys, mask), [zeros, zeros]
+        return (image, keys, mask, unk), [zeros, zeros]
 
-    def step(self, image, keys, mask, tokens, state):
+    def step(self, image, keys, mask, unk, tokens, state):
         """Token ids (B,) (extended ids read as <unk>) -> log P_vocab (B, V), p_gen (B, 1), attention (B, M),
         new state."""
         tokens = ops.where(ops.greater_equal(tokens, self.vocab_size), 1, tokens)        # extended id -> <unk>
         words = self.embedding(tokens)                                                   # (B, E)
         h, state = self.lstm.cell(words, state)                                          # (B, U)
         alpha, context = self._read(ops.expand_dims(h, 1), keys, mask)
-        log_vocab, p_gen = self._heads(ops.expand_dims(h, 1), image, context, ops.expand_dims(words, 1))
+        log_vocab, p_gen = self._heads(ops.expand_dims(h, 1), image, context, ops.expand_dims(words, 1), alpha, unk)
         return log_vocab[:, 0], p_gen[:, 0], alpha[:, 0], state
 
     def get_config(self):
         return {"name": self.name, "vocab_size": self.vocab_size, "feature_dim": self.feature_dim,
                 "embed_dim": self.embed_dim, "units": self.units, "dropout": self.dropout_rate,
-                "neighbours": self.neighbours, "caption_tokens": self.caption_tokens, "copy": self.copy}
+                "neighbours": self.neighbours, "caption_tokens": self.caption_tokens, "copy": self.copy,
+                "unk_gate": self.unk_gate}
 
 
 def mixed_probability(log_vocab, p_gen, alpha, memory_ext, targets, vocab_size: int, hidden=None):

@@ -136,26 +136,26 @@ class RetrievalStepDecoder:
             ids, ext, _ = encode_memory(captions, self.vocab, self.model.neighbours, self.model.caption_tokens)
             ext = np.where(ext >= self.model.vocab_size, 0, ext)
         features = pooled(features)
-        (image, keys, mask), state = self._start(np.asarray(features, np.float32), ids)
-        context = [image, keys, mask, ext]
+        tensors, state = self._start(np.asarray(features, np.float32), ids)
+        context = [*tensors, ext]                      # the model's tensors, then the extended ids (numpy)
         return self.repeat(context, repeat), [np.repeat(s.numpy(), repeat, axis=0) for s in state]
 
     def select(self, context, rows):
         import tensorflow as tf
 
         rows = np.asarray(rows, np.int32)
-        return [tf.gather(c, rows) for c in context[:3]] + [context[3][rows]]
+        return [tf.gather(c, rows) for c in context[:-1]] + [context[-1][rows]]
 
     def repeat(self, context, times: int):
         import tensorflow as tf
 
         if times == 1:
             return context
-        return [tf.repeat(c, times, axis=0) for c in context[:3]] + [np.repeat(context[3], times, axis=0)]
+        return [tf.repeat(c, times, axis=0) for c in context[:-1]] + [np.repeat(context[-1], times, axis=0)]
 
     def step(self, context, tokens, state):
-        image, keys, mask, ext = context
-        log_vocab, p_gen, alpha, state = self._step(image, keys, mask, np.asarray(tokens, np.int32), state)
+        *tensors, ext = context
+        log_vocab, p_gen, alpha, state = self._step(*tensors, np.asarray(tokens, np.int32), state)
         probs = np.exp(log_vocab.numpy().astype(np.float64))                       # (R, V)
         gate = p_gen.numpy().astype(np.float64) if self.copy else np.ones((len(probs), 1))
         width = max(probs.shape[1], int(ext.max()) + 1 if ext.size else 0, self.width)
