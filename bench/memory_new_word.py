@@ -58,7 +58,8 @@ def user_store(captions: Path, flickr: Path, cache: Path, key: str, floor: float
     return Datastore.from_arrays(feats[rows], entries, key, floor)
 
 
-def run(bundle_path: str, ds, names, refs, kind_n: int, captions: Path, flickr: Path, cache_dir: Path) -> dict:
+def run(bundle_path: str, ds, names, refs, kind_n: int, captions: Path, flickr: Path, cache_dir: Path,
+        boost: float | None = None) -> dict:
     from captioning.artifacts.bundle import load_bundle
     from captioning.decoding.config import DecodeConfig
     from captioning.decoding.search import decode
@@ -76,13 +77,16 @@ def run(bundle_path: str, ds, names, refs, kind_n: int, captions: Path, flickr: 
     bundle_features(ws, FeatureSettings(), bundle, ds, {"test": names}, pooled={"test": names})
     features = decoder_inputs(ws, bundle, names)
     steps, vocab = bundle.step_decoder(), bundle.vocab
+    if boost is not None:
+        steps.new_word_boost = boost                  # the retrieval decoder's rule for new words (dev-chosen)
     config = DecodeConfig(beam_width=3, max_length=bundle.max_length)
     captioner = SimpleNamespace(spec=SimpleNamespace(key=key), steps=steps, vocab=vocab,
                                 decode=lambda f, c: decode(steps, f, vocab, c))
     user = user_store(captions, flickr, Path(cache_dir) / "features", key, user_floor_of(bundle))
     memory = CaptionMemory(training_datastore(bundle).extended(user))
     query = np.asarray(FeatureCache(Path(cache_dir) / "features", key).load(names), np.float32)   # pooled
-    out = {"bundle": bundle_path, "user_floor": round(user.user_floor, 4), "memory_photos": user.photo_count}
+    out = {"bundle": bundle_path, "new_word_boost": getattr(steps, "new_word_boost", None),
+           "user_floor": round(user.user_floor, 4), "memory_photos": user.photo_count}
     for label in ("without memory", "with memory"):
         start = time.perf_counter()
         if label == "without memory":
@@ -147,6 +151,8 @@ def main() -> None:
     p.add_argument("--flickr", type=Path, default=Path(os.environ.get("FLICKR8K_DIR") or ROOT.parent / "shared" /
                                                             "flickr8k"))
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--new-word-boost", type=float, default=None,
+                   help="a retrieval bundle's new-word boost (default: the one its manifest records)")
     p.add_argument("--split", choices=("test", "dev"), default="test",
                    help="the held-out photos: the test split (the record) or dev (to choose a bundle on)")
     args = p.parse_args()
@@ -155,7 +161,8 @@ def main() -> None:
     report = {"split": args.split, "kind_photos": len(kind), "other_photos": len(rest), "decoding": "beam 3",
               "load_average_start": os.getloadavg(), "runs": []}
     for bundle in args.bundle:
-        report["runs"].append(run(bundle, ds, names, refs, len(kind), args.captions, args.flickr, args.cache_dir))
+        report["runs"].append(run(bundle, ds, names, refs, len(kind), args.captions, args.flickr, args.cache_dir,
+                                  args.new_word_boost))
     if args.finetune_report.is_file():
         ft = json.loads(args.finetune_report.read_text())["held_out"]["bundles"]
         report["fine_tuned (bench/finetune_new_word.py)"] = {

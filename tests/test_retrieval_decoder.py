@@ -17,14 +17,15 @@ VOCAB = Vocabulary(["a", "boat", "on", "the", "water"])
 class Memory:
     """Every photo retrieves the same remembered caption, holding a word the vocabulary lacks."""
 
-    def __init__(self, text="A zeppelin over the water"):
-        self.text = text
+    def __init__(self, text="A zeppelin over the water", source="user"):
+        self.text, self.source = text, source
 
     def retrieve(self, features, k):
-        return [[(self.text, "mine.jpg", 0.9, "user")] for _ in range(len(features))]
+        return [[(self.text, "mine.jpg", 0.9, self.source)] for _ in range(len(features))]
 
 
-def _decoder(copy_bias: float, copy=True, text="A zeppelin over the water", unk_weight: float | None = None):
+def _decoder(copy_bias: float, copy=True, text="A zeppelin over the water", unk_weight: float | None = None,
+             source="user"):
     model = RetrievalDecoder(len(VOCAB), 6, embed_dim=8, units=8, dropout=0.0, neighbours=2, caption_tokens=5,
                              unk_gate=unk_weight is not None)
     model.build()
@@ -33,7 +34,7 @@ def _decoder(copy_bias: float, copy=True, text="A zeppelin over the water", unk_
     if unk_weight is not None:
         w[-1] = unk_weight                      # the gate's input: the attention on <unk> memory words
     model.gate.set_weights([w, np.full((1,), copy_bias, np.float32)])   # p_gen = sigmoid(bias + ...)
-    return RetrievalStepDecoder(model, Memory(text), VOCAB, copy=copy)
+    return RetrievalStepDecoder(model, Memory(text, source), VOCAB, copy=copy)
 
 
 FEATURES = np.random.default_rng(0).random((3, 6)).astype(np.float32)
@@ -149,3 +150,16 @@ def test_the_unk_gate_copies_when_the_attention_is_on_a_word_the_vocabulary_lack
     steps = _decoder(30.0, text="water", unk_weight=-60.0)
     decode(steps, FEATURES, VOCAB, DecodeConfig(max_length=3))
     assert np.all(steps.last_gate > 0.99)
+
+
+def test_the_new_word_boost_lets_a_remembered_new_word_win_and_leaves_known_words_alone():
+    # p_gen = sigmoid(30): the trained gate stays shut; the boost lowers its logit by b x the attention on words
+    # of the user's captions outside the vocabulary (all of it, for a memory of one unknown word)
+    shut = _decoder(30.0, text="Zeppelin")
+    assert not any("zeppelin" in n[0].words for n in decode(shut, FEATURES, VOCAB, DecodeConfig(max_length=3)))
+    shut.new_word_boost = 60.0
+    assert all(n[0].words[0] == "zeppelin" for n in decode(shut, FEATURES, VOCAB, DecodeConfig(max_length=3)))
+    for known in (_decoder(30.0, text="water"), _decoder(30.0, text="Zeppelin", source="training")):
+        known.new_word_boost = 60.0          # a known word, or a new word of a training caption: never boosted
+        decode(known, FEATURES, VOCAB, DecodeConfig(max_length=3))
+        assert np.all(known.last_gate > 0.99)

@@ -163,7 +163,8 @@ class Bundle:
             if self.index is None:
                 raise BundleError(f"Bundle {self.path}: its retrieval decoder needs the datastore (index.npy and "
                                   f"index.json). Rebuild the index with: python train.py index --out {self.path}")
-            return RetrievalStepDecoder(decoder, IndexMemory(self.index), self.vocab)
+            boost = float((self.manifest.training or {}).get("new_word_boost", 0.0))    # chosen on dev, recorded
+            return RetrievalStepDecoder(decoder, IndexMemory(self.index), self.vocab, new_word_boost=boost)
         return StepDecoder(decoder)
 
 

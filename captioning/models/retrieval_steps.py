@@ -87,16 +87,22 @@ class RetrievalStepDecoder:
     """Numpy ``start``/``step`` over a :class:`~captioning.models.retrieval.RetrievalDecoder` and a memory.
 
     ``neighbours``: captions read per photo (at most the model's slots; default: all of them). ``copy=False``
-    forces the copy gate to 1 (the vocabulary distribution alone: the ablation of the copy mechanism)."""
+    forces the copy gate to 1 (the vocabulary distribution alone: the ablation of the copy mechanism).
+    ``new_word_boost`` b (the rule that lets the user's new words win, chosen on dev): at each step the gate's
+    logit is lowered by b x the attention on the words of the user's remembered captions (source ``user``) that
+    the vocabulary lacks, p_gen' = sigmoid(logit(p_gen) - b * a_new); captions read from the training photos, and
+    every word the vocabulary holds, are never boosted."""
 
     uses_spatial = False
 
-    def __init__(self, model, memory, vocab: Vocabulary, neighbours: int | None = None, copy: bool = True):
+    def __init__(self, model, memory, vocab: Vocabulary, neighbours: int | None = None, copy: bool = True,
+                 new_word_boost: float = 0.0):
         import tensorflow as tf
 
         self.model, self.memory, self.vocab = model, memory, vocab
         self.neighbours = min(int(neighbours or model.neighbours), model.neighbours)
         self.copy = bool(copy)
+        self.new_word_boost = float(new_word_boost)
         m = model.memory_length
         self._start = tf.function(model.start, input_signature=[tf.TensorSpec([None, model.feature_dim], tf.float32),
                                                                 tf.TensorSpec([None, m], tf.int32)])
@@ -113,7 +119,12 @@ class RetrievalStepDecoder:
         """Retrieve the captions of a batch of photos; the vocabulary extended by their new words."""
         hits, captions = self.lookup(features)
         ids, ext, extra = encode_memory(captions, vocab, self.model.neighbours, self.model.caption_tokens)
-        self._pending = (id(features), ids, ext)
+        length = self.model.caption_tokens
+        user = np.zeros(ext.shape, bool)
+        for i, photo in enumerate(hits):
+            for j, hit in enumerate(photo[: self.model.neighbours]):
+                user[i, j * length:(j + 1) * length] = hit[3] == "user"
+        self._pending = (id(features), ids, np.stack([ext, user & (ext >= self.model.vocab_size)], axis=-1))
         self.last_hits = hits
         return extended_vocabulary(vocab, extra)
 
@@ -129,15 +140,16 @@ class RetrievalStepDecoder:
 
     def start(self, features, repeat: int = 1):
         if self._pending is not None and self._pending[0] == id(features):
-            ids, ext = self._pending[1:]
+            ids, ext = self._pending[1:]                 # ext: (B, M, 2) extended ids, boosted slots
         else:               # no prepare (e.g. SCST's sampler): copies reach the in-vocabulary words only
             self._pending = None
             _, captions = self.lookup(features)
             ids, ext, _ = encode_memory(captions, self.vocab, self.model.neighbours, self.model.caption_tokens)
             ext = np.where(ext >= self.model.vocab_size, 0, ext)
+            ext = np.stack([ext, np.zeros_like(ext)], axis=-1)
         features = pooled(features)
         tensors, state = self._start(np.asarray(features, np.float32), ids)
-        context = [*tensors, ext]                      # the model's tensors, then the extended ids (numpy)
+        context = [*tensors, ext]             # the model's tensors, then the extended ids and boosted slots (numpy)
         return self.repeat(context, repeat), [np.repeat(s.numpy(), repeat, axis=0) for s in state]
 
     def select(self, context, rows):
@@ -154,10 +166,15 @@ class RetrievalStepDecoder:
         return [tf.repeat(c, times, axis=0) for c in context[:-1]] + [np.repeat(context[-1], times, axis=0)]
 
     def step(self, context, tokens, state):
-        *tensors, ext = context
+        *tensors, ext_boost = context
+        ext, boosted = ext_boost[..., 0], ext_boost[..., 1]
         log_vocab, p_gen, alpha, state = self._step(*tensors, np.asarray(tokens, np.int32), state)
         probs = np.exp(log_vocab.numpy().astype(np.float64))                       # (R, V)
         gate = p_gen.numpy().astype(np.float64) if self.copy else np.ones((len(probs), 1))
+        if self.copy and self.new_word_boost:
+            new = (alpha.numpy() * boosted).sum(axis=1, keepdims=True)                              # (R, 1)
+            logit = np.log(np.clip(gate, 1e-12, 1.0)) - np.log(np.clip(1.0 - gate, 1e-12, 1.0))
+            gate = 1.0 / (1.0 + np.exp(-(logit - self.new_word_boost * new)))
         width = max(probs.shape[1], int(ext.max()) + 1 if ext.size else 0, self.width)
         out = np.zeros((len(probs), width))
         out[:, :probs.shape[1]] = gate * probs
