@@ -51,6 +51,8 @@ def main(argv=None) -> int:
                          "zero, so training starts from the merge decoder ('none': random, the first training's way)")
     ap.add_argument("--unk-gate", action="store_true",
                     help="the copy gate also reads how much attention falls on the memory's unknown words")
+    ap.add_argument("--prev-keys", action="store_true",
+                    help="the attention also matches the word just read with each memory word's previous word")
     ap.add_argument("--all-captions", action="store_true", help="every caption of each photo per epoch (5x longer)")
     ap.add_argument("--keep-epochs", action="store_true",
                     help="also write each epoch's bundle to OUT-epochN (to choose one on dev scores afterwards)")
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
         dev = (dev_feats, all_captions, dev_near, list(range(len(train_names), len(all_captions))))
     model = RetrievalDecoder(len(base.vocab), base.decoder.feature_dim, base.decoder.embed_dim, base.decoder.units,
                              0.5, args.neighbours, args.caption_tokens, copy=not args.no_copy,
-                             unk_gate=args.unk_gate)
+                             unk_gate=args.unk_gate, prev_keys=args.prev_keys)
     model.build()
     print("warm start:", warm_start(model, base.decoder, args.gate_bias), flush=True)
     command = "python scripts/train_retrieval.py " + " ".join(sys.argv[1:] if argv is None else argv)

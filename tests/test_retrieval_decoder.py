@@ -25,9 +25,9 @@ class Memory:
 
 
 def _decoder(copy_bias: float, copy=True, text="A zeppelin over the water", unk_weight: float | None = None,
-             source="user"):
+             source="user", prev_keys=False):
     model = RetrievalDecoder(len(VOCAB), 6, embed_dim=8, units=8, dropout=0.0, neighbours=2, caption_tokens=5,
-                             unk_gate=unk_weight is not None)
+                             unk_gate=unk_weight is not None, prev_keys=prev_keys)
     model.build()
     w, _ = model.gate.get_weights()
     w = np.zeros_like(w)
@@ -62,8 +62,9 @@ def test_the_copy_gate_writes_an_out_of_vocabulary_word_of_a_retrieved_caption()
     DecodeConfig(beam_width=3, banned_words=("zeppelin",), max_length=5),
     DecodeConfig(beam_width=3, no_repeat_word=True, no_repeat_ngram_size=2, repetition_penalty=1.5, max_length=5),
 ])
-def test_every_strategy_and_constraint_runs_batched(config):
-    steps = _decoder(0.0)
+@pytest.mark.parametrize("prev_keys", [False, True])
+def test_every_strategy_and_constraint_runs_batched(config, prev_keys):
+    steps = _decoder(0.0, prev_keys=prev_keys, unk_weight=-1.0 if prev_keys else None)
     one_by_one = decode(steps, FEATURES, VOCAB, config, batch_size=1)
     batched = decode(steps, FEATURES, VOCAB, config, batch_size=2)
     assert [[c.words for c in n] for n in batched] == [[c.words for c in n] for n in one_by_one]

@@ -41,12 +41,14 @@ class RetrievalDecoder(_Decoder):
 
     def __init__(self, vocab_size: int, feature_dim: int, embed_dim: int = 256, units: int = 256,
                  dropout: float = 0.5, neighbours: int = 5, caption_tokens: int = 20, copy: bool = True,
-                 unk_gate: bool = False, **kwargs):
+                 unk_gate: bool = False, prev_keys: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.feature_dim = int(vocab_size), int(feature_dim)
         self.embed_dim, self.units, self.dropout_rate = int(embed_dim), int(units), float(dropout)
         self.neighbours, self.caption_tokens, self.copy = int(neighbours), int(caption_tokens), bool(copy)
         self.unk_gate = bool(unk_gate)    # the gate also reads the attention on the memory's unknown words
+        self.prev_keys = bool(prev_keys)  # the attention also matches the word just read with each memory slot's
+        #                                   previous word (copy what followed the same word in a remembered caption)
         self.memory_length = self.neighbours * self.caption_tokens
         self.image_dropout = layers.Dropout(dropout, name="image_dropout")
         self.image_proj = layers.Dense(units, activation="relu", name="image_proj")
@@ -60,6 +62,9 @@ class RetrievalDecoder(_Decoder):
         self.merge_proj = layers.Dense(units, activation="relu", name="merge_proj")
         self.classifier = layers.Dense(vocab_size, name="classifier")
         self.gate = layers.Dense(1, name="copy_gate")
+        if self.prev_keys:
+            self.prev_proj = layers.Dense(units, name="memory_prev_proj")
+            self.word_query = layers.Dense(units, name="memory_word_query")
 
     def build(self, input_shape=None):
         u, e = self.units, self.embed_dim
@@ -73,6 +78,9 @@ class RetrievalDecoder(_Decoder):
         self.merge_proj.build((None, u))
         self.classifier.build((None, u))
         self.gate.build((None, 2 * u + e + int(self.unk_gate)))
+        if self.prev_keys:
+            self.prev_proj.build((None, None, e))
+            self.word_query.build((None, None, e))
         self.built = True
 
     # --- shared pieces -------------------------------------------------------------------------------------
@@ -82,16 +90,27 @@ class RetrievalDecoder(_Decoder):
         return self.image_proj(self.image_dropout(x, training=training))                # (B, U)
 
     def _memory(self, memory):
-        """Memory token ids (B, M) -> keys/values (B, M, U), a 0/1 mask (B, M) and 0/1 unknown words (B, M)."""
+        """Memory token ids (B, M) -> keys/values (B, M, U), a 0/1 mask (B, M), 0/1 unknown words (B, M) and the
+        keys of each slot's previous word (B, M, U; (B, 1, 1) zeros without ``prev_keys``)."""
         memory = ops.cast(memory, "int32")
         positions = ops.arange(self.memory_length)
         x = self.embedding(memory) + ops.expand_dims(self.position(positions), 0)     # (B, M, E)
+        if self.prev_keys:      # caption j's slot t reads slot t-1 of the same caption (<start> before the first)
+            per = ops.reshape(memory, (-1, self.neighbours, self.caption_tokens))
+            start = ops.ones_like(per[:, :, :1]) * 2
+            prev = ops.reshape(ops.concatenate([start, per[:, :, :-1]], axis=-1), (-1, self.memory_length))
+            prev = self.prev_proj(self.embedding(prev))
+        else:
+            prev = ops.zeros_like(ops.cast(memory[:, :1], "float32"))[..., None]
         return (self.memory_proj(x), ops.cast(ops.not_equal(memory, 0), "float32"),
-                ops.cast(ops.equal(memory, 1), "float32"))
+                ops.cast(ops.equal(memory, 1), "float32"), prev)
 
-    def _read(self, h, keys, mask):
-        """Attention of outputs h (B, T, U) over the memory -> weights (B, T, M) and context (B, T, U)."""
+    def _read(self, h, keys, mask, words=None, prev=None):
+        """Attention of outputs h (B, T, U) (and with ``prev_keys``, the words read (B, T, E)) over the memory ->
+        weights (B, T, M) and context (B, T, U)."""
         scores = ops.einsum("btu,bmu->btm", self.query(h), keys) / np.sqrt(self.units)
+        if self.prev_keys:
+            scores = scores + ops.einsum("btu,bmu->btm", self.word_query(words), prev) / np.sqrt(self.units)
         scores = scores + (1.0 - ops.expand_dims(mask, 1)) * -1e9
         alpha = ops.softmax(scores, axis=-1)
         alpha = alpha * ops.expand_dims(mask, 1)                                        # an empty memory: zeros
@@ -115,10 +134,10 @@ class RetrievalDecoder(_Decoder):
         attention over the memory (B, T, M))."""
         features, memory, tokens = inputs
         image = self._image(features, training)
-        keys, mask, unk = self._memory(memory)
+        keys, mask, unk, prev = self._memory(memory)
         words = self.word_dropout(self.embedding(ops.minimum(tokens, self.vocab_size - 1)), training=training)
         h = self.lstm(words, mask=ops.not_equal(tokens, 0), training=training)          # (B, T, U)
-        alpha, context = self._read(h, keys, mask)
+        alpha, context = self._read(h, keys, mask, words, prev)
         log_vocab, p_gen = self._heads(h, image, context, words, alpha, unk)
         return log_vocab, p_gen, alpha
 
@@ -127,17 +146,17 @@ class RetrievalDecoder(_Decoder):
         """-> context (image (B, U), keys (B, M, U), mask (B, M), unknown words (B, M)) and zero LSTM state
         [h, c]."""
         image = self._image(features)
-        keys, mask, unk = self._memory(memory)
+        keys, mask, unk, prev = self._memory(memory)
         zeros = ops.zeros((ops.shape(features)[0], self.units))
-        return (image, keys, mask, unk), [zeros, zeros]
+        return (image, keys, mask, unk, prev), [zeros, zeros]
 
-    def step(self, image, keys, mask, unk, tokens, state):
+    def step(self, image, keys, mask, unk, prev, tokens, state):
         """Token ids (B,) (extended ids read as <unk>) -> log P_vocab (B, V), p_gen (B, 1), attention (B, M),
         new state."""
         tokens = ops.where(ops.greater_equal(tokens, self.vocab_size), 1, tokens)        # extended id -> <unk>
         words = self.embedding(tokens)                                                   # (B, E)
         h, state = self.lstm.cell(words, state)                                          # (B, U)
-        alpha, context = self._read(ops.expand_dims(h, 1), keys, mask)
+        alpha, context = self._read(ops.expand_dims(h, 1), keys, mask, ops.expand_dims(words, 1), prev)
         log_vocab, p_gen = self._heads(ops.expand_dims(h, 1), image, context, ops.expand_dims(words, 1), alpha, unk)
         return log_vocab[:, 0], p_gen[:, 0], alpha[:, 0], state
 
@@ -145,7 +164,7 @@ class RetrievalDecoder(_Decoder):
         return {"name": self.name, "vocab_size": self.vocab_size, "feature_dim": self.feature_dim,
                 "embed_dim": self.embed_dim, "units": self.units, "dropout": self.dropout_rate,
                 "neighbours": self.neighbours, "caption_tokens": self.caption_tokens, "copy": self.copy,
-                "unk_gate": self.unk_gate}
+                "unk_gate": self.unk_gate, "prev_keys": self.prev_keys}
 
 
 def mixed_probability(log_vocab, p_gen, alpha, memory_ext, targets, vocab_size: int, hidden=None):

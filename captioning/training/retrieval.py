@@ -165,7 +165,7 @@ def write_bundle(out: str | Path, model, vocab: Vocabulary, base_manifest: dict,
     manifest.update(command=command, trained_as=Path(out).name, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     training={"history": history, "warm_start": base_manifest.get("name"),
                               "neighbours": model.neighbours, "caption_tokens": model.caption_tokens,
-                              "copy": model.copy, "unk_gate": model.unk_gate,
+                              "copy": model.copy, "unk_gate": model.unk_gate, "prev_keys": model.prev_keys,
                               "datastore": f"{len(index)} training photos, every caption"})
     path = save_bundle(out, model, vocab, manifest)
     save_index(path, index)
