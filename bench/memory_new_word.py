@@ -108,7 +108,8 @@ def run(bundle_path: str, ds, names, refs, kind_n: int, captions: Path, flickr: 
                "kind_old_word": round(float(np.mean([OLD in h for h in k])), 3),
                "others_new_word": round(float(np.mean([NEW in h for h in r])), 3),
                "test_cider": round(coco["cider"], 4), "test_bleu_4": round(coco["coco_bleu_4"], 4),
-               "seconds": round(seconds, 1), "examples": [" ".join(h) for h in k[:4]]}
+               "seconds": round(seconds, 1), "examples": [" ".join(h) for h in k[:4]],
+               "kind_captions": [" ".join(h) for h in k]}
         if uses is not None:
             used = [bool(u.hits and any(h.entry.source == "user" for h in u.hits)) for u in uses]
             row["kind_with_user_hit"] = round(float(np.mean(used[:kind_n])), 3)

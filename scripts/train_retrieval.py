@@ -23,6 +23,7 @@ from captioning.models.retrieval import RetrievalDecoder, warm_start  # noqa: E4
 from captioning.training.retrieval import (  # noqa: E402
     datastore_index,
     nearest,
+    record_new_word_boost,
     tokenised,
     train,
     write_bundle,
@@ -56,7 +57,13 @@ def main(argv=None) -> int:
     ap.add_argument("--all-captions", action="store_true", help="every caption of each photo per epoch (5x longer)")
     ap.add_argument("--keep-epochs", action="store_true",
                     help="also write each epoch's bundle to OUT-epochN (to choose one on dev scores afterwards)")
+    ap.add_argument("--record-boost", type=float, default=None, metavar="B",
+                    help="no training: record the dev-chosen new-word boost B in the bundle at --out")
+    ap.add_argument("--boost-evidence", default="", help="with --record-boost: what chose it (kept in the manifest)")
     args = ap.parse_args(argv)
+    if args.record_boost is not None:
+        record_new_word_boost(args.out, args.record_boost, args.boost_evidence)
+        return 0
 
     base = load_bundle(args.base)
     if base.index is None or base.decoder.kind != "merge":

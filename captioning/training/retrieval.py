@@ -172,5 +172,18 @@ def write_bundle(out: str | Path, model, vocab: Vocabulary, base_manifest: dict,
     return path
 
 
+def record_new_word_boost(path: str | Path, boost: float, evidence: str) -> None:
+    """Write the dev-chosen new-word boost (:class:`~captioning.models.retrieval_steps.RetrievalStepDecoder`) into
+    a retrieval bundle's manifest (atomically), with what chose it; the bundle's step decoder applies it."""
+    import os
+
+    target = Path(path) / "manifest.json"
+    manifest = json.loads(target.read_text(encoding="utf-8"))
+    manifest.setdefault("training", {}).update(new_word_boost=float(boost), new_word_boost_chosen_by=evidence)
+    tmp = target.with_name(".manifest.json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, target)
+
+
 def tokenised(captions: dict[str, list[str]], names: list[str]) -> list[list[list[str]]]:
     return [[tokenize(c) for c in captions[n]] for n in names]
