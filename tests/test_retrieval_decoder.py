@@ -164,3 +164,23 @@ def test_the_new_word_boost_lets_a_remembered_new_word_win_and_leaves_known_word
         known.new_word_boost = 60.0          # a known word, or a new word of a training caption: never boosted
         decode(known, FEATURES, VOCAB, DecodeConfig(max_length=3))
         assert np.all(known.last_gate > 0.99)
+
+
+def test_a_recorded_new_word_boost_is_what_the_loaded_bundle_decodes_with(tmp_path):
+    from captioning.artifacts.bundle import load_bundle
+    from captioning.evaluation.trust import RetrievalIndex
+    from captioning.training.retrieval import record_new_word_boost, write_bundle
+
+    model = RetrievalDecoder(len(VOCAB), 1280, embed_dim=8, units=8, neighbours=2, caption_tokens=5)
+    model.build()
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(6, 1280))
+    index = RetrievalIndex(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), [f"p{i}.jpg" for i in range(6)],
+                           [["a boat on the water"], ["the water"]] * 3, "mobilenetv2-a0.35-224", k=2)
+    path = write_bundle(tmp_path / "rag", model, VOCAB, {"encoder": {"name": "mobilenetv2", "alpha": 0.35},
+                                                         "max_length": 8}, index, [], "test")
+    assert load_bundle(path, load_results=False).step_decoder().new_word_boost == 0.0
+    record_new_word_boost(path, 1.5, "dev sweep")
+    bundle = load_bundle(path, load_results=False)          # the manifest's checksums still hold
+    assert bundle.step_decoder().new_word_boost == 1.5
+    assert bundle.manifest.training["new_word_boost_chosen_by"] == "dev sweep"
