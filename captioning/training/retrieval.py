@@ -5,7 +5,8 @@ Training examples: each training caption, its photo's pooled features and the ca
 training photos (the photo itself never: it would teach the decoder to copy its own caption). Each example reads
 a random number of neighbours between ``min_neighbours`` and the model's slots, one random caption of each, drawn
 again every epoch, so the decoder copes with any k at caption time. Targets use per-example extended ids: a word
-outside the vocabulary that a retrieved caption holds is a copy target, any other unknown word is <unk>.
+outside the vocabulary that a retrieved caption holds is a copy target, any other unknown word is <unk>. With a
+``copy_rate``, some examples also hide a shared word from the vocabulary (:mod:`captioning.training.copy_targets`).
 """
 from __future__ import annotations
 
