@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import os
 import sys
 import time
@@ -122,6 +123,13 @@ def main(argv=None) -> int:
     except (DataError, EncoderWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"error: the disk is full ({exc.filename or 'while writing'}); free some space and run the same command "
+              f"again: it resumes from the saved feature shards and finished epochs, and no bundle was half-written",
+              file=sys.stderr)
+        return 1
     except WorkerLost as exc:
         # TensorFlow's shutdown would wait on the lost peer (coordination barrier): report and leave now.
         print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -172,6 +172,9 @@ class UserDataSettings:
     replay: float = option(0.5, "finetune: share of each batch drawn from Flickr8k's training captions so the model "
                                 "keeps its old domain (0 = your captions alone; needs {data_dir} or $FLICKR8K_DIR)",
                            type=float)
+    flickr_test: int = option(200, "finetune: score base and fine-tuned on this many Flickr8k test photos when "
+                                   "Flickr8k is reachable (0 = skip, 1000 = the whole split; features cached once)",
+                              type=int, metavar="N")
     json: bool = option(False, "import-check: print the import summary as JSON")
     dry_run: bool = option(False, "finetune: check the import and the base bundle, print the summary, stop")
 
@@ -244,7 +247,9 @@ def settle(config: RunConfig) -> list[OptionError]:
               ("learning_rate", tr.learning_rate, tr.learning_rate > 0, "above 0, e.g. 1e-3"),
               ("alpha_c", tr.alpha_c, tr.alpha_c >= 0, "0 or more"),
               ("replay", config.user_data.replay, 0 <= config.user_data.replay < 1, "from 0 up to (not including) 1, "
-               "e.g. 0.5")]
+               "e.g. 0.5"),
+              ("flickr_test", config.user_data.flickr_test, 0 <= config.user_data.flickr_test <= 1000,
+               "from 0 (skip) to 1000 (the whole test split)")]
     problems = [OptionError(f"{{{name}}} {value:g} is out of range; use {valid}")
                 for name, value, ok, valid in checks if not ok]
     widths = [w.strip() for w in str(ev.beam_widths).split(",") if w.strip()]

@@ -46,7 +46,10 @@ import numpy as np
 
 from .config import PROJECT_ROOT, OptionError, RunConfig
 from .data import DataError, Flickr8k
+from .dev_score import dev_score_callback
 from .files import atomic_write
+from .finetune_flickr import FlickrTest
+from .imported import dataset_record, write_record
 from .runs import RunDir, fingerprint
 from .text import Vocabulary, tokenize
 from .user_data import UserDataset, load_user_data
@@ -322,12 +325,13 @@ def finetune(config: RunConfig) -> Path | None:
     run = ws.runs_dir() / target.name
     _progress(run, phase="features", started=time.time(), base=str(source_path), out=str(target), epochs=tr.epochs,
               decoders=len(picks))
+    write_record(run, dataset_record(data))              # the Dataset page lists a job's data while it runs
     train_caps = [tokenize(c) for p in data.splits["train"] for c in data.captions[p]]
     user_counts = Counter(w for c in train_caps for w in c)
     vocab, added = grow_vocabulary(base.vocab, train_caps, tr.min_count)
     print(f"vocabulary: {len(base.vocab)} -> {len(vocab)} words (+{len(added)} with count >= {tr.min_count}"
           + (f": {', '.join(added[:12])}{' ...' if len(added) > 12 else ''}" if added else "") + ")")
-    flickr = _flickr8k(config) if user.replay > 0 else None
+    flickr = _flickr8k(config) if user.replay > 0 or user.flickr_test > 0 else None
     replay = user.replay if flickr is not None else 0.0
     if user.replay > 0 and flickr is None:
         print("replay: Flickr8k is not reachable (--data-dir or $FLICKR8K_DIR), so batches hold only your captions")
@@ -336,6 +340,7 @@ def finetune(config: RunConfig) -> Path | None:
     # 1. features of the user's photos and of the replay pool
     ids, keys = data.photo_ids, base.decoder_keys
     feature_stats = _cache_features(config, base, data, pool, flickr, run)
+    flickr_test = FlickrTest(config, base, flickr, lambda **s: _progress(run, **s))
 
     # 2. scores of the base bundle on the user's dev and test photos
     from .recipes import decoder_inputs
@@ -345,11 +350,13 @@ def finetune(config: RunConfig) -> Path | None:
     test_ids = [ids[p] for p in data.splits["test"]]
     max_length = base.max_length
     _progress(run, phase="scoring base")
-    before = {split: score(base.step_decoder(), base.vocab, decoder_inputs(ws, base, pid),
+    base_steps = base.step_decoder()                     # one, so its tf.functions are traced once
+    before = {split: score(base_steps, base.vocab, decoder_inputs(ws, base, pid),
                            data.references(data.splits[split]), new_words, max_length, data.splits[split])
               for split, pid in (("dev", dev_ids), ("test", test_ids)) if pid}
     print(f"base on your test photos: CIDEr-D {before['test']['cider']:.3f}, BLEU-4 {before['test']['bleu_4']:.3f}"
           if "test" in before else "base scored")
+    flickr_before = flickr_test.before(base, base_steps, new_words)
 
     # 3. grow and train each chosen decoder
     glove_path = Path(tr.embeddings) if tr.embeddings else DEFAULT_GLOVE
@@ -379,15 +386,19 @@ def finetune(config: RunConfig) -> Path | None:
         after = {split: score(steps, vocab, _inputs(ws, trained, chosen_keys, pid),
                               data.references(data.splits[split]), new_words, max_length, data.splits[split])
                  for split, pid in (("dev", dev_ids), ("test", test_ids)) if pid}
+        flickr_after = flickr_test.after(steps, vocab, lambda names: _inputs(ws, trained, chosen_keys, names),
+                                         new_words, max_length)
         record = {"base": {"name": source_path.name, "path": str(source_path), "decoders": [i + 1 for i in picks],
                            "manifest_sha256": hashlib.sha256((source_path / "manifest.json").read_bytes()).hexdigest()},
                   "settings": {"min_count": tr.min_count, "replay": user.replay, "replay_used": replay,
+                               "flickr_test": user.flickr_test,
                                "replay_photos": len(pool), "epochs": tr.epochs, "patience": tr.patience,
                                "learning_rate": tr.learning_rate, "batch_size": tr.batch_size, "seed": tr.seed,
                                "strict": user.strict, "glove": glove_path.name if glove else None},
                   "vocabulary": {"base": len(base.vocab), "grown": len(vocab), "added": added, "init": inits},
                   "training": histories, "features": feature_stats,
-                  "metrics": {"decoding": f"beam {SCORE_BEAM}", "before": before, "after": after},
+                  "metrics": {"decoding": f"beam {SCORE_BEAM}", "before": before, "after": after,
+                              "flickr8k_test": flickr_test.record(flickr_before, flickr_after)},
                   "peak_rss_mb": peak_rss_mb()}
         manifest, member_encoders = _manifest(config, base, picks, data, record, len(train_caps))
         save_bundle(staging / target.name, trained[0], vocab, manifest, members=trained[1:],
@@ -420,8 +431,7 @@ def _manifest(config: RunConfig, base, picks: list[int], data: UserDataset, reco
                 if k not in ("files", "members", "name", "created", "versions", "index", "decoder", "vocab_size",
                              "ensemble_of")}
     summary = data.summary(sample=0)
-    dataset = {k: summary[k] for k in ("file", "images_dir", "format", "sha256", "rows", "captions", "photos",
-                                       "bad_by_kind", "splits", "split_source")}
+    dataset = dataset_record(data)
     target, user = Path(config.workspace.out), config.user_data
     manifest.update(encoder=dict(chosen[0].raw), trained_as=target.name,
                     data={"dataset": "user", "splits": summary["splits"], "train_captions": train_captions},
@@ -496,8 +506,11 @@ def _train_one(config: RunConfig, decoder, vocab: Vocabulary, data: UserDataset,
           + f"; dev {len(dev_caps)} captions")
     per_batch = max(1, tr.batch_size - int(round(tr.batch_size * replay))) if pool else tr.batch_size
     steps = math.ceil(len(user_caps) / per_batch)               # one epoch: one pass over the user's captions
+    dev_names = [ids[p] for p in data.splits["dev"]]
+    dev_score = dev_score_callback(run_dir, lambda: cache.load(dev_names, spatial),
+                                   data.references(data.splits["dev"]), vocab, MAX_TOKENS)
     return fit(decoder, train_ds, dev_ds, cfg, run_dir, verbose=0 if ws.quiet else 2,
-               callbacks=[step_progress(run_dir.parent, steps)])
+               callbacks=[step_progress(run_dir.parent, steps), dev_score])
 
 
 def step_progress(run: Path, steps: int, every: float = 2.0):

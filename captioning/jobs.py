@@ -512,6 +512,8 @@ def read_progress(run_dir: str | os.PathLike | None, total_epochs: int | None = 
                   steps_file: str | os.PathLike | None = None) -> Progress:
     """What ``run_dir`` says so far (empty before its first epoch, or where a file is unreadable)."""
     epochs, steps, best, stopped, updated, live = [], [], None, False, None, {}
+    from .dev_score import read_scores
+
     folder = Path(run_dir) if run_dir else None
     if folder is not None:
         live = _read_json(folder / "progress.json")
@@ -529,6 +531,9 @@ def read_progress(run_dir: str | os.PathLike | None, total_epochs: int | None = 
                     epochs.append({"epoch": int(k), **raw[k]})
             best = state.get("best_epoch")
             stopped = bool(state.get("stopped_early"))
+            scores = read_scores(state_path.parent)        # a fine-tune's dev CIDEr-D per epoch
+            for e in epochs:
+                e.update(scores.get(str(e["epoch"]), {}))
         for source in (folder / "steps.jsonl", Path(steps_file) if steps_file else None):
             if source is None:
                 continue

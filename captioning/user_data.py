@@ -293,8 +293,12 @@ def load_user_data(captions_file: str | Path, images_dir: str | Path, strict: bo
     first_line: dict[str, int | None] = {}
     seen: dict[tuple[str, tuple[str, ...]], int | None] = {}
     photo_state: dict[str, tuple[str | None, str]] = {}
+    parsed = list(reader(text))
+    named = {image.replace("\\", "/") for _, image, _, problem in parsed if image and not problem}
+    if len(named) > MAX_PHOTOS:                  # before reading a single photo
+        raise DataError(f"{captions_file} names {len(named):,} photos; import at most {MAX_PHOTOS:,} at a time")
     rows = 0
-    for line, image, caption, problem in reader(text):
+    for line, image, caption, problem in parsed:
         rows += 1
         if problem == "no_caption":
             bad.append(BadRow(line, "no_caption", f"photo {image} has no caption", image))
@@ -304,9 +308,6 @@ def load_user_data(captions_file: str | Path, images_dir: str | Path, strict: bo
             continue
         image = image.replace("\\", "/")
         if image not in photo_state:
-            if len(photo_state) >= MAX_PHOTOS:
-                raise DataError(f"{captions_file} names more than {MAX_PHOTOS:,} photos; import at most "
-                                f"{MAX_PHOTOS:,} at a time")
             photo_state[image] = _photo_problem(images_dir, image) if check_photos else (None, image)
             first_line[image] = line
         kind, detail = photo_state[image]

@@ -1,4 +1,5 @@
-"""Dataset page: browse Flickr8k by split and word, with caption statistics. Needs no trained model."""
+"""Dataset page: browse Flickr8k, or photos imported for a fine-tune, by split and word, with caption statistics.
+Needs no trained model."""
 import collections
 
 import altair as alt
@@ -7,9 +8,10 @@ import streamlit as st
 
 from captioning import Vocabulary
 from ui.charts import top_words
+from ui.datasets import choose, show_photo
 from ui.labels import human_caption, literal
 from ui.shell import require_shell
-from ui.state import captions_table, current_manifest, dataset_message, get_dataset
+from ui.state import current_manifest, dataset_message
 
 STOP_WORDS = {"a", "an", "the", "of", "in", "on", "is", "and", "with", "are", "to", "at", "his", "her", "their",
               "its", "while", "into", "for", "by", "from", "up", "as", "near", "down", "through", "one", "two"}
@@ -17,14 +19,14 @@ PER_PAGE = 12
 
 require_shell()
 st.title("Dataset")
-ds = get_dataset()
-if ds is None:
+shown = choose()
+if shown is None:
     dataset_message()
     st.stop()
-sizes = " / ".join(f"{len(ds.splits[s]):,} {s}" for s in ("train", "dev", "test") if s in ds.splits)
-st.caption(f"Flickr8k: {len(ds.captions):,} photos from Flickr with their human captions, in the official splits "
-           f"({sizes}). The models here learn from the train split only.")
-df = captions_table(str(ds.root))
+ds, df = shown.ds, shown.table
+st.caption(shown.about)
+if shown.note:
+    st.warning(shown.note, icon=":material/edit_note:")
 
 c1, c2 = st.columns([2, 3])
 split = c1.segmented_control("Split", ["train", "dev", "test", "all"], default="test", key="ds_split") or "test"
@@ -38,18 +40,22 @@ images = list(dict.fromkeys(rows["image"]))
 manifest = current_manifest()
 threshold = int(manifest.min_count or 5) if manifest else 5
 train_tokens = df[df["split"] == "train"]["tokens"].str.split()
-vocab = Vocabulary.build(train_tokens, threshold)
+try:
+    vocab = Vocabulary.build(train_tokens, threshold)
+except ValueError:             # a small imported dataset: no training word occurs that often
+    vocab = None
 if not images:                 # say so, without metrics of nothing ("Coverage 0.0%" of no words)
-    st.warning(f"No {split} caption contains the word “{literal(query)}”.")
+    st.warning(f"No {split} caption contains the word “{literal(query)}”." if query else
+               f"This dataset has no {split} photos.")
     st.stop()
 
 m = st.columns(5)
 m[0].metric("Images", f"{len(images):,}")
 m[1].metric("Captions", f"{len(rows):,}")
 m[2].metric("Distinct words", f"{len({w for t in rows['tokens'] for w in t.split()}):,}")
-m[3].metric(f"Vocabulary (≥{threshold}×)", f"{len(vocab):,}",
+m[3].metric(f"Vocabulary (≥{threshold}×)", f"{len(vocab) if vocab else 0:,}",
             help="Words seen at least this often in the training captions (the bundle's threshold)")
-m[4].metric("Coverage", f"{vocab.coverage(rows['tokens'].str.split()):.1%}",
+m[4].metric("Coverage", f"{vocab.coverage(rows['tokens'].str.split()):.1%}" if vocab else "0.0%",
             help="Share of running words here that the vocabulary knows")
 
 pages = (len(images) - 1) // PER_PAGE + 1
@@ -58,9 +64,7 @@ grid = images[(page - 1) * PER_PAGE: page * PER_PAGE]
 for start in range(0, len(grid), 4):
     for col, name in zip(st.columns(4), grid[start:start + 4]):
         with col:
-            path = ds.image_path(name)
-            if path.is_file():
-                st.image(str(path), width="stretch")
+            show_photo(ds, name, shown.imported)
             st.caption(f"**{literal(name)}**")
             for cap in ds.captions[name]:
                 st.caption(f"• {literal(human_caption(cap))}")

@@ -6,6 +6,8 @@ import streamlit as st
 
 from captioning import DecodeConfig, Manifest, reference_agreement, word_usage
 from ui.charts import bundle_bars, grouped_bleu, histogram, history, line, mean_by, signed_bars
+from ui.finetuned import finetune_section
+from ui.jobs import finetune_report
 from ui.labels import human_columns, label, literal, sentence
 from ui.shell import require_shell
 from ui.state import (
@@ -32,7 +34,14 @@ if problem:
     st.error(f"Bundle **{path.name}**: {problem}. Re-evaluate it with `{EVALUATE_HINT.format(path=path)}`.",
              icon=":material/block:")
     st.stop()
+finetuned = finetune_report(str(path))        # a fine-tuned bundle: its scores on the user's own photos
 if report is None or not report.evaluated:
+    if finetuned:
+        finetune_section(finetuned)
+        st.info(f"Bundle **{path.name}** has no Flickr8k evaluation yet (no metrics.json): the scores above are the "
+                f"fine-tune's own. Score it on the whole Flickr8k test split with "
+                f"`{EVALUATE_HINT.format(path=path)}`.", icon=":material/science:")
+        st.stop()
     st.info(f"Bundle **{path.name}** has no evaluation yet (no metrics.json): it captions photos, but has no "
             f"scores to show. Score it with `{EVALUATE_HINT.format(path=path)}`.", icon=":material/science:")
     st.stop()
@@ -76,7 +85,8 @@ others = [p for p in bundle_paths() if p != path]
 has_training = bool(manifest and manifest.has_training_history)
 has_preds = preds is not None and not preds.empty
 
-sections = [("Corpus scores", "corpus-scores", True),
+sections = [("On your photos", "your-photos", bool(finetuned)),
+            ("Corpus scores", "corpus-scores", True),
             ("Against the other bundles", "other-bundles", bool(others)),
             ("Beam width and length penalty", "sweep", bool(sweep)),
             ("Per-image scores", "per-image", has_preds),
@@ -84,6 +94,8 @@ sections = [("Corpus scores", "corpus-scores", True),
             ("When to trust a caption", "trust", True),
             ("How it was trained", "training", has_training)]
 st.markdown("**On this page:** " + " · ".join(f"[{title}](#{anchor})" for title, anchor, shown in sections if shown))
+if finetuned:
+    finetune_section(finetuned)
 
 st.subheader(f"Corpus scores · {split} split · {n_images:,} images", anchor="corpus-scores")
 if same_bleu and any(c in results for c in ("coco_bleu_1", "coco_bleu_4")):

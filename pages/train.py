@@ -22,6 +22,7 @@ from captioning import (
     start_finetune,
 )
 from ui.jobs import (
+    as_user_sees,
     checked_import,
     data_digest_of,
     duration,
@@ -34,6 +35,7 @@ from ui.jobs import (
     summary_counts,
     thumbnail_url,
     usable_captions,
+    zip_folder_name,
 )
 from ui.labels import literal
 from ui.shell import require_shell
@@ -73,6 +75,18 @@ def comparison(bundle: str) -> None:
             col.metric(label, f"{a[key]:.0%}" if key == "new_word_share" else f"{a[key]:.3f}",
                        None if delta is None else (f"{delta:+.0%}" if key == "new_word_share" else f"{delta:+.3f}"),
                        help="fine-tuned (the change from the base model below it)")
+    flickr = metrics.get("flickr8k_test") or {}
+    fb, fa = flickr.get("before") or {}, flickr.get("after") or {}
+    if isinstance(fa.get("cider"), (int, float)) and isinstance(fb.get("cider"), (int, float)):
+        st.markdown(f"**What it knew before: {flickr.get('photos', 0):,} Flickr8k test photos**")
+        for col, (key, label) in zip(st.columns(3), (("cider", "CIDEr-D (Flickr8k)"), ("bleu_4", "BLEU-4 (Flickr8k)"))):
+            delta = fa[key] - fb[key] if isinstance(fb.get(key), (int, float)) else None
+            delta = None if delta is not None and abs(delta) < 5e-4 else delta
+            col.metric(label, f"{fa[key]:.3f}", None if delta is None else f"{delta:+.3f}",
+                       help="fine-tuned (the change from the base model below it): a drop means it forgot some of "
+                            "its old domain; more replay keeps more of it")
+    elif flickr.get("not_scored"):
+        st.caption(f"Flickr8k test photos: not scored ({literal(flickr['not_scored'])}).")
     images = Path(((report or {}).get("dataset") or {}).get("images_dir") or "")
     rows = []
     for photo, caption in list((a.get("captions") or {}).items())[:12]:
@@ -188,7 +202,7 @@ base = bundles[st.selectbox("Base bundle", range(len(bundles)), format_func=name
 st.subheader("2. Your captioned photos")
 source = st.segmented_control("Where are they?", ["Upload a zip", "A folder on this server"], default="Upload a zip",
                               key="train_source") or "Upload a zip"
-captions = images = None
+captions = images = folder_label = None    # the photos folder as the user knows it (in reasons, errors)
 if source == "Upload a zip":
     upload = st.file_uploader(
         "A zip of photos and one captions file", type=["zip"], key="train_zip",
@@ -198,6 +212,7 @@ if source == "Upload a zip":
     if upload is not None:
         try:
             captions, images = dataset_from_zip(upload.getvalue(), jobs_dir() / "data")
+            folder_label = zip_folder_name(upload.name, images, jobs_dir() / "data")
         except ValueError as exc:
             st.error(f"{literal(upload.name)}: {exc}", icon=":material/block:")
 else:
@@ -222,7 +237,8 @@ if captions is not None:
     digest = data_digest_of(str(captions), str(images))
     summary, problem = checked_import(str(captions), str(images), digest)
     if problem:
-        st.error(f"The import check failed: {literal(problem)}", icon=":material/block:")
+        st.error(f"The import check failed: {literal(as_user_sees(problem, images, folder_label))}",
+                 icon=":material/block:")
 if summary is not None:
     shown = summary_counts(summary)
     for col, (label, value) in zip(st.columns(len(shown)), shown):
@@ -233,7 +249,8 @@ if summary is not None:
     bad = summary.get("bad_rows") or summary.get("bad") or []
     if bad:
         st.warning(f"{len(bad):,} row(s) will be skipped; the first ones:", icon=":material/warning:")
-        st.dataframe(pd.DataFrame([{"Line": b.get("line"), "Photo": b.get("image") or "", "Reason": b.get("reason", "")}
+        st.dataframe(pd.DataFrame([{"Line": b.get("line"), "Photo": b.get("image") or "",
+                                    "Reason": as_user_sees(b.get("reason", ""), images, folder_label)}
                                    for b in bad[:200]]), hide_index=True, width="stretch",
                      height=min(36 * min(len(bad), 200) + 40, 260))
     sample = summary.get("sample") or []

@@ -6,8 +6,9 @@
     python tests/fake_finetune.py import-check --captions FILE --images DIR --json
 
 ``finetune`` keeps the run directory as ``train.py finetune`` does: ``progress.json`` (phase, epoch, step, running
-loss) and ``decoder-1/state.json`` after every epoch (as training.Checkpointer writes it); it resumes from the
-epochs already there, and writes the bundle folder at ``--out`` last, atomically (a folder renamed into place).
+loss) and ``decoder-1/state.json`` after every epoch (as training.Checkpointer writes it, with the dev CIDEr-D in
+``dev_scores.json`` beside it); it resumes from the epochs already there, and writes the bundle folder at ``--out``
+last, atomically (a folder renamed into place).
 ``--ignore-term`` ignores SIGTERM, to test SIGKILL after the grace period.
 """
 import argparse
@@ -25,19 +26,31 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def held_out_report(args) -> dict:
-    """The manifest's ``finetune`` record as train.py finetune writes it: scores before and after on the held-out
-    (test) photos, with each photo's caption (here: the last two photos of the captions file)."""
+def dataset_record(args) -> dict | None:
+    """The dataset record train.py finetune keeps (captioning.imported), from the real import of the data."""
+    if not args.captions:
+        return None
+    from captioning.imported import dataset_record
+    from captioning.user_data import load_user_data
+
+    return dataset_record(load_user_data(args.captions, args.images))
+
+
+def held_out_report(args, record: dict | None) -> dict:
+    """The manifest's ``finetune`` record as train.py finetune writes it: the dataset, scores before and after on
+    the held-out (test) photos, with each photo's caption."""
     import csv
 
     rows = list(csv.DictReader(open(args.captions, encoding="utf-8"))) if args.captions else []
-    photos = [r["image"] for r in rows if (Path(args.images) / r["image"]).is_file()][-2:]
+    photos = record["split_photos"]["test"] if record else []
     before = {"photos": len(photos), "cider": 0.12, "bleu_4": 0.05, "new_word_share": 0.0,
               "captions": {p: "a man in a black shirt is standing in front of a building" for p in photos}}
     after = {"photos": len(photos), "cider": 0.61, "bleu_4": 0.21, "new_word_share": 0.5,
              "captions": {p: next(r["caption"] for r in rows if r["image"] == p) for p in photos}}
-    return {"dataset": {"images_dir": str(args.images)},
-            "metrics": {"decoding": "beam 3", "before": {"test": before}, "after": {"test": after}}}
+    return {"dataset": record or {"images_dir": str(args.images)},
+            "metrics": {"decoding": "beam 3", "before": {"test": before}, "after": {"test": after},
+                        "flickr8k_test": {"photos": 200, "before": {"photos": 200, "cider": 0.452, "bleu_4": 0.171},
+                                          "after": {"photos": 200, "cider": 0.437, "bleu_4": 0.166}}}}
 
 
 def finetune(args) -> int:
@@ -45,6 +58,9 @@ def finetune(args) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     run = Path(args.run_dir or Path(args.cache_dir) / "runs" / Path(args.out).name)
     (run / "decoder-1").mkdir(parents=True, exist_ok=True)
+    record = dataset_record(args)
+    if record:
+        write_json(run / "dataset.json", record)
     state_path = run / "decoder-1" / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {"epochs": {}, "best_epoch": None}
     print(f"resuming after epoch {len(state['epochs'])}" if state["epochs"] else "starting", flush=True)
@@ -60,13 +76,17 @@ def finetune(args) -> int:
         state["epochs"][str(epoch)] = {"loss": 3.0 / epoch, "val_loss": 3.2 / epoch, "seconds":
                                        round(time.time() - start, 2)}
         state["best_epoch"] = epoch
+        scores_path = run / "decoder-1" / "dev_scores.json"     # as captioning.dev_score writes it
+        scores = json.loads(scores_path.read_text()) if scores_path.is_file() else {}
+        scores[str(epoch)] = {"dev_cider": round(0.1 + 0.5 * (1 - 1 / (epoch + 1)), 4), "dev_photos": 1}
+        write_json(scores_path, scores)
         write_json(state_path, state)
         print(f"epoch {epoch}: loss {3.0 / epoch:.4f}", flush=True)
     out = Path(args.out)
     staging = out.with_name(f".{out.name}.building")
     staging.mkdir(parents=True, exist_ok=True)
     (staging / "manifest.json").write_text(json.dumps({"fake": True, "epochs": args.epochs,
-                                                       "finetune": held_out_report(args)}))
+                                                       "finetune": held_out_report(args, record)}))
     os.replace(staging, out)
     write_json(run / "progress.json", {"phase": "done", "bundle": str(out), "updated": time.time()})
     print(f"bundle {out}", flush=True)

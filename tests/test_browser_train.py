@@ -1,7 +1,8 @@
 """The Train page in headless Chromium against a real `streamlit run`: upload a zip of captioned photos, Start,
 watch the job's live progress, see the new bundle and the side-by-side when it ends, and find an interrupted job
-(with its Resume button) after a server restart. The job's command is tests/fake_finetune.py
-($CAPTIONING_TRAIN_SCRIPT). Screenshots: test-output/screenshots/train-*.png."""
+(with its Resume button) after a server restart; the Dataset page on the photos the job imported. The job's command
+is tests/fake_finetune.py ($CAPTIONING_TRAIN_SCRIPT). Screenshots: test-output/screenshots/train-*.png and
+dataset-imported.png."""
 import io
 import os
 import shutil
@@ -16,7 +17,7 @@ from captioning import jobs
 from captioning.batch import dataset_from_zip
 from captioning.jobs import JobQueue, read_progress
 from captioning.train_jobs import FinetuneSettings, start_finetune
-from ui.browser import new_driver, wait_for_text
+from ui.browser import choose_option, new_driver, wait_for_text
 
 PHOTOS = ["1000268201_693b08cb0e.jpg", "1001773457_577c3a7d70.jpg", "1002674143_1b742ab4b8.jpg",
           "1003163366_44323f5815.jpg", "1007129816_e794419615.jpg", "1007320043_627395c3d8.jpg"]
@@ -112,6 +113,15 @@ def test_train_page_in_a_browser_during_and_after_a_job_and_after_a_restart(trai
             assert_no_error_shown(driver)
             shoot(driver, "train-after")
             assert "tiny-my-photos" in sidebar_bundles(driver)
+
+            # The Dataset page browses the photos the job imported (issue 36.4).
+            driver.get(f"{url}/dataset")
+            wait_for_text(driver, "Caption statistics")
+            choose_option(driver, "Dataset", "my-photos/captions.csv")
+            wait_for_text(driver, "Your photos from my-photos/captions.csv (csv format): 6 photos with 6 captions")
+            wait_for_text(driver, "Caption statistics")
+            assert_no_error_shown(driver)
+            shoot(driver, "dataset-imported")
 
             # A second job (queued from another session), then the machine goes down mid-job: server, supervisor and
             # command all at once.

@@ -111,7 +111,7 @@ def test_tiny_finetune_end_to_end(tmp_path, flickr_dir, mobilenet_weights):
     code = train.main(["finetune", "--from", str(base), "--captions", str(captions), "--images", str(photos),
                        "--out", str(out), "--weights", str(mobilenet_weights), "--cache-dir", str(cache),
                        "--data-dir", str(flickr_dir), "--epochs", "2", "--min-count", "3", "--batch-size", "16",
-                       "--quiet"])
+                       "--flickr-test", "12", "--quiet"])
     assert code == 0
     assert {p.name: p.read_bytes() for p in base.iterdir()} == before            # the base is never modified
     tuned = load_bundle(out)
@@ -128,13 +128,30 @@ def test_tiny_finetune_end_to_end(tmp_path, flickr_dir, mobilenet_weights):
     assert set(ft["metrics"]["before"]) == set(ft["metrics"]["after"]) == {"dev", "test"}
     assert ft["metrics"]["before"]["test"]["new_word_share"] == 0.0                 # the base cannot say it
     assert ft["metrics"]["after"]["test"]["new_word_share_references"] == 1.0
+    flickr = ft["metrics"]["flickr8k_test"]                  # the old domain before and after, on 12 test photos
+    assert flickr["photos"] == 12 and flickr["before"]["photos"] == flickr["after"]["photos"] == 12
+    assert all(0 <= s[k] <= 10 for s in (flickr["before"], flickr["after"]) for k in ("cider", "bleu_4"))
+    assert "captions" not in flickr["after"]                       # scores only: the manifest stays small
+    assert ft["settings"]["flickr_test"] == 12
+    split_photos = ft["dataset"]["split_photos"]            # the dataset record: the split trained on, by photo
+    assert len({p for v in split_photos.values() for p in v}) == 16
+    assert {k: len(v) for k, v in split_photos.items()} == ft["dataset"]["splits"]
+    assert set(ft["metrics"]["after"]["test"]["captions"]) == set(split_photos["test"])
     run = cache / "runs" / "out"
+    assert json.loads((run / "dataset.json").read_text()) == ft["dataset"]   # listed while the job still ran
     progress = json.loads((run / "progress.json").read_text())
     assert progress["phase"] == "done" and progress["epoch"] == 2 and progress["step"] == progress["steps"] >= 1
     assert progress["photos_done"] == progress["photos_todo"] == 16
     assert ft["metrics"]["after"]["test"]["captions"].keys() == ft["metrics"]["before"]["test"]["captions"].keys()
     for i in (1, 2):
         assert len(json.loads((run / f"decoder-{i}" / "state.json").read_text())["epochs"]) == 2
+        scores = json.loads((run / f"decoder-{i}" / "dev_scores.json").read_text())   # dev CIDEr-D per epoch
+        assert sorted(scores) == ["1", "2"] and all(0 <= s["dev_cider"] <= 10 for s in scores.values())
+    from captioning.jobs import read_progress
+
+    epochs = read_progress(run, 2).epochs                                       # the Train page's curves read it
+    assert [isinstance(e.get("dev_cider"), float) and isinstance(e.get("val_loss"), float) for e in epochs] == \
+        [True, True]
     assert [t["decoder"] for t in ft["training"]] == [1, 2]
     assert not list(tmp_path.glob(".out.*"))                                      # no staging folder left
 

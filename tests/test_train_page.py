@@ -92,13 +92,13 @@ def test_the_zip_is_previewed_with_counts_bad_rows_and_a_sample(train_env):
 def test_start_runs_a_job_whose_progress_shows_and_whose_bundle_joins_the_sidebar(train_env):
     artifacts, queue = train_env
     at = upload(open_page())
-    at.number_input(key="train_epochs").set_value(6)
+    at.number_input(key="train_epochs").set_value(12)     # 7 s: still running when Start is clicked again
     at.button(key="train_start").click().run()
     assert not at.exception, at.exception
     [job] = queue.list()
     assert job.status == "running" and job.origin == "app"
     assert "finetune" in job.argv and "--from" in job.argv and str(artifacts / "tiny-mine") in job.argv
-    assert job.argv[job.argv.index("--epochs") + 1] == "6" and "--replay" in job.argv
+    assert job.argv[job.argv.index("--epochs") + 1] == "12" and "--replay" in job.argv
     # The same job again is refused while it runs.
     at.button(key="train_start").click().run()
     assert any("already running" in e.value for e in at.error), [e.value for e in at.error]
@@ -106,14 +106,16 @@ def test_start_runs_a_job_whose_progress_shows_and_whose_bundle_joins_the_sideba
         time.sleep(0.1)
     at.run()
     [bar] = at.get("progress")
-    assert re.match(r"Epoch [2-6] of 6 \(step [1-3] of 3, loss \d\.\d+\) · about \d+ s left", bar.proto.text), \
+    assert re.match(r"Epoch \d+ of 12 \(step [1-3] of 3, loss \d\.\d+\) · about \d+ s left", bar.proto.text), \
         bar.proto.text
-    assert charts_of(at) == ["Loss (lower is better)"]
-    assert queue.wait(job.id, 30).status == "succeeded"
+    assert charts_of(at) == ["Loss (lower is better)", "Dev CIDEr-D (higher is better)"]    # dev score per epoch
+    assert queue.wait(job.id, 60).status == "succeeded"
     at.run()
     assert not at.exception, at.exception
     assert any("tiny-mine" in s.value.replace("\\", "") and "ready" in s.value for s in at.success)
     assert "tiny-mine" in at.sidebar.selectbox[0].options
+    metrics = {m.label: (m.value, m.proto.delta) for m in at.metric}     # the result: Flickr8k before and after too
+    assert metrics["CIDEr-D (Flickr8k)"] == ("0.437", "-0.015"), metrics
 
 
 def test_cancel_from_the_page_stops_the_job(train_env):
@@ -172,3 +174,13 @@ def test_a_zip_with_a_path_outside_or_two_captions_files_is_refused_and_nothing_
     captions, images = dataset_from_zip(dataset_zip(), tmp_path / "data")
     assert captions.name == "captions.csv" and (images / "photos" / "a.jpg").is_file()
     assert dataset_from_zip(dataset_zip(), tmp_path / "data") == (captions, images)   # unpacked once
+
+
+def test_skipped_rows_name_the_photos_folder_as_the_user_knows_it_not_where_the_zip_was_unpacked(train_env,
+                                                                                               monkeypatch, tmp_path):
+    monkeypatch.delenv("CAPTIONING_TRAIN_SCRIPT")            # the real train.py import-check and its reasons
+    at = upload(open_page())
+    bad = at.dataframe[0].value
+    assert list(bad["Line"]) == [6]
+    assert bad["Reason"][0] == "photo photos/missing.jpg not found in mine.zip/mine", bad["Reason"][0]
+    assert not any(str(tmp_path) in str(v) for v in bad.to_dict("records")[0].values())

@@ -187,5 +187,5 @@ def test_a_huge_captions_file_or_too_many_photos_is_refused_before_the_work(tmp_
         load_user_data(huge, photos)
     monkeypatch.setattr(user_data, "MAX_PHOTOS", 3)
     path = write(tmp_path, "c.csv", "image,caption\n" + "\n".join(f'{i},"{c}"' for i, c in GOOD))
-    with pytest.raises(DataError, match="names more than 3 photos; import at most 3 at a time"):
+    with pytest.raises(DataError, match="names 6 photos; import at most 3 at a time"):
         load_user_data(path, photos)

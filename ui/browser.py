@@ -66,3 +66,19 @@ def click_label(driver, text: str, timeout: float = 120) -> None:
     wait_for_text(driver, text, timeout)
     WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,
                                                        ElementClickInterceptedException)).until(click)
+
+
+def choose_option(driver, label: str, option: str, sidebar: bool = False) -> None:
+    """Open the select box labelled ``label`` (in the sidebar or the page) and pick the option holding ``option``."""
+    import time
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    in_sidebar = 'return arguments[0].closest(\'[data-testid="stSidebar"]\') !== null;'
+    boxes = [b for b in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSelectbox"]')
+             if bool(driver.execute_script(in_sidebar, b)) == sidebar]
+    box = next(b for b in boxes if label in b.text)          # its text is the label (the value is an input's)
+    ActionChains(driver).move_to_element(box).click().perform()
+    time.sleep(1)
+    next(o for o in driver.find_elements(By.CSS_SELECTOR, '[role="option"]') if option in o.text).click()

@@ -64,6 +64,10 @@ def progress_text(job: Job, progress: Progress) -> str:
         done, todo = live.get("photos_done"), live.get("photos_todo")
         return ("Caching the features of your photos" + (f": {done:,} of {todo:,}" if isinstance(done, int) and
                                                          isinstance(todo, int) else ""))
+    if phase == "flickr8k features":
+        todo = live.get("flickr_photos")
+        return (f"Caching the features of {todo:,} Flickr8k test photos (to score what the model knew before)"
+                if isinstance(todo, int) else "Caching the features of Flickr8k test photos")
     if phase == "scoring base":
         return "Scoring the base model on your held-out photos"
     if phase == "scoring fine-tuned":
@@ -139,8 +143,8 @@ def score_chart(progress: Progress) -> list[tuple[str, alt.Chart]]:
     title = {"dev_cider": "Dev CIDEr-D (higher is better)", "cider": "Dev CIDEr-D (higher is better)"}.get(
         key, "Dev BLEU-4 (higher is better)")
     line = alt.Chart(df).mark_line(point=alt.OverlayMarkDef(size=30), color="#2f6fde").encode(
-        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
-        y=alt.Y("score:Q", title="score", scale=alt.Scale(zero=False)),
+        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),     # 1, 2, not 1.000000
+        y=alt.Y("score:Q", title="score", scale=alt.Scale(zero=False), axis=alt.Axis(format=".2f")),
         tooltip=[alt.Tooltip("epoch:Q"), alt.Tooltip("score:Q", format=".4f")])
     best = alt.Chart(df[df["best"]]).mark_point(size=140, shape="diamond", filled=True, color="#2e9e44").encode(
         x="epoch:Q", y="score:Q")
@@ -208,3 +212,20 @@ def finetune_report(bundle: str) -> dict | None:
 def thumbnail_url(path, size: int = 96) -> str | None:
     """A small JPEG of a photo on disk as a data URL (for a table's image column), or None when it cannot be read."""
     return thumbnail(path, size)
+
+
+def as_user_sees(text: str, images, shown: str | None) -> str:
+    """``text`` (a bad row's reason, an import error) with the photos folder's place on this server replaced by
+    what the user gave: the uploaded zip and the folder inside it (``mine.zip/photos``), not where it was unpacked."""
+    return text.replace(str(images), shown) if shown and images else text
+
+
+def zip_folder_name(zip_name: str, images, unpacked_root) -> str:
+    """How the user knows an unpacked zip's photos folder: the zip's name and the folder inside it."""
+    from pathlib import Path
+
+    try:
+        inner = Path(images).relative_to(unpacked_root).parts[1:]      # below data/<the zip's sha>/
+    except ValueError:
+        return zip_name
+    return "/".join((zip_name, *inner))

@@ -252,8 +252,12 @@ def dataset_message() -> None:
 
 @st.cache_data(show_spinner="Indexing captions…")
 def captions_table(root: str) -> pd.DataFrame:
+    """Flickr8k's :func:`captions_frame`, once per dataset folder."""
+    return captions_frame(_dataset(root))
+
+
+def captions_frame(ds: Flickr8k) -> pd.DataFrame:
     """One row per caption: image, split, caption, its tokens and length."""
-    ds = _dataset(root)
     split_of = {n: s for s, names in ds.splits.items() for n in names}
     rows = [{"image": image, "split": split_of.get(image, "none"), "n": i, "caption": cap,
              "tokens": " ".join(tokenize(cap))}
