@@ -12,6 +12,7 @@ from captioning.artifacts.manifest import (
     DecoderInfo,
     EncoderInfo,
     Manifest,
+    RetrievalTrainingInfo,
     SCSTInfo,
     TrainingInfo,
     manifest_entries,
@@ -34,7 +35,8 @@ def test_a_shipped_manifest_is_rebuilt_byte_for_byte_from_its_typed_fields(bundl
     manifest = Manifest.load(bundle)
     rebuilt = manifest_entries(**typed_values(manifest))            # a key the types do not know: TypeError
     assert json.dumps(rebuilt, indent=2, sort_keys=True) == text       # as bundle._finish_manifest writes it
-    for record, cls in ((manifest.encoder, EncoderInfo), (manifest.data, DataInfo), (manifest.training, TrainingInfo),
+    training = RetrievalTrainingInfo if manifest.decoder.kind == "retrieval" else TrainingInfo
+    for record, cls in ((manifest.encoder, EncoderInfo), (manifest.data, DataInfo), (manifest.training, training),
                         *(((manifest.scst, SCSTInfo),) if manifest.scst else ())):
         assert isinstance(record, cls)
         assert cls.create(**typed_values(record)).to_dict() == record.raw     # each block through its type
@@ -47,6 +49,8 @@ def test_a_writer_cannot_write_a_key_the_types_do_not_know():
         manifest_entries(epoch=3)
     with pytest.raises(TypeError, match="TrainingInfo has no field best_loss"):
         TrainingInfo.create(best_loss=1.0)
+    with pytest.raises(TypeError, match="RetrievalTrainingInfo has no field boost"):
+        RetrievalTrainingInfo.create(boost=1.0)
     assert SCSTInfo.create(source="a").to_dict() == {"from": "a"}         # a field's JSON key may differ from it
 
 
@@ -54,9 +58,10 @@ def test_what_a_training_run_writes_covers_every_key_the_shipped_bundles_hold():
     written = EncoderInfo.from_spec(get_spec("xception"), True, weights_source="keras", weights_file=None).to_dict()
     assert written["spatial_grid"] == get_spec("xception").spatial_grid and written["weights_file"] is None
     assert EncoderInfo.from_spec(get_spec("xception"), False, "keras", None).to_dict()["spatial_grid"] is None
-    training_keys = {f.name for f in fields(TrainingInfo)} - {"raw"}
     for bundle in SHIPPED:
         raw = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+        training = RetrievalTrainingInfo if raw["decoder"]["kind"] == "retrieval" else TrainingInfo
+        training_keys = {f.name for f in fields(training)} - {"raw"}
         assert set(raw["encoder"]) <= set(written)
         assert set(raw["training"]) <= training_keys and set(raw["data"]) <= set(DataInfo.json_keys())
 

@@ -168,6 +168,7 @@ def test_the_new_word_boost_lets_a_remembered_new_word_win_and_leaves_known_word
 
 def test_a_recorded_new_word_boost_is_what_the_loaded_bundle_decodes_with(tmp_path):
     from captioning.artifacts.bundle import load_bundle
+    from captioning.artifacts.manifest import RetrievalTrainingInfo
     from captioning.evaluation.trust import RetrievalIndex
     from captioning.training.retrieval import record_new_word_boost, write_bundle
 
@@ -184,3 +185,7 @@ def test_a_recorded_new_word_boost_is_what_the_loaded_bundle_decodes_with(tmp_pa
     bundle = load_bundle(path, load_results=False)          # the manifest's checksums still hold
     assert bundle.step_decoder().new_word_boost == 1.5
     assert bundle.manifest.training["new_word_boost_chosen_by"] == "dev sweep"
+    training = bundle.manifest.training                     # typed: written and read through one record
+    assert isinstance(training, RetrievalTrainingInfo) and training.new_word_boost == 1.5
+    assert (training.neighbours, training.caption_tokens, training.prev_keys) == (2, 5, False)
+    assert training.datastore == "6 training photos, every caption"

@@ -163,7 +163,7 @@ class Bundle:
             if self.index is None:
                 raise BundleError(f"Bundle {self.path}: its retrieval decoder needs the datastore (index.npy and "
                                   f"index.json). Rebuild the index with: python train.py index --out {self.path}")
-            boost = float((self.manifest.training or {}).get("new_word_boost", 0.0))    # chosen on dev, recorded
+            boost = float(getattr(self.manifest.training, "new_word_boost", None) or 0.0)   # chosen on dev, recorded
             return RetrievalStepDecoder(decoder, IndexMemory(self.index), self.vocab, new_word_boost=boost)
         return StepDecoder(decoder)
 

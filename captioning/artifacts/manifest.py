@@ -220,6 +220,25 @@ class TrainingInfo(JsonRecord):
 
 
 @dataclass(frozen=True, eq=False)
+class RetrievalTrainingInfo(JsonRecord):
+    """A retrieval-augmented decoder's training (``scripts/train_retrieval.py``): each epoch, the bundle it
+    warm-started from, the memory's shape, the copy gate's inputs, the datastore, and the dev-chosen new-word boost
+    (:class:`~captioning.models.retrieval_steps.RetrievalStepDecoder`) with what chose it."""
+
+    history: list | None = None
+    warm_start: str | None = None
+    neighbours: int | None = None
+    caption_tokens: int | None = None
+    copy: bool | None = None
+    unk_gate: bool | None = None
+    prev_keys: bool | None = None
+    datastore: str | None = None
+    new_word_boost: float | None = None
+    new_word_boost_chosen_by: str | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, eq=False)
 class SCSTInfo(JsonRecord):
     """A self-critical fine-tuning: the bundle it started from, its config (SCSTConfig), reward, each epoch."""
 
@@ -248,7 +267,8 @@ class Manifest(JsonRecord):
     max_length: int = 30
     min_count: int | None = None
     data: DataInfo = field(default_factory=DataInfo)
-    training: TrainingInfo = field(default_factory=TrainingInfo)    # (none for an ensemble)
+    # (none for an ensemble; a RetrievalTrainingInfo for a retrieval decoder)
+    training: TrainingInfo | RetrievalTrainingInfo = field(default_factory=TrainingInfo)
     scst: SCSTInfo | None = None                    # the self-critical fine-tuning, when the bundle had one
     ensemble_of: tuple[dict, ...] = ()              # an ensemble's member bundles
     trained_as: str | None = None
@@ -275,7 +295,8 @@ class Manifest(JsonRecord):
                    decoder=DecoderInfo.from_dict(d["decoder"]), vocab_size=d["vocab_size"], files=d["files"],
                    members=tuple(DecoderInfo.from_dict(m) for m in members), max_length=int(d.get("max_length", 30)),
                    min_count=d.get("min_count"), data=DataInfo.from_dict(obj("data")),
-                   training=TrainingInfo.from_dict(obj("training")),
+                   training=(RetrievalTrainingInfo if obj("decoder").get("kind") == "retrieval"
+                             else TrainingInfo).from_dict(obj("training")),
                    scst=SCSTInfo.from_dict(d["scst"]) if isinstance(d.get("scst"), dict) else None,
                    ensemble_of=tuple(p for p in parts if isinstance(p, dict)), trained_as=d.get("trained_as"),
                    command=d.get("command"), finetune=d.get("finetune"), index=d.get("index"),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from captioning.artifacts.manifest import RetrievalTrainingInfo, manifest_entries
 from captioning.data.text import Vocabulary, tokenize
 from captioning.evaluation.trust import RetrievalIndex, normalise
 from captioning.models.retrieval_steps import encode_memory
@@ -163,11 +164,12 @@ def write_bundle(out: str | Path, model, vocab: Vocabulary, base_manifest: dict,
 
     keep = ("data", "encoder", "format_version", "max_length", "min_count")
     manifest = {key: base_manifest[key] for key in keep if key in base_manifest}
-    manifest.update(command=command, trained_as=Path(out).name, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    training={"history": history, "warm_start": base_manifest.get("name"),
-                              "neighbours": model.neighbours, "caption_tokens": model.caption_tokens,
-                              "copy": model.copy, "unk_gate": model.unk_gate, "prev_keys": model.prev_keys,
-                              "datastore": f"{len(index)} training photos, every caption"})
+    manifest.update(manifest_entries(
+        command=command, trained_as=Path(out).name, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        training=RetrievalTrainingInfo.create(
+            history=history, warm_start=base_manifest.get("name"), neighbours=model.neighbours,
+            caption_tokens=model.caption_tokens, copy=model.copy, unk_gate=model.unk_gate,
+            prev_keys=model.prev_keys, datastore=f"{len(index)} training photos, every caption")))
     path = save_bundle(out, model, vocab, manifest)
     save_index(path, index)
     return path
@@ -180,7 +182,9 @@ def record_new_word_boost(path: str | Path, boost: float, evidence: str) -> None
 
     target = Path(path) / "manifest.json"
     manifest = json.loads(target.read_text(encoding="utf-8"))
-    manifest.setdefault("training", {}).update(new_word_boost=float(boost), new_word_boost_chosen_by=evidence)
+    training = RetrievalTrainingInfo.from_dict(manifest.get("training") or {}).to_dict()
+    training.update(RetrievalTrainingInfo.create(new_word_boost=float(boost), new_word_boost_chosen_by=evidence))
+    manifest["training"] = training
     tmp = target.with_name(".manifest.json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
     os.replace(tmp, target)
