@@ -168,6 +168,10 @@ def test_a_symbolic_link_out_of_the_image_folder_is_a_bad_path(tmp_path, photos)
     (["finetune", "--from", "b", "--captions", "c.csv", "--images", "p", "--replay", "1"],
      "--replay 1 is out of range"),
     (["scst", "--from", "b", "--captions", "c.csv", "--images", "p"], "--captions does not apply to scst"),
+    (["finetune", "--from", "b", "--captions", "c.csv", "--images", "p", "--label-smoothing", "0.1", "--max-words",
+      "2000"], "--label-smoothing, --max-words does not apply to finetune"),
+    (["finetune", "--from", "b", "--captions", "c.csv", "--images", "p", "--lr-decay", "0.5"],
+     "--lr-decay does not apply to finetune"),
 ])
 def test_finetune_options_are_checked_before_any_work(capsys, args, message):
     import train

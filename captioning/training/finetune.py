@@ -53,13 +53,13 @@ from captioning.training.dev_score import dev_score_callback
 from captioning.training.finetune_flickr import FlickrTest
 from captioning.training.growth import DEFAULT_GLOVE, grow_decoder, grow_vocabulary, read_glove
 from captioning.training.rundirs import RunDir, fingerprint
-from captioning.training.settings import OptionError, RunConfig
+from captioning.training.settings import FINETUNE_REFUSES, OptionError, RunConfig
 from captioning.training.user_photos import _flickr8k, extract_user_features, import_data, replay_pool
 
 SCORE_BEAM = 3
-# Fit-loop options fine-tuning leaves off: its captions are whole, and ``--embeddings`` is where new words' vectors
-# come from (growth.py), not the embedding's start.
-FINETUNE_LEAVES_OFF = ("label_smoothing", "lr_decay", "max_words", "embeddings")
+# Fit-loop options fine-tuning leaves off: the ones settle() refuses, and ``--embeddings``, which is where new words'
+# vectors come from (growth.py), not the embedding's start.
+FINETUNE_LEAVES_OFF = (*FINETUNE_REFUSES, "embeddings")
 
 
 # --- training ------------------------------------------------------------------------------------------------

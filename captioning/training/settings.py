@@ -20,6 +20,8 @@ from captioning.vision.encoders import ENCODER_NAMES
 PROJECT_ROOT = Path(__file__).resolve().parents[2]       # captioning/<folder>/<module>.py -> the checkout
 COMMANDS = ("all", "download", "features", "train", "evaluate", "sweep", "ensemble", "scst", "index", "finetune",
             "import-check")
+# Fit-loop options a fine-tune does not apply (its captions are whole, its rate fixed): refused when given.
+FINETUNE_REFUSES = ("label_smoothing", "lr_decay", "max_words")
 
 
 def option(default, help: str, **argparse):
@@ -218,6 +220,11 @@ def settle(config: RunConfig) -> list[OptionError]:
                             "relative to)")]
     if config.command == "finetune" and not pipe.source:
         return [OptionError("finetune needs {source} BUNDLE (the bundle to start from) and {out} for the new one")]
+    if config.command == "finetune":       # fit-loop options a fine-tune leaves off: refused, not silently ignored
+        given = [name for name in FINETUNE_REFUSES if getattr(tr, name) != TRAIN_OPTION[name].default]
+        if given:
+            return [OptionError(f"{', '.join(f'{{{name}}}' for name in given)} does not apply to finetune (a "
+                                f"fine-tune trains on whole captions at a fixed rate); drop it, or use it with train")]
     checks = [("feature_batch_size", feats.feature_batch_size, feats.feature_batch_size >= 1, "at least 1"),
               ("shard_size", feats.shard_size, feats.shard_size >= 1, "at least 1"),
               ("limit", ws.limit, ws.limit is None or ws.limit >= 10, "at least 10 images")]
