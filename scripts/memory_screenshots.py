@@ -7,7 +7,7 @@ The app runs on a temporary artifacts folder (the real bundles linked in, a memo
 real "Your photos" are neither used nor changed.
 
     .venv/bin/python scripts/memory_screenshots.py [--captions /work/runs/ft500/captions.csv] [--photos 12]
-                                                   [--out docs/screenshots]
+                                                   [--bundle xception-retrieval] [--out docs/screenshots]
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--captions", type=Path, default=Path("/work/runs/ft500/captions.csv"))
     p.add_argument("--photos", type=int, default=12, help="remembered photos of the re-captioned kind")
-    p.add_argument("--bundle", default="default")
+    p.add_argument("--bundle", default="default",
+                   help="the bundle the Caption page uses (another than default is the only one the app sees)")
     p.add_argument("--out", default=str(ROOT / "docs" / "screenshots"))
     p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("FLICKR8K_DIR") or ROOT.parent / "shared" /
                                                                "flickr8k"))
@@ -50,8 +51,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="memory-shots-") as tmp:
         artifacts = Path(tmp) / "artifacts"
         artifacts.mkdir()
-        for bundle in (ROOT / "artifacts").iterdir():
-            if bundle.is_dir() and not bundle.name.startswith("."):
+        for bundle in (ROOT / "artifacts").iterdir():        # another --bundle alone, so the app opens it
+            if bundle.is_dir() and not bundle.name.startswith(".") and args.bundle in ("default", bundle.name):
                 (artifacts / bundle.name).symlink_to(bundle.resolve())
         captioner = Captioner.from_bundle(ROOT / "artifacts" / args.bundle)
         bank = MemoryBank.for_captioner(captioner, artifacts / ".memory")

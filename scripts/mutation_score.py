@@ -21,7 +21,8 @@ MODULES = {"text": ["data/text"], "images": ["vision/images"], "metrics": ["eval
            "bundle": ["artifacts/bundle", "artifacts/float16", "training/picks"],
            "manifest": ["artifacts/manifest", "artifacts/report", "artifacts/schema"],
            "models": ["models/decoders"], "stepper": ["models/stepper"],
-           "decoding": ["decoding/search", "decoding/config", "decoding/constraints", "decoding/captions"]}
+           "decoding": ["decoding/search", "decoding/config", "decoding/constraints", "decoding/captions"],
+           "rerank": ["evaluation/rerank"], "copy_targets": ["training/copy_targets"]}
 
 
 def module_paths(name: str) -> list[str]:

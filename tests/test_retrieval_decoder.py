@@ -189,3 +189,46 @@ def test_a_recorded_new_word_boost_is_what_the_loaded_bundle_decodes_with(tmp_pa
     assert isinstance(training, RetrievalTrainingInfo) and training.new_word_boost == 1.5
     assert (training.neighbours, training.caption_tokens, training.prev_keys) == (2, 5, False)
     assert training.datastore == "6 training photos, every caption"
+
+
+class _Uniform:
+    """A plain step decoder over VOCAB: every word equally likely, no state (an ensemble's other member)."""
+
+    uses_spatial = False
+
+    def start(self, features, repeat: int = 1):
+        return np.zeros((len(features) * repeat, 1)), []
+
+    def select(self, context, rows):
+        return context[np.asarray(rows)]
+
+    def repeat(self, context, times: int):
+        return np.repeat(context, times, axis=0)
+
+    def step(self, context, tokens, state):
+        return np.full((len(context), len(VOCAB)), -np.log(len(VOCAB)), np.float32), [], None
+
+
+def test_an_ensemble_with_a_retrieval_member_averages_over_the_extended_vocabulary_and_can_copy():
+    from captioning.models.stepper import EnsembleStepDecoder
+
+    retrieval, plain = _decoder(-30.0, text="Zeppelin"), _Uniform()
+    ensemble = EnsembleStepDecoder([retrieval, plain])
+    words = ensemble.prepare(FEATURES, VOCAB)
+    assert words.itos[len(VOCAB):] == ["zeppelin"]           # the retrieval member's extension, for the whole
+    context, state = ensemble.start(FEATURES)
+    tokens = np.full(len(FEATURES), VOCAB.stoi["<start>"])
+    mixed, _, _ = ensemble.step(context, tokens, state)
+    own, _, _ = retrieval.step(context[0], tokens, state)
+    assert mixed.shape == own.shape == (3, len(VOCAB) + 1)
+    probs = np.exp(mixed.astype(np.float64))
+    expected = np.exp(own.astype(np.float64)) / 2
+    expected[:, :len(VOCAB)] += 0.5 / len(VOCAB)             # the plain member has no mass on the new word
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-7)
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    captions = decode(ensemble, FEATURES, VOCAB, DecodeConfig(beam_width=2, max_length=3))
+    assert all(n[0].words[0] == "zeppelin" and set(n[0].copied_words) == {"zeppelin"} for n in captions)
+    assert captions[0][0].token_probs[0] == pytest.approx(0.5)           # half the retrieval member's copy
+    assert captions[0][0].memory_hits[0]["caption"] == "Zeppelin"
+    with pytest.raises(ValueError, match="different memories"):
+        EnsembleStepDecoder([retrieval, _decoder(-30.0, text="A balloon")]).prepare(FEATURES, VOCAB)

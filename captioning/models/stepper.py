@@ -134,6 +134,26 @@ class EnsembleStepDecoder:
         self.members = list(members)
         self.encoders = list(encoders) if encoders is not None else [None] * len(self.members)
 
+    def prepare(self, features, vocab):
+        """Let the members with a memory (retrieval decoders) read the batch's remembered captions; the vocabulary
+        extended by their new words (one extension: members with a memory must share it, e.g. the same datastore
+        and encoder)."""
+        words = vocab
+        for m, key in zip(self.members, self.encoders):
+            if hasattr(m, "prepare"):
+                extended = m.prepare(features_for(features, key), vocab)
+                if words is not vocab and extended.itos != words.itos:
+                    raise ValueError("an ensemble's retrieval decoders read different memories; keep one of them")
+                words = extended
+        return words
+
+    def annotate(self, nbest: list[list]) -> None:
+        """The remembered captions read and the words copied, from the member that read a memory."""
+        for m in self.members:
+            if hasattr(m, "annotate"):
+                m.annotate(nbest)
+                return
+
     def start(self, features, repeat: int = 1):
         contexts, states = [], []
         for m, key in zip(self.members, self.encoders):
@@ -157,9 +177,13 @@ class EnsembleStepDecoder:
             log_probs.append(lp)
             new_state.extend(st)
             extras.append(ex)
-        stacked = np.stack(log_probs)                                             # (M, B, V)
+        width = max(lp.shape[1] for lp in log_probs)        # a retrieval member's extended words widen its own
+        stacked = np.stack([np.pad(lp, ((0, 0), (0, width - lp.shape[1])), constant_values=-np.inf)
+                            for lp in log_probs])                                 # (M, B, V'): 0 where a member lacks it
         top = stacked.max(axis=0)
-        mean = top + np.log(np.mean(np.exp(stacked - top), axis=0))              # log of the mean probability
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = top + np.log(np.mean(np.exp(stacked - np.where(np.isfinite(top), top, 0)), axis=0))
+        mean = np.where(np.isfinite(top), mean, -np.inf).astype(np.float32)      # log of the mean probability
         maps = [e for e in extras if e is not None]                              # each (B, P_m)
         if not maps:
             return mean, new_state, None
