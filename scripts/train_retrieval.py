@@ -20,6 +20,7 @@ from captioning.artifacts.bundle import load_bundle  # noqa: E402
 from captioning.artifacts.manifest import read_manifest  # noqa: E402
 from captioning.data.flickr8k import Flickr8k  # noqa: E402
 from captioning.models.retrieval import RetrievalDecoder, warm_start  # noqa: E402
+from captioning.training.picks import check_pick, split_pick  # noqa: E402
 from captioning.training.retrieval import (  # noqa: E402
     datastore_index,
     nearest,
@@ -34,6 +35,9 @@ from captioning.vision.features import FeatureCache  # noqa: E402
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", default="artifacts/xception-merge", help="a merge bundle with a retrieval index")
+    ap.add_argument("--base-decoder", default=None, metavar="BUNDLE@N",
+                    help="warm-start from decoder N of BUNDLE instead of --base's own (a merge decoder on --base's "
+                         "encoder and vocabulary, e.g. artifacts/default@2: xception-merge after SCST)")
     ap.add_argument("--out", default="artifacts/xception-retrieval")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--cache-dir", default=".cache", help="holds features/<encoder>/ with the dev photos")
@@ -69,6 +73,16 @@ def main(argv=None) -> int:
     if base.index is None or base.decoder.kind != "merge":
         print(f"{args.base}: needs a merge decoder and a retrieval index (python train.py index)", file=sys.stderr)
         return 2
+    start, start_name = base.decoder, read_manifest(args.base).get("name")
+    if args.base_decoder:
+        path, picks = split_pick(args.base_decoder)
+        other = load_bundle(path)
+        start = other.decoders[check_pick(args.base_decoder, picks, len(other.decoders))[0]]
+        if start.kind != "merge" or other.vocab.itos != base.vocab.itos or other.encoder.key != base.encoder.key:
+            print(f"{args.base_decoder}: needs a merge decoder on {args.base}'s encoder and vocabulary",
+                  file=sys.stderr)
+            return 2
+        start_name = args.base_decoder
     ds = Flickr8k.load(args.data_dir, check_images=False)
     index = datastore_index(base.index, ds.captions)
     train_names = index.names[: args.limit] if args.limit else index.names
@@ -86,22 +100,22 @@ def main(argv=None) -> int:
                                    nearest(vectors, dev_features, args.neighbours)])
         dev_feats = np.concatenate([np.zeros((len(train_names), vectors.shape[1]), np.float32), dev_features])
         dev = (dev_feats, all_captions, dev_near, list(range(len(train_names), len(all_captions))))
-    model = RetrievalDecoder(len(base.vocab), base.decoder.feature_dim, base.decoder.embed_dim, base.decoder.units,
+    model = RetrievalDecoder(len(base.vocab), start.feature_dim, start.embed_dim, start.units,
                              0.5, args.neighbours, args.caption_tokens, copy=not args.no_copy,
                              unk_gate=args.unk_gate, prev_keys=args.prev_keys)
     model.build()
-    print("warm start:", warm_start(model, base.decoder, args.gate_bias), flush=True)
+    print("warm start:", warm_start(model, start, args.gate_bias), flush=True)
     command = "python scripts/train_retrieval.py " + " ".join(sys.argv[1:] if argv is None else argv)
     history: list[dict] = []
 
     def on_epoch(epoch, entry, improved):
         history.append(entry)
         if improved or dev is None:
-            write_bundle(args.out, model, base.vocab, read_manifest(args.base), index, history, command)
+            write_bundle(args.out, model, base.vocab, read_manifest(args.base), index, history, command, start_name)
             print(f"epoch {epoch}: bundle written to {args.out}", flush=True)
         if args.keep_epochs:
             write_bundle(f"{args.out}-epoch{epoch}", model, base.vocab, read_manifest(args.base), index, history,
-                         command)
+                         command, start_name)
 
     train(model, vectors, captions, list(range(len(train_names))), neighbours, base.vocab, dev, args.epochs,
           learning_rate=args.learning_rate, on_epoch=on_epoch, log=lambda s: print(s, flush=True),

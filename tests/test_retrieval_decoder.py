@@ -206,6 +206,8 @@ class _Uniform:
         return np.repeat(context, times, axis=0)
 
     def step(self, context, tokens, state):
+        assert np.all(np.asarray(tokens) < len(VOCAB)), tokens        # a copied word reaches it as <unk>
+        self.read = [*getattr(self, "read", []), *np.asarray(tokens).tolist()]
         return np.full((len(context), len(VOCAB)), -np.log(len(VOCAB)), np.float32), [], None
 
 
@@ -230,5 +232,6 @@ def test_an_ensemble_with_a_retrieval_member_averages_over_the_extended_vocabula
     assert all(n[0].words[0] == "zeppelin" and set(n[0].copied_words) == {"zeppelin"} for n in captions)
     assert captions[0][0].token_probs[0] == pytest.approx(0.5)           # half the retrieval member's copy
     assert captions[0][0].memory_hits[0]["caption"] == "Zeppelin"
+    assert VOCAB.stoi["<unk>"] in plain.read                # the copied word, fed back to the plain member
     with pytest.raises(ValueError, match="different memories"):
         EnsembleStepDecoder([retrieval, _decoder(-30.0, text="A balloon")]).prepare(FEATURES, VOCAB)

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from captioning.data.text import SPECIALS, UNK
+
+UNK_ID = SPECIALS.index(UNK)
+
 
 class StepDecoder:
     """Wraps a Keras decoder's ``start``/``step`` in compiled tf.functions that speak numpy."""
@@ -138,7 +142,7 @@ class EnsembleStepDecoder:
         """Let the members with a memory (retrieval decoders) read the batch's remembered captions; the vocabulary
         extended by their new words (one extension: members with a memory must share it, e.g. the same datastore
         and encoder)."""
-        words = vocab
+        words, self._known = vocab, len(vocab)
         for m, key in zip(self.members, self.encoders):
             if hasattr(m, "prepare"):
                 extended = m.prepare(features_for(features, key), vocab)
@@ -171,15 +175,19 @@ class EnsembleStepDecoder:
 
     def step(self, contexts, tokens, state):
         log_probs, new_state, extras, at = [], [], [], 0
+        known = getattr(self, "_known", None)      # the vocabulary's size, when a memory may have extended it
+        plain = tokens if known is None else np.where(np.asarray(tokens) >= known, UNK_ID, tokens)
         for m, context, size in zip(self.members, contexts, self._sizes):
-            lp, st, ex = m.step(context, tokens, state[at: at + size])
+            # a copied word (an extended id) is <unk> to the members without a memory
+            lp, st, ex = m.step(context, tokens if hasattr(m, "prepare") else plain, state[at: at + size])
             at += size
             log_probs.append(lp)
             new_state.extend(st)
             extras.append(ex)
-        width = max(lp.shape[1] for lp in log_probs)        # a retrieval member's extended words widen its own
+        # (M, B, V'): a retrieval member's extended words widen its own rows; the others give them probability 0
+        width = max(lp.shape[1] for lp in log_probs)
         stacked = np.stack([np.pad(lp, ((0, 0), (0, width - lp.shape[1])), constant_values=-np.inf)
-                            for lp in log_probs])                                 # (M, B, V'): 0 where a member lacks it
+                            for lp in log_probs])
         top = stacked.max(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = top + np.log(np.mean(np.exp(stacked - np.where(np.isfinite(top), top, 0)), axis=0))

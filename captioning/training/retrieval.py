@@ -158,8 +158,9 @@ def datastore_index(base: RetrievalIndex, all_captions: dict[str, list[str]]) ->
 
 
 def write_bundle(out: str | Path, model, vocab: Vocabulary, base_manifest: dict, index: RetrievalIndex,
-                 history: list[dict], command: str) -> Path:
-    """Save the decoder, the vocabulary and the datastore (the index) as a bundle at ``out``."""
+                 history: list[dict], command: str, warm_start: str | None = None) -> Path:
+    """Save the decoder, the vocabulary and the datastore (the index) as a bundle at ``out``; ``warm_start``
+    names the decoder training started from (default: the base bundle's)."""
     from captioning.artifacts.bundle import save_bundle, save_index
 
     keep = ("data", "encoder", "format_version", "max_length", "min_count")
@@ -167,7 +168,7 @@ def write_bundle(out: str | Path, model, vocab: Vocabulary, base_manifest: dict,
     manifest.update(manifest_entries(
         command=command, trained_as=Path(out).name, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         training=RetrievalTrainingInfo.create(
-            history=history, warm_start=base_manifest.get("name"), neighbours=model.neighbours,
+            history=history, warm_start=warm_start or base_manifest.get("name"), neighbours=model.neighbours,
             caption_tokens=model.caption_tokens, copy=model.copy, unk_gate=model.unk_gate,
             prev_keys=model.prev_keys, datastore=f"{len(index)} training photos, every caption")))
     path = save_bundle(out, model, vocab, manifest)

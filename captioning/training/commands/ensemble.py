@@ -18,7 +18,7 @@ def build_ensemble(ws: Workspace, members: list[str] | None) -> Path:
 
     Members may read different encoders (a cross-encoder ensemble): the first member's encoder is the bundle's,
     every decoder that reads another keeps that encoder's block in the manifest."""
-    from captioning.artifacts.bundle import save_bundle
+    from captioning.artifacts.bundle import save_bundle, save_index
     from captioning.artifacts.manifest import encoder_key, manifest_entries
     from captioning.training.picks import check_pick, split_pick
 
@@ -54,13 +54,34 @@ def build_ensemble(ws: Workspace, members: list[str] | None) -> Path:
         max_length=max(b.max_length for b in bundles),
         ensemble_of=[_ensemble_parts(b)[i] for b, pick in zip(bundles, picks) for i in pick],
         command="python train.py ensemble --members " + " ".join(members) + f" --out {ws.bundle}"))
+    datastore = _datastore(members, bundles, picks, primary)
     path = save_bundle(ws.out, decoders[0], first.vocab, manifest, members=decoders[1:],
                        member_encoders=member_encoders)
+    if datastore is not None:           # a retrieval decoder reads its datastore: the bundle's index
+        save_index(path, datastore)
     kinds = ", ".join(d.kind for d in decoders)
     keys = list(dict.fromkeys(encoder_key(e) for e in encoders))
     across = f" over {len(keys)} encoders ({', '.join(keys)})" if len(keys) > 1 else ""
     print(f"ensemble: {len(decoders)} decoders ({kinds}){across}; bundle {ws.bundle} (once evaluated)")
     return path
+
+
+def _datastore(members: list[str], bundles: list, picks: list[list[int]], primary: str):
+    """The datastore (retrieval index) of the member bundle whose picked decoder reads a memory, or None; it
+    becomes the ensemble's index, so it must be of the ensemble's own encoder, and one memory serves all."""
+    readers = [(path, b) for path, b, pick in zip(members, bundles, picks)
+               if any(getattr(b.decoders[i], "uses_memory", False) for i in pick)]
+    if not readers:
+        return None
+    path, bundle = readers[0]
+    if any(b.index is None or b.index.names != bundle.index.names or b.index.captions != bundle.index.captions
+           for _, b in readers):
+        raise OptionError(f"{{members}} {', '.join(p for p, _ in readers)}: retrieval decoders with different "
+                          f"datastores cannot share one ensemble; keep one of them")
+    if bundle.index.encoder != primary:
+        raise OptionError(f"{{members}} {path}: its retrieval decoder reads {bundle.index.encoder} features, the "
+                          f"ensemble's first member {primary}; put a member of {bundle.index.encoder} first")
+    return bundle.index
 
 
 def _ensemble_parts(bundle) -> list[dict]:

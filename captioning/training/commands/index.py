@@ -2,6 +2,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -52,6 +53,8 @@ def build_retrieval_index(ws: Workspace, features: FeatureSettings, ds: Flickr8k
     else:
         index = build_index(names["train"], cache.load(names["train"]), [ds.captions[n] for n in names["train"]],
                             spec.key)
+    if bundle.index is None and any(getattr(d, "uses_memory", False) for d in bundle.decoders):
+        bundle = dataclasses.replace(bundle, index=index)      # a retrieval decoder reads it to caption the splits
     config = DecodeConfig(beam_width=CALIBRATION_BEAM, max_length=bundle.max_length)
 
     def score_split(split):
