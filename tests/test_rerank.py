@@ -70,3 +70,33 @@ def test_consensus_without_an_index_is_one_line_that_says_what_to_do():
     vocab = Vocabulary(["a", "cat"])
     with pytest.raises(ValueError, match="python train.py index"):
         decode(NoIndex(), np.zeros((1, 8), np.float32), vocab, DecodeConfig(beam_width=2, consensus=3))
+
+
+def test_the_neighbours_are_exactly_the_k_nearest_photos_captions_of_the_consensus_encoder():
+    from captioning.models.stepper import MultiFeatures
+
+    index, cat = _index()
+    source = ConsensusSource(index)
+    dog = np.eye(8)[1]
+    near = source.neighbour_captions(np.stack([cat, dog]), 2)
+    assert [len(photo) for photo in near] == [4, 2]           # two cat photos (2 captions each), two dog photos (1)
+    assert near[0][0] == "a cat sits on a sofa".split() and near[1] == ["a dog runs on the grass".split()] * 2
+    assert len(source.neighbour_captions(cat[None], 3)[0]) == 6
+    both = ConsensusSource(index, key="b")         # a cross-encoder bundle: the index reads encoder b's rows
+    rows = MultiFeatures({"a": dog[None].astype(np.float32), "b": cat[None].astype(np.float32)})
+    assert both.neighbour_captions(rows, 1)[0][0] == "a cat sits on a sofa".split()
+
+
+def test_with_no_neighbour_caption_every_candidate_scores_zero():
+    index, _ = _index()
+    assert ConsensusSource(index).scores([["a", "cat"], ["a", "dog"]], []) == [0.0, 0.0]
+
+
+def test_the_consensus_option_is_the_number_of_neighbours_read():
+    index, cat = _index()
+    source = ConsensusSource(index)
+    seen = []
+    source.neighbour_captions = lambda features, k: seen.append(k) or [[["a", "cat"]]]
+    source.rerank(cat[None], [[_cap("a cat", -1.0), _cap("a dog", -0.5)]],
+                  DecodeConfig(beam_width=2, consensus=3, consensus_weight=1.0))
+    assert seen == [3]

@@ -235,3 +235,40 @@ def test_an_ensemble_with_a_retrieval_member_averages_over_the_extended_vocabula
     assert VOCAB.stoi["<unk>"] in plain.read                # the copied word, fed back to the plain member
     with pytest.raises(ValueError, match="different memories"):
         EnsembleStepDecoder([retrieval, _decoder(-30.0, text="A balloon")]).prepare(FEATURES, VOCAB)
+
+
+class _Draws:
+    """A random generator whose ``random()`` returns fixed values (counting the calls); ``choice`` is numpy's."""
+
+    def __init__(self, *values, seed=0):
+        self.values, self.calls, self.rng = list(values), 0, np.random.default_rng(seed)
+
+    def random(self):
+        self.calls += 1
+        return self.values.pop(0)
+
+    def choice(self, *args, **kwargs):
+        return self.rng.choice(*args, **kwargs)
+
+
+def test_hidden_words_are_shared_known_content_words_drawn_at_the_given_rate():
+    from captioning.training.copy_targets import hidden_ids, hidden_words
+
+    vocab = Vocabulary(["boat", "dog", "red", "the", "on"])
+    first = vocab.itos[4]                                        # the lowest id a real word has
+    assert first not in ("the", "on")
+    target = [first, "dog", "red", "the", "zebra", "on"]
+    retrieved = [[first, "dog", "the"], ["red", "zebra", "on"]]
+    # 'zebra' is outside the vocabulary, 'the'/'on' are function words: never hidden
+    assert hidden_words(target, retrieved, vocab, _Draws(0.0), rate=0.5, most=5) == sorted([first, "dog", "red"])
+    assert len(hidden_words(target, retrieved, vocab, _Draws(0.0), rate=0.5)) == 1           # one word by default
+    assert hidden_words(target, retrieved, vocab, _Draws(0.5), rate=0.5) == []               # drawn >= rate: none
+    assert hidden_words(target, retrieved, vocab, _Draws(0.49), rate=0.5) != []
+    off = _Draws(0.0)
+    assert hidden_words(target, retrieved, vocab, off, rate=0.0) == [] and off.calls == 0    # rate 0: no draw
+    for seed in range(20):                    # drawn without replacement: each shared word at most once
+        words = hidden_words(target, retrieved, vocab, _Draws(0.0, seed=seed), rate=1.0, most=3)
+        assert words == sorted([first, "dog", "red"])
+    ids = hidden_ids(["dog", "red"], vocab, most=3)
+    assert ids.dtype == np.int32 and ids.tolist() == [vocab.stoi["dog"], vocab.stoi["red"], 0]
+    assert hidden_ids([], vocab, most=0).tolist() == [0]
