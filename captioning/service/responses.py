@@ -62,25 +62,27 @@ def caption_json(caption: "Caption", attention: bool = False) -> dict:
 
 def model_summary(captioner: "Captioner") -> dict:
     """The bundle's manifest, in short: what it is, what it was trained on, how it scores on the test split."""
-    m = captioner.bundle.manifest
-    metrics = captioner.bundle.metrics or {}
-    test = [{k: r[k] for k in ("decoding", "beam_width", "bleu_1", "bleu_4", "cider", "meteor", "rouge_l") if k in r}
-            for r in metrics.get("results", []) if r.get("split") == "test"]
+    m = captioner.bundle.manifest                                  # typed: artifacts.manifest.Manifest
+    report = captioner.bundle.report                               # typed: artifacts.report.EvaluationReport
+    scores = ("decoding", "beam_width", "bleu_1", "bleu_4", "cider", "meteor", "rouge_l")
+    test = [{k: r[k] for k in scores if k in r} for r in (report.runs if report else []) if r.get("split") == "test"]
+
+    def encoder(e) -> dict:
+        return {"name": e.name, "alpha": e.alpha, "input_size": e.input_size, "feature_dim": e.feature_dim}
+
     return {
         "name": captioner.bundle.name,
-        "encoder": {k: m["encoder"].get(k) for k in ("name", "alpha", "input_size", "feature_dim")},
-        "encoders": [{k: e.get(k) for k in ("name", "alpha", "input_size", "feature_dim")}
-                     for e in captioner.bundle.encoders],          # more than one: a cross-encoder ensemble
+        "encoder": encoder(m.encoder),
+        "encoders": [encoder(e) for e in captioner.bundle.encoders],   # more than one: a cross-encoder ensemble
         "decoders": [{"kind": d.kind, "units": d.units, "encoder": key}
-                     for d, key in zip(captioner.bundle.manifest.decoders, captioner.bundle.decoder_keys)],
-        "uses_attention": captioner.spatial and any(d.kind in ("attention", "topdown")
-                                                    for d in captioner.bundle.manifest.decoders),
-        "vocab_size": m["vocab_size"],
+                     for d, key in zip(m.decoders, captioner.bundle.decoder_keys)],
+        "uses_attention": captioner.spatial and any(d.kind in ("attention", "topdown") for d in m.decoders),
+        "vocab_size": m.vocab_size,
         "has_trust_index": captioner.can_assess,      # results carry each photo's trust level (null otherwise)
         "max_length": captioner.bundle.max_length,
-        "trained_on": m.get("data", {}),
-        "fine_tuned_on_cider": bool(m.get("scst") or any(e.get("scst") for e in m.get("ensemble_of", []))),
-        "created": m.get("created"),
+        "trained_on": m.data.to_dict(),
+        "fine_tuned_on_cider": m.fine_tuned,
+        "created": m.created,
         "test_scores": test,
         "limits": {"max_bytes_per_image": MAX_BYTES, "max_images_per_request": MAX_IMAGES_PER_REQUEST,
                    "max_beam_width": MAX_BEAM_WIDTH, "image_types": list(SUPPORTED_TYPES)},
