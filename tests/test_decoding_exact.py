@@ -685,3 +685,18 @@ def test_a_row_whose_constraints_forbid_every_word_may_still_end():
     # row 0: "a" may not repeat and <end> is too early: nothing is left, so <end> keeps its probability
     assert log_probs[0].tolist() == [-np.inf, -np.inf, -np.inf, pytest.approx(np.log(0.3)), -np.inf]
     assert log_probs[1].tolist() == [-np.inf, -np.inf, -np.inf, -np.inf, pytest.approx(np.log(0.4))]
+
+
+def test_a_vanishing_temperature_samples_each_rows_likeliest_word_silently():
+    """Below ~1e-38, log_probs / T overflows float32: a row whose logits all become -inf falls back to its
+    likeliest word (the limit of T -> 0), a row that stays finite keeps its own distribution, and no numpy
+    warning escapes (an overflow warning would be an error in a caller that turns warnings into errors)."""
+    import warnings
+
+    from captioning.decoding.constraints import sampling_distribution
+
+    log_probs = np.array([[-1.0, 0.0, -np.inf], [-0.5, -0.9, -2.0]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        probs = sampling_distribution(log_probs, temperature=1e-40)
+    assert probs.tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
