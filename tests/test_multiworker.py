@@ -181,7 +181,9 @@ def test_killing_the_chief_makes_the_other_worker_fail_fast_with_one_line_and_no
         shared_cache, flickr_dir, mobilenet_weights, tmp_path):
     """The other direction: the chief (worker 0, which writes the bundle) dies after epoch 1. Worker 1 must not
     hang on it: it exits 3 with the one-line error within a bounded time, and no bundle appears at --out."""
-    out = tmp_path / "chiefless" / "mw"
+    # its own run folder under <cache>/runs: sharing the other test's "mw" made both workers race to find it
+    # stale ("settings changed ... starting afresh"), and one CI run's chief then died in a collective op
+    out = tmp_path / "chiefless" / "mw-chiefless"
     args = ["train", "--data-dir", str(flickr_dir), "--weights", str(mobilenet_weights),
             "--cache-dir", str(shared_cache), *COMMON, "--epochs", "3", "--strategy", "multiworker",
             "--peer-timeout", str(PEER_TIMEOUT), "--out", str(out)]
