@@ -21,8 +21,8 @@ def sweep_bundle(ws: Workspace, features: FeatureSettings, ds: Flickr8k, names: 
     bundle_features(ws, features, bundle, ds, {"dev": dev})
     rows = decoding_sweep(bundle.step_decoder(), bundle.vocab, decoder_inputs(ws, bundle, dev),
                           ds.references(dev), DecodeConfig(max_length=bundle.max_length), progress=not ws.quiet)
-    metrics = bundle.metrics or {"results": []}
-    metrics["sweep"] = rows
+    report = bundle.report                         # typed metrics.json (+ predictions), or None
+    metrics = {**(report.to_dict() if report is not None and report.raw else {"results": []}), "sweep": rows}
     update_results(ws.out, metrics, bundle.predictions)
     print(f"\nsweep on dev ({len(dev)} images)\n{'beam':>4} {'lp':>4} {'BLEU-4':>7} {'CIDEr':>7} {'length':>6}")
     for r in rows:
