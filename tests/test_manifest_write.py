@@ -80,3 +80,16 @@ def test_decoder_entries_as_save_bundle_writes_them():
     assert member.to_dict() == {"kind": "merge", "config": {"units": 8}, "file": "member-1.keras",
                                 "encoder": enc.to_dict()}
     assert member.encoder.name == enc.name and member.file == "member-1.keras"
+
+
+def test_a_runs_encoder_block_is_exactly_its_spec_and_a_fine_tune_block_is_read_back():
+    spec = get_spec("mobilenetv2", 0.35)
+    hint = {"name": "mobilenet.weights.h5", "sha256": "ab" * 32}
+    assert EncoderInfo.from_spec(spec, True, "a local file", hint).to_dict() == {
+        "name": "mobilenetv2", "alpha": 0.35, "input_size": 224, "key": "mobilenetv2-a0.35-224",
+        "feature_dim": spec.feature_dim, "spatial_grid": spec.spatial_grid, "weights_source": "a local file",
+        "weights_file": hint}
+    shipped = json.loads((SHIPPED[0] / "manifest.json").read_text(encoding="utf-8"))
+    finetune = {"base": "default", "photos": 12}
+    assert Manifest.from_dict({**shipped, "finetune": finetune}).finetune == finetune
+    assert Manifest.from_dict(shipped).finetune is None
