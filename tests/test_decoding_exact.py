@@ -695,8 +695,8 @@ def test_a_vanishing_temperature_samples_each_rows_likeliest_word_silently():
 
     from captioning.decoding.constraints import sampling_distribution
 
-    log_probs = np.array([[-1.0, 0.0, -np.inf], [-0.5, -0.9, -2.0]], np.float32)
+    log_probs = np.array([[-1.0, 0.0, -np.inf], [-0.5, -0.9, -2.0], [-3.0, -2.0, -0.1]], np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         probs = sampling_distribution(log_probs, temperature=1e-40)
-    assert probs.tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]
+    assert probs.tolist() == [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]   # each broken row its own
