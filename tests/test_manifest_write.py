@@ -93,3 +93,15 @@ def test_a_runs_encoder_block_is_exactly_its_spec_and_a_fine_tune_block_is_read_
     finetune = {"base": "default", "photos": 12}
     assert Manifest.from_dict({**shipped, "finetune": finetune}).finetune == finetune
     assert Manifest.from_dict(shipped).finetune is None
+
+
+def test_encoder_keys_unknown_fields_and_what_a_derived_bundle_inherits():
+    from captioning.artifacts.manifest import encoder_key
+
+    assert encoder_key(EncoderInfo.from_dict({"name": "mobilenetv2", "alpha": 0.35})) == "mobilenetv2-a0.35-224"
+    with pytest.raises(TypeError, match="TrainingInfo has no field best_loss, epoch$"):
+        TrainingInfo.create(epoch=1, best_loss=1.0)
+    manifest = Manifest.load(SHIPPED[0])
+    inherited = manifest.inherit("members", "index")
+    assert set(inherited) == set(manifest.raw) - {"files", "name", "created", "versions", "members", "index"}
+    assert inherited["encoder"] == manifest.raw["encoder"]
