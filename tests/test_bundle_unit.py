@@ -96,6 +96,26 @@ def test_loading_gives_back_the_float16_rounded_weights_and_the_ensemble(saved):
     assert type(steps).__name__ == "EnsembleStepDecoder" and len(steps.members) == 2
 
 
+def test_an_ensembles_own_decoder_alone_reads_no_member_file(saved, copy):
+    """The app's quick first stage (captioning.service.warm_load): load_bundle(members=False) is the bundle alone,
+    its members neither loaded nor listed, and it never opens a member's file."""
+    _, main, _ = saved
+    path = copy
+    whole = load_bundle(path)
+    alone = whole.alone()
+    assert alone.members == () and alone.manifest.members == () and alone.decoder is whole.decoder
+    assert alone.manifest.encoder == whole.manifest.encoder and len(whole.manifest.members) == 1
+    assert alone.alone() is alone and len(whole.decoders) == 2
+    (path / "member-1.keras").write_bytes(b"not read")                     # never opened: checked by hash only
+    quick = load_bundle(path, verify=False, members=False)
+    assert [d.kind for d in quick.decoders] == ["merge"] and quick.manifest.members == ()
+    assert not quick.uses_spatial and quick.metrics == METRICS
+    for got, want in zip(quick.decoder.get_weights(), main.get_weights()):
+        np.testing.assert_array_equal(got, want.astype(np.float16).astype(np.float32))
+    with pytest.raises(BundleError, match="member-1.keras could not be loaded"):
+        load_bundle(path, verify=False)
+
+
 def test_a_single_decoder_bundle(tmp_path):
     path = save_bundle(tmp_path / "one", decoder(), VOCAB, {"encoder": ENCODER})
     b = load_bundle(path)

@@ -29,7 +29,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +114,13 @@ class Bundle:
     @property
     def decoders(self) -> list:
         return [self.decoder, *self.members]
+
+    def alone(self) -> Bundle:
+        """This bundle's own decoder alone, on its own encoder: an ensemble without its members (itself when it
+        has none)."""
+        if not self.manifest.members and not self.members:
+            return self
+        return replace(self, manifest=replace(self.manifest, members=()), members=())
 
     @property
     def uses_spatial(self) -> bool:
@@ -291,9 +298,10 @@ def _write_results(folder: Path, metrics: dict | None, predictions) -> None:
 
 
 def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool = True,
-                load_index: bool = True) -> Bundle:
+                load_index: bool = True, members: bool = True) -> Bundle:
     """Load and cross-check a bundle: file hashes, vocabulary vs model, encoder vs model. ``load_index=False``
-    neither checks nor reads the retrieval index (``train.py index`` rebuilds a damaged one)."""
+    neither checks nor reads the retrieval index (``train.py index`` rebuilds a damaged one). ``members=False``
+    reads an ensemble's own decoder only and returns :meth:`Bundle.alone` (the app's quick first stage)."""
     import keras
 
     from captioning.evaluation.trust import INDEX_FILES
@@ -331,9 +339,9 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool
         spec = get_spec(enc["name"], enc.get("alpha"))
     except (ValueError, KeyError) as exc:
         raise BundleError(f"Bundle {path}: unknown encoder in manifest ({exc}). {hint}") from exc
-    members = manifest.get("members", [])
+    entries = manifest.get("members", [])
     specs = [spec]
-    for m in members:
+    for m in entries:
         if "encoder" not in m:
             specs.append(spec)
             continue
@@ -343,7 +351,8 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool
             raise BundleError(f"Bundle {path}: unknown encoder for ensemble member {m['file']} ({exc}). "
                               f"{hint}") from exc
     decoders = []
-    for name, own in zip(["decoder.keras", *(m["file"] for m in members)], specs):
+    names = ["decoder.keras", *(m["file"] for m in entries)]
+    for name, own in zip(names if members else names[:1], specs):
         if not (path / name).is_file():
             raise BundleError(f"Bundle {path} is incomplete: {name} is missing. {hint}")
         try:
@@ -365,8 +374,9 @@ def load_bundle(path: str | os.PathLike, verify: bool = True, load_results: bool
     if load_results and (path / "predictions.csv").is_file():
         predictions = read_predictions(path)
     index = _load_index(path, manifest, spec) if load_index else None
-    return Bundle(path, Manifest.from_dict(manifest), vocab, decoders[0], metrics, predictions, tuple(decoders[1:]),
-                  index)
+    bundle = Bundle(path, Manifest.from_dict(manifest), vocab, decoders[0], metrics, predictions,
+                    tuple(decoders[1:]), index)
+    return bundle if members else bundle.alone()
 
 
 def read_index(path: str | os.PathLike, spec):

@@ -14,6 +14,7 @@ SPECIALS = (PAD, UNK, START, END)
 
 _APOSTROPHES = re.compile(r"['\u2019`]")
 _NON_LETTERS = re.compile(r"[^a-z]+")
+_DIGITS = re.compile(r"[0-9]")
 
 
 def tokenize(caption: str) -> list[str]:
@@ -31,6 +32,9 @@ def tokenize(caption: str) -> list[str]:
     """
     if not caption.isascii():
         return _tokenize_unicode(caption)
+    text = caption.lower()
+    if not _DIGITS.search(text):        # the common case, in one pass: no token to drop for holding a digit
+        return [w for w in _NON_LETTERS.split(_APOSTROPHES.sub("", text)) if w]
     words = []
     for raw in caption.lower().split():
         raw = _APOSTROPHES.sub("", raw)

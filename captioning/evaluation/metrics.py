@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
-from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
 
 BLEU_WEIGHTS = {
     "bleu_1": (1.0, 0, 0, 0),
@@ -22,7 +21,19 @@ BLEU_WEIGHTS = {
     "bleu_3": (1 / 3, 1 / 3, 1 / 3, 0),
     "bleu_4": (0.25, 0.25, 0.25, 0.25),
 }
-_SMOOTH = SmoothingFunction().method1   # epsilon counts for empty n-gram matches (Chen & Cherry 2014)
+
+
+def _nltk():
+    """nltk's BLEU, imported on first use: importing nltk takes ~2.5 s, and a consensus ranking (CIDEr-D only)
+    loads this module on the app's first caption (issue 39)."""
+    from nltk.translate import bleu_score
+
+    return bleu_score
+
+
+def _smooth(*args, **kwargs):
+    """nltk's method1 smoothing: epsilon counts for empty n-gram matches (Chen & Cherry 2014)."""
+    return _nltk().SmoothingFunction().method1(*args, **kwargs)
 
 Tokens = Sequence[str]
 
@@ -37,13 +48,13 @@ def corpus_bleu_scores(references: Sequence[Sequence[Tokens]], hypotheses: Seque
     hyps = [list(h) for h in hypotheses]
     with warnings.catch_warnings():   # nltk warns when a corpus has no 4-gram match; 0 is the right score
         warnings.simplefilter("ignore", UserWarning)
-        return {name: float(corpus_bleu(refs, hyps, weights=w)) for name, w in BLEU_WEIGHTS.items()}
+        return {name: float(_nltk().corpus_bleu(refs, hyps, weights=w)) for name, w in BLEU_WEIGHTS.items()}
 
 
 def sentence_bleu_scores(references: Sequence[Tokens], hypothesis: Tokens) -> dict[str, float]:
     """Per-image smoothed BLEU-1..4 (method1 smoothing, so short captions do not score 0)."""
     refs = [list(r) for r in references]
-    return {name: float(sentence_bleu(refs, list(hypothesis), weights=w, smoothing_function=_SMOOTH))
+    return {name: float(_nltk().sentence_bleu(refs, list(hypothesis), weights=w, smoothing_function=_smooth))
             for name, w in BLEU_WEIGHTS.items()}
 
 
@@ -53,8 +64,8 @@ def reference_agreement(references: Sequence[Tokens]) -> float:
     for i, ref in enumerate(references):
         others = [list(r) for j, r in enumerate(references) if j != i]
         if others and ref:
-            scores.append(sentence_bleu(others, list(ref), weights=BLEU_WEIGHTS["bleu_2"],
-                                        smoothing_function=_SMOOTH))
+            scores.append(_nltk().sentence_bleu(others, list(ref), weights=BLEU_WEIGHTS["bleu_2"],
+                                               smoothing_function=_smooth))
     return float(sum(scores) / len(scores)) if scores else 0.0
 
 
@@ -271,8 +282,13 @@ class CiderD:
     def __init__(self, corpus: Sequence[Sequence[Tokens]], n: int = 4, sigma: float = 6.0):
         self.n, self.sigma = n, float(sigma)
         df: Counter = Counter()
-        for refs in corpus:
-            df.update({g for ref in refs for g in self._counts(ref)})
+        for refs in corpus:             # each n-gram once per image (zip: the fast way to a 30,000-caption index)
+            grams = set()
+            for ref in refs:
+                words = list(ref)
+                for k in range(1, n + 1):
+                    grams.update(zip(*(words[i:] for i in range(k))))
+            df.update(grams)
         self.ref_len = math.log(float(len(corpus)))
         self._idf = {g: self.ref_len - math.log(max(1.0, c)) for g, c in df.items()}
         self._ref_cache: dict[tuple, list] = {}

@@ -15,9 +15,13 @@ that photo and the index alone (never on the other photos of a batch). The decod
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from captioning.models.stepper import features_for
+
+_MADE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()     # index -> what its sources made from it
 
 
 class ConsensusSource:
@@ -26,25 +30,27 @@ class ConsensusSource:
 
     def __init__(self, index, key: str | None = None):
         self.index, self.key = index, key
-        self._captions, self._cider = None, None
+        # Made on first use (loading a bundle stays fast), once per index: every source reading the same index
+        # shares them (the app's quick first stage and then the whole ensemble; captioning.service.warm_load).
+        self._made = _MADE.setdefault(index, {})
 
     @property
     def captions(self) -> list[list[list[str]]]:
-        """Per training photo, its tokenised captions (made on first use: loading a bundle stays fast)."""
-        if self._captions is None:
+        """Per training photo, its tokenised captions."""
+        if "captions" not in self._made:
             from captioning.data.text import tokenize
 
-            self._captions = [[tokenize(c) for c in caps] for caps in self.index.captions]
-        return self._captions
+            self._made["captions"] = [[tokenize(c) for c in caps] for caps in self.index.captions]
+        return self._made["captions"]
 
     @property
     def cider(self):
         """CIDEr-D with the index's captions as the corpus of document frequencies (one document per photo)."""
-        if self._cider is None:
+        if "cider" not in self._made:
             from captioning.evaluation.metrics import CiderD
 
-            self._cider = CiderD(self.captions)
-        return self._cider
+            self._made["cider"] = CiderD(self.captions)
+        return self._made["cider"]
 
     def neighbour_captions(self, features, k: int) -> list[list[list[str]]]:
         """Per photo: the tokenised captions of its ``k`` nearest training photos (nearest first)."""

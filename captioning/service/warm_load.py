@@ -1,9 +1,10 @@
 """Load a bundle's Captioner for the app in two stages, so the first caption comes early.
 
 An ensemble's load is mostly building its encoders (a Keras model each) and tracing the compiled functions once.
-:class:`StagedLoad` first readies the bundle's own decoder on its own encoder (``quick``: one model of the
-ensemble, enough for a first, clearly labelled caption and the trust check), then builds the other encoders in
-parallel threads and traces the whole ensemble (``full``), reusing everything the first stage built. A bundle with
+:class:`StagedLoad` first reads the bundle's own decoder alone and readies it on its own encoder (``quick``: one
+model of the ensemble, enough for a first, clearly labelled caption and the trust check), then reads the other
+decoders, builds the other encoders in parallel threads and traces the whole ensemble (``full``), reusing
+everything the first stage built. A bundle with
 one decoder has one stage: ``quick`` and ``full`` are the same Captioner. ``timings`` records where the time went.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 
@@ -48,24 +50,33 @@ class StagedLoad:
 
     def _run(self) -> None:
         from captioning.artifacts.bundle import load_bundle
+        from captioning.artifacts.manifest import read_manifest
         from captioning.service.captioner import Captioner
 
-        bundle = self._timed("decoders", lambda: load_bundle(self.path, load_results=False))
-        full = Captioner(bundle)
-        quick = full.first_decoder()
-        own = full.spec.key
+        members = len(read_manifest(self.path).get("members", []))
+        # The first stage reads the bundle's own decoder only: an ensemble's other decoders load after its caption.
+        own = self._timed("own decoder", lambda: load_bundle(self.path, load_results=False, members=False))
+        quick = Captioner(own)
+        key = quick.spec.key
         photo = np.zeros((1, 224, 224, 3), np.uint8) + 128
-        self._timed(f"encoder {own}", lambda: full._forward(own))
-        self._timed(f"trace encoder {own}", lambda: full._forward(own)(photo))
-        if quick is full:
-            self._timed("trace decoding", full.warm_up)
-            self.quick.set_result(full)
-            self.full.set_result(full)
+        self._timed(f"encoder {key}", lambda: quick._forward(key))
+        self._timed(f"trace encoder {key}", lambda: quick._forward(key)(photo))
+        if not members:
+            self._timed("trace decoding", quick.warm_up)
+            self.quick.set_result(quick)
+            self.full.set_result(quick)
             return
         self._timed("trace quick decoding", lambda: quick.warm_up(DEFAULT_WIDTHS))
+        quick.quick_of = 1 + members
         self.quick.set_result(quick)
 
-        others = [key for key in full.encoders if key != own]
+        bundle = self._timed("other decoders", lambda: load_bundle(self.path, load_results=False, load_index=False))
+        # The whole ensemble reuses what the first stage made: the own decoder and its traced functions, the index
+        # (and the consensus ranking's captions made from it), the built encoders.
+        full = Captioner(replace(bundle, decoder=own.decoder, index=own.index))
+        full.steps.members[0] = quick.steps
+        full._encoders, full._lock, full._building = quick._encoders, quick._lock, quick._building
+        others = [k for k in full.encoders if k != key]
 
         def build(key: str) -> None:
             self._timed(f"encoder {key}", lambda: full._forward(key))
