@@ -209,6 +209,21 @@ def test_a_weights_file_with_another_checksum_is_not_taken_for_the_bundles(tiny_
         del os.environ["CAPTIONING_WEIGHTS_DIR"]
 
 
+def test_a_missing_weights_file_is_named_by_where_it_came_from(tmp_path, monkeypatch):
+    """--weights on the command line; the environment variable in the app and the API, which have no flags."""
+    from captioning.vision.encoders import EncoderWeightsError, find_weights, get_spec
+
+    spec, gone = get_spec("mobilenetv2", 0.35), tmp_path / "gone.weights.h5"
+    with pytest.raises(EncoderWeightsError, match=r"does not exist\. Pass --weights with the path of"):
+        find_weights(spec, gone)
+    monkeypatch.setenv(spec.weights_env(), str(gone))
+    with pytest.raises(EncoderWeightsError) as caught:
+        find_weights(spec)
+    assert str(caught.value) == (f"Encoder weights file {gone} (from $CAPTIONING_MOBILENETV2_WEIGHTS) does not "
+                                 f"exist. Set CAPTIONING_MOBILENETV2_WEIGHTS to the path of {spec.weights_file}, "
+                                 f"or unset it to use the weights folder.")
+
+
 @pytest.mark.parametrize("problem", ["missing", "truncated", "wrong width"])
 def test_weights_problems_are_one_line_errors_in_the_caption_cli(problem, tiny_bundle, tmp_path, photo,
                                                                  mobilenet_weights):
@@ -254,7 +269,8 @@ def test_no_weights_offline_names_the_file_to_pass(tiny_bundle, tmp_path, photo)
     done = cli("caption", photo, "--bundle", str(bundle), env={"CAPTIONING_WEIGHTS_DIR": str(empty)})
     err = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(err) == 1, done.stderr[-3000:]
-    assert f"Pass --weights PATH/{MOBILENET.name}" in err[0]
+    assert f"(on the command line: --weights PATH/{MOBILENET.name})" in err[0]
+    assert f"Put {MOBILENET.name} in " in err[0] and "point CAPTIONING_MOBILENETV2_WEIGHTS at it" in err[0]
 
 
 def test_truncated_weights_in_train_py(tmp_path, mobilenet_weights, capsys):

@@ -165,9 +165,13 @@ def find_weights(spec: EncoderSpec, weights: str | os.PathLike | None = None,
         path = Path(explicit).expanduser()
         if path.is_dir():
             path = path / (hint or {}).get("name", spec.weights_file)
-        if not path.is_file():
+        if not path.is_file() and weights:
             raise EncoderWeightsError(f"Encoder weights file {path} does not exist. Pass --weights with the "
                                       f"path of {spec.weights_file}{_hint_text(hint)}.")
+        if not path.is_file():          # from the environment: what the app and the API read (no --weights there)
+            raise EncoderWeightsError(f"Encoder weights file {path} (from ${spec.weights_env()}) does not exist. "
+                                      f"Set {spec.weights_env()} to the path of {spec.weights_file}"
+                                      f"{_hint_text(hint)}, or unset it to use the weights folder.")
         return path
     for folder in weights_dirs():
         if (folder / spec.weights_file).is_file():
@@ -286,13 +290,18 @@ def _no_weights_message(spec: EncoderSpec, exc: Exception, hint: dict | None) ->
     reason = reason if len(reason) <= 120 else reason[:reason.rfind(" ", 0, 120)] + " ..."
     where = ", ".join(str(d) for d in weights_dirs())
     if hint and isinstance(hint.get("name"), str):
-        return (f"No ImageNet weights for {spec.key}: this bundle was trained with {Path(hint['name']).name}, "
-                f"which is not in {where} (with the same SHA-256), and the Keras download failed "
-                f"({type(exc).__name__}: {reason}). Pass --weights PATH/{Path(hint['name']).name}.")
-    fix = (f"python -m captioning setup-weights --encoder {spec.name}" if spec.name == "xception" else
-           f"--weights FILE with {spec.weights_file} (e.g. from a machine with internet)")
+        name = Path(hint["name"]).name
+        return (f"No ImageNet weights for {spec.key}: this bundle was trained with {name}, which is not in {where} "
+                f"(with the same SHA-256), and the Keras download failed ({type(exc).__name__}: {reason}). Put "
+                f"{name} in {weights_dir()} or point {spec.weights_env()} at it (on the command line: --weights "
+                f"PATH/{name}).")
+    if spec.name == "xception":
+        fix = f"Fix it with: python -m captioning setup-weights --encoder {spec.name}"
+    else:
+        fix = (f"Download {spec.weights_file} on a machine with internet and put it in {weights_dir()}, or point "
+               f"{spec.weights_env()} at it (on the command line: --weights FILE)")
     return (f"No ImageNet weights for {spec.key}: no {spec.weights_file} in {where} and the Keras download "
-            f"failed ({type(exc).__name__}: {reason}). Fix it with: {fix}.")
+            f"failed ({type(exc).__name__}: {reason}). {fix}.")
 
 
 def setup_weights(name: str = "xception", alpha: float | None = None, quiet: bool = False) -> Path:
