@@ -72,11 +72,13 @@ class StagedLoad:
 
         bundle = self._timed("other decoders", lambda: load_bundle(self.path, load_results=False, load_index=False))
         # The whole ensemble reuses what the first stage made: the own decoder and its traced functions, the index
-        # (and the consensus ranking's captions made from it), the built encoders.
+        # (and the consensus ranking's captions made from it), the built encoder, unless the whole needs that
+        # encoder's spatial map where the own decoder pooled it (a merge decoder with attention members on it).
         full = Captioner(replace(bundle, decoder=own.decoder, index=own.index))
         full.steps.members[0] = quick.steps
-        full._encoders, full._lock, full._building = quick._encoders, quick._lock, quick._building
-        others = [k for k in full.encoders if k != key]
+        if full.bundle.spatial_for(key) == own.spatial_for(key):
+            full._encoders, full._lock, full._building = quick._encoders, quick._lock, quick._building
+        others = [k for k in full.encoders if k not in full._encoders]
 
         def build(key: str) -> None:
             self._timed(f"encoder {key}", lambda: full._forward(key))
