@@ -116,6 +116,32 @@ def test_an_ensembles_own_decoder_alone_reads_no_member_file(saved, copy):
         load_bundle(path, verify=False)
 
 
+def test_the_step_decoder_reads_each_members_encoder_and_ranks_by_consensus_on_the_own_one(saved):
+    """What decoding runs: one encoder -> the members' rows are not keyed; a cross-encoder ensemble keys each
+    member by its encoder; with an index, consensus reranking reads the own encoder's rows (captioning.evaluation
+    .rerank)."""
+    from dataclasses import replace
+
+    from captioning.artifacts.manifest import EncoderInfo
+    from captioning.evaluation.rerank import ConsensusSource
+
+    class Index:                                    # any index: only passed through to ConsensusSource here
+        captions = [["a dog"]]
+
+    b = load_bundle(saved[0])
+    assert not hasattr(b.step_decoder(), "consensus")                  # no index, no consensus ranking
+    index = Index()
+    one = replace(b, index=index).step_decoder()
+    assert one.encoders == [None, None] and isinstance(one.consensus, ConsensusSource)
+    assert one.consensus.index is index and one.consensus.key is None
+    lite = EncoderInfo.from_dict({"name": "efficientnet-lite0"})
+    cross = replace(b, index=index, manifest=replace(b.manifest, members=(replace(b.manifest.members[0],
+                                                                                   encoder=lite),)))
+    steps = cross.step_decoder()
+    assert steps.encoders == ["mobilenetv2-a0.35-224", "efficientnetlite0-224"]
+    assert steps.consensus.index is index and steps.consensus.key == "mobilenetv2-a0.35-224"
+
+
 def test_a_single_decoder_bundle(tmp_path):
     path = save_bundle(tmp_path / "one", decoder(), VOCAB, {"encoder": ENCODER})
     b = load_bundle(path)
