@@ -738,3 +738,110 @@ def test_typed_records_keep_what_they_were_read_from():
     assert dec.raw is raw and dec["file"] == "member-1.keras" and dict(dec) == raw
     m = Manifest.from_dict(good_manifest())
     assert m.files == {"decoder.keras": DIGEST, "vocab.json": DIGEST} and m.decoder.raw == {}
+
+
+# --- a cross-encoder ensemble's member encoders, the index switch and the retrieval decoder's steps ---------------
+def test_a_cross_encoder_ensemble_records_and_loads_each_members_own_encoder(tmp_path):
+    """save_bundle writes a member's encoder block only when it reads another encoder than the bundle's (given as
+    the type or its JSON); load_bundle gives every decoder its encoder, in order, and checks each one's width."""
+    from captioning.vision.encoders import ENCODER_NAMES
+
+    main, members = decoder("merge", 1), (decoder("attention", 2), decoder("merge", 3), decoder("merge", 4))
+    half = EncoderInfo.from_dict({"name": "mobilenetv2", "alpha": 0.5})
+    path = save_bundle(tmp_path / "cross", main, VOCAB, {"encoder": ENCODER, "max_length": 12}, members=members,
+                       member_encoders=[half, None, {"name": "mobilenetv2", "alpha": 0.75}])
+    entries = json.loads((path / "manifest.json").read_text())["members"]
+    assert [m["file"] for m in entries] == ["member-1.keras", "member-2.keras", "member-3.keras"]
+    assert entries[0]["encoder"] == {"name": "mobilenetv2", "alpha": 0.5} and "encoder" not in entries[1]
+    assert entries[2]["encoder"] == {"name": "mobilenetv2", "alpha": 0.75}
+    b = load_bundle(path)
+    assert b.decoder_keys == ["mobilenetv2-a0.35-224", "mobilenetv2-a0.5-224", "mobilenetv2-a0.35-224",
+                              "mobilenetv2-a0.75-224"]
+    assert [d.kind for d in b.decoders] == ["merge", "attention", "merge", "merge"] and b.multi_encoder
+    assert [(e.name, e.alpha) for e in b.encoders] == [("mobilenetv2", 0.35), ("mobilenetv2", 0.5),
+                                                       ("mobilenetv2", 0.75)]
+    assert b.spatial_for("mobilenetv2-a0.5-224") and not b.spatial_for("mobilenetv2-a0.35-224")
+    assert not b.spatial_for("mobilenetv2-a0.75-224") and not b.spatial_for("xception-299")
+    with pytest.raises(ValueError) as err:
+        save_bundle(tmp_path / "bad", main, VOCAB, {"encoder": ENCODER}, members=members, member_encoders=[None])
+    assert str(err.value) == "3 members but 1 member encoders" and not (tmp_path / "bad").exists()
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    entries[0]["encoder"] = {"name": "resnet9"}
+    edit_manifest(path, members=entries)
+    with pytest.raises(BundleError) as err:
+        load_bundle(path, verify=False)
+    assert str(err.value) == (f"Bundle {path}: unknown encoder for ensemble member member-1.keras (unknown encoder "
+                              f"'resnet9'; choose one of {', '.join(ENCODER_NAMES)}). "
+                              f"{_rebuild_hint(path, manifest)}")
+    entries[0]["encoder"] = {"name": "xception"}                                      # 2048-d, the member reads 1280
+    edit_manifest(path, members=entries)
+    with pytest.raises(BundleError) as err:
+        load_bundle(path, verify=False)
+    assert str(err.value) == (f"Bundle {path}: encoder xception-299 gives 2048-d features but ensemble member "
+                              f"member-1.keras expects 1280. {_rebuild_hint(path, manifest)}")
+
+
+def test_a_damaged_index_is_named_unless_the_index_is_not_read(copy):
+    """load_index=False neither checks nor reads the index files (the other files still are); read_index reads
+    the index alone, checked the same way, and None for a bundle without one."""
+    from captioning.evaluation.trust import INDEX_FILES, build_index
+    from captioning.vision.encoders import get_spec
+
+    spec = get_spec("mobilenetv2", 0.35)
+    assert bundle_module.read_index(copy, spec) is None
+    rng = np.random.default_rng(2)
+    bundle_module.save_index(copy, build_index([f"p{i}.jpg" for i in range(5)], rng.normal(size=(5, 1280)),
+                                               [[f"caption {i}"] for i in range(5)], spec.key, k=2))
+    index = bundle_module.read_index(copy, spec)
+    assert index.names == [f"p{i}.jpg" for i in range(5)] and index.k == 2
+    assert [c[0] for c in index.captions] == [f"caption {i}" for i in range(5)]
+    with pytest.raises(BundleError) as err:
+        bundle_module.read_index(copy, get_spec("xception"))
+    assert str(err.value).startswith(f"Bundle {copy}: its retrieval index is invalid (index.npy h")
+    assert str(err.value).endswith(f"features). Rebuild it with: python train.py index --out {copy}")
+    for name in INDEX_FILES:
+        saved_bytes = (copy / name).read_bytes()
+        (copy / name).write_bytes(saved_bytes + b" ")
+        message = (f"Bundle {copy}: {name} is damaged (its checksum does not match the manifest). Rebuild the index "
+                   f"with: python train.py index --out {copy}")
+        for read in (lambda: load_bundle(copy), lambda: bundle_module.read_index(copy, spec)):
+            with pytest.raises(BundleError) as err:
+                read()
+            assert str(err.value) == message
+        unread = load_bundle(copy, load_index=False)                    # not read, so not checked either
+        assert unread.index is None and len(unread.members) == 1
+        (copy / name).write_bytes(saved_bytes)
+    (copy / "vocab.json").write_text((copy / "vocab.json").read_text() + " ")
+    with pytest.raises(BundleError, match=r"vocab.json is damaged \(its checksum"):
+        load_bundle(copy, load_index=False)                               # every other file is still checked
+
+
+def test_a_retrieval_decoder_steps_over_the_bundles_index_with_its_recorded_boost(saved):
+    """Bundle._steps: a retrieval decoder reads the bundle's index as its memory, with the bundle's vocabulary and
+    the manifest's new-word boost (0 when the training block records none); without an index, the exact message."""
+    from dataclasses import replace
+
+    from captioning.evaluation.trust import build_index
+    from captioning.models.retrieval import RetrievalDecoder
+    from captioning.models.retrieval_steps import IndexMemory, RetrievalStepDecoder
+    from captioning.models.stepper import StepDecoder
+
+    model = RetrievalDecoder(len(VOCAB), 1280, embed_dim=4, units=5, neighbours=2, caption_tokens=5)
+    model.build()
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(3, 1280)).astype("float32")
+    index = build_index(["p0.jpg", "p1.jpg", "p2.jpg"], features, [["a dog runs"], ["a dog"], ["grass"]],
+                        "mobilenetv2-a0.35-224", k=2)
+    b = load_bundle(saved[0])
+    assert not hasattr(b.manifest.training, "new_word_boost")              # not a retrieval run's training block
+    assert isinstance(b._steps(b.decoder), StepDecoder)
+    with pytest.raises(BundleError) as err:
+        b._steps(model)
+    assert str(err.value) == (f"Bundle {b.path}: its retrieval decoder needs the datastore (index.npy and "
+                              f"index.json). Rebuild the index with: python train.py index --out {b.path}")
+    steps = replace(b, index=index)._steps(model)
+    assert isinstance(steps, RetrievalStepDecoder) and steps.model is model and steps.vocab is b.vocab
+    assert isinstance(steps.memory, IndexMemory) and steps.memory.index is index and steps.new_word_boost == 0.0
+    hits = steps.memory.retrieve(features[:1], 2)[0]
+    assert hits[0][:2] == ("a dog runs", "p0.jpg") and hits[0][3] == "training" and len(hits) == 2

@@ -128,6 +128,13 @@ class RetrievalStepDecoder:
         self.last_hits = hits
         return extended_vocabulary(vocab, extra)
 
+    def prepared(self) -> tuple[np.ndarray, np.ndarray]:
+        """The memory of the batch :meth:`prepare` saw: ids for the embedding (B, M) and extended ids (B, M), the
+        ids its decoded words have in the vocabulary :meth:`prepare` returned (SCST scores them teacher-forced)."""
+        if self._pending is None:
+            raise RuntimeError("prepared() needs a batch: call prepare(features, vocab) first")
+        return self._pending[1], self._pending[2][..., 0]
+
     def annotate(self, nbest: list[list]) -> None:
         """Give each caption of the batch :meth:`prepare` saw its ``memory_hits`` (the retrieved captions:
         image, caption, similarity, source) and ``copied_words`` (its words that only a retrieved caption holds:

@@ -114,31 +114,68 @@ def make_train_step(decoder, optimizer, max_rows: int = 160):
         return loss, [tf.convert_to_tensor(g) for g in grads]          # the embedding's sparse gradient, dense
 
     def train_step(features, inputs, targets, advantages) -> float:
-        n_tokens = np.float32(max(int((np.asarray(targets) != 0).sum()), 1))
-        total, grads = 0.0, None
-        for lo in range(0, len(targets), max_rows):
-            part = slice(lo, lo + max_rows)
-            loss, g = chunk_gradients(features[part], inputs[part], targets[part], advantages[part], n_tokens)
-            total += float(loss)
-            grads = list(g) if grads is None else [a + b for a, b in zip(grads, g)]
-        optimizer.apply_gradients(zip(grads, variables))
-        return total
+        return accumulate(chunk_gradients, optimizer, variables, (features, inputs, targets, advantages), max_rows)
 
     return train_step
 
 
+def accumulate(chunk_gradients, optimizer, variables, arrays: tuple, max_rows: int) -> float:
+    """Apply one update whose gradient is summed over chunks of at most ``max_rows`` rows of ``arrays`` (the
+    targets second to last, the advantages last): ``chunk_gradients(*chunk, n_tokens) -> (loss, grads)``, each
+    chunk's loss divided by the whole batch's token count. Returns the batch's loss."""
+    targets = np.asarray(arrays[-2])
+    n_tokens = np.float32(max(int((targets != 0).sum()), 1))
+    total, grads = 0.0, None
+    for lo in range(0, len(targets), max_rows):
+        part = slice(lo, lo + max_rows)
+        loss, g = chunk_gradients(*(a[part] for a in arrays), n_tokens)
+        total += float(loss)
+        grads = list(g) if grads is None else [a + b for a, b in zip(grads, g)]
+    optimizer.apply_gradients(zip(grads, variables))
+    return total
+
+
+class PlainPolicy:
+    """How SCST samples and updates a decoder that reads the photo alone: :class:`Sampler` draws through the
+    decoder's step API; :func:`make_train_step` scores the draws teacher-forced. (A decoder with a memory:
+    :class:`captioning.training.scst_retrieval.RetrievalPolicy`.)"""
+
+    def __init__(self, decoder, vocab: Vocabulary, seed: int, optimizer):
+        self.sampler, self.vocab = Sampler(decoder, vocab, seed), vocab
+        self.train_step = make_train_step(decoder, optimizer)
+        self.ids, self.samples = None, 1
+
+    def sample(self, features: np.ndarray, photos: np.ndarray, samples: int, max_length: int) -> list[list[str]]:
+        """``samples`` captions per photo (rows grouped per photo) as word lists; ``photos``: their rows in the
+        training set (unused here)."""
+        self.ids, self.samples = self.sampler.sample(features, samples, max_length), samples
+        return captions_from_ids(self.ids, self.vocab)
+
+    def update(self, features: np.ndarray, advantages: np.ndarray) -> float:
+        """One REINFORCE step on the captions of the last :meth:`sample`."""
+        inputs, targets = teacher_inputs(self.ids, self.vocab.start_id)
+        return self.train_step(np.repeat(features, self.samples, axis=0), inputs, targets, advantages)
+
+
 def finetune(decoder, vocab: Vocabulary, train_features, train_references: Sequence[Sequence[Tokens]],
              evaluate_dev: Callable[[object], dict], config: SCSTConfig, run_dir: str | os.PathLike,
-             progress: bool = True, log: Callable[[str], None] = print) -> dict:
+             progress: bool = True, log: Callable[[str], None] = print, policy=None) -> dict:
     """SCST on the training images; after every epoch ``evaluate_dev(decoder)`` -> {"cider": ...} picks the best.
 
     ``train_features`` is indexable by image (an array or a FeatureRows table), aligned with
-    ``train_references``. Resumable: ``run_dir`` keeps state.json, the last and the best weights; a rerun
-    continues after the last finished epoch (with a fresh optimizer). Returns the state; the decoder ends
-    holding the best weights.
+    ``train_references``. ``policy(decoder, vocab, seed, optimizer)`` makes the sampler and update
+    (:class:`PlainPolicy` by default; a retrieval decoder needs one that knows what each training photo reads:
+    :class:`captioning.training.scst_retrieval.RetrievalPolicy`).
+
+    Resumable: ``run_dir`` keeps state.json, the last and the best weights; a rerun continues after the last
+    finished epoch (with a fresh optimizer). Returns the state; the decoder ends holding the best weights.
     """
     import keras
 
+    policy = policy or PlainPolicy
+    if getattr(decoder, "uses_memory", False) and policy is PlainPolicy:
+        raise ValueError("SCST of a retrieval decoder needs the training photos' memory: pass "
+                         "policy=RetrievalPolicy.over(memory) (captioning.training.scst_retrieval)")
     run = RunDir(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
     best_path, last_path = run.best_path, run.last_path
@@ -162,9 +199,8 @@ def finetune(decoder, vocab: Vocabulary, train_features, train_references: Seque
         log(f"scst: resuming after epoch {done_epochs}")
 
     scorer = CiderD(train_references)
-    sampler = Sampler(decoder, vocab, config.seed + done_epochs)
     optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=5.0)
-    train_step = make_train_step(decoder, optimizer)
+    policy = policy(decoder, vocab, config.seed + done_epochs, optimizer)
     rng = np.random.default_rng(config.seed)
     n_images = len(train_references)
     for epoch in range(1, config.epochs + 1):
@@ -184,13 +220,11 @@ def finetune(decoder, vocab: Vocabulary, train_features, train_references: Seque
         for start in bar:
             idx = np.sort(order[start:start + config.batch_size])
             feats = np.asarray(train_features[idx], np.float32)
-            ids = sampler.sample(feats, config.samples, config.max_length)
-            caps = captions_from_ids(ids, vocab)
+            caps = policy.sample(feats, idx, config.samples, config.max_length)
             reward = np.array([scorer.score(c, train_references[i]) for c, i in
                                zip(caps, np.repeat(idx, config.samples))]).reshape(len(idx), config.samples)
             advantage = leave_one_out_advantage(reward).ravel()
-            inputs, targets = teacher_inputs(ids, vocab.start_id)
-            loss = train_step(np.repeat(feats, config.samples, axis=0), inputs, targets, advantage)
+            loss = policy.update(feats, advantage)
             rewards.append(float(reward.mean()))
             losses.append(float(loss))
             if hasattr(bar, "set_postfix"):

@@ -27,7 +27,7 @@ def finetune_scst(ws: Workspace, settings: TrainSettings, pipeline: PipelineSett
     (captioning.training.scst)."""
     import numpy as np
 
-    from captioning.artifacts.bundle import save_bundle
+    from captioning.artifacts.bundle import save_bundle, save_index
     from captioning.artifacts.manifest import SCSTInfo, manifest_entries
     from captioning.data.text import tokenize
     from captioning.decoding.config import DecodeConfig
@@ -52,6 +52,15 @@ def finetune_scst(ws: Workspace, settings: TrainSettings, pipeline: PipelineSett
     train_refs = [[tokenize(c) for c in ds.captions[n]] for n in train_names]
     dev_refs = ds.references(dev_names)
     decoder, vocab = source.decoder, source.vocab
+    memory = policy = None
+    if getattr(decoder, "uses_memory", False):       # a retrieval decoder reads the datastore, never its own photo
+        from captioning.training.scst_retrieval import LeaveOneOutMemory, RetrievalPolicy
+
+        if source.index is None:
+            raise OptionError(f"{source_path} has a retrieval decoder but no datastore; rebuild its index with: "
+                              f"python train.py index --out {source_path}")
+        memory = LeaveOneOutMemory(source.index, train_names)
+        policy = RetrievalPolicy.over(memory)
     print(f"scst: fine-tuning {source_path} ({decoder.kind}) on {len(train_names)} training images, "
           f"{config.samples} samples each; dev {len(dev_names)} images picks the best epoch")
 
@@ -59,7 +68,7 @@ def finetune_scst(ws: Workspace, settings: TrainSettings, pipeline: PipelineSett
         return DecodeConfig(beam_width=width).describe().replace(" ", "")
 
     def evaluate_dev(model) -> dict:
-        steps = StepDecoder(model)
+        steps = source.step_decoder() if memory is not None else StepDecoder(model)   # the same model object
         out = {}
         for width in sorted({1, config.select_beam}):
             hyps = [n[0].words for n in decode(steps, dev_feats, vocab,
@@ -77,7 +86,8 @@ def finetune_scst(ws: Workspace, settings: TrainSettings, pipeline: PipelineSett
     settings_key = {k: v for k, v in config.to_dict().items() if k not in ("epochs", "patience")}
     if run.claim(fingerprint(settings_key, source.manifest.files, ws.limit)):
         print(f"scst: settings or source changed since the checkpoints in {run.path}; starting afresh")
-    state = finetune(decoder, vocab, train_feats, train_refs, evaluate_dev, config, run.path, progress=not ws.quiet)
+    state = finetune(decoder, vocab, train_feats, train_refs, evaluate_dev, config, run.path, progress=not ws.quiet,
+                     policy=policy)
     manifest = source.manifest.inherit("trained_as", "command")
     manifest.update(manifest_entries(
         scst=SCSTInfo.create(source=source.manifest.trained_as or source.name, config=config.to_dict(),
@@ -88,6 +98,8 @@ def finetune_scst(ws: Workspace, settings: TrainSettings, pipeline: PipelineSett
                              peak_rss_mb=peak_rss_mb()),
         command=f"python train.py scst --from {source_path} --out {ws.bundle}"))
     path = save_bundle(ws.out, decoder, vocab, manifest)
+    if memory is not None:                            # the datastore goes with the decoder that reads it
+        save_index(path, source.index)
     print(f"scst: best epoch {state['best_epoch']} (dev CIDEr-D {state['best_dev_cider']:.4f}, "
           f"from {state['start_dev']['cider']:.4f}); bundle {ws.bundle} (once evaluated)")
     return path
