@@ -380,7 +380,7 @@ def test_cli_json_gives_each_image_its_caption_score_level_and_neighbours(tiny_b
 
 
 # --- the shipped bundles, on the official test split ------------------------------------------------------------
-SHIPPED = ["default", "xception-attention", "xception-merge"]
+SHIPPED = ["default", "xception-attention", "xception-merge", "xception-retrieval"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
