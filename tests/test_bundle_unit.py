@@ -28,9 +28,10 @@ VOCAB = Vocabulary(["a", "dog", "runs", "on", "grass"], {"a": 9, "dog": 4}, 2)
 METRICS = {"results": [{"decoding": "greedy", "beam_width": 1, "split": "test", "n_images": 2, "bleu_1": 0.5}]}
 
 
-def decoder(kind="merge", seed=0):
+def decoder(kind="merge", seed=0, feature_dim=1280):
     extra = {"attention_dim": 4, "feature_proj": 6} if kind == "attention" else {}
-    model = build_decoder(kind, vocab_size=len(VOCAB), feature_dim=1280, embed_dim=4, units=5, dropout=0.5, **extra)
+    model = build_decoder(kind, vocab_size=len(VOCAB), feature_dim=feature_dim, embed_dim=4, units=5, dropout=0.5,
+                          **extra)
     rng = np.random.default_rng(seed)
     model.set_weights([rng.normal(size=w.shape).astype("float32") for w in model.get_weights()])
     return model
@@ -746,25 +747,28 @@ def test_a_cross_encoder_ensemble_records_and_loads_each_members_own_encoder(tmp
     the type or its JSON); load_bundle gives every decoder its encoder, in order, and checks each one's width."""
     from captioning.vision.encoders import ENCODER_NAMES
 
-    main, members = decoder("merge", 1), (decoder("attention", 2), decoder("merge", 3), decoder("merge", 4))
+    main = decoder("merge", 1)
+    members = (decoder("attention", 2), decoder("merge", 3), decoder("merge", 4), decoder("merge", 5, 1792))
     half = EncoderInfo.from_dict({"name": "mobilenetv2", "alpha": 0.5})
     path = save_bundle(tmp_path / "cross", main, VOCAB, {"encoder": ENCODER, "max_length": 12}, members=members,
-                       member_encoders=[half, None, {"name": "mobilenetv2", "alpha": 0.75}])
+                       member_encoders=[half, None, {"name": "mobilenetv2", "alpha": 0.75},
+                                        {"name": "mobilenetv2", "alpha": 1.4}])    # 1.4: 1792-d features
     entries = json.loads((path / "manifest.json").read_text())["members"]
-    assert [m["file"] for m in entries] == ["member-1.keras", "member-2.keras", "member-3.keras"]
+    assert [m["file"] for m in entries] == ["member-1.keras", "member-2.keras", "member-3.keras", "member-4.keras"]
     assert entries[0]["encoder"] == {"name": "mobilenetv2", "alpha": 0.5} and "encoder" not in entries[1]
     assert entries[2]["encoder"] == {"name": "mobilenetv2", "alpha": 0.75}
     b = load_bundle(path)
     assert b.decoder_keys == ["mobilenetv2-a0.35-224", "mobilenetv2-a0.5-224", "mobilenetv2-a0.35-224",
-                              "mobilenetv2-a0.75-224"]
-    assert [d.kind for d in b.decoders] == ["merge", "attention", "merge", "merge"] and b.multi_encoder
+                              "mobilenetv2-a0.75-224", "mobilenetv2-a1.4-224"]
+    assert [d.kind for d in b.decoders] == ["merge", "attention", "merge", "merge", "merge"] and b.multi_encoder
     assert [(e.name, e.alpha) for e in b.encoders] == [("mobilenetv2", 0.35), ("mobilenetv2", 0.5),
-                                                       ("mobilenetv2", 0.75)]
+                                                       ("mobilenetv2", 0.75), ("mobilenetv2", 1.4)]
+    assert [d.feature_dim for d in b.decoders] == [1280, 1280, 1280, 1280, 1792]       # each checked on its own
     assert b.spatial_for("mobilenetv2-a0.5-224") and not b.spatial_for("mobilenetv2-a0.35-224")
     assert not b.spatial_for("mobilenetv2-a0.75-224") and not b.spatial_for("xception-299")
     with pytest.raises(ValueError) as err:
         save_bundle(tmp_path / "bad", main, VOCAB, {"encoder": ENCODER}, members=members, member_encoders=[None])
-    assert str(err.value) == "3 members but 1 member encoders" and not (tmp_path / "bad").exists()
+    assert str(err.value) == "4 members but 1 member encoders" and not (tmp_path / "bad").exists()
 
     manifest = json.loads((path / "manifest.json").read_text())
     entries[0]["encoder"] = {"name": "resnet9"}
