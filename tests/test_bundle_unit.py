@@ -849,3 +849,28 @@ def test_a_retrieval_decoder_steps_over_the_bundles_index_with_its_recorded_boos
     assert isinstance(steps.memory, IndexMemory) and steps.memory.index is index and steps.new_word_boost == 0.0
     hits = steps.memory.retrieve(features[:1], 2)[0]
     assert hits[0][:2] == ("a dog runs", "p0.jpg") and hits[0][3] == "training" and len(hits) == 2
+
+
+def test_the_path_at_numbers_syntax_picks_decoders_and_names_each_mistake(tmp_path):
+    """training.picks: ``PATH@1,3`` (train.py ensemble --members, the scripts) -> the path and 0-based indices;
+    a folder whose own name holds an @ is a path; each mistake has its message."""
+    from captioning.training.picks import check_pick, split_pick
+
+    assert split_pick("artifacts/default") == ("artifacts/default", None)
+    assert split_pick("artifacts/default@2") == ("artifacts/default", [1])
+    assert split_pick("a@b/default@3,1") == ("a@b/default", [2, 0])
+    odd = tmp_path / "odd@1"
+    odd.mkdir()
+    assert split_pick(str(odd)) == (str(odd), None) and split_pick(odd) == (str(odd), None)
+    for arg, message in [("x@1,a", "x@1,a: after @ give decoder numbers separated by commas, e.g. x@1,3"),
+                         ("x@", "x@: after @ give decoder numbers separated by commas, e.g. x@1,3"),
+                         ("x@0", "x@0: decoder numbers start at 1 and each is picked at most once"),
+                         ("x@2,2", "x@2,2: decoder numbers start at 1 and each is picked at most once")]:
+        with pytest.raises(ValueError) as err:
+            split_pick(arg)
+        assert str(err.value) == message
+    assert split_pick("x@1,2") == ("x", [0, 1])
+    assert check_pick("x", None, 3) == [0, 1, 2] and check_pick("x@3", [2], 3) == [2]
+    with pytest.raises(ValueError) as err:
+        check_pick("x@4", [3], 3)
+    assert str(err.value) == "x@4: the bundle has decoders 1 to 3"
