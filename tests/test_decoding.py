@@ -449,3 +449,19 @@ def test_specs_parse_into_configs():
                          ("diverse:beams=5,groups=2", "must divide")):
         with pytest.raises(ValueError, match=message):
             parse_spec(bad)
+
+
+def test_consensus_reranking_is_labelled_and_recorded_for_beam_and_diverse_runs_only():
+    """DecodeConfig.describe / options with consensus reranking: a beam or diverse run names it and records its
+    neighbours and weight; greedy and sampling never rerank (decoding.config)."""
+    diverse = DecodeConfig(strategy="diverse", beam_width=6, num_groups=3, consensus=10, consensus_weight=1.5)
+    assert diverse.describe() == "diverse 6 beams / 3 groups, penalty 0 (consensus 10, w 1.5)"
+    assert diverse.options() == {"max_length": diverse.max_length, "beam_width": 6, "length_penalty": 1.0,
+                                 "num_groups": 3, "diversity_penalty": 0.0, "consensus": 10,
+                                 "consensus_weight": 1.5, "num_return_sequences": 1}
+    beam = DecodeConfig(beam_width=5, consensus=10, consensus_weight=2)
+    assert beam.describe() == "beam 5 (consensus 10, w 2)"
+    assert beam.options()["consensus_weight"] == 2 and beam.options()["consensus"] == 10
+    assert "consensus" not in DecodeConfig(beam_width=5).options()
+    for plain in (DecodeConfig(), DecodeConfig(strategy="sample", num_return_sequences=2, consensus=10)):
+        assert "consensus" not in plain.options() and "consensus" not in plain.describe()
