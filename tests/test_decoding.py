@@ -465,3 +465,68 @@ def test_consensus_reranking_is_labelled_and_recorded_for_beam_and_diverse_runs_
     assert "consensus" not in DecodeConfig(beam_width=5).options()
     for plain in (DecodeConfig(), DecodeConfig(strategy="sample", num_return_sequences=2, consensus=10)):
         assert "consensus" not in plain.options() and "consensus" not in plain.describe()
+
+
+def test_multi_features_slice_together_convert_and_name_what_is_missing():
+    """models.stepper.MultiFeatures / as_float32: a cross-encoder ensemble's features, with exact messages."""
+    from captioning.models.stepper import MultiFeatures, as_float32
+
+    with pytest.raises(ValueError) as err:
+        MultiFeatures({})
+    assert str(err.value) == "MultiFeatures needs the features of at least one encoder"
+    with pytest.raises(ValueError) as err:
+        MultiFeatures({"a": np.zeros((2, 3)), "b": np.zeros((3, 3))})
+    assert str(err.value) == "every encoder needs features for the same images; rows per encoder: {'a': 2, 'b': 3}"
+    both = MultiFeatures({"a": np.arange(6).reshape(2, 3), "b": np.ones((2, 4))})
+    with pytest.raises(KeyError) as err:
+        both.of("c")
+    assert err.value.args[0] == "no features from encoder 'c'; there are: a, b"
+    part = both[1:]
+    assert len(part) == 1 and part.keys == ["a", "b"] and part.of("a").tolist() == [[3, 4, 5]]
+    assert part.of("b").shape == (1, 4)
+    converted = as_float32(both)
+    assert isinstance(converted, MultiFeatures) and converted.keys == ["a", "b"]
+    assert [v.dtype for v in converted.groups.values()] == [np.float32, np.float32]
+    assert converted.of("a").tolist() == [[0, 1, 2], [3, 4, 5]] and converted.of("b").shape == (2, 4)
+    plain = as_float32([[1, 2]])
+    assert isinstance(plain, np.ndarray) and plain.dtype == np.float32 and plain.tolist() == [[1.0, 2.0]]
+
+
+def test_an_ensembles_memory_members_read_their_own_encoders_rows_and_must_share_one_memory():
+    """EnsembleStepDecoder.prepare: each member with a memory gets its own encoder's rows; two memories that
+    extend the vocabulary differently are refused, exactly."""
+    from captioning.models.stepper import MultiFeatures
+
+    class Reader:                                  # a retrieval member's prepare: reads rows, extends the words
+        def __init__(self, extended):
+            self.extended, self.seen = extended, None
+
+        def prepare(self, features, vocab):
+            self.seen = features
+            return self.extended
+
+    vocab = Vocabulary(["a", "dog"])
+    wider = Vocabulary(["a", "dog", "zeppelin"])
+    features = MultiFeatures({"x": np.zeros((2, 3)), "y": np.ones((2, 5))})
+    reader, plain = Reader(wider), object()
+    ensemble = EnsembleStepDecoder([plain, reader], ["x", "y"])
+    assert ensemble.prepare(features, vocab) is wider
+    assert reader.seen.shape == (2, 5) and reader.seen.sum() == 10                       # encoder y's rows
+    clash = EnsembleStepDecoder([Reader(wider), Reader(Vocabulary(["a", "dog", "boat"]))], ["x", "y"])
+    with pytest.raises(ValueError) as err:
+        clash.prepare(features, vocab)
+    assert str(err.value) == "an ensemble's retrieval decoders read different memories; keep one of them"
+    same = EnsembleStepDecoder([Reader(wider), Reader(Vocabulary(["a", "dog", "zeppelin"]))], ["x", "y"])
+    assert same.prepare(features, vocab).itos == wider.itos
+
+
+def test_a_caption_found_twice_keeps_its_better_score_and_on_a_tie_the_first_one_found():
+    from captioning.decoding.captions import Caption, distinct_captions
+
+    first = Caption(["a", "dog"], -1.0, -0.5, [0.5, 0.5], finished=False)
+    tie = Caption(["a", "dog"], -1.0, -0.5, [0.5, 0.5], finished=True)
+    better = Caption(["a", "dog"], -0.8, -0.4, [0.6, 0.7])
+    other = Caption(["a", "cat"], -2.0, -1.0, [0.3, 0.4])
+    kept = distinct_captions([first, other, tie])
+    assert kept[0] is first and kept[1] is other and len(kept) == 2
+    assert distinct_captions([first, other, tie, better]) == [better, other]
