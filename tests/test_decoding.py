@@ -530,3 +530,38 @@ def test_a_caption_found_twice_keeps_its_better_score_and_on_a_tie_the_first_one
     kept = distinct_captions([first, other, tie])
     assert kept[0] is first and kept[1] is other and len(kept) == 2
     assert distinct_captions([first, other, tie, better]) == [better, other]
+
+
+@pytest.mark.parametrize("g, grid", [(10, 7), (7, 10), (9, 10), (2, 3), (3, 2)])
+def test_resampled_attention_is_tensorflows_half_pixel_bilinear_resize_renormalised(g, grid):
+    """models.stepper.resample_attention (a cross-encoder ensemble's maps on one grid) against an independent
+    implementation: tf.image.resize, bilinear with half-pixel centres, each row then renormalised; an all-zero row
+    becomes uniform, the dtype is kept and a map already on the grid is returned as it is."""
+    import tensorflow as tf
+
+    from captioning.models.stepper import resample_attention
+
+    rng = np.random.default_rng(g * 10 + grid)
+    maps = rng.random((3, g * g)).astype(np.float32)
+    maps[1] = 0.0
+    maps[2] = 0.0
+    maps[2, g + 1] = 1.0                                                   # a peak away from the edges
+    maps[0] /= maps[0].sum()
+    got = resample_attention(maps, grid)
+    want = tf.image.resize(maps.reshape(3, g, g, 1).astype(np.float64), (grid, grid), method="bilinear",
+                           antialias=False).numpy().reshape(3, grid * grid)
+    want[0] /= want[0].sum()
+    want[2] /= want[2].sum()
+    assert got.dtype == np.float32 and got.shape == (3, grid * grid)
+    np.testing.assert_allclose(got[[0, 2]], want[[0, 2]], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got[1], np.full(grid * grid, 1.0 / (grid * grid)), rtol=1e-6)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)
+    assert resample_attention(maps, g) is maps
+
+
+def test_attention_over_a_non_square_number_of_locations_is_refused():
+    from captioning.models.stepper import resample_attention
+
+    with pytest.raises(ValueError) as err:
+        resample_attention(np.ones((1, 12)), 3)
+    assert str(err.value) == "attention over 12 locations is not a square grid"
