@@ -565,3 +565,39 @@ def test_attention_over_a_non_square_number_of_locations_is_refused():
     with pytest.raises(ValueError) as err:
         resample_attention(np.ones((1, 12)), 3)
     assert str(err.value) == "attention over 12 locations is not a square grid"
+
+
+def test_the_ensembles_mean_keeps_tiny_and_impossible_words_exact_and_gives_copied_ids_only_to_memory_members():
+    """EnsembleStepDecoder.step: the log of the members' mean probability, column by column (a word every member
+    finds very unlikely keeps its finite log-probability; one no member can write stays exactly -inf, silently);
+    a member with a memory reads the extended ids, the others read <unk> for them."""
+    import warnings
+
+    class Fixed:                                   # a member that always predicts the same distribution
+        def __init__(self, log_probs, memory=False):
+            self.log_probs, self.seen = np.asarray(log_probs, np.float32), []
+            if memory:
+                self.prepare = lambda features, vocab: vocab
+
+        def start(self, features, repeat=1):
+            return None, [np.zeros((len(features) * repeat, 1), np.float32)]
+
+        def step(self, context, tokens, state):
+            self.seen.append(np.asarray(tokens).tolist())
+            return self.log_probs, state, None
+
+    ninf = -np.inf
+    plain = Fixed([[ninf, -1000.0, np.log(0.5), np.log(0.5)]])
+    memory = Fixed([[ninf, -1000.0, np.log(0.25), np.log(0.25), np.log(0.5)]], memory=True)   # id 4: a copy
+    ensemble = EnsembleStepDecoder([plain, memory])
+    assert ensemble.prepare(np.zeros((1, 3)), Vocabulary([])) is not None
+    ensemble._known = 4                        # as if prepare() saw a 4-word vocabulary: id 4 is a copied word
+    context, state = ensemble.start(np.zeros((1, 3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                    # -inf - -inf and log(0) stay silent
+        mean, _, maps = ensemble.step(context, np.array([4]), state)
+    assert mean.dtype == np.float32 and mean.shape == (1, 5) and maps is None
+    assert mean[0, 0] == ninf
+    np.testing.assert_allclose(mean[0, 1], -1000.0, rtol=1e-6)
+    np.testing.assert_allclose(np.exp(mean[0, 2:]), [0.375, 0.375, 0.25], rtol=1e-6)
+    assert plain.seen == [[1]] and memory.seen == [[4]]                   # <unk> for the plain member
