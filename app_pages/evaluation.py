@@ -105,7 +105,7 @@ chart_cols = st.multiselect("Chart", score_cols, default=[c for c in ("bleu_4", 
 if chart_cols:
     st.altair_chart(grouped_bleu(results[["run"] + chart_cols].rename(columns=NAMES)), width="stretch")
 for note in report.notes:
-    st.caption(f"ⓘ {note}")
+    st.caption(f":material/info: {note}")
 
 if others:
     st.subheader("Against the other bundles", anchor="other-bundles")

@@ -82,7 +82,7 @@ def finetune_section(record: dict) -> None:
             "Change": st.column_config.TextColumn("Change", help="fine-tuned minus base")})
     flickr = metrics.get("flickr8k_test") or {}
     if flickr.get("not_scored"):
-        st.caption(f"ⓘ Flickr8k test photos: not scored ({literal(flickr['not_scored'])}).")
+        st.caption(f":material/info: Flickr8k test photos: not scored ({literal(flickr['not_scored'])}).")
     held_out = [s for s in ("test", "dev") if ((metrics.get("after") or {}).get(s) or {}).get("captions")]
     if not held_out:
         return
