@@ -1,6 +1,7 @@
 """Decoding is tested on a tiny hand-made step decoder (exact, fast) and on the real MergeDecoder."""
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -359,7 +360,6 @@ def test_first_word_frequencies_match_the_truncated_distribution(temperature, to
                  max_length=8, banned_words=("w0", "w2")),
 ], ids=["greedy", "beam", "sample", "diverse"])
 def test_banned_words_are_never_emitted_and_no_word_comes_twice_in_a_row(cfg):
-    from dataclasses import replace
 
     vocab = tiny_vocab(5)
     model = MarkovDecoder(len(vocab), 2)
@@ -601,3 +601,82 @@ def test_the_ensembles_mean_keeps_tiny_and_impossible_words_exact_and_gives_copi
     np.testing.assert_allclose(mean[0, 1], -1000.0, rtol=1e-6)
     np.testing.assert_allclose(np.exp(mean[0, 2:]), [0.375, 0.375, 0.25], rtol=1e-6)
     assert plain.seen == [[1]] and memory.seen == [[4]]                   # <unk> for the plain member
+
+
+class Consensus:
+    """A stand-in for the bundle's consensus source (evaluation.rerank.ConsensusSource): records what decode hands
+    it and returns each n-best list reversed, cut to the config's num_return_sequences."""
+
+    def __init__(self):
+        self.calls = []
+
+    def rerank(self, features, nbest, config):
+        self.calls.append((np.array(features), [[c.words for c in caps] for caps in nbest], config))
+        return [caps[::-1][: config.num_return_sequences] for caps in nbest]
+
+
+@pytest.mark.parametrize("cfg", [DecodeConfig(beam_width=4, max_length=6, consensus=1, consensus_weight=0.5),
+                                 DecodeConfig(strategy="diverse", beam_width=4, num_groups=2, consensus=3,
+                                              diversity_penalty=0.5, max_length=6, num_return_sequences=2)],
+                         ids=["beam", "diverse"])
+def test_consensus_reranks_the_whole_distinct_nbest_list_of_each_batch(cfg):
+    """decode with consensus > 0: the source gets each batch's features, every beam's caption (the full-width,
+    distinct n-best list) and the run's config, and its order is what decode returns."""
+    vocab = tiny_vocab(6)
+    model = MarkovDecoder(len(vocab), 7)
+    model.consensus = Consensus()
+    feats = np.random.default_rng(5).normal(0, 3, size=(5, len(vocab)))
+    out = decode(model, feats, vocab, cfg, batch_size=3)
+    full = replace(cfg, consensus=0, num_return_sequences=cfg.beam_width)
+    nbest = [[c.words for c in caps] for caps in decode(MarkovDecoder(len(vocab), 7), feats, vocab, full)]
+    assert [len(call[0]) for call in model.consensus.calls] == [3, 2]
+    np.testing.assert_array_equal(np.concatenate([call[0] for call in model.consensus.calls]), feats)
+    assert [words for call in model.consensus.calls for words in call[1]] == nbest
+    assert all(len(set(map(tuple, caps))) == len(caps) > 1 for caps in nbest)
+    assert all(call[2] is cfg for call in model.consensus.calls)
+    assert [[c.words for c in caps] for caps in out] == [caps[::-1][: cfg.num_return_sequences] for caps in nbest]
+
+
+def test_consensus_is_not_asked_for_greedy_or_sampling_and_is_required_for_a_beam_run():
+    vocab = tiny_vocab(6)
+    model = MarkovDecoder(len(vocab), 7)
+    model.consensus = Consensus()
+    feats = np.random.default_rng(6).normal(0, 3, size=(2, len(vocab)))
+    plain = MarkovDecoder(len(vocab), 7)
+    for cfg in (DecodeConfig(max_length=6, consensus=5),
+                DecodeConfig(strategy="sample", num_return_sequences=2, max_length=6, seed=3, consensus=5)):
+        assert ([[c.words for c in caps] for caps in decode(model, feats, vocab, cfg)]
+                == [[c.words for c in caps] for caps in decode(plain, feats, vocab, cfg)])
+    assert model.consensus.calls == []
+    with pytest.raises(ValueError) as err:
+        decode(plain, feats, vocab, DecodeConfig(beam_width=3, consensus=2))
+    assert str(err.value) == ("consensus reranking needs the bundle's retrieval index (the nearest training photos); "
+                              "add one with: python train.py index --out BUNDLE, or set consensus to 0")
+    assert len(decode(plain, feats, vocab, DecodeConfig(beam_width=3, consensus=0))) == 2
+
+
+def test_a_diverse_run_without_consensus_returns_each_caption_once():
+    """Two groups without a penalty search alike: decode's n-best list still holds each caption once."""
+    vocab = tiny_vocab(6)
+    model = MarkovDecoder(len(vocab), 8)
+    feats = np.random.default_rng(7).normal(0, 3, size=(3, len(vocab)))
+    cfg = DecodeConfig(strategy="diverse", beam_width=4, num_groups=2, max_length=6, num_return_sequences=4)
+    twice = beam_search(model, feats, vocab, cfg)                                  # without distinct
+    assert any(len({tuple(c.words) for c in caps}) < len(caps) for caps in twice)
+    for caps in decode(model, feats, vocab, cfg):
+        assert len(caps) > 1 and len({tuple(c.words) for c in caps}) == len(caps)
+
+
+@pytest.mark.parametrize("kwargs, batches", [({}, [256, 44]),
+                                             ({"max_rows": 4, "batch_size": 9}, [1, 1, 1]),
+                                             ({"batch_size": 1000}, [426, 4])],
+                         ids=["default-batch", "wider-than-max-rows", "default-max-rows"])
+def test_progress_reports_each_batch_of_the_default_or_given_size(kwargs, batches):
+    vocab = tiny_vocab(4)
+    model = MarkovDecoder(len(vocab), 9)
+    n = sum(batches)
+    feats = np.random.default_rng(8).normal(0, 3, size=(n, len(vocab)))
+    cfg = DecodeConfig(max_length=2) if n == 300 else DecodeConfig(beam_width=5 if n == 3 else 3, max_length=2)
+    seen = []
+    decode(model, feats, vocab, cfg, progress=seen.append, **kwargs)
+    assert seen == batches
