@@ -338,8 +338,10 @@ def test_the_app_loads_an_ensemble_in_two_stages_its_own_decoder_first(cross_run
     quick, full = load.quick.result(), load.full.result()
     assert quick.quick_of == 2 and full.quick_of is None and len(quick.bundle.decoders) == 1
     assert quick.steps is full.steps.members[0] and quick._encoders is full._encoders     # traced once, shared
-    assert list(load.timings) == ["own decoder", f"encoder {own}", f"trace encoder {own}", "trace quick decoding",
-                                  "other decoders", f"encoder {other}", f"trace encoder {other}", "trace full decoding"]
+    assert list(load.timings) == ["own decoder", f"encoder {own}", f"trace encoder {own}", "consensus table",
+                                  "trace quick decoding", "other decoders", f"encoder {other}",
+                                  f"trace encoder {other}", "trace full decoding"]
+    assert "cider" in quick.steps.consensus._made       # the reranking's table, made beside the encoder's build
     assert quick.bundle.decoder is full.bundle.decoder and quick.bundle.index is full.bundle.index
     image = flickr_dir / "Images" / load_bundle(out).predictions["image"].iloc[0]
     alone = Captioner.from_bundle(attention, mobilenet_weights).caption(image, beam_width=3)[0]

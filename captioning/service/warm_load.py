@@ -59,8 +59,15 @@ class StagedLoad:
         quick = Captioner(own)
         key = quick.spec.key
         photo = np.zeros((1, 224, 224, 3), np.uint8) + 128
+        # Consensus reranking's CIDEr-D table (pure Python, about a second) is made meanwhile: building and tracing
+        # the encoder leave the interpreter lock free for part of their time (TensorFlow's graph work in C++).
+        consensus = getattr(quick.steps, "consensus", None)
+        table = threading.Thread(target=lambda: consensus is not None and consensus.cider, name="consensus-table",
+                                 daemon=True)
+        table.start()
         self._timed(f"encoder {key}", lambda: quick._forward(key))
         self._timed(f"trace encoder {key}", lambda: quick._forward(key)(photo))
+        self._timed("consensus table", table.join)
         if not members:
             self._timed("trace decoding", quick.warm_up)
             self.quick.set_result(quick)
