@@ -138,6 +138,7 @@ def test_an_interrupted_job_is_offered_for_resume_and_resumes(train_env):
     import signal
 
     from captioning.service import jobs
+    from captioning.service.processes import alive
 
     artifacts, queue = train_env
     at = upload(open_page())
@@ -148,7 +149,10 @@ def test_an_interrupted_job_is_offered_for_resume_and_resumes(train_env):
         time.sleep(0.1)
     os.killpg(job.pid, signal.SIGKILL)             # the machine went down mid-job
     jobs._children.clear()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 60                # a big process takes a moment to die on a busy machine
+    while alive(job.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(job.pid)
     at = open_page()                                # a new session after the restart
     assert any("stopped without finishing" in w.value for w in at.warning)
     at.button(key=f"resume_{job.id}").click().run()
