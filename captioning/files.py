@@ -12,6 +12,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+CACHE_ENV = "CAPTIONING_CACHE_DIR"          # where features, runs and the app's lite copies go (default .cache)
+
+
+def cache_dir() -> Path:
+    """The project's cache folder: ``$CAPTIONING_CACHE_DIR``, else ``.cache`` in the checkout."""
+    return Path(os.environ.get(CACHE_ENV) or Path(__file__).resolve().parents[1] / ".cache")
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:

@@ -14,6 +14,10 @@ SHARED = ROOT.parent / "shared"
 # writes to a jobs folder of the test session, never to the checkout's artifacts/.jobs (a user's job list). Tests that
 # look at jobs set their own folder on top of this.
 os.environ.setdefault("CAPTIONING_JOBS_DIR", tempfile.mkdtemp(prefix="captioning-test-jobs-"))
+# The app's lite copies (captioning/service/lite.py) are off in the suite: an ensemble's full load would start a
+# background process making one, and a copy left in the checkout's .cache from `make app` would change which
+# Captioner the first stage gives. tests/test_lite.py turns them on, with a cache folder of its own.
+os.environ.setdefault("CAPTIONING_LITE", "0")
 MOBILENET = SHARED / "weights" / "mobilenet_v2_0.35_224_imagenet_notop.weights.h5"
 
 # CI sets CAPTIONING_STRICT=1 (.ci/run): missing data or weights fail the run instead of skipping half of it,

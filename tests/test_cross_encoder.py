@@ -348,3 +348,46 @@ def test_the_app_loads_an_ensemble_in_two_stages_its_own_decoder_first(cross_run
     assert quick.caption(image, beam_width=3)[0].words == alone.words
     whole = Captioner.from_bundle(out, mobilenet_weights).caption(image, beam_width=3)[0]
     assert full.caption(image, beam_width=3)[0].words == whole.words
+
+
+def test_with_a_lite_copy_the_first_stage_needs_no_tensorflow_and_the_first_full_load_makes_it(
+        cross_run, flickr_dir, mobilenet_weights, monkeypatch, tmp_path):
+    """captioning.service.lite: the first full load of an ensemble starts a background process that makes its lite
+    copy; the next load's first stage is that copy (numpy decoder, LiteRT encoder), captioning as the bundle's own
+    decoder does, and the whole ensemble after it captions as before."""
+    import time
+
+    from captioning.models.numpy_steps import NumpyStepDecoder
+    from captioning.service import lite
+    from captioning.service.captioner import Captioner
+    from captioning.service.warm_load import StagedLoad
+
+    monkeypatch.setenv("CAPTIONING_LITE", "1")
+    monkeypatch.setenv("CAPTIONING_CACHE_DIR", str(tmp_path))
+    out, attention, _ = cross_run
+    started = []
+    real = lite.make_in_background
+    monkeypatch.setattr(lite, "make_in_background", lambda path: started.append(real(path)))
+    first = StagedLoad(out)
+    first.run()
+    assert "lite copy" in first.timings and first.quick.result().quick_of == 2
+    assert not isinstance(first.quick.result().steps, NumpyStepDecoder)         # no copy yet: Keras first stage
+    process, = started                                                           # ... and one is being made
+    assert process.wait(timeout=300) == 0
+    assert sorted(p.name for p in next((tmp_path / "lite").iterdir()).iterdir()) == [
+        ".making", "decoder.npz", "encoder.tflite", "lite.json"]
+
+    second = StagedLoad(out)
+    ready = []
+    second.quick.add_done_callback(lambda f: ready.append(("quick", time.perf_counter())))
+    second.run()
+    quick, full = second.quick.result(), second.full.result()
+    assert isinstance(quick.steps, NumpyStepDecoder) and quick.quick_of == 2 and full.quick_of is None
+    assert list(second.timings)[:2] == ["lite copy", "lite first caption"]
+    assert quick.bundle.index is full.bundle.index and "cider" in quick.steps.consensus._made   # made once
+    assert not started[1:]                                                       # current: nothing more to make
+    image = flickr_dir / "Images" / load_bundle(out).predictions["image"].iloc[0]
+    alone = Captioner.from_bundle(attention, mobilenet_weights).caption(image, beam_width=3)[0]
+    assert quick.caption(image, beam_width=3)[0].words == alone.words
+    whole = Captioner.from_bundle(out, mobilenet_weights).caption(image, beam_width=3)[0]
+    assert full.caption(image, beam_width=3)[0].words == whole.words

@@ -164,6 +164,8 @@ class Bundle:
         """One decoder's step API; the retrieval decoder reads its datastore (the bundle's index)."""
         from captioning.models.stepper import StepDecoder
 
+        if getattr(decoder, "speaks_numpy", False):      # already a step API (the app's lite copy: numpy_steps)
+            return decoder
         if getattr(decoder, "uses_memory", False):
             from captioning.models.retrieval_steps import IndexMemory, RetrievalStepDecoder
 

@@ -105,9 +105,9 @@ class Captioner:
         """Features of canonical uint8 (N, 224, 224, 3) photos: (N, D) or (N, P, D), or for a cross-encoder
         ensemble :class:`~captioning.models.stepper.MultiFeatures` (each encoder run once per photo)."""
         if len(self.encoders) == 1:
-            return self._forward()(np.asarray(arrays, np.uint8)).numpy()
+            return np.asarray(self._forward()(np.asarray(arrays, np.uint8)))   # a tensor, or numpy (lite)
         arrays = np.asarray(arrays, np.uint8)
-        return MultiFeatures({key: self._forward(key)(arrays).numpy() for key in self.encoders})
+        return MultiFeatures({key: np.asarray(self._forward(key)(arrays)) for key in self.encoders})
 
     def warm_up(self, widths: Sequence[int] = (1, 5, 3)) -> None:
         """Build the encoder and trace every compiled function once, so the first user waits less.
@@ -168,7 +168,7 @@ class Captioner:
         encoder runs, even for a cross-encoder ensemble)."""
         batch = images if isinstance(images, (list, tuple)) else [images]
         arrays = np.stack([to_canonical(load_image(_as_source(img))) for img in batch])   # (N, 224, 224, 3)
-        return self._forward()(arrays).numpy()
+        return np.asarray(self._forward()(arrays))
 
     @property
     def attention_note(self) -> str | None:

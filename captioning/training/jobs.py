@@ -16,12 +16,12 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from captioning.files import CACHE_ENV, cache_dir
 from captioning.service.jobs import Job, JobQueue, job_key
 from captioning.training.options import OPTION
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]       # captioning/<folder>/<module>.py -> the checkout
 TRAIN_SCRIPT_ENV = "CAPTIONING_TRAIN_SCRIPT"
-CACHE_ENV = "CAPTIONING_CACHE_DIR"
 IMPORT_CHECK_SECONDS = 300.0
 
 
@@ -65,10 +65,6 @@ class FinetuneSettings:
 
 def train_script() -> Path:
     return Path(os.environ.get(TRAIN_SCRIPT_ENV) or PROJECT_ROOT / "train.py")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or PROJECT_ROOT / ".cache")
 
 
 def run_dir_for(out: str | os.PathLike) -> Path:
