@@ -22,7 +22,8 @@ MODULES = {"text": ["data/text"], "images": ["vision/images"], "metrics": ["eval
            "manifest": ["artifacts/manifest", "artifacts/report", "artifacts/schema"],
            "models": ["models/decoders"], "stepper": ["models/stepper"],
            "decoding": ["decoding/search", "decoding/config", "decoding/constraints", "decoding/captions"],
-           "rerank": ["evaluation/rerank"], "copy_targets": ["training/copy_targets"]}
+           "rerank": ["evaluation/rerank"], "copy_targets": ["training/copy_targets"],
+           "numpy_steps": ["models/numpy_steps"]}
 
 
 def module_paths(name: str) -> list[str]:
