@@ -104,3 +104,28 @@ def test_weights_that_do_not_fit_the_config_are_refused():
     with pytest.raises(ValueError, match=r"cell.recurrent_kernel has shape \(10, 40\)"):
         NumpyStepDecoder("attention", {**model.get_config(), "units": 11},
                          {**weights, "classifier.kernel": np.zeros((11, 14), np.float32)})
+
+
+def test_the_softmaxes_shift_each_row_by_its_own_maximum():
+    """Rows whose scores lie thousands apart (a shift by the whole array's maximum would make the lower row's
+    exponentials 0, and adding the maximum would overflow): each row as on its own."""
+    from captioning.models.numpy_steps import _log_softmax, _softmax
+
+    scores = np.array([[1000.0, 0.0, 999.0], [-1000.0, -1001.0, -1000.0]], np.float32)
+    rows = [np.array(r, np.float64) - r.max() for r in scores]
+    expected = np.stack([r - np.log(np.exp(r).sum()) for r in rows])
+    np.testing.assert_allclose(_log_softmax(scores), expected, atol=1e-6)
+    np.testing.assert_allclose(_softmax(scores), np.exp(expected), atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["attention", "merge"])
+def test_everything_is_float32_whatever_the_input(kind):
+    """Keras computes in float32; float64 features or state (numpy's default) stay float32 throughout."""
+    model = keras_decoder(kind, seed=7)
+    ours = NumpyStepDecoder(kind, model.get_config(), numpy_weights(model))
+    feats = np.random.default_rng(3).normal(size=(2, 16, 12) if kind == "attention" else (2, 12))   # float64
+    context, state = ours.start(feats)
+    assert context.dtype == np.float32 and [s.dtype for s in state] == [np.float32, np.float32]
+    logp, state, alpha = ours.step(context, [4, 5], [s.astype(np.float64) for s in state])
+    assert logp.dtype == np.float32 and [s.dtype for s in state] == [np.float32, np.float32]
+    assert alpha is None or alpha.dtype == np.float32

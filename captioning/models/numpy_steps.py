@@ -39,8 +39,15 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
+    """Over the last axis, each row shifted by its own maximum: exact however far apart the rows' scales are."""
     x = x - x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    """Over the last axis, each row shifted by its own maximum (as ``_log_softmax``)."""
+    x = np.exp(x - x.max(axis=-1, keepdims=True))
+    return x / x.sum(axis=-1, keepdims=True)
 
 
 class NumpyStepDecoder:
@@ -127,9 +134,7 @@ class NumpyStepDecoder:
         h = state[0]
         query = self._dense("att_query", h)                                           # (B, A)
         energy = (np.tanh(keys + query[:, None, :]) @ self.w["att_score.kernel"])[..., 0] + self.w["att_score.bias"]
-        energy = energy - energy.max(axis=-1, keepdims=True)
-        alpha = np.exp(energy)
-        alpha /= alpha.sum(axis=-1, keepdims=True)                                    # (B, P)
+        alpha = _softmax(energy)                                                      # (B, P)
         attended = np.einsum("bp,bpf->bf", alpha, feats)                              # (B, F)
         attended = _sigmoid(self._dense("gate", h)) * attended
         h, state = self._lstm("cell", np.concatenate([words, attended], axis=-1), state)
