@@ -19,9 +19,6 @@ def main(argv: list[str] | None = None) -> None:
     from ui.state import warm_in_background
 
     warm_in_background()
-    # What the Caption page's first run imports (about 0.5 s), now: a visitor who opens the page a few seconds after
-    # the start would otherwise import it while TensorFlow is being imported in the warm-up thread, both slower.
-    import ui.charts, ui.lab, ui.labels, ui.memory, ui.trust, ui.widgets  # noqa: E401, F401, I001
     cli.main(["run", str(ROOT / "streamlit_app.py"), *(sys.argv[1:] if argv is None else argv)])
 
 
