@@ -117,23 +117,31 @@ def load_lite(path: str | os.PathLike, quick_of: int | None = None):
     if print_ is None:
         return None
     folder = lite_dir(print_)
+    meta = _current(folder, print_)
+    path = Path(path)
+    if meta is None or any(_sha256(path / name) != print_[key] for name, key in (("decoder.keras", "decoder"),
+                                                                                  ("vocab.json", "vocab"))):
+        return None                      # no current copy; a damaged bundle is the full load's to report
+    try:
+        return _captioner(path, folder, meta["kind"], quick_of)
+    except Exception as exc:            # e.g. a damaged index or lite file: the full load goes on and reports
+        print(f"captioning: the lite copy of {path} was not used ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
+
+
+def _current(folder: Path, print_: dict) -> dict | None:
+    """The lite copy's record when the copy in ``folder`` is complete, made from ``print_`` and undamaged."""
     try:
         meta = json.loads((folder / "lite.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(meta, dict) or meta.get("fingerprint") != print_ or meta.get("kind") not in KINDS:
         return None
-    path = Path(path)
-    checks = {name: folder / name for name in FILES}
-    checks.update({"decoder.keras": path / "decoder.keras", "vocab.json": path / "vocab.json"})
-    wanted = {**meta.get("sha256", {}), "decoder.keras": print_["decoder"], "vocab.json": print_["vocab"]}
-    if any(not file.is_file() or _sha256(file) != wanted.get(name) for name, file in checks.items()):
-        return None                      # a damaged bundle is the full load's to report
-    try:
-        return _captioner(path, folder, meta["kind"], quick_of)
-    except Exception as exc:            # e.g. a damaged index or lite file: the full load goes on and reports
-        print(f"captioning: the lite copy of {path} was not used ({type(exc).__name__}: {exc})", file=sys.stderr)
+    digests = meta.get("sha256")
+    if not isinstance(digests, dict) or any(not (folder / name).is_file() or _sha256(folder / name) != digests.get(name)
+                                            for name in FILES):
         return None
+    return meta
 
 
 def _captioner(path: Path, folder: Path, kind: str, quick_of: int | None):
@@ -175,11 +183,9 @@ def make_lite(path: str | os.PathLike) -> Path | None:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return None                  # another process is making it
-        try:
-            if json.loads((folder / "lite.json").read_text(encoding="utf-8")).get("fingerprint") == print_:
-                return folder
-        except (OSError, ValueError):
-            pass
+        if _current(folder, print_) is not None:
+            return folder
+        (folder / "lite.json").unlink(missing_ok=True)      # a damaged or stale record goes before its files change
         kind, weights, blob, check = _convert(Path(path))
         with atomic_path(folder / "decoder.npz", ".npz") as tmp:
             np.savez(tmp, **weights)
