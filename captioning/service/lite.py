@@ -32,6 +32,7 @@ import numpy as np
 
 from captioning.files import atomic_path, atomic_write, cache_dir
 from captioning.models.numpy_steps import KINDS, NumpyStepDecoder
+from captioning.vision.encoders import file_sha256
 
 LITE_FORMAT = 1
 ENABLE_ENV = "CAPTIONING_LITE"          # "0": neither read nor make lite copies (the test suite's default)
@@ -41,14 +42,6 @@ PHOTO = (1, 224, 224, 3)                # what the lite encoder reads: one canon
 
 def enabled() -> bool:
     return os.environ.get(ENABLE_ENV, "1") != "0"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint(path: str | os.PathLike) -> dict | None:
@@ -119,7 +112,7 @@ def load_lite(path: str | os.PathLike, quick_of: int | None = None):
     folder = lite_dir(print_)
     meta = _current(folder, print_)
     path = Path(path)
-    if meta is None or any(_sha256(path / name) != print_[key] for name, key in (("decoder.keras", "decoder"),
+    if meta is None or any(file_sha256(path / name) != print_[key] for name, key in (("decoder.keras", "decoder"),
                                                                                   ("vocab.json", "vocab"))):
         return None                      # no current copy; a damaged bundle is the full load's to report
     try:
@@ -138,8 +131,9 @@ def _current(folder: Path, print_: dict) -> dict | None:
     if not isinstance(meta, dict) or meta.get("fingerprint") != print_ or meta.get("kind") not in KINDS:
         return None
     digests = meta.get("sha256")
-    if not isinstance(digests, dict) or any(not (folder / name).is_file() or _sha256(folder / name) != digests.get(name)
-                                            for name in FILES):
+    if not isinstance(digests, dict):
+        return None
+    if any(not (folder / name).is_file() or file_sha256(folder / name) != digests.get(name) for name in FILES):
         return None
     return meta
 
@@ -193,7 +187,7 @@ def make_lite(path: str | os.PathLike) -> Path | None:
         if _max_difference(LiteEncoder(folder / "encoder.tflite"), check) > 1e-3:
             raise RuntimeError(f"the lite encoder of {path} does not match its Keras encoder; no lite copy made")
         meta = {"fingerprint": print_, "kind": kind, "made": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "sha256": {name: _sha256(folder / name) for name in FILES}}
+                "sha256": {name: file_sha256(folder / name) for name in FILES}}
         atomic_write(folder / "lite.json", json.dumps(meta, indent=2))
     _forget_older(folder, print_["bundle"])
     return folder
