@@ -104,3 +104,22 @@ def test_a_stale_damaged_or_switched_off_lite_copy_is_not_used(lite_env, tiny_ru
     assert load_lite(bundle) is None
     fresh = make_lite(bundle)
     assert fresh != folder and not folder.exists() and load_lite(bundle) is not None   # the stale copy is gone
+
+
+def test_the_command_says_in_one_line_why_a_bundle_gets_no_copy(lite_env, tiny_run, tmp_path, capsys):
+    import shutil
+
+    from captioning.service.lite import main
+
+    assert main([str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: No bundle at {tmp_path / 'nowhere'}. Train one with: "
+                                               f"python train.py --out {tmp_path / 'nowhere'}")
+    other = tmp_path / "topdown"
+    shutil.copytree(tiny_run[0] / "tiny-attention", other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["decoder"]["kind"] = "topdown"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    assert main([str(other)]) == 1
+    assert capsys.readouterr().err.strip() == (f"{other}: no lite copy (its decoder is a topdown decoder; only "
+                                               f"attention and merge decoders have one)")
+    assert not lite_env[0].exists()                              # nothing written

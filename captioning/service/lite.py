@@ -263,13 +263,27 @@ def main(argv: list[str] | None = None) -> int:
                                                  "TensorFlow.")
     parser.add_argument("bundle", help="the bundle folder, e.g. artifacts/default")
     args = parser.parse_args(argv)
-    folder = make_lite(args.bundle)
-    if folder is None:
-        print(f"{args.bundle}: no lite copy (its decoder is not an attention or merge decoder, its encoder's "
-              f"weights are not on this machine, or another process is making it)")
-        return 1
-    print(f"lite copy of {args.bundle}: {folder}")
-    return 0
+    from captioning.artifacts.manifest import BundleError, read_manifest
+
+    try:
+        folder = make_lite(args.bundle)
+        manifest = read_manifest(args.bundle)
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if folder is not None:
+        print(f"lite copy of {args.bundle}: {folder}")
+        return 0
+    kind, encoder = manifest["decoder"].get("kind"), manifest["encoder"]
+    if kind not in KINDS:
+        reason = f"its decoder is a {kind} decoder; only attention and merge decoders have one"
+    elif fingerprint(args.bundle) is None:
+        reason = (f"its encoder's weights are not on this machine: python -m captioning setup-weights --encoder "
+                  f"{encoder['name']}")
+    else:
+        reason = "another process is making it now"
+    print(f"{args.bundle}: no lite copy ({reason})", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":
