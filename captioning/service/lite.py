@@ -54,10 +54,10 @@ def fingerprint(path: str | os.PathLike) -> dict | None:
     if manifest.get("decoder", {}).get("kind") not in KINDS:
         return None
     encoder = manifest["encoder"]
-    spec = get_spec(encoder["name"], encoder.get("alpha"))
     try:
+        spec = get_spec(encoder["name"], encoder.get("alpha"))
         weights = find_weights(spec, None, encoder.get("weights_file"))
-    except Exception:                    # a bad $CAPTIONING_*_WEIGHTS: the full load says what is wrong
+    except Exception:                    # an unknown encoder, a bad $CAPTIONING_*_WEIGHTS: the full load says so
         return None
     if weights is None:
         return None
