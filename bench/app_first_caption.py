@@ -7,7 +7,9 @@ headless Chromium, uploads a photo and waits for the caption.
 Times (seconds from launching `streamlit run`): the server answering its health check, the user opening the
 page, and the caption appearing; plus "upload to caption", the wait the user actually sits through. While an
 ensemble still loads, the first caption comes from its own decoder alone (labelled as such): "ensemble" is when
-the whole ensemble's caption replaced it (the same moment when the first caption was already the ensemble's). Uses the
+the whole ensemble's caption replaced it (the same moment when the first caption was already the ensemble's). That
+first stage runs from the ensemble's lite copy when it has one (captioning/service/lite.py, made after the first full
+load: run once to make it); `CAPTIONING_LITE=0 python bench/app_first_caption.py` times the app without it. Uses the
 bundles under $CAPTIONING_ARTIFACTS (default artifacts/, whose default bundle the Caption page opens) and a
 Flickr8k test photo. Needs Chromium + chromedriver (`bash scripts/setup.sh test`).
 """
