@@ -8,8 +8,8 @@ everything the first stage built. A bundle with
 one decoder has one stage: ``quick`` and ``full`` are the same Captioner. ``timings`` records where the time went.
 
 When an ensemble has a current lite copy (captioning.service.lite: made in a background process after its first
-full load), ``quick`` is that copy's Captioner, ready before TensorFlow is even imported (about 2 s after the start
-instead of 10-12), and ``full`` loads every decoder and builds every encoder at once.
+full load), ``quick`` is that copy's Captioner, ready before TensorFlow is even imported (about 3 s after the start
+instead of 10-13), and ``full`` loads every decoder and builds every encoder at once.
 """
 from __future__ import annotations
 
